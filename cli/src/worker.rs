@@ -1,0 +1,192 @@
+//! `bulkhead worker` and `bulkhead bench worker`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use bulkhead_proto::WorkerId;
+use bulkhead_worker::bench::{BenchConfig, run_bench};
+use bulkhead_worker::{AdapterSpec, EngineConfig, ModelSpec, WorkerConfig};
+use clap::Args;
+
+use crate::env;
+
+/// Engine sizing, shared by the worker and its benchmark.
+#[derive(Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// Device KV slots (concurrent sequences) per model variant.
+    #[arg(long, default_value_t = 8)]
+    slots: u32,
+    /// Most tokens (prompt plus completion) of one request; capped by the model's training context.
+    #[arg(long, default_value_t = 4096)]
+    context: u32,
+    /// Most tokens decoded in one step.
+    #[arg(long, default_value_t = 512)]
+    batch: u32,
+    /// Most prompt tokens prefilled in one step (long prompts are chunked).
+    #[arg(long, default_value_t = 256)]
+    prefill_chunk: u32,
+    /// CPU threads for llama.cpp (default: all cores).
+    #[arg(long)]
+    threads: Option<i32>,
+    /// Host memory for sessions evicted from the device cache, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    host_cache_mib: u64,
+}
+
+impl EngineArgs {
+    fn config(&self) -> EngineConfig {
+        let defaults = EngineConfig::default();
+        EngineConfig {
+            slots: self.slots,
+            context_window: self.context,
+            batch: self.batch,
+            prefill_chunk: self.prefill_chunk,
+            threads: self.threads.unwrap_or(defaults.threads),
+            host_cache_bytes: self.host_cache_mib << 20,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    /// gRPC listen address (gateways call it).
+    #[arg(long, default_value = "127.0.0.1:7200")]
+    listen: SocketAddr,
+    /// A model to serve, NAME=PATH to a GGUF file; repeat for more. The first is the default.
+    #[arg(long = "model", required = true)]
+    models: Vec<ModelSpec>,
+    /// Chat template override for a model, NAME=TEMPLATE (a llama.cpp template name such as chatml, or template text).
+    #[arg(long = "chat-template")]
+    chat_templates: Vec<String>,
+    /// A LoRA adapter (GGUF) for a served model, MODEL:NAME=PATH; repeat for more.
+    #[arg(long = "lora")]
+    adapters: Vec<AdapterSpec>,
+    /// Also serve the OpenAI-compatible HTTP API on this address.
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// NATS server for usage events (JetStream stream BULKHEAD_USAGE).
+    #[arg(long, env = env::NATS_URL)]
+    nats: Option<String>,
+    /// Directory for the worker's local state (the usage spool).
+    #[arg(long, env = env::DATA_DIR, default_value = "bulkhead-data/worker")]
+    data_dir: PathBuf,
+    /// This worker's id (default: worker-<gRPC port>).
+    #[arg(long, env = env::WORKER_ID)]
+    worker_id: Option<String>,
+    /// Model layers to offload to a GPU, on a GPU build.
+    #[arg(long, default_value_t = 0)]
+    gpu_layers: u32,
+    /// Largest accepted HTTP request body, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_body_bytes: usize,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}
+
+pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    let mut models = args.models;
+    for entry in &args.chat_templates {
+        let (name, template) = entry.split_once('=').with_context(|| {
+            format!("--chat-template must look like NAME=TEMPLATE, got {entry:?}")
+        })?;
+        let model = models
+            .iter_mut()
+            .find(|m| m.name == name)
+            .with_context(|| {
+                format!("--chat-template names model `{name}`, which no --model serves")
+            })?;
+        model.chat_template = Some(template.to_owned());
+    }
+    let worker_id = WorkerId::new(
+        args.worker_id
+            .unwrap_or_else(|| format!("worker-{}", args.listen.port())),
+    )
+    .context("--worker-id")?;
+    let grpc = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding gRPC address {}", args.listen))?;
+    let http = match args.http {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding HTTP address {addr}"))?,
+        ),
+        None => None,
+    };
+    if let Some(http) = &http {
+        eprintln!(
+            "bulkhead worker: OpenAI-compatible API on http://{}",
+            http.local_addr()?
+        );
+    }
+    let config = WorkerConfig {
+        worker_id,
+        models,
+        adapters: args.adapters,
+        engine: args.engine.config(),
+        gpu_layers: args.gpu_layers,
+        nats: args.nats,
+        spool_dir: args.data_dir.join("usage-spool"),
+        max_body_bytes: args.max_body_bytes,
+    };
+    bulkhead_worker::run(config, grpc, http, shutdown_signal()).await?;
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// GGUF model to measure.
+    #[arg(long)]
+    model: PathBuf,
+    /// Concurrent sessions to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,8")]
+    sessions: Vec<u32>,
+    /// Tokens generated per session.
+    #[arg(long, default_value_t = 128)]
+    max_tokens: u32,
+    /// Approximate history length of the returning session, in tokens.
+    #[arg(long, default_value_t = 1500)]
+    history_tokens: u32,
+    /// Repeats per measurement (the best throughput, the median time is kept).
+    #[arg(long, default_value_t = 3)]
+    repeats: u32,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let config = BenchConfig {
+        model: args.model,
+        engine: args.engine.config(),
+        sessions: args.sessions,
+        max_tokens: args.max_tokens,
+        history_tokens: args.history_tokens,
+        repeats: args.repeats.max(1),
+    };
+    let report = run_bench(config).await?;
+    print!("{report}");
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! The worker's one error type at its service boundary, with its single mapping
+//! to gRPC status codes and HTTP statuses (OpenAI-style error bodies).
+//!
+//! "The caller did something wrong" ([`WorkerError::InvalidRequest`] and
+//! friends) is kept apart from "this worker is broken" ([`WorkerError::Engine`]).
+
+use axum::http::StatusCode;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WorkerError {
+    /// The request is malformed or asks for something impossible.
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        /// The offending parameter, as OpenAI's `param` field.
+        param: Option<&'static str>,
+    },
+    #[error("the model `{0}` does not exist on this worker")]
+    UnknownModel(String),
+    #[error("the adapter `{adapter}` does not exist for model `{model}` on this worker")]
+    UnknownAdapter { model: String, adapter: String },
+    #[error(
+        "this model's maximum context length is {context_window} tokens, but the request needs {requested} tokens ({prompt_tokens} in the messages, {max_tokens} for the completion); shorten the messages or lower max_tokens"
+    )]
+    ContextExceeded {
+        context_window: u32,
+        requested: u64,
+        prompt_tokens: u32,
+        max_tokens: u32,
+    },
+    #[error("the request body is larger than the limit of {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("the worker is shutting down")]
+    ShuttingDown,
+    /// A failure inside the engine; not the caller's fault.
+    #[error("engine failure: {0}")]
+    Engine(String),
+}
+
+impl WorkerError {
+    pub fn invalid(message: impl Into<String>, param: Option<&'static str>) -> Self {
+        Self::InvalidRequest {
+            message: message.into(),
+            param,
+        }
+    }
+
+    pub fn http_status(&self) -> StatusCode {
+        match self {
+            Self::InvalidRequest { .. } | Self::ContextExceeded { .. } => StatusCode::BAD_REQUEST,
+            Self::UnknownModel(_) | Self::UnknownAdapter { .. } => StatusCode::NOT_FOUND,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Engine(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// OpenAI's `error.type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest { .. }
+            | Self::ContextExceeded { .. }
+            | Self::UnknownModel(_)
+            | Self::UnknownAdapter { .. }
+            | Self::BodyTooLarge { .. } => "invalid_request_error",
+            Self::ShuttingDown => "service_unavailable",
+            Self::Engine(_) => "server_error",
+        }
+    }
+
+    /// OpenAI's `error.code`.
+    pub fn code(&self) -> Option<&'static str> {
+        match self {
+            Self::UnknownModel(_) => Some("model_not_found"),
+            Self::UnknownAdapter { .. } => Some("adapter_not_found"),
+            Self::ContextExceeded { .. } => Some("context_length_exceeded"),
+            Self::BodyTooLarge { .. } => Some("request_too_large"),
+            _ => None,
+        }
+    }
+
+    pub fn param(&self) -> Option<&'static str> {
+        match self {
+            Self::InvalidRequest { param, .. } => *param,
+            Self::UnknownModel(_) => Some("model"),
+            Self::UnknownAdapter { .. } => Some("adapter"),
+            Self::ContextExceeded { .. } => Some("messages"),
+            _ => None,
+        }
+    }
+
+    /// The OpenAI-style error body: `{"error": {"message", "type", "param", "code"}}`.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "error": {
+                "message": self.to_string(),
+                "type": self.kind(),
+                "param": self.param(),
+                "code": self.code(),
+            }
+        })
+    }
+}
+
+impl From<WorkerError> for tonic::Status {
+    fn from(err: WorkerError) -> Self {
+        let message = err.to_string();
+        match err {
+            WorkerError::InvalidRequest { .. }
+            | WorkerError::ContextExceeded { .. }
+            | WorkerError::BodyTooLarge { .. } => tonic::Status::invalid_argument(message),
+            WorkerError::UnknownModel(_) | WorkerError::UnknownAdapter { .. } => {
+                tonic::Status::not_found(message)
+            }
+            WorkerError::ShuttingDown => tonic::Status::unavailable(message),
+            WorkerError::Engine(_) => tonic::Status::internal(message),
+        }
+    }
+}
+
+impl axum::response::IntoResponse for WorkerError {
+    fn into_response(self) -> axum::response::Response {
+        (self.http_status(), axum::Json(self.body())).into_response()
+    }
+}

@@ -1,0 +1,151 @@
+//! The bulkhead worker: serves LLM generation for many tenants from one
+//! process.
+//!
+//! Layout:
+//! - [`catalog`]: models and LoRA adapters, chat templates, tokenization.
+//! - [`engine`]: the engine thread that owns the llama.cpp contexts and runs
+//!   continuous batching; [`scheduler`] and [`slots`] hold its decisions
+//!   (tenant-fair admission, prefill chunking, per-(tenant, session) KV slots
+//!   and their host-memory tier); [`text`] turns tokens into streamed text.
+//! - [`grpc`] and [`http`]: the two front ends (gateways use gRPC; operators
+//!   may use the OpenAI-compatible HTTP API directly).
+//! - [`usage`]: the on-disk spool and JetStream publisher of usage events.
+//! - [`bench`]: the `bulkhead bench worker` measurement.
+//!
+//! The worker never decides quotas or authenticates tenants: the gateway does.
+//! It must never let one tenant's KV state serve another tenant.
+
+pub mod bench;
+pub mod catalog;
+pub mod engine;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+pub mod request;
+pub mod scheduler;
+pub mod slots;
+pub mod text;
+pub mod usage;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bulkhead_proto::WorkerId;
+use bulkhead_proto::worker::worker_server::WorkerServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use catalog::{AdapterSpec, ModelSpec};
+pub use engine::EngineConfig;
+pub use error::WorkerError;
+
+/// Everything `bulkhead worker` is configured with.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub worker_id: WorkerId,
+    pub models: Vec<ModelSpec>,
+    pub adapters: Vec<AdapterSpec>,
+    pub engine: EngineConfig,
+    /// Layers offloaded to a GPU (0 on a CPU-only build).
+    pub gpu_layers: u32,
+    /// NATS server URL; `None` keeps usage events out of NATS (logged only).
+    pub nats: Option<String>,
+    /// Directory of the usage spool.
+    pub spool_dir: PathBuf,
+    pub max_body_bytes: usize,
+}
+
+/// Runs the worker on already-bound listeners until `shutdown` resolves,
+/// then drains: in-flight requests finish, spooled usage gets a last chance
+/// to reach NATS.
+pub async fn run(
+    config: WorkerConfig,
+    grpc: TcpListener,
+    http: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), WorkerError> {
+    let models = config.models.clone();
+    let adapters = config.adapters.clone();
+    let window = config.engine.context_window;
+    let gpu_layers = config.gpu_layers;
+    let (catalog, loras) = tokio::task::spawn_blocking(move || {
+        catalog::Catalog::load(&models, &adapters, window, gpu_layers)
+    })
+    .await
+    .map_err(|e| WorkerError::Engine(format!("model loading panicked: {e}")))??;
+    let metrics = Arc::new(metrics::Metrics::new());
+    let (usage_tx, publisher) = match &config.nats {
+        Some(url) => {
+            let spool = usage::Spool::open(&config.spool_dir)?;
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            (
+                Some(tx),
+                Some(tokio::spawn(usage::publish_loop(spool, url.clone(), rx))),
+            )
+        }
+        None => {
+            tracing::warn!("no --nats given: usage events are logged, not published");
+            (None, None)
+        }
+    };
+    let engine = Arc::new(engine::Engine::start(
+        Arc::new(catalog),
+        loras,
+        config.engine.clone(),
+        config.worker_id.clone(),
+        usage_tx,
+        Arc::clone(&metrics),
+    )?);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    tracing::info!(
+        worker = %config.worker_id,
+        grpc = ?grpc.local_addr().ok(),
+        http = ?http.as_ref().and_then(|l| l.local_addr().ok()),
+        "worker serving"
+    );
+    let service = grpc::WorkerService {
+        engine: Arc::clone(&engine),
+        worker_id: config.worker_id.clone(),
+    };
+    let grpc_server = tonic::transport::Server::builder()
+        .add_service(WorkerServer::new(service))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped(stop_rx.clone()));
+    let http_server = async {
+        if let Some(listener) = http {
+            let state = http::HttpState {
+                engine: Arc::clone(&engine),
+                metrics: Arc::clone(&metrics),
+                worker_id: config.worker_id.clone(),
+            };
+            axum::serve(listener, http::router(state, config.max_body_bytes))
+                .with_graceful_shutdown(stopped(stop_rx.clone()))
+                .await
+                .map_err(|e| WorkerError::Engine(format!("http server: {e}")))
+        } else {
+            Ok(())
+        }
+    };
+    let (grpc_result, http_result) = tokio::join!(grpc_server, http_server);
+    let engine_for_shutdown = Arc::clone(&engine);
+    drop(engine);
+    // Finishes in-flight work and drops the engine's usage sender.
+    tokio::task::spawn_blocking(move || engine_for_shutdown.shutdown())
+        .await
+        .map_err(|e| WorkerError::Engine(format!("engine shutdown: {e}")))?;
+    if let Some(publisher) = publisher {
+        let _ = publisher.await;
+    }
+    grpc_result.map_err(|e| WorkerError::Engine(format!("grpc server: {e}")))?;
+    http_result?;
+    tracing::info!("worker stopped");
+    Ok(())
+}

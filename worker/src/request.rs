@@ -1,0 +1,305 @@
+//! What a caller asks the engine for, and what it gets back, as validated
+//! domain types. Both front ends (gRPC and the OpenAI-compatible HTTP API)
+//! convert into [`GenerateParams`] here, so validation is written once.
+
+use bulkhead_proto::worker as pb;
+use bulkhead_proto::{EventId, GatewayId, RequestId, SessionId, TenantId, UserId};
+
+use crate::error::WorkerError;
+
+/// Upper bound on stop sequences per request (OpenAI allows 4; we allow a few more).
+pub const MAX_STOP_SEQUENCES: usize = 8;
+/// Upper bound on the number of messages in one request.
+pub const MAX_MESSAGES: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+    Tool,
+}
+
+impl Role {
+    pub fn parse(role: &str) -> Result<Self, WorkerError> {
+        match role {
+            "system" | "developer" => Ok(Self::System),
+            "user" => Ok(Self::User),
+            "assistant" => Ok(Self::Assistant),
+            "tool" => Ok(Self::Tool),
+            other => Err(WorkerError::invalid(
+                format!(
+                    "unknown message role {other:?}: expected one of system, developer, user, assistant, tool"
+                ),
+                Some("messages"),
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::System => "system",
+            Self::User => "user",
+            Self::Assistant => "assistant",
+            Self::Tool => "tool",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: &str, content: impl Into<String>) -> Result<Self, WorkerError> {
+        let content = content.into();
+        if content.contains('\0') {
+            return Err(WorkerError::invalid(
+                "message content must not contain NUL characters",
+                Some("messages"),
+            ));
+        }
+        Ok(Self {
+            role: Role::parse(role)?,
+            content,
+        })
+    }
+}
+
+/// Validates a message list: not empty, bounded, and with something to answer.
+pub fn validate_messages(messages: &[ChatMessage]) -> Result<(), WorkerError> {
+    if messages.is_empty() {
+        return Err(WorkerError::invalid(
+            "messages must contain at least one message",
+            Some("messages"),
+        ));
+    }
+    if messages.len() > MAX_MESSAGES {
+        return Err(WorkerError::invalid(
+            format!("messages may hold at most {MAX_MESSAGES} entries"),
+            Some("messages"),
+        ));
+    }
+    if messages.iter().all(|m| m.content.trim().is_empty()) {
+        return Err(WorkerError::invalid(
+            "every message is empty: send at least one message with content",
+            Some("messages"),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampling {
+    /// 0 means greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    pub seed: u32,
+    /// Keep generating past end-of-generation tokens (benchmarks only).
+    pub ignore_eos: bool,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_p: 1.0,
+            seed: rand_seed(),
+            ignore_eos: false,
+        }
+    }
+}
+
+fn rand_seed() -> u32 {
+    // The low bits of a v4 uuid are random; good enough for a sampling seed.
+    uuid::Uuid::new_v4().as_u128() as u32
+}
+
+impl Sampling {
+    pub fn new(
+        temperature: Option<f32>,
+        top_p: Option<f32>,
+        seed: Option<u32>,
+    ) -> Result<Self, WorkerError> {
+        let defaults = Self::default();
+        let temperature = temperature.unwrap_or(defaults.temperature);
+        if !(0.0..=2.0).contains(&temperature) {
+            return Err(WorkerError::invalid(
+                format!("temperature must be between 0 and 2, got {temperature}"),
+                Some("temperature"),
+            ));
+        }
+        let top_p = top_p.unwrap_or(defaults.top_p);
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(WorkerError::invalid(
+                format!("top_p must be greater than 0 and at most 1, got {top_p}"),
+                Some("top_p"),
+            ));
+        }
+        Ok(Self {
+            temperature,
+            top_p,
+            seed: seed.unwrap_or(defaults.seed),
+            ignore_eos: false,
+        })
+    }
+}
+
+/// A validated generation request.
+#[derive(Debug, Clone)]
+pub struct GenerateParams {
+    pub request_id: RequestId,
+    pub tenant: TenantId,
+    /// `None`: a one-off request; its slot is not kept for the session.
+    pub session: Option<SessionId>,
+    pub user: Option<UserId>,
+    pub gateway: Option<GatewayId>,
+    pub model: String,
+    pub adapter: Option<String>,
+    pub adapter_scale: f32,
+    pub messages: Vec<ChatMessage>,
+    /// `None`: up to the end of the context window.
+    pub max_tokens: Option<u32>,
+    pub sampling: Sampling,
+    pub stop: Vec<String>,
+}
+
+pub fn validate_stop(stop: &[String]) -> Result<(), WorkerError> {
+    if stop.len() > MAX_STOP_SEQUENCES {
+        return Err(WorkerError::invalid(
+            format!("at most {MAX_STOP_SEQUENCES} stop sequences are allowed"),
+            Some("stop"),
+        ));
+    }
+    if stop.iter().any(String::is_empty) {
+        return Err(WorkerError::invalid(
+            "stop sequences must not be empty",
+            Some("stop"),
+        ));
+    }
+    Ok(())
+}
+
+fn optional_id<T>(
+    value: &str,
+    parse: impl Fn(&str) -> Result<T, bulkhead_proto::IdError>,
+    param: &'static str,
+) -> Result<Option<T>, WorkerError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    parse(value)
+        .map(Some)
+        .map_err(|e| WorkerError::invalid(e.to_string(), Some(param)))
+}
+
+impl TryFrom<pb::GenerateRequest> for GenerateParams {
+    type Error = WorkerError;
+
+    fn try_from(req: pb::GenerateRequest) -> Result<Self, WorkerError> {
+        let request_id = optional_id(&req.request_id, |s| RequestId::new(s), "request_id")?
+            .unwrap_or_else(RequestId::generate);
+        let tenant = TenantId::new(req.tenant_id)
+            .map_err(|e| WorkerError::invalid(e.to_string(), Some("tenant_id")))?;
+        let messages = req
+            .messages
+            .into_iter()
+            .map(|m| ChatMessage::new(&m.role, m.content))
+            .collect::<Result<Vec<_>, _>>()?;
+        validate_messages(&messages)?;
+        validate_stop(&req.stop)?;
+        let sampling = req.sampling.unwrap_or_default();
+        let mut sampling = Sampling::new(sampling.temperature, sampling.top_p, sampling.seed)?;
+        sampling.ignore_eos = req.ignore_eos;
+        let adapter_scale = req.adapter_scale.unwrap_or(1.0);
+        if !adapter_scale.is_finite() || !(0.0..=4.0).contains(&adapter_scale) {
+            return Err(WorkerError::invalid(
+                format!("adapter_scale must be between 0 and 4, got {adapter_scale}"),
+                Some("adapter_scale"),
+            ));
+        }
+        Ok(Self {
+            request_id,
+            tenant,
+            session: optional_id(&req.session_id, |s| SessionId::new(s), "session_id")?,
+            user: optional_id(&req.user_id, |s| UserId::new(s), "user_id")?,
+            gateway: optional_id(&req.gateway_id, |s| GatewayId::new(s), "gateway_id")?,
+            model: req.model,
+            adapter: (!req.adapter.is_empty()).then_some(req.adapter),
+            adapter_scale,
+            messages,
+            max_tokens: (req.max_tokens != 0).then_some(req.max_tokens),
+            sampling,
+            stop: req.stop,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// End of generation or a stop sequence.
+    Stop,
+    /// `max_tokens` or the end of the context window.
+    Length,
+    /// The client went away.
+    Cancelled,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub cached_tokens: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub finish_reason: FinishReason,
+    pub usage: Usage,
+    pub request_id: RequestId,
+    pub event_id: EventId,
+    pub time_to_first_token_ms: u64,
+}
+
+/// What the engine streams back for one request.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Delta(String),
+    Finished(Finished),
+    /// The engine failed this request; nothing more follows.
+    Failed(WorkerError),
+}
+
+impl From<Usage> for pb::Usage {
+    fn from(u: Usage) -> Self {
+        Self {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            cached_tokens: u.cached_tokens,
+        }
+    }
+}
+
+impl From<Finished> for pb::Finished {
+    fn from(f: Finished) -> Self {
+        Self {
+            finish_reason: f.finish_reason.as_str().to_owned(),
+            usage: Some(f.usage.into()),
+            request_id: f.request_id.to_string(),
+            event_id: f.event_id.to_string(),
+            time_to_first_token_ms: f.time_to_first_token_ms,
+        }
+    }
+}

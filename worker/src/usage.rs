@@ -1,0 +1,275 @@
+//! Usage events on their way to the control plane: every finished request's
+//! event is written to a spool directory on disk first, then published to the
+//! JetStream stream `BULKHEAD_USAGE` with `Nats-Msg-Id` = event id, and its
+//! spool file is deleted only once JetStream has acknowledged it.
+//!
+//! So a NATS outage or a worker restart loses nothing (the spool is replayed)
+//! and doubles nothing (JetStream drops a repeated message id inside its
+//! duplicate window, and the control plane dedups on the event id too).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bulkhead_proto::worker::UsageEvent;
+use bulkhead_proto::{USAGE_STREAM, USAGE_SUBJECT_PREFIX};
+use prost::Message;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::error::WorkerError;
+
+/// How long JetStream remembers a message id to drop repeats.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// The on-disk spool: one file per event, named `<sequence>-<event id>.pb`
+/// so replay keeps the original order.
+pub struct Spool {
+    dir: PathBuf,
+    next: u64,
+}
+
+impl Spool {
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, WorkerError> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            WorkerError::Engine(format!("creating spool dir {}: {e}", dir.display()))
+        })?;
+        let mut spool = Self { dir, next: 0 };
+        spool.next = spool
+            .pending()?
+            .iter()
+            .filter_map(|p| sequence_of(p))
+            .max()
+            .map_or(0, |n| n + 1);
+        Ok(spool)
+    }
+
+    /// Writes an event durably (fsync of the file and the directory).
+    pub fn write(&mut self, event: &UsageEvent) -> Result<PathBuf, WorkerError> {
+        let name = format!("{:020}-{}.pb", self.next, event.event_id);
+        self.next += 1;
+        let path = self.dir.join(&name);
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let io = |e: std::io::Error| {
+            WorkerError::Engine(format!("writing usage spool {}: {e}", path.display()))
+        };
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            f.write_all(&event.encode_to_vec()).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+        Ok(path)
+    }
+
+    /// Spooled event files, oldest first.
+    pub fn pending(&self) -> Result<Vec<PathBuf>, WorkerError> {
+        let entries = std::fs::read_dir(&self.dir).map_err(|e| {
+            WorkerError::Engine(format!("reading spool dir {}: {e}", self.dir.display()))
+        })?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "pb") && sequence_of(p).is_some())
+            .collect();
+        files.sort();
+        Ok(files)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+fn sequence_of(path: &Path) -> Option<u64> {
+    path.file_name()?.to_str()?.split('-').next()?.parse().ok()
+}
+
+/// Runs until `events` closes: spools each event, publishes the spool in
+/// order, and retries with backoff while NATS is unreachable. On close it
+/// makes a last attempt of a few seconds; what stays unpublished remains in
+/// the spool for the next start.
+pub async fn publish_loop(
+    mut spool: Spool,
+    nats_url: String,
+    mut events: UnboundedReceiver<UsageEvent>,
+) {
+    let client = match async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(2))
+        .max_reconnects(None)
+        .connect(nats_url.as_str())
+        .await
+    {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(url = %nats_url, error = %e, "cannot use NATS; usage stays in the spool");
+            while let Some(event) = events.recv().await {
+                if let Err(e) = spool.write(&event) {
+                    tracing::error!(error = %e, "usage event could not be spooled");
+                }
+            }
+            return;
+        }
+    };
+    let mut js = async_nats::jetstream::new(client);
+    js.set_timeout(Duration::from_secs(2));
+    let mut stream_ready = false;
+    let mut backoff = Duration::from_millis(100);
+    let mut open = true;
+    let mut closing_deadline: Option<tokio::time::Instant> = None;
+    loop {
+        // Spool whatever arrived.
+        while let Ok(event) = events.try_recv() {
+            if let Err(e) = spool.write(&event) {
+                tracing::error!(tenant = %event.tenant_id, error = %e, "usage event could not be spooled");
+            }
+        }
+        let pending = spool.pending().unwrap_or_default();
+        let mut failed = false;
+        if !pending.is_empty() {
+            if !stream_ready {
+                stream_ready = ensure_stream(&js).await;
+                failed = !stream_ready;
+            }
+            if stream_ready {
+                for path in &pending {
+                    match publish_file(&js, path).await {
+                        Ok(()) => {
+                            let _ = std::fs::remove_file(path);
+                            backoff = Duration::from_millis(100);
+                        }
+                        Err(e) => {
+                            tracing::warn!(file = %path.display(), error = %e, "usage publish failed; will retry");
+                            failed = true;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if !open {
+            let remaining = spool.pending().map(|p| p.len()).unwrap_or(0);
+            let expired = closing_deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+            if remaining == 0 || expired {
+                if remaining > 0 {
+                    tracing::warn!(remaining, dir = %spool.dir().display(), "usage events left in the spool for the next start");
+                }
+                return;
+            }
+        }
+        let wait = if failed {
+            backoff
+        } else {
+            Duration::from_secs(3600)
+        };
+        if failed {
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        if !open {
+            tokio::time::sleep(wait.min(Duration::from_millis(200))).await;
+            continue;
+        }
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => {
+                    if let Err(e) = spool.write(&event) {
+                        tracing::error!(tenant = %event.tenant_id, error = %e, "usage event could not be spooled");
+                    }
+                }
+                None => {
+                    open = false;
+                    closing_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(3));
+                }
+            },
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+async fn ensure_stream(js: &async_nats::jetstream::Context) -> bool {
+    let config = async_nats::jetstream::stream::Config {
+        name: USAGE_STREAM.to_owned(),
+        subjects: vec![format!("{USAGE_SUBJECT_PREFIX}.>")],
+        storage: async_nats::jetstream::stream::StorageType::File,
+        duplicate_window: DUPLICATE_WINDOW,
+        ..Default::default()
+    };
+    match js.get_or_create_stream(config).await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "usage stream not reachable yet");
+            false
+        }
+    }
+}
+
+async fn publish_file(js: &async_nats::jetstream::Context, path: &Path) -> Result<(), String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let event = match UsageEvent::decode(bytes.as_slice()) {
+        Ok(event) => event,
+        Err(e) => {
+            // A torn or foreign file: keep it aside rather than block the spool.
+            let bad = path.with_extension("corrupt");
+            tracing::error!(file = %path.display(), error = %e, "unreadable usage spool file moved aside");
+            let _ = std::fs::rename(path, bad);
+            return Ok(());
+        }
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", event.event_id.as_str());
+    headers.insert("Content-Type", "application/x-protobuf");
+    let ack = js
+        .publish_with_headers(event.subject(), headers, bytes.into())
+        .await
+        .map_err(|e| e.to_string())?;
+    ack.await.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spool_survives_reopen_and_keeps_order() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut spool = Spool::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        for id in ["b", "a", "c"] {
+            let event = UsageEvent {
+                event_id: id.into(),
+                ..Default::default()
+            };
+            spool.write(&event).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let mut reopened = Spool::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<String> = reopened
+            .pending()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .iter()
+            .map(|p| {
+                std::fs::read(p)
+                    .map(|b| {
+                        UsageEvent::decode(b.as_slice())
+                            .map(|e| e.event_id)
+                            .unwrap_or_default()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect();
+        assert_eq!(names, ["b", "a", "c"]);
+        let path = reopened
+            .write(&UsageEvent {
+                event_id: "d".into(),
+                ..Default::default()
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            path.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("00000000000000000003-"))
+        );
+    }
+}
