@@ -8,11 +8,13 @@
 //! duplicate window, and the control plane dedups on the event id too).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bulkhead_proto::worker::UsageEvent;
 use bulkhead_proto::{USAGE_STREAM, USAGE_SUBJECT_PREFIX};
 use prost::Message;
+use tokio::sync::Notify;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::error::WorkerError;
@@ -84,19 +86,53 @@ impl Spool {
     }
 }
 
+/// Spooled event files in `dir`, oldest first.
+fn pending_in(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        tracing::warn!(dir = %dir.display(), "usage spool dir unreadable");
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pb") && sequence_of(p).is_some())
+        .collect();
+    files.sort();
+    files
+}
+
 fn sequence_of(path: &Path) -> Option<u64> {
     path.file_name()?.to_str()?.split('-').next()?.parse().ok()
 }
 
-/// Runs until `events` closes: spools each event, publishes the spool in
-/// order, and retries with backoff while NATS is unreachable. On close it
-/// makes a last attempt of a few seconds; what stays unpublished remains in
-/// the spool for the next start.
+/// Runs until `events` closes: a writer thread spools each event as it
+/// arrives (so an event is on disk even while NATS is unreachable), and this
+/// task publishes the spool in order, retrying with backoff. On close it makes
+/// a last attempt of a few seconds; what stays unpublished remains in the
+/// spool for the next start.
 pub async fn publish_loop(
     mut spool: Spool,
     nats_url: String,
     mut events: UnboundedReceiver<UsageEvent>,
 ) {
+    let dir = spool.dir().to_path_buf();
+    let notify = Arc::new(Notify::new());
+    let (closed_tx, mut closed) = tokio::sync::watch::channel(false);
+    let writer_notify = Arc::clone(&notify);
+    let writer = std::thread::Builder::new().name("bulkhead-usage-spool".into()).spawn(move || {
+        while let Some(event) = events.blocking_recv() {
+            if let Err(e) = spool.write(&event) {
+                tracing::error!(tenant = %event.tenant_id, event = %event.event_id, error = %e, "usage event could not be spooled");
+            }
+            writer_notify.notify_one();
+        }
+        let _ = closed_tx.send(true);
+        writer_notify.notify_one();
+    });
+    if let Err(e) = writer {
+        tracing::error!(error = %e, "usage spool writer could not start; usage events are lost");
+        return;
+    }
     let client = match async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(2))
@@ -104,59 +140,47 @@ pub async fn publish_loop(
         .connect(nats_url.as_str())
         .await
     {
-        Ok(client) => client,
+        Ok(client) => Some(client),
         Err(e) => {
             tracing::error!(url = %nats_url, error = %e, "cannot use NATS; usage stays in the spool");
-            while let Some(event) = events.recv().await {
-                if let Err(e) = spool.write(&event) {
-                    tracing::error!(error = %e, "usage event could not be spooled");
-                }
-            }
-            return;
+            None
         }
     };
-    let mut js = async_nats::jetstream::new(client);
-    js.set_timeout(Duration::from_secs(2));
+    let js = client.map(|client| {
+        let mut js = async_nats::jetstream::new(client);
+        js.set_timeout(Duration::from_secs(2));
+        js
+    });
     let mut stream_ready = false;
     let mut backoff = Duration::from_millis(100);
-    let mut open = true;
     let mut closing_deadline: Option<tokio::time::Instant> = None;
     loop {
-        // Spool whatever arrived.
-        while let Ok(event) = events.try_recv() {
-            if let Err(e) = spool.write(&event) {
-                tracing::error!(tenant = %event.tenant_id, error = %e, "usage event could not be spooled");
-            }
-        }
-        let pending = spool.pending().unwrap_or_default();
         let mut failed = false;
-        if !pending.is_empty() {
-            if !stream_ready {
-                stream_ready = ensure_stream(&js).await;
+        if let Some(js) = &js {
+            let pending = pending_in(&dir);
+            if !pending.is_empty() && !stream_ready {
+                stream_ready = ensure_stream(js).await;
                 failed = !stream_ready;
             }
             if stream_ready {
                 for path in &pending {
-                    match publish_file(&js, path).await {
-                        Ok(()) => {
-                            let _ = std::fs::remove_file(path);
-                            backoff = Duration::from_millis(100);
-                        }
-                        Err(e) => {
-                            tracing::warn!(file = %path.display(), error = %e, "usage publish failed; will retry");
-                            failed = true;
-                            break;
-                        }
+                    if let Err(e) = publish_file(js, path).await {
+                        tracing::warn!(file = %path.display(), error = %e, "usage publish failed; will retry");
+                        failed = true;
+                        break;
                     }
+                    let _ = std::fs::remove_file(path);
+                    backoff = Duration::from_millis(100);
                 }
             }
         }
-        if !open {
-            let remaining = spool.pending().map(|p| p.len()).unwrap_or(0);
-            let expired = closing_deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
-            if remaining == 0 || expired {
+        if *closed.borrow() {
+            let deadline = *closing_deadline
+                .get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_secs(3));
+            let remaining = pending_in(&dir).len();
+            if remaining == 0 || tokio::time::Instant::now() >= deadline || js.is_none() {
                 if remaining > 0 {
-                    tracing::warn!(remaining, dir = %spool.dir().display(), "usage events left in the spool for the next start");
+                    tracing::warn!(remaining, dir = %dir.display(), "usage events left in the spool for the next start");
                 }
                 return;
             }
@@ -169,23 +193,10 @@ pub async fn publish_loop(
         if failed {
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
-        if !open {
-            tokio::time::sleep(wait.min(Duration::from_millis(200))).await;
-            continue;
-        }
         tokio::select! {
-            event = events.recv() => match event {
-                Some(event) => {
-                    if let Err(e) = spool.write(&event) {
-                        tracing::error!(tenant = %event.tenant_id, error = %e, "usage event could not be spooled");
-                    }
-                }
-                None => {
-                    open = false;
-                    closing_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(3));
-                }
-            },
+            () = notify.notified(), if !failed => {}
             () = tokio::time::sleep(wait) => {}
+            _ = closed.changed(), if !*closed.borrow() => {}
         }
     }
 }
@@ -248,7 +259,6 @@ mod tests {
         let mut reopened = Spool::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
         let names: Vec<String> = reopened
             .pending()
-            .unwrap_or_else(|e| panic!("{e}"))
             .iter()
             .map(|p| {
                 std::fs::read(p)

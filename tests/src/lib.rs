@@ -1,0 +1,1 @@
+//! Helpers for cross-component tests that launch the real `bulkhead` binary.

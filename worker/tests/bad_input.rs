@@ -1,0 +1,216 @@
+//! Every kind of bad input gets a clear 4xx (or InvalidArgument) with an
+//! OpenAI-style error body, and the worker keeps serving.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use bulkhead_proto::worker as pb;
+use common::{MODEL_NAME, Options, TestWorker, content, greedy, grpc_request};
+use serde_json::{Value, json};
+
+async fn raw(w: &TestWorker, tenant: Option<&str>, body: Vec<u8>) -> (u16, Value) {
+    let mut req = w
+        .client
+        .post(format!("{}/v1/chat/completions", w.http))
+        .header("Content-Type", "application/json")
+        .body(body);
+    if let Some(tenant) = tenant {
+        req = req.header("X-Tenant-ID", tenant);
+    }
+    let resp = req.send().await.unwrap();
+    (
+        resp.status().as_u16(),
+        resp.json().await.unwrap_or(Value::Null),
+    )
+}
+
+fn assert_error(status: u16, body: &Value, want_status: u16, message_part: &str) {
+    assert_eq!(status, want_status, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(message_part),
+        "message {message:?} should mention {message_part:?}"
+    );
+    assert!(body["error"]["type"].is_string(), "{body}");
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors_and_the_worker_keeps_serving() {
+    let w = TestWorker::start(Options {
+        context: 512,
+        max_body_bytes: 16 * 1024,
+        ..Options::default()
+    })
+    .await;
+    let hello = json!([{"role": "user", "content": "Hello"}]);
+    let body = |v: Value| serde_json::to_vec(&v).unwrap();
+
+    let (s, b) = raw(
+        &w,
+        Some("acme"),
+        body(json!({"model": MODEL_NAME, "messages": []})),
+    )
+    .await;
+    assert_error(s, &b, 400, "at least one message");
+    let (s, b) = raw(
+        &w,
+        Some("acme"),
+        b"{\"model\": \"smollm2\", \"messages\": [".to_vec(),
+    )
+    .await;
+    assert_error(s, &b, 400, "not a valid chat completion request");
+    let (s, b) = raw(
+        &w,
+        Some("acme"),
+        body(json!({"model": MODEL_NAME, "messages": "hi"})),
+    )
+    .await;
+    assert_error(s, &b, 400, "not a valid chat completion request");
+    let (s, b) = raw(
+        &w,
+        Some("acme"),
+        body(json!({"model": MODEL_NAME, "messages": [{"content": "no role"}]})),
+    )
+    .await;
+    assert_error(s, &b, 400, "role");
+    let (s, b) = raw(
+        &w,
+        Some("acme"),
+        body(json!({"model": MODEL_NAME, "messages": [{"role": "wizard", "content": "x"}]})),
+    )
+    .await;
+    assert_error(s, &b, 400, "unknown message role");
+    let (s, b) = raw(
+        &w,
+        Some("acme"),
+        body(json!({"model": MODEL_NAME, "messages": [{"role": "user", "content": "  "}]})),
+    )
+    .await;
+    assert_error(s, &b, 400, "empty");
+    let (s, b) = raw(
+        &w,
+        Some("acme"),
+        body(json!({"model": "gpt-9", "messages": hello})),
+    )
+    .await;
+    assert_error(s, &b, 404, "gpt-9");
+    assert_eq!(b["error"]["code"], "model_not_found");
+    let (s, b) = raw(
+        &w,
+        Some("acme"),
+        body(json!({"model": MODEL_NAME, "messages": hello, "adapter": "nope"})),
+    )
+    .await;
+    assert_error(s, &b, 404, "adapter `nope`");
+    let (s, b) = raw(
+        &w,
+        Some("acme"),
+        body(json!({"model": MODEL_NAME, "messages": hello, "max_tokens": 0})),
+    )
+    .await;
+    assert_error(s, &b, 400, "max_tokens must be at least 1");
+    let (s, b) = raw(
+        &w,
+        Some("acme"),
+        body(json!({"model": MODEL_NAME, "messages": hello, "max_tokens": 100000})),
+    )
+    .await;
+    assert_error(s, &b, 400, "maximum context length is 512 tokens");
+    assert_eq!(b["error"]["code"], "context_length_exceeded");
+    let long = "word ".repeat(1000);
+    let (s, b) = raw(
+        &w,
+        Some("acme"),
+        body(json!({"model": MODEL_NAME, "messages": [{"role": "user", "content": long}]})),
+    )
+    .await;
+    assert_error(s, &b, 400, "maximum context length is 512 tokens");
+    let (s, b) = raw(&w, Some("acme"), b"{\"model\": \"smollm2\", \"messages\": [{\"role\": \"user\", \"content\": \"\xff\xfe\"}]}".to_vec()).await;
+    assert_error(s, &b, 400, "not valid UTF-8");
+    let huge = "x".repeat(20 * 1024);
+    let (s, b) = raw(
+        &w,
+        Some("acme"),
+        body(json!({"model": MODEL_NAME, "messages": [{"role": "user", "content": huge}]})),
+    )
+    .await;
+    assert_error(s, &b, 413, "larger than the limit");
+    let (s, b) = raw(
+        &w,
+        None,
+        body(json!({"model": MODEL_NAME, "messages": hello})),
+    )
+    .await;
+    assert_error(s, &b, 400, "X-Tenant-ID");
+    let (s, b) = raw(
+        &w,
+        Some("a tenant with spaces"),
+        body(json!({"model": MODEL_NAME, "messages": hello})),
+    )
+    .await;
+    assert_error(s, &b, 400, "tenant id");
+    let (s, b) = raw(
+        &w,
+        Some("acme"),
+        body(json!({"model": MODEL_NAME, "messages": hello, "temperature": 7})),
+    )
+    .await;
+    assert_error(s, &b, 400, "temperature");
+    let (s, b) = raw(
+        &w,
+        Some("acme"),
+        body(json!({"model": MODEL_NAME, "messages": [{"role": "user", "content": "a\u{0}b"}]})),
+    )
+    .await;
+    assert_error(s, &b, 400, "NUL");
+
+    // gRPC: the same rules, as status codes.
+    let mut client = w.grpc_client().await;
+    let mut empty = grpc_request("acme", "", "x", 4, false);
+    empty.messages.clear();
+    let err = client.generate(empty).await.err().unwrap();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    let mut unknown = grpc_request("acme", "", "x", 4, false);
+    unknown.model = "gpt-9".into();
+    assert_eq!(
+        client.generate(unknown).await.err().unwrap().code(),
+        tonic::Code::NotFound
+    );
+    let too_long = grpc_request("acme", "", "x", 100_000, false);
+    assert_eq!(
+        client.generate(too_long).await.err().unwrap().code(),
+        tonic::Code::InvalidArgument
+    );
+    let no_tenant = grpc_request("", "", "x", 4, false);
+    assert_eq!(
+        client.generate(no_tenant).await.err().unwrap().code(),
+        tonic::Code::InvalidArgument
+    );
+    let count = client
+        .count_tokens(pb::CountTokensRequest {
+            model: MODEL_NAME.into(),
+            messages: vec![pb::ChatMessage {
+                role: "user".into(),
+                content: "Hello".into(),
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(count.prompt_tokens > 1 && count.context_window == 512);
+
+    // Still serving.
+    let (status, answer) = w
+        .chat(
+            "acme",
+            None,
+            greedy(
+                json!([{"role": "user", "content": "What is the capital of France?"}]),
+                16,
+            ),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(content(&answer).contains("Paris"));
+    w.stop().await;
+}

@@ -1,0 +1,300 @@
+//! Shared set-up for the worker's tests: a worker on 127.0.0.1:0 with the
+//! real demo model, a real nats-server, and small HTTP/gRPC helpers.
+#![allow(dead_code)]
+
+pub mod gguf;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bulkhead_proto::WorkerId;
+use bulkhead_proto::worker as pb;
+use bulkhead_proto::worker::worker_client::WorkerClient;
+use bulkhead_worker::{AdapterSpec, EngineConfig, ModelSpec, WorkerConfig};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+pub const MODEL_NAME: &str = "smollm2";
+
+/// The demo model that scripts/setup.sh caches.
+pub fn model_path() -> PathBuf {
+    let dir = std::env::var_os("BULKHEAD_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/bulkhead/models")
+        });
+    let path = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.is_file(),
+        "demo model missing at {}: run scripts/setup.sh",
+        path.display()
+    );
+    path
+}
+
+pub struct Options {
+    pub slots: u32,
+    pub context: u32,
+    pub host_cache_bytes: u64,
+    pub models: Vec<ModelSpec>,
+    pub adapters: Vec<AdapterSpec>,
+    pub nats: Option<String>,
+    pub spool_dir: Option<PathBuf>,
+    pub max_body_bytes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            slots: 4,
+            context: 1024,
+            host_cache_bytes: 256 << 20,
+            models: vec![ModelSpec {
+                name: MODEL_NAME.into(),
+                path: model_path(),
+                chat_template: None,
+            }],
+            adapters: Vec::new(),
+            nats: None,
+            spool_dir: None,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+pub struct TestWorker {
+    pub http: String,
+    pub grpc: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), bulkhead_worker::WorkerError>>>,
+    _spool: Option<tempfile::TempDir>,
+    pub client: reqwest::Client,
+}
+
+impl TestWorker {
+    pub async fn start(options: Options) -> Self {
+        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc_addr: SocketAddr = grpc.local_addr().unwrap();
+        let http_addr: SocketAddr = http.local_addr().unwrap();
+        let (spool_holder, spool_dir) = match options.spool_dir {
+            Some(dir) => (None, dir),
+            None => {
+                let t = tempfile::tempdir().unwrap();
+                let p = t.path().to_path_buf();
+                (Some(t), p)
+            }
+        };
+        let config = WorkerConfig {
+            worker_id: WorkerId::new(format!("test-{}", grpc_addr.port())).unwrap(),
+            models: options.models,
+            adapters: options.adapters,
+            engine: EngineConfig {
+                slots: options.slots,
+                context_window: options.context,
+                batch: 256,
+                prefill_chunk: 128,
+                threads: 2,
+                host_cache_bytes: options.host_cache_bytes,
+            },
+            gpu_layers: 0,
+            nats: options.nats,
+            spool_dir,
+            max_body_bytes: options.max_body_bytes,
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(bulkhead_worker::run(config, grpc, Some(http), async move {
+            let _ = stop_rx.await;
+        }));
+        let worker = Self {
+            http: format!("http://{http_addr}"),
+            grpc: format!("http://{grpc_addr}"),
+            stop: Some(stop_tx),
+            task: Some(task),
+            _spool: spool_holder,
+            client: reqwest::Client::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = worker
+                .client
+                .get(format!("{}/health", worker.http))
+                .send()
+                .await
+                && r.status().is_success()
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "worker did not become healthy");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        worker
+    }
+
+    pub async fn grpc_client(&self) -> WorkerClient<tonic::transport::Channel> {
+        WorkerClient::connect(self.grpc.clone()).await.unwrap()
+    }
+
+    /// POSTs a chat completion; returns (status, JSON body).
+    pub async fn chat(&self, tenant: &str, session: Option<&str>, body: Value) -> (u16, Value) {
+        let mut req = self
+            .client
+            .post(format!("{}/v1/chat/completions", self.http))
+            .header("X-Tenant-ID", tenant)
+            .json(&body);
+        if let Some(session) = session {
+            req = req.header("X-Session-ID", session);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.json::<Value>().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.http))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Graceful stop: in-flight work finishes, the usage spool gets a last flush.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// A greedy chat request body.
+pub fn greedy(messages: Value, max_tokens: u32) -> Value {
+    json!({"model": MODEL_NAME, "messages": messages, "max_tokens": max_tokens, "temperature": 0})
+}
+
+pub fn content(body: &Value) -> String {
+    body["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+pub fn usage(body: &Value, field: &str) -> u64 {
+    if field == "cached_tokens" {
+        return body["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap();
+    }
+    body["usage"][field].as_u64().unwrap()
+}
+
+pub fn grpc_request(
+    tenant: &str,
+    session: &str,
+    user_text: &str,
+    max_tokens: u32,
+    ignore_eos: bool,
+) -> pb::GenerateRequest {
+    pb::GenerateRequest {
+        tenant_id: tenant.into(),
+        session_id: session.into(),
+        model: MODEL_NAME.into(),
+        messages: vec![pb::ChatMessage {
+            role: "user".into(),
+            content: user_text.into(),
+        }],
+        max_tokens,
+        sampling: Some(pb::Sampling {
+            temperature: Some(0.0),
+            top_p: None,
+            seed: None,
+        }),
+        ignore_eos,
+        ..Default::default()
+    }
+}
+
+/// The value of a Prometheus sample line that starts with `prefix`.
+pub fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A real nats-server with JetStream, on a fixed port so it can be restarted.
+pub struct Nats {
+    child: Option<Child>,
+    pub port: u16,
+    store: PathBuf,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Nats {
+    pub fn start(store: &Path) -> Self {
+        let mut nats = Self {
+            child: None,
+            port: free_port(),
+            store: store.to_path_buf(),
+        };
+        nats.restart();
+        nats
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none());
+        let child = Command::new("nats-server")
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(&self.store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server not found: run scripts/setup.sh");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

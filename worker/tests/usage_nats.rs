@@ -1,0 +1,160 @@
+//! Usage events reach JetStream exactly once per finished request, across a
+//! NATS outage and a worker restart, with a real nats-server.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bulkhead_proto::worker::UsageEvent;
+use bulkhead_proto::{RequestId, USAGE_STREAM};
+use common::{MODEL_NAME, Nats, Options, TestWorker};
+use prost::Message;
+use serde_json::json;
+
+async fn request(w: &TestWorker, id: &str) {
+    let resp = w
+        .client
+        .post(format!("{}/v1/chat/completions", w.http))
+        .header("X-Tenant-ID", "acme")
+        .header("X-User-ID", "alice")
+        .header("X-Request-ID", id)
+        .json(&json!({"model": MODEL_NAME, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 3, "temperature": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+/// All events in the stream, by event id.
+async fn stream_events(url: &str) -> Vec<UsageEvent> {
+    let client = async_nats::connect(url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream(USAGE_STREAM).await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let mut events = Vec::new();
+    for seq in 1..=last {
+        if let Ok(msg) = stream.get_raw_message(seq).await {
+            events.push(UsageEvent::decode(msg.payload.as_ref()).unwrap());
+        }
+    }
+    events
+}
+
+async fn wait_for_events(url: &str, n: usize) -> Vec<UsageEvent> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Ok(events)) = tokio::time::timeout(Duration::from_secs(5), async {
+            Ok::<_, ()>(stream_events(url).await)
+        })
+        .await
+            && events.len() >= n
+        {
+            return events;
+        }
+        assert!(Instant::now() < deadline, "stream did not reach {n} events");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn spooled(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "pb"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn every_finished_request_yields_exactly_one_event_across_outage_and_restart() {
+    let store = tempfile::tempdir().unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let mut nats = Nats::start(store.path());
+    // The port stays the same across nats-server restarts.
+    let url = nats.url();
+    let options = || Options {
+        nats: Some(url.clone()),
+        spool_dir: Some(spool.path().to_path_buf()),
+        ..Options::default()
+    };
+    let w = TestWorker::start(options()).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let id = format!("before-outage-{i}");
+        request(&w, &id).await;
+        ids.push(id);
+    }
+    wait_for_events(&nats.url(), 3).await;
+
+    // NATS goes away: requests still succeed, their events wait in the spool.
+    nats.stop();
+    for i in 0..3 {
+        let id = format!("during-outage-{i}");
+        request(&w, &id).await;
+        ids.push(id);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(spooled(spool.path()), 3);
+    nats.restart();
+    wait_for_events(&nats.url(), 6).await;
+
+    // The worker restarts with events still spooled (NATS down at its stop).
+    nats.stop();
+    for i in 0..2 {
+        let id = format!("before-restart-{i}");
+        request(&w, &id).await;
+        ids.push(id);
+    }
+    w.stop().await;
+    assert_eq!(spooled(spool.path()), 2);
+    // A crash between JetStream's ack and the spool delete leaves a file for
+    // an event that was already published: replaying it must not double it.
+    let replay = UsageEvent {
+        event_id: RequestId::new("before-outage-0")
+            .unwrap()
+            .event_id()
+            .to_string(),
+        tenant_id: "acme".into(),
+        ..Default::default()
+    };
+    std::fs::write(
+        spool.path().join("00000000000000000999-replayed.pb"),
+        replay.encode_to_vec(),
+    )
+    .unwrap();
+    nats.restart();
+    let w = TestWorker::start(options()).await;
+    let events = wait_for_events(&nats.url(), 8).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while spooled(spool.path()) > 0 {
+        assert!(Instant::now() < deadline, "spool not drained");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let events = if events.len() == 8 {
+        stream_events(&nats.url()).await
+    } else {
+        events
+    };
+    assert_eq!(events.len(), 8, "exactly one event per request: {events:?}");
+
+    let by_id: HashMap<String, &UsageEvent> =
+        events.iter().map(|e| (e.event_id.clone(), e)).collect();
+    assert_eq!(by_id.len(), 8);
+    for id in &ids {
+        let event_id = RequestId::new(id.as_str()).unwrap().event_id().to_string();
+        let e = by_id
+            .get(&event_id)
+            .unwrap_or_else(|| panic!("no event for {id}"));
+        assert_eq!(e.request_id, *id);
+        assert_eq!(e.tenant_id, "acme");
+        assert_eq!(e.user_id, "alice");
+        assert_eq!(e.model, MODEL_NAME);
+        assert_eq!(e.completion_tokens, 3);
+        assert!(e.prompt_tokens > 0 && !e.worker_id.is_empty() && e.finished_at_ms > 0);
+    }
+    w.stop().await;
+}
