@@ -120,14 +120,15 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             })?;
         model.chat_template = Some(template.to_owned());
     }
-    let worker_id = WorkerId::new(
-        args.worker_id
-            .unwrap_or_else(|| format!("worker-{}", args.listen.port())),
-    )
-    .context("--worker-id")?;
     let grpc = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding gRPC address {}", args.listen))?;
+    let grpc_addr = grpc.local_addr()?;
+    let worker_id = WorkerId::new(
+        args.worker_id
+            .unwrap_or_else(|| format!("worker-{}", grpc_addr.port())),
+    )
+    .context("--worker-id")?;
     let http = match args.http {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -136,6 +137,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    eprintln!("bulkhead worker: gRPC on {grpc_addr}");
     if let Some(http) = &http {
         eprintln!(
             "bulkhead worker: OpenAI-compatible API on http://{}",

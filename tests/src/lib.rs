@@ -1,1 +1,138 @@
 //! Helpers for cross-component tests that launch the real `bulkhead` binary.
+//!
+//! The binary is found next to the test executable (`target/<profile>/bulkhead`),
+//! or at `$BULKHEAD_BIN`, and built with `cargo build -p bulkhead` when it is
+//! missing. A launched process is killed when its handle drops, so a failing
+//! test leaves nothing running.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// The demo model that scripts/setup.sh caches.
+pub fn demo_model() -> PathBuf {
+    let path = bulkhead_worker::demo_model_path();
+    assert!(
+        path.is_file(),
+        "demo model missing at {}: run scripts/setup.sh",
+        path.display()
+    );
+    path
+}
+
+/// Path of the `bulkhead` binary of this build, building it if needed.
+pub fn bulkhead_bin() -> anyhow::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("BULKHEAD_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    // target/<profile>/deps/<test-exe> -> target/<profile>/bulkhead
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .context("test executable has no target/<profile> directory")?;
+    let bin = profile_dir.join("bulkhead");
+    if !bin.is_file() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "bulkhead"])
+            .status()
+            .context("running cargo build -p bulkhead")?;
+        if !status.success() || !bin.is_file() {
+            bail!("could not build the bulkhead binary at {}", bin.display());
+        }
+    }
+    Ok(bin)
+}
+
+/// A running `bulkhead` process whose stderr is collected line by line.
+pub struct Process {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Process {
+    /// Starts `bulkhead ARGS`.
+    pub fn spawn<I, S>(args: I) -> anyhow::Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut child = Command::new(bulkhead_bin()?)
+            .args(args)
+            .env("BULKHEAD_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting bulkhead")?;
+        let stderr = child.stderr.take().context("child stderr")?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        })
+    }
+
+    /// Waits for a stderr line containing `needle` and returns the text after it.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line
+                        .find(needle)
+                        .map(|at| line[at + needle.len()..].trim().to_owned());
+                    self.seen.push(line);
+                    if let Some(rest) = found {
+                        return Ok(rest);
+                    }
+                }
+                Err(_) => bail!(
+                    "no line containing {needle:?} within {timeout:?}; stderr so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("bulkhead did not exit within {timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

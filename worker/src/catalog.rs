@@ -18,6 +18,21 @@ use llama_cpp_2::token::LlamaToken;
 use crate::error::WorkerError;
 use crate::request::{ChatMessage, GenerateParams};
 
+/// File name of the demo model, SmolLM2-135M-Instruct (Q4_1).
+pub const DEMO_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Where scripts/setup.sh caches the demo model: `$BULKHEAD_MODEL_DIR` or
+/// `~/.cache/bulkhead/models/`. The file may not exist.
+pub fn demo_model_path() -> PathBuf {
+    std::env::var_os("BULKHEAD_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/bulkhead/models")
+        })
+        .join(DEMO_MODEL_FILE)
+}
+
 /// `NAME=PATH` of a model to serve.
 #[derive(Debug, Clone)]
 pub struct ModelSpec {

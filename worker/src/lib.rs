@@ -37,7 +37,7 @@ use bulkhead_proto::worker::worker_server::WorkerServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-pub use catalog::{AdapterSpec, ModelSpec};
+pub use catalog::{AdapterSpec, ModelSpec, demo_model_path};
 pub use engine::EngineConfig;
 pub use error::WorkerError;
 

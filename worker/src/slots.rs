@@ -133,10 +133,12 @@ impl<T: PartialEq + Clone> SlotTable<T> {
         let now = self.tick();
         if owner.session.is_some() {
             for (i, s) in self.slots.iter_mut().enumerate() {
-                if i != slot && !s.busy && s.owner.as_ref() == Some(&owner) {
-                    if let Some(o) = s.owner.as_mut() {
-                        o.session = None;
-                    }
+                if i != slot
+                    && !s.busy
+                    && s.owner.as_ref() == Some(&owner)
+                    && let Some(o) = s.owner.as_mut()
+                {
+                    o.session = None;
                 }
             }
         }

@@ -68,17 +68,11 @@ impl Spool {
     }
 
     /// Spooled event files, oldest first.
+    /// Spooled event files, oldest first.
     pub fn pending(&self) -> Result<Vec<PathBuf>, WorkerError> {
-        let entries = std::fs::read_dir(&self.dir).map_err(|e| {
+        pending_in(&self.dir).map_err(|e| {
             WorkerError::Engine(format!("reading spool dir {}: {e}", self.dir.display()))
-        })?;
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "pb") && sequence_of(p).is_some())
-            .collect();
-        files.sort();
-        Ok(files)
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -87,18 +81,23 @@ impl Spool {
 }
 
 /// Spooled event files in `dir`, oldest first.
-fn pending_in(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        tracing::warn!(dir = %dir.display(), "usage spool dir unreadable");
-        return Vec::new();
-    };
-    let mut files: Vec<PathBuf> = entries
+fn pending_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "pb") && sequence_of(p).is_some())
         .collect();
     files.sort();
-    files
+    Ok(files)
+}
+
+/// Like [`pending_in`], for the publisher: an unreadable spool is logged and
+/// retried on the next round.
+fn pending_or_warn(dir: &Path) -> Vec<PathBuf> {
+    pending_in(dir).unwrap_or_else(|e| {
+        tracing::warn!(dir = %dir.display(), error = %e, "usage spool dir unreadable");
+        Vec::new()
+    })
 }
 
 fn sequence_of(path: &Path) -> Option<u64> {
@@ -157,7 +156,7 @@ pub async fn publish_loop(
     loop {
         let mut failed = false;
         if let Some(js) = &js {
-            let pending = pending_in(&dir);
+            let pending = pending_or_warn(&dir);
             if !pending.is_empty() && !stream_ready {
                 stream_ready = ensure_stream(js).await;
                 failed = !stream_ready;
@@ -177,7 +176,7 @@ pub async fn publish_loop(
         if *closed.borrow() {
             let deadline = *closing_deadline
                 .get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_secs(3));
-            let remaining = pending_in(&dir).len();
+            let remaining = pending_or_warn(&dir).len();
             if remaining == 0 || tokio::time::Instant::now() >= deadline || js.is_none() {
                 if remaining > 0 {
                     tracing::warn!(remaining, dir = %dir.display(), "usage events left in the spool for the next start");
@@ -259,6 +258,7 @@ mod tests {
         let mut reopened = Spool::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
         let names: Vec<String> = reopened
             .pending()
+            .unwrap_or_else(|e| panic!("{e}"))
             .iter()
             .map(|p| {
                 std::fs::read(p)

@@ -20,13 +20,7 @@ pub const MODEL_NAME: &str = "smollm2";
 
 /// The demo model that scripts/setup.sh caches.
 pub fn model_path() -> PathBuf {
-    let dir = std::env::var_os("BULKHEAD_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/bulkhead/models")
-        });
-    let path = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let path = bulkhead_worker::demo_model_path();
     assert!(
         path.is_file(),
         "demo model missing at {}: run scripts/setup.sh",
