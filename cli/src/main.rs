@@ -1,6 +1,8 @@
 //! `bulkhead`: one binary, a subcommand per role. Each subcommand parses its
 //! flags, sets up tracing and calls the role crate's `run`.
 
+mod admin;
+mod control_plane;
 mod env;
 mod worker;
 
@@ -21,6 +23,36 @@ struct Cli {
 enum Command {
     /// Run a worker: llama.cpp generation with per-tenant KV slots.
     Worker(worker::WorkerArgs),
+    /// Run a control-plane node (Raft + redb): tenants, keys, the quota ledger.
+    ControlPlane(control_plane::ControlPlaneArgs),
+    /// Show or change the control plane's membership.
+    Cluster {
+        #[command(subcommand)]
+        command: admin::ClusterCommand,
+        #[command(flatten)]
+        connect: admin::Connect,
+    },
+    /// Create, list, show, update and delete tenants.
+    Tenant {
+        #[command(subcommand)]
+        command: admin::TenantCommand,
+        #[command(flatten)]
+        connect: admin::Connect,
+    },
+    /// Create, revoke and list a tenant's API keys.
+    Key {
+        #[command(subcommand)]
+        command: admin::KeyCommand,
+        #[command(flatten)]
+        connect: admin::Connect,
+    },
+    /// A tenant's token usage per day, and per user.
+    Usage {
+        #[command(flatten)]
+        args: admin::UsageArgs,
+        #[command(flatten)]
+        connect: admin::Connect,
+    },
     /// Measure a role against a baseline run in the same command.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -32,7 +64,17 @@ enum BenchCommand {
     Worker(worker::BenchArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env(env::LOG).unwrap_or_else(|_| {
@@ -45,6 +87,34 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Worker(args) => runtime.block_on(worker::run(args)),
+        Command::ControlPlane(args) => runtime.block_on(control_plane::run(args)),
+        Command::Cluster { command, connect } => runtime.block_on(admin::cluster(connect, command)),
+        Command::Tenant { command, connect } => runtime.block_on(admin::tenant(connect, command)),
+        Command::Key { command, connect } => runtime.block_on(admin::key(connect, command)),
+        Command::Usage { args, connect } => runtime.block_on(admin::usage(connect, args)),
         Command::Bench(BenchCommand::Worker(args)) => runtime.block_on(worker::bench(args)),
     }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
 }

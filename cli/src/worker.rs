@@ -84,28 +84,6 @@ pub struct WorkerArgs {
     engine: EngineArgs,
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down");
-}
-
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let mut models = args.models;
     for entry in &args.chat_templates {
@@ -154,7 +132,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         spool_dir: args.data_dir.join("usage-spool"),
         max_body_bytes: args.max_body_bytes,
     };
-    bulkhead_worker::run(config, grpc, http, shutdown_signal()).await?;
+    bulkhead_worker::run(config, grpc, http, crate::shutdown_signal()).await?;
     Ok(())
 }
 

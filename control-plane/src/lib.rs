@@ -1,6 +1,281 @@
 //! The bulkhead control plane: the Raft-replicated store (openraft + redb) of
-//! tenants, API keys, sessions, the worker registry and the global quota
-//! ledger (see DESIGN.md sections 1, 4, 5, 6).
+//! tenants, API keys and the global quota ledger (DESIGN.md sections 1, 4, 5).
 //!
-//! Not built yet: this crate is empty on purpose, and no command of the
-//! `bulkhead` binary pretends to run a control plane until it is.
+//! Layout: `store` (redb log and state machine), `raft` (type config and the
+//! gRPC transport), `state` (commands and how they change the tables),
+//! `ledger` (quota arithmetic), `plans` (plan defaults), `service` (the
+//! `ControlPlane` gRPC API), `consumer` (the leader's JetStream usage
+//! consumer), `client` (a leader-following client for the CLI and gateways).
+//! This crate never reads a tenant's data on behalf of another tenant, and
+//! never changes state except through a committed Raft entry.
+
+pub mod client;
+pub mod consumer;
+pub mod error;
+pub mod ledger;
+pub mod plans;
+pub mod raft;
+pub mod service;
+pub mod state;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulkhead_proto::control as pb;
+use openraft::ServerState;
+use openraft::async_runtime::WatchReceiver;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use client::ControlPlaneClient;
+pub use error::ControlPlaneError;
+
+use crate::raft::{Network, Node, NodeId, Raft, RaftService};
+use crate::service::{ControlPlaneService, Handles};
+use crate::state::{Command, Reply};
+
+/// Callback that receives the admin token of a newly initialized cluster.
+pub type OnAdminToken = Box<dyn FnOnce(String) + Send>;
+
+/// What a control-plane node needs to run.
+pub struct ControlPlaneConfig {
+    pub node_id: NodeId,
+    /// The address other nodes and clients reach this node at.
+    pub advertise: String,
+    pub data_dir: PathBuf,
+    /// Members of a new cluster to bootstrap (`id -> address`); ignored when
+    /// the cluster already exists.
+    pub init: Option<BTreeMap<NodeId, String>>,
+    /// NATS server whose `BULKHEAD_USAGE` stream the leader consumes.
+    pub nats: Option<String>,
+    /// Take a snapshot after this many log entries (and purge the log behind it).
+    pub snapshot_logs: u64,
+    /// Called once with the admin token when this node initializes the cluster.
+    pub on_admin_token: Option<OnAdminToken>,
+}
+
+impl std::fmt::Debug for ControlPlaneConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlaneConfig")
+            .field("node_id", &self.node_id)
+            .field("advertise", &self.advertise)
+            .field("data_dir", &self.data_dir)
+            .field("init", &self.init)
+            .field("nats", &self.nats)
+            .field("snapshot_logs", &self.snapshot_logs)
+            .finish()
+    }
+}
+
+/// Runs a node on `listener` until `shutdown` resolves.
+pub async fn run(
+    mut config: ControlPlaneConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ControlPlaneError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        ControlPlaneError::Internal(format!(
+            "creating data dir {}: {e}",
+            config.data_dir.display()
+        ))
+    })?;
+    let (log, sm) = store::open(&config.data_dir.join("control-plane.redb"))?;
+    let raft_config = openraft::Config {
+        cluster_name: "bulkhead".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: 400,
+        election_timeout_max: 800,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
+        max_in_snapshot_log_to_keep: 0,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| ControlPlaneError::Internal(format!("raft config: {e}")))?;
+    let raft = Raft::new(
+        config.node_id,
+        Arc::new(raft_config),
+        Network,
+        log,
+        sm.clone(),
+    )
+    .await
+    .map_err(|e| ControlPlaneError::Internal(format!("starting raft: {e}")))?;
+    let handles = Handles {
+        raft: raft.clone(),
+        sm: sm.clone(),
+    };
+
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .add_service(pb::raft_server::RaftServer::new(RaftService {
+            raft: raft.clone(),
+        }))
+        .add_service(pb::control_plane_server::ControlPlaneServer::new(
+            ControlPlaneService {
+                node: handles.clone(),
+            },
+        ))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = server_stopped.await;
+        });
+    let server = tokio::spawn(server);
+
+    if let Some(members) = config.init.take() {
+        let on_admin_token = config.on_admin_token.take();
+        bootstrap(&config, &raft, members, on_admin_token).await?;
+    }
+    let leader_loops = tokio::spawn(leader_loops(raft.clone(), handles, config.nats.clone()));
+    tracing::info!(node = config.node_id, addr = %config.advertise, "control-plane node running");
+
+    shutdown.await;
+    tracing::info!("control-plane node stopping");
+    leader_loops.abort();
+    let _ = raft.shutdown().await;
+    let _ = stop_server.send(());
+    let _ = server.await;
+    Ok(())
+}
+
+/// Initializes a new cluster (only the lowest id of the list does it;
+/// repeating it is harmless) and creates the admin token once.
+async fn bootstrap(
+    config: &ControlPlaneConfig,
+    raft: &Raft,
+    members: BTreeMap<NodeId, String>,
+    on_admin_token: Option<OnAdminToken>,
+) -> Result<(), ControlPlaneError> {
+    if !members.contains_key(&config.node_id) {
+        return Err(ControlPlaneError::InvalidArgument(format!(
+            "--init does not name this node ({})",
+            config.node_id
+        )));
+    }
+    let first = members.keys().next().copied();
+    if first != Some(config.node_id) {
+        return Ok(());
+    }
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| ControlPlaneError::Internal(e.to_string()))?;
+    if !initialized {
+        let nodes: BTreeMap<NodeId, Node> = members
+            .iter()
+            .map(|(id, addr)| (*id, Node::new(addr.clone())))
+            .collect();
+        if let Err(e) = raft.initialize(nodes).await {
+            tracing::info!(error = %e, "cluster already initialized");
+        }
+    }
+    let raft = raft.clone();
+    tokio::spawn(async move {
+        let token = service::new_secret("bka_");
+        let command = Command::InitAdmin {
+            token_hash: service::hash_secret(&token),
+        };
+        let addrs: Vec<String> = members.values().cloned().collect();
+        loop {
+            match propose_anywhere(&raft, &addrs, command.clone()).await {
+                Ok(Reply::AdminInitialized(true)) => {
+                    if let Some(f) = on_admin_token {
+                        f(token);
+                    }
+                    return;
+                }
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "waiting for a leader to store the admin token");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Proposes on this node if it leads, else through the leader's `Propose`.
+async fn propose_anywhere(
+    raft: &Raft,
+    addrs: &[String],
+    command: Command,
+) -> Result<Reply, ControlPlaneError> {
+    match service::write(raft, command.clone()).await {
+        Err(ControlPlaneError::NotLeader { leader }) => {
+            let addr = leader
+                .or_else(|| addrs.first().cloned())
+                .ok_or_else(|| ControlPlaneError::Unavailable("no leader known".into()))?;
+            let mut client = pb::raft_client::RaftClient::new(
+                raft::channel(&addr).map_err(|e| ControlPlaneError::Unavailable(e.to_string()))?,
+            );
+            let reply = client
+                .propose(pb::RaftPayload {
+                    data: raft::encode(&command)?,
+                })
+                .await
+                .map_err(|s| ControlPlaneError::Unavailable(s.message().to_owned()))?
+                .into_inner();
+            if !reply.error.is_empty() {
+                return Err(ControlPlaneError::Unavailable(reply.error));
+            }
+            Ok(raft::decode(&reply.data)?)
+        }
+        other => other,
+    }
+}
+
+impl From<tonic::Status> for ControlPlaneError {
+    fn from(s: tonic::Status) -> Self {
+        ControlPlaneError::Internal(s.message().to_owned())
+    }
+}
+
+/// Runs the leader's loops (usage consumer, allowance reclaim) while this
+/// node leads, and stops them as soon as it does not.
+async fn leader_loops(raft: Raft, handles: Handles, nats: Option<String>) {
+    let mut metrics = raft.metrics();
+    let mut running: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+    loop {
+        let leading = metrics.borrow_watched().state == ServerState::Leader;
+        if leading && running.is_empty() {
+            tracing::info!("this node leads: starting the leader's loops");
+            if let Some(url) = &nats {
+                running.push(tokio::spawn(consumer::run(raft.clone(), url.clone())));
+            }
+            running.push(tokio::spawn(reclaim_loop(handles.clone())));
+        } else if !leading && !running.is_empty() {
+            tracing::info!("this node no longer leads: stopping the leader's loops");
+            for task in running.drain(..) {
+                task.abort();
+            }
+        }
+        if metrics.changed().await.is_err() {
+            break;
+        }
+    }
+    for task in running {
+        task.abort();
+    }
+}
+
+/// Reclaims allowances whose gateways stopped renewing them.
+async fn reclaim_loop(handles: Handles) {
+    let mut tick = tokio::time::interval(Duration::from_secs(15));
+    loop {
+        tick.tick().await;
+        let now = service::now_ms();
+        let due = handles
+            .sm
+            .view()
+            .and_then(|v| v.reclaimable(now))
+            .unwrap_or(0);
+        if due > 0
+            && let Err(e) = service::write(&handles.raft, Command::Reclaim { now_ms: now }).await
+        {
+            tracing::warn!(error = %e, "reclaiming expired allowances failed");
+        }
+    }
+}

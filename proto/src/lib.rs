@@ -7,11 +7,29 @@
 pub mod ids;
 pub mod usage;
 
-/// Generated code for `proto/worker.proto`.
-pub mod worker {
-    #![allow(clippy::all, clippy::pedantic, missing_docs)]
-    tonic::include_proto!("bulkhead.worker.v1");
+/// Generated code, nested as the proto packages are (`bulkhead.worker.v1`,
+/// `bulkhead.control.v1`) so that cross-package references resolve.
+pub mod generated {
+    pub mod bulkhead {
+        pub mod worker {
+            pub mod v1 {
+                #![allow(clippy::all, clippy::pedantic, missing_docs)]
+                tonic::include_proto!("bulkhead.worker.v1");
+            }
+        }
+        pub mod control {
+            pub mod v1 {
+                #![allow(clippy::all, clippy::pedantic, missing_docs)]
+                tonic::include_proto!("bulkhead.control.v1");
+            }
+        }
+    }
 }
+
+/// The control plane's services (`proto/control.proto`).
+pub use generated::bulkhead::control::v1 as control;
+/// The worker's service and the usage event (`proto/worker.proto`).
+pub use generated::bulkhead::worker::v1 as worker;
 
 pub use ids::{EventId, GatewayId, IdError, RequestId, SessionId, TenantId, UserId, WorkerId};
 

@@ -49,7 +49,25 @@ pub fn bulkhead_bin() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-/// A running `bulkhead` process whose stderr is collected line by line.
+fn forward_lines(from: impl std::io::Read + Send + 'static, to: mpsc::Sender<String>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
+            if to.send(line).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// A running `bulkhead` process whose stdout and stderr are collected line by line.
 pub struct Process {
     child: Child,
     lines: mpsc::Receiver<String>,
@@ -66,19 +84,17 @@ impl Process {
         let mut child = Command::new(bulkhead_bin()?)
             .args(args)
             .env("BULKHEAD_LOG", "info")
-            .stdout(Stdio::null())
+            .env_remove("BULKHEAD_ADMIN_TOKEN")
+            .env_remove("BULKHEAD_CONTROL_PLANE")
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .context("starting bulkhead")?;
-        let stderr = child.stderr.take().context("child stderr")?;
         let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let stdout = child.stdout.take().context("child stdout")?;
+        let stderr = child.stderr.take().context("child stderr")?;
+        forward_lines(stdout, tx.clone());
+        forward_lines(stderr, tx);
         Ok(Self {
             child,
             lines,
@@ -109,6 +125,17 @@ impl Process {
         }
     }
 
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Every line seen so far.
+    pub fn output(&self) -> String {
+        self.seen.join("\n")
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
         let status = Command::new("kill")
@@ -136,3 +163,5 @@ impl Drop for Process {
         let _ = self.child.wait();
     }
 }
+
+pub mod cluster;

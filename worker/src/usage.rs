@@ -12,15 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bulkhead_proto::worker::UsageEvent;
-use bulkhead_proto::{USAGE_STREAM, USAGE_SUBJECT_PREFIX};
+
 use prost::Message;
 use tokio::sync::Notify;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::error::WorkerError;
-
-/// How long JetStream remembers a message id to drop repeats.
-pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// The on-disk spool: one file per event, named `<sequence>-<event id>.pb`
 /// so replay keeps the original order.
@@ -201,14 +198,10 @@ pub async fn publish_loop(
 }
 
 async fn ensure_stream(js: &async_nats::jetstream::Context) -> bool {
-    let config = async_nats::jetstream::stream::Config {
-        name: USAGE_STREAM.to_owned(),
-        subjects: vec![format!("{USAGE_SUBJECT_PREFIX}.>")],
-        storage: async_nats::jetstream::stream::StorageType::File,
-        duplicate_window: DUPLICATE_WINDOW,
-        ..Default::default()
-    };
-    match js.get_or_create_stream(config).await {
+    match js
+        .get_or_create_stream(bulkhead_proto::usage::stream_config())
+        .await
+    {
         Ok(_) => true,
         Err(e) => {
             tracing::warn!(error = %e, "usage stream not reachable yet");

@@ -1,0 +1,515 @@
+//! Admin commands: `cluster`, `tenant`, `key`, `usage`. Each talks to the
+//! control plane through the leader-following client with the admin token.
+
+use anyhow::{anyhow, bail};
+use bulkhead_control_plane::ControlPlaneClient;
+use bulkhead_proto::control as pb;
+use clap::{Args, Subcommand};
+
+use crate::env;
+
+/// Where the control plane is and the admin token, for every admin command.
+#[derive(Args, Debug, Clone)]
+pub struct Connect {
+    /// Control-plane node addresses, comma-separated (any node; the leader is followed).
+    #[arg(long = "control-plane", env = env::CONTROL_PLANE, default_value = "127.0.0.1:7100", value_delimiter = ',', global = true)]
+    control_plane: Vec<String>,
+    /// The admin token printed when the cluster was initialized.
+    #[arg(long, env = env::ADMIN_TOKEN, hide_env_values = true, global = true)]
+    admin_token: Option<String>,
+}
+
+impl Connect {
+    fn client(&self) -> ControlPlaneClient {
+        ControlPlaneClient::new(self.control_plane.clone(), self.admin_token.clone())
+    }
+}
+
+/// A gRPC failure as the operator should read it.
+fn status(s: tonic::Status) -> anyhow::Error {
+    match s.code() {
+        tonic::Code::Unauthenticated => anyhow!("refused: {}", s.message()),
+        tonic::Code::Unavailable => anyhow!("control plane unavailable: {}", s.message()),
+        _ => anyhow!("{}", s.message()),
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Show members, leader, term and log positions.
+    Status,
+    /// Add a node (started with --node-id and no --init) as a voter.
+    AddNode {
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        addr: String,
+    },
+    /// Remove a node from the voters.
+    RemoveNode {
+        #[arg(long)]
+        id: u64,
+    },
+}
+
+#[derive(Args, Debug, Default)]
+pub struct TenantFields {
+    /// Display name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Plan: basic, pro or enterprise (gives default limits).
+    #[arg(long)]
+    plan: Option<String>,
+    /// Tokens (prompt + completion) per day.
+    #[arg(long)]
+    daily_tokens: Option<u64>,
+    /// Requests generating at once.
+    #[arg(long)]
+    max_concurrent: Option<u32>,
+    /// Most tokens (prompt + max_tokens) of one request.
+    #[arg(long)]
+    max_request_tokens: Option<u32>,
+    /// Context window in tokens.
+    #[arg(long)]
+    context_window: Option<u32>,
+    /// Turns of a session put in front of a new message.
+    #[arg(long)]
+    context_turns: Option<u32>,
+    /// Model name (as a worker's --model NAME).
+    #[arg(long)]
+    model: Option<String>,
+    /// LoRA adapter name (as a worker's --lora MODEL:NAME).
+    #[arg(long)]
+    adapter: Option<String>,
+    #[arg(long)]
+    adapter_scale: Option<f32>,
+    #[arg(long)]
+    system_prompt: Option<String>,
+    #[arg(long)]
+    welcome_message: Option<String>,
+    /// A quick prompt; repeat for more (replaces the list).
+    #[arg(long = "quick-prompt")]
+    quick_prompts: Vec<String>,
+    /// IANA time zone the daily quota resets in (default UTC).
+    #[arg(long)]
+    time_zone: Option<String>,
+    #[arg(long)]
+    knowledge_share: Option<bool>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TenantCommand {
+    /// Create a tenant; unset limits come from its plan.
+    Create {
+        id: String,
+        #[command(flatten)]
+        fields: TenantFields,
+    },
+    List,
+    Show {
+        id: String,
+    },
+    /// Change the given fields of a tenant.
+    Update {
+        id: String,
+        #[command(flatten)]
+        fields: TenantFields,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Create an API key for a tenant; the key is printed once, as the last line.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// Revoke a key by its id.
+    Revoke { key_id: String },
+    /// List a tenant's keys (ids and prefixes, never the keys).
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct UsageArgs {
+    #[arg(long)]
+    tenant: String,
+    /// Days back from today.
+    #[arg(long, default_value_t = 7)]
+    days: u32,
+    /// CSV instead of a table.
+    #[arg(long)]
+    csv: bool,
+}
+
+fn ms_to_text(ms: i64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms).map_or_else(
+        || "-".into(),
+        |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+    )
+}
+
+fn print_status(s: &pb::ClusterState) {
+    println!("node:        {} ({})", s.node_id, s.state);
+    if s.leader_id == 0 {
+        println!("leader:      none known");
+    } else {
+        println!("leader:      {} at {}", s.leader_id, s.leader_addr);
+    }
+    println!("term:        {}", s.term);
+    println!(
+        "log:         last {} applied {} snapshot {} purged {}",
+        s.last_log_index, s.last_applied, s.snapshot_index, s.purged_index
+    );
+    for n in &s.nodes {
+        println!(
+            "member:      {} {} {}",
+            n.id,
+            n.addr,
+            if n.voter { "voter" } else { "learner" }
+        );
+    }
+}
+
+fn print_tenant(t: &pb::Tenant) {
+    let l = t.limits.unwrap_or_default();
+    println!("id:                 {}", t.id);
+    println!("name:               {}", t.display_name);
+    println!("plan:               {}", t.plan);
+    println!("daily_tokens:       {}", l.daily_tokens);
+    println!("max_concurrent:     {}", l.max_concurrent);
+    println!("max_request_tokens: {}", l.max_request_tokens);
+    println!("context_window:     {}", l.context_window);
+    println!("context_turns:      {}", l.context_turns);
+    println!("model:              {}", t.model);
+    if !t.adapter.is_empty() {
+        println!(
+            "adapter:            {} (scale {})",
+            t.adapter, t.adapter_scale
+        );
+    }
+    println!(
+        "time_zone:          {}",
+        if t.time_zone.is_empty() {
+            "UTC"
+        } else {
+            &t.time_zone
+        }
+    );
+    println!("knowledge_share:    {}", t.knowledge_share);
+    if !t.system_prompt.is_empty() {
+        println!("system_prompt:      {}", t.system_prompt);
+    }
+    if !t.welcome_message.is_empty() {
+        println!("welcome_message:    {}", t.welcome_message);
+    }
+    for p in &t.quick_prompts {
+        println!("quick_prompt:       {p}");
+    }
+    println!("version:            {}", t.version);
+}
+
+pub async fn cluster(connect: Connect, command: ClusterCommand) -> anyhow::Result<()> {
+    let client = connect.client();
+    let state = match command {
+        ClusterCommand::Status => {
+            client
+                .call(|mut c| {
+                    let req = client.request(pb::ClusterStatusRequest {});
+                    async move { c.cluster_status(req).await }
+                })
+                .await
+        }
+        ClusterCommand::AddNode { id, addr } => {
+            client
+                .call(|mut c| {
+                    let req = client.request(pb::AddNodeRequest {
+                        id,
+                        addr: addr.clone(),
+                    });
+                    async move { c.add_node(req).await }
+                })
+                .await
+        }
+        ClusterCommand::RemoveNode { id } => {
+            client
+                .call(|mut c| {
+                    let req = client.request(pb::RemoveNodeRequest { id });
+                    async move { c.remove_node(req).await }
+                })
+                .await
+        }
+    }
+    .map_err(status)?;
+    print_status(&state);
+    Ok(())
+}
+
+pub async fn tenant(connect: Connect, command: TenantCommand) -> anyhow::Result<()> {
+    let client = connect.client();
+    match command {
+        TenantCommand::Create { id, fields } => {
+            // On create, 0 means "the plan's default" on the wire; an explicit 0 is a mistake.
+            for (name, value) in [
+                ("daily_tokens", fields.daily_tokens.map(|v| v.min(1))),
+                (
+                    "max_concurrent",
+                    fields.max_concurrent.map(|v| v.min(1).into()),
+                ),
+                (
+                    "max_request_tokens",
+                    fields.max_request_tokens.map(|v| v.min(1).into()),
+                ),
+                (
+                    "context_window",
+                    fields.context_window.map(|v| v.min(1).into()),
+                ),
+            ] {
+                if value == Some(0) {
+                    bail!("invalid limit: {name} must be at least 1");
+                }
+            }
+            let tenant = pb::Tenant {
+                id,
+                display_name: fields.name.unwrap_or_default(),
+                plan: fields.plan.unwrap_or_default(),
+                limits: Some(pb::Limits {
+                    daily_tokens: fields.daily_tokens.unwrap_or_default(),
+                    max_concurrent: fields.max_concurrent.unwrap_or_default(),
+                    max_request_tokens: fields.max_request_tokens.unwrap_or_default(),
+                    context_window: fields.context_window.unwrap_or_default(),
+                    context_turns: fields.context_turns.unwrap_or_default(),
+                }),
+                model: fields.model.unwrap_or_default(),
+                adapter: fields.adapter.unwrap_or_default(),
+                adapter_scale: fields.adapter_scale.unwrap_or_default(),
+                system_prompt: fields.system_prompt.unwrap_or_default(),
+                welcome_message: fields.welcome_message.unwrap_or_default(),
+                quick_prompts: fields.quick_prompts,
+                time_zone: fields.time_zone.unwrap_or_default(),
+                knowledge_share: fields.knowledge_share.unwrap_or_default(),
+                version: 0,
+                created_at_ms: 0,
+            };
+            let created = client
+                .call(|mut c| {
+                    let req = client.request(tenant.clone());
+                    async move { c.create_tenant(req).await }
+                })
+                .await
+                .map_err(status)?;
+            print_tenant(&created);
+        }
+        TenantCommand::List => {
+            let list = client
+                .call(|mut c| {
+                    let req = client.request(pb::ListTenantsRequest {});
+                    async move { c.list_tenants(req).await }
+                })
+                .await
+                .map_err(status)?;
+            println!(
+                "{:<24} {:<11} {:>12} {:>5} {:<16}",
+                "ID", "PLAN", "DAILY", "CONC", "MODEL"
+            );
+            for t in list.tenants {
+                let l = t.limits.unwrap_or_default();
+                println!(
+                    "{:<24} {:<11} {:>12} {:>5} {:<16}",
+                    t.id, t.plan, l.daily_tokens, l.max_concurrent, t.model
+                );
+            }
+        }
+        TenantCommand::Show { id } => {
+            let t = client
+                .call(|mut c| {
+                    let req = client.request(pb::TenantRef { id: id.clone() });
+                    async move { c.get_tenant(req).await }
+                })
+                .await
+                .map_err(status)?;
+            print_tenant(&t);
+        }
+        TenantCommand::Update { id, fields } => {
+            let set_quick_prompts = !fields.quick_prompts.is_empty();
+            let patch = pb::TenantPatch {
+                id,
+                display_name: fields.name,
+                plan: fields.plan,
+                daily_tokens: fields.daily_tokens,
+                max_concurrent: fields.max_concurrent,
+                max_request_tokens: fields.max_request_tokens,
+                context_window: fields.context_window,
+                context_turns: fields.context_turns,
+                model: fields.model,
+                adapter: fields.adapter,
+                adapter_scale: fields.adapter_scale,
+                system_prompt: fields.system_prompt,
+                welcome_message: fields.welcome_message,
+                quick_prompts: fields.quick_prompts,
+                set_quick_prompts,
+                time_zone: fields.time_zone,
+                knowledge_share: fields.knowledge_share,
+            };
+            let t = client
+                .call(|mut c| {
+                    let req = client.request(patch.clone());
+                    async move { c.update_tenant(req).await }
+                })
+                .await
+                .map_err(status)?;
+            print_tenant(&t);
+        }
+        TenantCommand::Delete { id } => {
+            let t = client
+                .call(|mut c| {
+                    let req = client.request(pb::TenantRef { id: id.clone() });
+                    async move { c.delete_tenant(req).await }
+                })
+                .await
+                .map_err(status)?;
+            println!("deleted tenant {}", t.id);
+        }
+    }
+    Ok(())
+}
+
+pub async fn key(connect: Connect, command: KeyCommand) -> anyhow::Result<()> {
+    let client = connect.client();
+    match command {
+        KeyCommand::Create { tenant, name } => {
+            let created = client
+                .call(|mut c| {
+                    let req = client.request(pb::CreateKeyRequest {
+                        tenant_id: tenant.clone(),
+                        name: name.clone(),
+                    });
+                    async move { c.create_key(req).await }
+                })
+                .await
+                .map_err(status)?;
+            let key = created.key.unwrap_or_default();
+            println!("key id: {} (tenant {})", key.key_id, key.tenant_id);
+            println!("shown once; only its hash is stored:");
+            println!("{}", created.plaintext);
+        }
+        KeyCommand::Revoke { key_id } => {
+            let key = client
+                .call(|mut c| {
+                    let req = client.request(pb::RevokeKeyRequest {
+                        key_id: key_id.clone(),
+                    });
+                    async move { c.revoke_key(req).await }
+                })
+                .await
+                .map_err(status)?;
+            println!(
+                "revoked {} (tenant {}) at {}",
+                key.key_id,
+                key.tenant_id,
+                ms_to_text(key.revoked_at_ms)
+            );
+        }
+        KeyCommand::List { tenant } => {
+            let keys = client
+                .call(|mut c| {
+                    let req = client.request(pb::TenantRef { id: tenant.clone() });
+                    async move { c.list_keys(req).await }
+                })
+                .await
+                .map_err(status)?;
+            println!(
+                "{:<22} {:<12} {:<16} {:<21} {:<21}",
+                "KEY ID", "PREFIX", "NAME", "CREATED", "REVOKED"
+            );
+            for k in keys.keys {
+                println!(
+                    "{:<22} {:<12} {:<16} {:<21} {:<21}",
+                    k.key_id,
+                    k.prefix,
+                    k.name,
+                    ms_to_text(k.created_at_ms),
+                    ms_to_text(k.revoked_at_ms)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn usage(connect: Connect, args: UsageArgs) -> anyhow::Result<()> {
+    if args.days == 0 {
+        bail!("--days must be at least 1");
+    }
+    let client = connect.client();
+    let report = client
+        .call(|mut c| {
+            let req = client.request(pb::UsageRequest {
+                tenant_id: args.tenant.clone(),
+                days: args.days,
+            });
+            async move { c.usage(req).await }
+        })
+        .await
+        .map_err(status)?;
+    if args.csv {
+        println!(
+            "tenant,day,prompt_tokens,completion_tokens,total_tokens,cached_tokens,requests,quota,avg_latency_ms,max_latency_ms"
+        );
+    } else {
+        println!(
+            "{:<10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>12} {:>8}",
+            "DAY", "PROMPT", "COMPLETION", "TOTAL", "CACHED", "REQS", "QUOTA", "AVG MS"
+        );
+    }
+    for d in &report.days {
+        let avg = d.total_latency_ms.checked_div(d.requests).unwrap_or(0);
+        let total = d.prompt_tokens + d.completion_tokens;
+        if args.csv {
+            println!(
+                "{},{},{},{},{},{},{},{},{},{}",
+                report.tenant_id,
+                d.day,
+                d.prompt_tokens,
+                d.completion_tokens,
+                total,
+                d.cached_tokens,
+                d.requests,
+                d.quota,
+                avg,
+                d.max_latency_ms
+            );
+        } else {
+            println!(
+                "{:<10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>12} {:>8}",
+                d.day,
+                d.prompt_tokens,
+                d.completion_tokens,
+                total,
+                d.cached_tokens,
+                d.requests,
+                d.quota,
+                avg
+            );
+        }
+    }
+    if !args.csv && !report.users.is_empty() {
+        println!();
+        println!("{:<32} {:>10} {:>8}", "USER", "TOKENS", "REQS");
+        for u in &report.users {
+            println!("{:<32} {:>10} {:>8}", u.user_id, u.tokens, u.requests);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! `bulkhead control-plane`: one node of the Raft-replicated control plane.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use bulkhead_control_plane::ControlPlaneConfig;
+use clap::Args;
+
+use crate::env;
+
+#[derive(Args, Debug)]
+pub struct ControlPlaneArgs {
+    /// This node's id (a positive integer, unique in the cluster).
+    #[arg(long)]
+    node_id: u64,
+    /// gRPC listen address, for other nodes and for clients.
+    #[arg(long, default_value = "127.0.0.1:7100")]
+    listen: SocketAddr,
+    /// Address others reach this node at, when it differs from --listen (e.g. behind NAT or on 0.0.0.0).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Directory for this node's redb database.
+    #[arg(long, env = env::DATA_DIR)]
+    data_dir: PathBuf,
+    /// Bootstrap a new cluster of these members, ID=ADDR,ID=ADDR,... (run with the same list on every
+    /// founding node; repeating it is harmless). The admin token is printed once, by the lowest id.
+    #[arg(long)]
+    init: Option<String>,
+    /// NATS server whose BULKHEAD_USAGE stream the leader consumes.
+    #[arg(long, env = env::NATS_URL)]
+    nats: Option<String>,
+    /// Snapshot (and purge the log) every this many entries.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_logs: u64,
+}
+
+/// Parses `1=host:7100,2=host:7101`.
+fn parse_members(list: &str) -> anyhow::Result<BTreeMap<u64, String>> {
+    let mut members = BTreeMap::new();
+    for item in list.split(',').filter(|s| !s.trim().is_empty()) {
+        let (id, addr) = item
+            .trim()
+            .split_once('=')
+            .with_context(|| format!("--init entries look like ID=ADDR, got {item:?}"))?;
+        let id: u64 = id
+            .parse()
+            .with_context(|| format!("--init: node id {id:?} is not a positive integer"))?;
+        if id == 0 || addr.is_empty() {
+            bail!("--init: entry {item:?} needs an id above 0 and an address");
+        }
+        if members.insert(id, addr.to_owned()).is_some() {
+            bail!("--init names node {id} twice");
+        }
+    }
+    if members.is_empty() {
+        bail!("--init needs at least one ID=ADDR");
+    }
+    Ok(members)
+}
+
+pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
+    if args.node_id == 0 {
+        bail!("--node-id must be above 0");
+    }
+    let init = args.init.as_deref().map(parse_members).transpose()?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let bound = listener.local_addr()?;
+    let advertise = args.advertise.unwrap_or_else(|| bound.to_string());
+    eprintln!("bulkhead control-plane: node {} on {bound}", args.node_id);
+    let config = ControlPlaneConfig {
+        node_id: args.node_id,
+        advertise,
+        data_dir: args.data_dir,
+        init,
+        nats: args.nats,
+        snapshot_logs: args.snapshot_logs,
+        on_admin_token: Some(Box::new(|token| {
+            // Printed once, here; the cluster keeps only its hash.
+            println!("admin token: {token}");
+            let _ = std::io::stdout().flush();
+            eprintln!(
+                "bulkhead control-plane: the admin token above is shown only once; keep it (BULKHEAD_ADMIN_TOKEN)"
+            );
+        })),
+    };
+    bulkhead_control_plane::run(config, listener, crate::shutdown_signal()).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_lists_are_parsed_and_bad_ones_named() {
+        let m = parse_members("1=a:1,2=b:2").unwrap();
+        assert_eq!(m.get(&2).map(String::as_str), Some("b:2"));
+        assert!(
+            parse_members("1=a,1=b")
+                .unwrap_err()
+                .to_string()
+                .contains("twice")
+        );
+        assert!(
+            parse_members("x=a")
+                .unwrap_err()
+                .to_string()
+                .contains("not a positive integer")
+        );
+        assert!(parse_members("0=a").is_err());
+    }
+}

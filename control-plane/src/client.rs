@@ -1,0 +1,127 @@
+//! A client of the control plane that follows the leader: it tries the node it
+//! last reached, follows the `bulkhead-leader` address a follower answers
+//! with, moves on to the next known node when one is down, and retries until
+//! a deadline. Used by the admin commands, and by gateways and workers.
+
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bulkhead_proto::control::control_plane_client::ControlPlaneClient as Grpc;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+use crate::error::LEADER_METADATA;
+
+/// How long a call keeps retrying through elections and node failures.
+pub const RETRY_FOR: Duration = Duration::from_secs(15);
+
+pub struct ControlPlaneClient {
+    addrs: Vec<String>,
+    /// The address that answered last (usually the leader).
+    current: Mutex<String>,
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for ControlPlaneClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlaneClient")
+            .field("addrs", &self.addrs)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl ControlPlaneClient {
+    /// `addrs`: some or all nodes' addresses (`host:port`). `token`: the admin
+    /// token sent with every call.
+    pub fn new(addrs: Vec<String>, token: Option<String>) -> Self {
+        let first = addrs.first().cloned().unwrap_or_default();
+        Self {
+            addrs,
+            current: Mutex::new(first),
+            token,
+        }
+    }
+
+    /// Wraps a message with the credentials.
+    pub fn request<T>(&self, message: T) -> Request<T> {
+        let mut req = Request::new(message);
+        req.set_timeout(Duration::from_secs(10));
+        if let Some(token) = &self.token
+            && let Ok(value) = format!("Bearer {token}").parse()
+        {
+            req.metadata_mut().insert("authorization", value);
+        }
+        req
+    }
+
+    fn current(&self) -> String {
+        self.current
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    fn set_current(&self, addr: String) {
+        match self.current.lock() {
+            Ok(mut c) => *c = addr,
+            Err(p) => *p.into_inner() = addr,
+        }
+    }
+
+    fn next_after(&self, addr: &str) -> String {
+        let at = self.addrs.iter().position(|a| a == addr);
+        let next = at.map_or(0, |i| (i + 1) % self.addrs.len().max(1));
+        self.addrs.get(next).cloned().unwrap_or_default()
+    }
+
+    /// Calls `f` on a node, following the leader and retrying `Unavailable`.
+    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, Status>
+    where
+        F: Fn(Grpc<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        if self.addrs.is_empty() {
+            return Err(Status::invalid_argument(
+                "no control-plane address given (--control-plane or BULKHEAD_CONTROL_PLANE)",
+            ));
+        }
+        let deadline = Instant::now() + RETRY_FOR;
+        let mut addr = self.current();
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let result = match crate::raft::channel(&addr) {
+                Ok(channel) => f(Grpc::new(channel)).await,
+                Err(e) => Err(Status::invalid_argument(format!(
+                    "bad control-plane address {addr:?}: {e}"
+                ))),
+            };
+            match result {
+                Ok(response) => {
+                    self.set_current(addr);
+                    return Ok(response.into_inner());
+                }
+                Err(status) if status.code() == Code::Unavailable => {
+                    if Instant::now() >= deadline {
+                        return Err(status);
+                    }
+                    let leader = status
+                        .metadata()
+                        .get(LEADER_METADATA)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    match leader {
+                        Some(leader) if leader != addr => addr = leader,
+                        _ => {
+                            addr = self.next_after(&addr);
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_millis(500));
+                        }
+                    }
+                }
+                Err(status) => return Err(status),
+            }
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! The usage consumer: on the leader only, a durable JetStream pull consumer
+//! on `BULKHEAD_USAGE` turns batches of usage events into one Raft entry each
+//! and acknowledges the messages only after that entry is committed and
+//! applied. A message that is never acknowledged (the leader died, lost its
+//! leadership, or the write failed) is redelivered to whoever leads next; the
+//! state machine drops events it has already applied, so nothing is lost or
+//! counted twice.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::jetstream::consumer::pull;
+use bulkhead_proto::worker::UsageEvent;
+use futures::StreamExt;
+use prost::Message;
+
+use crate::raft::Raft;
+use crate::service::write;
+use crate::state::{Command, Reply, UsageRecord};
+
+/// Durable consumer name shared by every control-plane node.
+pub const CONSUMER: &str = "bulkhead-control-plane";
+/// Most events per Raft entry.
+pub const MAX_BATCH: usize = 4_096;
+
+/// Runs until aborted (the node lost its leadership or stops).
+pub async fn run(raft: Raft, nats_url: String) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match consume(&raft, &nats_url).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "usage consumer stopped; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn consume(raft: &Raft, nats_url: &str) -> Result<(), String> {
+    let client = async_nats::connect(nats_url)
+        .await
+        .map_err(|e| format!("connecting to NATS at {nats_url}: {e}"))?;
+    let js = jetstream::new(client);
+    let stream = js
+        .get_or_create_stream(bulkhead_proto::usage::stream_config())
+        .await
+        .map_err(|e| format!("usage stream: {e}"))?;
+    let consumer: jetstream::consumer::Consumer<pull::Config> = stream
+        .get_or_create_consumer(
+            CONSUMER,
+            pull::Config {
+                durable_name: Some(CONSUMER.to_owned()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(10),
+                max_ack_pending: 100_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| format!("usage consumer: {e}"))?;
+    tracing::info!("usage consumer running on the leader");
+    loop {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(MAX_BATCH)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await
+            .map_err(|e| format!("fetching usage events: {e}"))?;
+        let mut messages = Vec::new();
+        let mut events = Vec::new();
+        while let Some(message) = batch.next().await {
+            let message = message.map_err(|e| format!("receiving usage events: {e}"))?;
+            match UsageEvent::decode(message.payload.as_ref()) {
+                Ok(event) => events.push(UsageRecord::from(&event)),
+                Err(e) => {
+                    tracing::error!(subject = %message.subject, error = %e, "undecodable usage event dropped");
+                }
+            }
+            messages.push(message);
+        }
+        if messages.is_empty() {
+            continue;
+        }
+        if !events.is_empty() {
+            match write(raft, Command::ApplyUsage { events }).await {
+                Ok(Reply::UsageApplied {
+                    applied,
+                    duplicates,
+                }) => {
+                    tracing::debug!(applied, duplicates, "usage batch committed");
+                }
+                Ok(other) => return Err(format!("unexpected reply {other:?}")),
+                Err(e) => return Err(format!("committing usage: {e}")),
+            }
+        }
+        for message in messages {
+            if let Err(e) = message.ack().await {
+                tracing::warn!(error = %e, "usage ack failed; the event will be redelivered and deduplicated");
+            }
+        }
+    }
+}

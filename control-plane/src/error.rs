@@ -1,0 +1,71 @@
+//! `ControlPlaneError`: every way a control-plane call fails, mapped once to a
+//! gRPC status. "Not the leader" carries the leader's address in the
+//! `bulkhead-leader` metadata entry, which every client follows.
+
+use tonic::Status;
+
+use crate::state::Rejection;
+
+/// Metadata key with the leader's address on an `Unavailable` status.
+pub const LEADER_METADATA: &str = "bulkhead-leader";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    #[error("this node is not the leader{}", .leader.as_ref().map(|l| format!("; the leader is {l}")).unwrap_or_default())]
+    NotLeader { leader: Option<String> },
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    Unavailable(String),
+    /// This node is broken (storage, Raft fatal): not the caller's fault.
+    #[error("control plane failure: {0}")]
+    Internal(String),
+}
+
+impl From<Rejection> for ControlPlaneError {
+    fn from(r: Rejection) -> Self {
+        match r {
+            Rejection::UnknownTenant(_) | Rejection::UnknownKey(_) => {
+                ControlPlaneError::NotFound(r.to_string())
+            }
+            Rejection::DuplicateTenant(_) | Rejection::DuplicateKey(_) => {
+                ControlPlaneError::AlreadyExists(r.to_string())
+            }
+        }
+    }
+}
+
+impl From<std::io::Error> for ControlPlaneError {
+    fn from(e: std::io::Error) -> Self {
+        ControlPlaneError::Internal(e.to_string())
+    }
+}
+
+impl From<ControlPlaneError> for Status {
+    fn from(e: ControlPlaneError) -> Self {
+        let message = e.to_string();
+        match e {
+            ControlPlaneError::NotLeader { leader } => {
+                let mut status = Status::unavailable(message);
+                if let Some(addr) = leader
+                    && let Ok(value) = addr.parse()
+                {
+                    status.metadata_mut().insert(LEADER_METADATA, value);
+                }
+                status
+            }
+            ControlPlaneError::Unauthenticated(_) => Status::unauthenticated(message),
+            ControlPlaneError::InvalidArgument(_) => Status::invalid_argument(message),
+            ControlPlaneError::NotFound(_) => Status::not_found(message),
+            ControlPlaneError::AlreadyExists(_) => Status::already_exists(message),
+            ControlPlaneError::Unavailable(_) => Status::unavailable(message),
+            ControlPlaneError::Internal(_) => Status::internal(message),
+        }
+    }
+}

@@ -1,0 +1,718 @@
+//! The `ControlPlane` gRPC service: admin calls, key checks, allowance grants,
+//! usage reports and cluster membership, on any node.
+//!
+//! Writes go through Raft on the leader; a follower answers `Unavailable` with
+//! the leader's address. Reads that decide anything are linearizable: the
+//! leader confirms its leadership (ReadIndex) and waits for its state machine
+//! to catch up; a follower asks the leader for that log id and waits until it
+//! has applied it. Every call but `ClusterStatus` needs the admin token.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use bulkhead_proto::TenantId;
+use bulkhead_proto::control as pb;
+use bulkhead_proto::control::raft_client::RaftClient;
+use openraft::ReadPolicy;
+use openraft::ServerState;
+use openraft::async_runtime::WatchReceiver;
+use openraft::raft::linearizable_read::{Linearizer, ReadLogId};
+use sha2::{Digest, Sha256};
+use tonic::{Request, Response, Status};
+
+use crate::error::ControlPlaneError;
+use crate::ledger;
+use crate::plans;
+use crate::raft::{LogId, Node, NodeId, Raft, channel, decode};
+use crate::state::{
+    Command, KeyRecord, Limits, LimitsMask, Reply, TenantPatch, TenantRecord, UsageRecord,
+};
+use crate::store::{StateMachine, View};
+
+type Result<T, E = ControlPlaneError> = std::result::Result<T, E>;
+
+/// SHA-256 of a secret, hex-encoded: how tokens and keys are stored.
+pub fn hash_secret(secret: &str) -> String {
+    Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A fresh random secret with a prefix (`bk_` for keys, `bka_` for admin).
+pub fn new_secret(prefix: &str) -> String {
+    format!(
+        "{prefix}{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Handles shared by the gRPC service and the leader's loops.
+#[derive(Clone)]
+pub struct Handles {
+    pub raft: Raft,
+    pub sm: StateMachine,
+}
+
+/// Proposes a command on this node; a follower answers with the leader.
+pub(crate) async fn write(raft: &Raft, command: Command) -> Result<Reply> {
+    match raft.client_write(command).await {
+        Ok(response) => match response.data {
+            Reply::Rejected(r) => Err(r.into()),
+            reply => Ok(reply),
+        },
+        Err(e) => Err(raft_error(e)),
+    }
+}
+
+fn raft_error<E>(e: openraft::errors::RaftError<crate::raft::TypeConfig, E>) -> ControlPlaneError
+where
+    E: std::fmt::Display
+        + std::fmt::Debug
+        + openraft::TryAsRef<openraft::errors::ForwardToLeader<crate::raft::TypeConfig>>,
+{
+    if let Some(fwd) = e.forward_to_leader() {
+        return ControlPlaneError::NotLeader {
+            leader: fwd.leader_node.as_ref().map(|n| n.addr.clone()),
+        };
+    }
+    match e {
+        openraft::errors::RaftError::Fatal(f) => ControlPlaneError::Internal(f.to_string()),
+        other => ControlPlaneError::Unavailable(other.to_string()),
+    }
+}
+
+/// Waits until this node's state machine reflects every write committed
+/// before the call (ReadIndex), on the leader or on a follower.
+pub(crate) async fn linearize(raft: &Raft) -> Result<()> {
+    let e = match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+        Ok(_) => return Ok(()),
+        Err(e) => e,
+    };
+    let Some(fwd) = e.forward_to_leader() else {
+        return Err(ControlPlaneError::Unavailable(format!(
+            "cannot confirm a linearizable read: {e}"
+        )));
+    };
+    let (Some(leader_id), Some(leader)) = (fwd.leader_id, fwd.leader_node.clone()) else {
+        return Err(ControlPlaneError::Unavailable(
+            "no leader is known yet; retry shortly".into(),
+        ));
+    };
+    let unavailable = |what: String| ControlPlaneError::Unavailable(what);
+    let mut client = RaftClient::new(
+        channel(&leader.addr).map_err(|e| unavailable(format!("leader address: {e}")))?,
+    );
+    let reply = client
+        .read_index(pb::RaftPayload::default())
+        .await
+        .map_err(|s| {
+            unavailable(format!(
+                "asking the leader for a read index: {}",
+                s.message()
+            ))
+        })?
+        .into_inner();
+    if !reply.error.is_empty() {
+        return Err(ControlPlaneError::NotLeader {
+            leader: Some(leader.addr),
+        });
+    }
+    let log_id: LogId =
+        decode(&reply.data).map_err(|s| ControlPlaneError::Internal(s.message().to_owned()))?;
+    let linearizer = Linearizer::new(leader_id, ReadLogId::from_log_id(log_id), None);
+    match linearizer
+        .try_await_ready(raft, Some(Duration::from_secs(5)))
+        .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(_)) => Err(unavailable(
+            "this node did not catch up with the leader in time".into(),
+        )),
+        Err(fatal) => Err(ControlPlaneError::Internal(fatal.to_string())),
+    }
+}
+
+pub struct ControlPlaneService {
+    pub node: Handles,
+}
+
+impl ControlPlaneService {
+    fn authorize<T>(&self, req: &Request<T>) -> Result<()> {
+        let token = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ControlPlaneError::Unauthenticated(
+                    "an admin token is required (authorization: Bearer <token>)".into(),
+                )
+            })?;
+        let Some(expected) = self.node.sm.view()?.admin_hash()? else {
+            return Err(ControlPlaneError::Unavailable(
+                "the cluster is not initialized yet (no admin token)".into(),
+            ));
+        };
+        if hash_secret(token) != expected {
+            return Err(ControlPlaneError::Unauthenticated(
+                "the admin token is wrong".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn read(&self) -> Result<View> {
+        linearize(&self.node.raft).await?;
+        Ok(self.node.sm.view()?)
+    }
+
+    async fn write(&self, command: Command) -> Result<Reply> {
+        write(&self.node.raft, command).await
+    }
+
+    fn status(&self) -> pb::ClusterState {
+        let m = self.node.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let nodes: Vec<pb::ClusterNode> = membership
+            .nodes()
+            .map(|(id, node): (&NodeId, &Node)| pb::ClusterNode {
+                id: *id,
+                addr: node.addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect();
+        let leader_addr = m
+            .current_leader
+            .and_then(|l| membership.get_node(&l).map(|n| n.addr.clone()))
+            .unwrap_or_default();
+        pb::ClusterState {
+            node_id: m.id,
+            leader_id: m.current_leader.unwrap_or(0),
+            leader_addr,
+            term: m.current_term,
+            last_applied: m.last_applied.map_or(0, |l| l.index),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            nodes,
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            purged_index: m.purged.map_or(0, |l| l.index),
+            state: match m.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "shutdown",
+            }
+            .into(),
+        }
+    }
+
+    fn require_leader(&self) -> Result<()> {
+        let m = self.node.raft.metrics().borrow_watched().clone();
+        if m.state == ServerState::Leader {
+            return Ok(());
+        }
+        let leader = m.current_leader.and_then(|l| {
+            m.membership_config
+                .membership()
+                .get_node(&l)
+                .map(|n| n.addr.clone())
+        });
+        Err(ControlPlaneError::NotLeader { leader })
+    }
+}
+
+fn tenant_id(id: &str) -> Result<TenantId> {
+    TenantId::new(id).map_err(|e| ControlPlaneError::InvalidArgument(e.to_string()))
+}
+
+fn validate_time_zone(tz: &str) -> Result<()> {
+    if !tz.is_empty() && tz.parse::<chrono_tz::Tz>().is_err() {
+        return Err(ControlPlaneError::InvalidArgument(format!(
+            "unknown time zone {tz:?} (use an IANA name such as Europe/Berlin)"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_plan(plan: &str) -> Result<Limits> {
+    plans::default_limits(plan).ok_or_else(|| {
+        ControlPlaneError::InvalidArgument(format!(
+            "unknown plan {plan:?}; plans are {}",
+            plans::PLANS.join(", ")
+        ))
+    })
+}
+
+fn validate_scale(scale: f32) -> Result<()> {
+    if !(0.0..=4.0).contains(&scale) {
+        return Err(ControlPlaneError::InvalidArgument(format!(
+            "adapter_scale must be between 0 and 4, got {scale}"
+        )));
+    }
+    Ok(())
+}
+
+fn invalid_limit(message: String) -> ControlPlaneError {
+    ControlPlaneError::InvalidArgument(format!("invalid limit: {message}"))
+}
+
+pub(crate) fn tenant_to_pb(t: TenantRecord) -> pb::Tenant {
+    pb::Tenant {
+        id: t.id,
+        display_name: t.display_name,
+        plan: t.plan,
+        limits: Some(pb::Limits {
+            daily_tokens: t.limits.daily_tokens,
+            max_concurrent: t.limits.max_concurrent,
+            max_request_tokens: t.limits.max_request_tokens,
+            context_window: t.limits.context_window,
+            context_turns: t.limits.context_turns,
+        }),
+        model: t.model,
+        adapter: t.adapter,
+        adapter_scale: t.adapter_scale,
+        system_prompt: t.system_prompt,
+        welcome_message: t.welcome_message,
+        quick_prompts: t.quick_prompts,
+        time_zone: t.time_zone,
+        knowledge_share: t.knowledge_share,
+        version: t.version,
+        created_at_ms: t.created_at_ms,
+    }
+}
+
+fn key_to_pb(k: KeyRecord) -> pb::ApiKey {
+    pb::ApiKey {
+        key_id: k.key_id,
+        tenant_id: k.tenant_id,
+        name: k.name,
+        prefix: k.prefix,
+        created_at_ms: k.created_at_ms,
+        revoked_at_ms: k.revoked_at_ms,
+        last_used_at_ms: k.last_used_at_ms,
+    }
+}
+
+fn allowance_to_pb(a: crate::state::AllowanceView) -> pb::Allowance {
+    pb::Allowance {
+        tenant_id: a.tenant_id,
+        gateway_id: a.gateway_id,
+        tokens: a.allowance.tokens,
+        slots: a.allowance.slots,
+        expires_at_ms: a.allowance.expires_at_ms,
+        day: a.day,
+        quota: a.quota,
+        used: a.used,
+        outstanding: a.outstanding,
+        max_concurrent: a.max_concurrent,
+        resets_at_ms: a.resets_at_ms,
+        granted_tokens: a.granted_tokens,
+        granted_slots: a.granted_slots,
+    }
+}
+
+fn unexpected(reply: &Reply) -> ControlPlaneError {
+    ControlPlaneError::Internal(format!("unexpected reply {reply:?}"))
+}
+
+type R<T> = std::result::Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl pb::control_plane_server::ControlPlane for ControlPlaneService {
+    async fn cluster_status(&self, _req: Request<pb::ClusterStatusRequest>) -> R<pb::ClusterState> {
+        Ok(Response::new(self.status()))
+    }
+
+    async fn add_node(&self, req: Request<pb::AddNodeRequest>) -> R<pb::ClusterState> {
+        self.authorize(&req)?;
+        self.require_leader()?;
+        let r = req.into_inner();
+        if r.id == 0 || r.addr.is_empty() {
+            return Err(ControlPlaneError::InvalidArgument(
+                "add-node needs a node id above 0 and an address".into(),
+            )
+            .into());
+        }
+        let raft = &self.node.raft;
+        raft.add_learner(r.id, Node::new(r.addr), true)
+            .await
+            .map_err(raft_error)?;
+        raft.change_membership(
+            openraft::ChangeMembers::AddVoterIds(BTreeSet::from([r.id])),
+            false,
+        )
+        .await
+        .map_err(raft_error)?;
+        Ok(Response::new(self.status()))
+    }
+
+    async fn remove_node(&self, req: Request<pb::RemoveNodeRequest>) -> R<pb::ClusterState> {
+        self.authorize(&req)?;
+        self.require_leader()?;
+        let id = req.into_inner().id;
+        let membership = self.status();
+        if !membership.nodes.iter().any(|n| n.id == id) {
+            return Err(ControlPlaneError::NotFound(format!("node {id} is not a member")).into());
+        }
+        self.node
+            .raft
+            .change_membership(
+                openraft::ChangeMembers::RemoveVoters(BTreeSet::from([id])),
+                false,
+            )
+            .await
+            .map_err(raft_error)?;
+        Ok(Response::new(self.status()))
+    }
+
+    async fn create_tenant(&self, req: Request<pb::Tenant>) -> R<pb::Tenant> {
+        self.authorize(&req)?;
+        let t = req.into_inner();
+        tenant_id(&t.id)?;
+        let plan = if t.plan.is_empty() {
+            "basic".to_owned()
+        } else {
+            t.plan
+        };
+        let defaults = validate_plan(&plan)?;
+        let given = t.limits.unwrap_or_default();
+        let pick = |v: u64, d: u64| if v == 0 { d } else { v };
+        let pick32 = |v: u32, d: u32| if v == 0 { d } else { v };
+        let limits = Limits {
+            daily_tokens: pick(given.daily_tokens, defaults.daily_tokens),
+            max_concurrent: pick32(given.max_concurrent, defaults.max_concurrent),
+            // A plan's default request limit never exceeds the daily quota given.
+            max_request_tokens: pick32(
+                given.max_request_tokens,
+                u32::try_from(
+                    u64::from(defaults.max_request_tokens)
+                        .min(pick(given.daily_tokens, defaults.daily_tokens)),
+                )
+                .unwrap_or(defaults.max_request_tokens),
+            ),
+            context_window: pick32(given.context_window, defaults.context_window),
+            context_turns: pick32(given.context_turns, defaults.context_turns),
+        };
+        plans::validate(&limits).map_err(invalid_limit)?;
+        validate_time_zone(&t.time_zone)?;
+        let adapter_scale = if t.adapter.is_empty() {
+            0.0
+        } else if t.adapter_scale == 0.0 {
+            1.0
+        } else {
+            t.adapter_scale
+        };
+        validate_scale(adapter_scale)?;
+        let record = TenantRecord {
+            display_name: if t.display_name.is_empty() {
+                t.id.clone()
+            } else {
+                t.display_name
+            },
+            id: t.id,
+            plan,
+            limits,
+            model: t.model,
+            adapter: t.adapter,
+            adapter_scale,
+            system_prompt: t.system_prompt,
+            welcome_message: t.welcome_message,
+            quick_prompts: t.quick_prompts,
+            time_zone: t.time_zone,
+            knowledge_share: t.knowledge_share,
+            version: 0,
+            created_at_ms: now_ms(),
+        };
+        match self.write(Command::CreateTenant { tenant: record }).await? {
+            Reply::Tenant(t) => Ok(Response::new(tenant_to_pb(*t))),
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
+    async fn update_tenant(&self, req: Request<pb::TenantPatch>) -> R<pb::Tenant> {
+        self.authorize(&req)?;
+        let p = req.into_inner();
+        tenant_id(&p.id)?;
+        let view = self.read().await?;
+        let Some(current) = view.tenant(&p.id)? else {
+            return Err(ControlPlaneError::NotFound(format!("unknown tenant `{}`", p.id)).into());
+        };
+        if let Some(plan) = &p.plan {
+            validate_plan(plan)?;
+        }
+        if let Some(tz) = &p.time_zone {
+            validate_time_zone(tz)?;
+        }
+        if let Some(scale) = p.adapter_scale {
+            validate_scale(scale)?;
+        }
+        let patch = TenantPatch {
+            display_name: p.display_name,
+            plan: p.plan,
+            limits: Limits {
+                daily_tokens: p.daily_tokens.unwrap_or_default(),
+                max_concurrent: p.max_concurrent.unwrap_or_default(),
+                max_request_tokens: p.max_request_tokens.unwrap_or_default(),
+                context_window: p.context_window.unwrap_or_default(),
+                context_turns: p.context_turns.unwrap_or_default(),
+            },
+            set_limits: LimitsMask {
+                daily_tokens: p.daily_tokens.is_some(),
+                max_concurrent: p.max_concurrent.is_some(),
+                max_request_tokens: p.max_request_tokens.is_some(),
+                context_window: p.context_window.is_some(),
+                context_turns: p.context_turns.is_some(),
+            },
+            model: p.model,
+            adapter: p.adapter,
+            adapter_scale: p.adapter_scale,
+            system_prompt: p.system_prompt,
+            welcome_message: p.welcome_message,
+            quick_prompts: p.set_quick_prompts.then_some(p.quick_prompts),
+            time_zone: p.time_zone,
+            knowledge_share: p.knowledge_share,
+        };
+        // Check the limits the tenant would end up with before proposing.
+        let mut preview = current;
+        patch.apply_to(&mut preview);
+        plans::validate(&preview.limits).map_err(invalid_limit)?;
+        match self
+            .write(Command::UpdateTenant {
+                id: p.id,
+                patch: Box::new(patch),
+            })
+            .await?
+        {
+            Reply::Tenant(t) => Ok(Response::new(tenant_to_pb(*t))),
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
+    async fn get_tenant(&self, req: Request<pb::TenantRef>) -> R<pb::Tenant> {
+        self.authorize(&req)?;
+        let id = req.into_inner().id;
+        match self.read().await?.tenant(&id)? {
+            Some(t) => Ok(Response::new(tenant_to_pb(t))),
+            None => Err(ControlPlaneError::NotFound(format!("unknown tenant `{id}`")).into()),
+        }
+    }
+
+    async fn list_tenants(&self, req: Request<pb::ListTenantsRequest>) -> R<pb::TenantList> {
+        self.authorize(&req)?;
+        let tenants = self.read().await?.tenants()?;
+        Ok(Response::new(pb::TenantList {
+            tenants: tenants.into_iter().map(tenant_to_pb).collect(),
+        }))
+    }
+
+    async fn delete_tenant(&self, req: Request<pb::TenantRef>) -> R<pb::Tenant> {
+        self.authorize(&req)?;
+        let id = req.into_inner().id;
+        match self.write(Command::DeleteTenant { id }).await? {
+            Reply::Tenant(t) => Ok(Response::new(tenant_to_pb(*t))),
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
+    async fn create_key(&self, req: Request<pb::CreateKeyRequest>) -> R<pb::CreatedKey> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        tenant_id(&r.tenant_id)?;
+        let plaintext = new_secret("bk_");
+        let key = KeyRecord {
+            key_id: format!("key_{}", &uuid::Uuid::new_v4().simple().to_string()[..16]),
+            tenant_id: r.tenant_id,
+            name: r.name,
+            prefix: plaintext[..11].to_owned(),
+            hash: hash_secret(&plaintext),
+            created_at_ms: now_ms(),
+            revoked_at_ms: 0,
+            last_used_at_ms: 0,
+        };
+        match self.write(Command::CreateKey { key }).await? {
+            Reply::Key(k) => Ok(Response::new(pb::CreatedKey {
+                key: Some(key_to_pb(k)),
+                plaintext,
+            })),
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
+    async fn revoke_key(&self, req: Request<pb::RevokeKeyRequest>) -> R<pb::ApiKey> {
+        self.authorize(&req)?;
+        let key_id = req.into_inner().key_id;
+        match self
+            .write(Command::RevokeKey {
+                key_id,
+                now_ms: now_ms(),
+            })
+            .await?
+        {
+            Reply::Key(k) => Ok(Response::new(key_to_pb(k))),
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
+    async fn list_keys(&self, req: Request<pb::TenantRef>) -> R<pb::KeyList> {
+        self.authorize(&req)?;
+        let id = req.into_inner().id;
+        let view = self.read().await?;
+        if view.tenant(&id)?.is_none() {
+            return Err(ControlPlaneError::NotFound(format!("unknown tenant `{id}`")).into());
+        }
+        Ok(Response::new(pb::KeyList {
+            keys: view.keys_of(&id)?.into_iter().map(key_to_pb).collect(),
+        }))
+    }
+
+    async fn authenticate(&self, req: Request<pb::AuthenticateRequest>) -> R<pb::Authenticated> {
+        self.authorize(&req)?;
+        let plaintext = req.into_inner().plaintext;
+        let view = self.read().await?;
+        let refused = || ControlPlaneError::Unauthenticated("invalid API key".into());
+        let key = view
+            .key_by_hash(&hash_secret(&plaintext))?
+            .ok_or_else(refused)?;
+        if key.revoked_at_ms != 0 {
+            return Err(
+                ControlPlaneError::Unauthenticated("this API key has been revoked".into()).into(),
+            );
+        }
+        Ok(Response::new(pb::Authenticated {
+            tenant_id: key.tenant_id,
+            key_id: key.key_id,
+        }))
+    }
+
+    async fn grant(&self, req: Request<pb::GrantRequest>) -> R<pb::Allowance> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        tenant_id(&r.tenant_id)?;
+        bulkhead_proto::GatewayId::new(r.gateway_id.as_str())
+            .map_err(|e| ControlPlaneError::InvalidArgument(e.to_string()))?;
+        match self
+            .write(Command::Grant {
+                tenant_id: r.tenant_id,
+                gateway_id: r.gateway_id,
+                tokens: r.tokens,
+                slots: r.slots,
+                ttl_ms: if r.ttl_ms == 0 {
+                    ledger::MAX_ALLOWANCE_TTL_MS
+                } else {
+                    r.ttl_ms
+                },
+                now_ms: now_ms(),
+                op_id: r.op_id,
+            })
+            .await?
+        {
+            Reply::Allowance(a) => Ok(Response::new(allowance_to_pb(a))),
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
+    async fn r#return(&self, req: Request<pb::ReturnRequest>) -> R<pb::Allowance> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        match self
+            .write(Command::Return {
+                tenant_id: r.tenant_id,
+                gateway_id: r.gateway_id,
+                tokens: r.tokens,
+                slots: r.slots,
+                now_ms: now_ms(),
+                op_id: r.op_id,
+            })
+            .await?
+        {
+            Reply::Allowance(a) => Ok(Response::new(allowance_to_pb(a))),
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
+    async fn report_usage(&self, req: Request<pb::UsageBatch>) -> R<pb::UsageApplied> {
+        self.authorize(&req)?;
+        let events: Vec<UsageRecord> = req.into_inner().events.iter().map(Into::into).collect();
+        if let Some(bad) = events.iter().find(|e| e.event_id.is_empty()) {
+            return Err(ControlPlaneError::InvalidArgument(format!(
+                "a usage event of tenant `{}` has no event id",
+                bad.tenant_id
+            ))
+            .into());
+        }
+        match self.write(Command::ApplyUsage { events }).await? {
+            Reply::UsageApplied {
+                applied,
+                duplicates,
+            } => Ok(Response::new(pb::UsageApplied {
+                applied,
+                duplicates,
+            })),
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
+    async fn usage(&self, req: Request<pb::UsageRequest>) -> R<pb::UsageReport> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        let view = self.read().await?;
+        let Some(tenant) = view.tenant(&r.tenant_id)? else {
+            return Err(
+                ControlPlaneError::NotFound(format!("unknown tenant `{}`", r.tenant_id)).into(),
+            );
+        };
+        let days = r.days.clamp(1, 366);
+        let recorded: BTreeMap<String, ledger::LedgerDay> =
+            view.ledger_days(&tenant.id)?.into_iter().collect();
+        let now = now_ms();
+        let today = ledger::day_of(now, &tenant.time_zone).0;
+        let allowances = view.allowances(&tenant.id)?;
+        let mut day_names = Vec::new();
+        let mut out = Vec::new();
+        for i in 0..i64::from(days) {
+            let (day, _) = ledger::day_of(now - i * 86_400_000, &tenant.time_zone);
+            if day_names.contains(&day) {
+                continue;
+            }
+            let l = recorded.get(&day).cloned().unwrap_or_default();
+            let outstanding = if day == today {
+                allowances.iter().map(|(_, a)| a.tokens_on(&day)).sum()
+            } else {
+                0
+            };
+            out.push(pb::UsageDay {
+                day: day.clone(),
+                prompt_tokens: l.prompt_tokens,
+                completion_tokens: l.completion_tokens,
+                cached_tokens: l.cached_tokens,
+                requests: l.requests,
+                quota: tenant.limits.daily_tokens,
+                outstanding,
+                total_latency_ms: l.total_latency_ms,
+                max_latency_ms: l.max_latency_ms,
+            });
+            day_names.push(day);
+        }
+        let users = view
+            .users(&tenant.id, &day_names)?
+            .into_iter()
+            .map(|(user_id, u)| pb::UserUsage {
+                user_id,
+                tokens: u.tokens,
+                requests: u.requests,
+            })
+            .collect();
+        Ok(Response::new(pb::UsageReport {
+            tenant_id: tenant.id,
+            days: out,
+            users,
+        }))
+    }
+}

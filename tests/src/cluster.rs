@@ -1,0 +1,168 @@
+//! A control-plane cluster of real `bulkhead control-plane` processes on
+//! loopback ports, each with its own data dir, and helpers to run admin
+//! commands against it, kill and restart nodes, and find the leader.
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bulkhead_control_plane::ControlPlaneClient;
+use bulkhead_proto::control as pb;
+
+use crate::{Process, bulkhead_bin, free_port};
+
+pub struct Node {
+    pub id: u64,
+    pub addr: String,
+    dir: PathBuf,
+    process: Option<Process>,
+}
+
+pub struct ControlPlanes {
+    pub nodes: Vec<Node>,
+    pub admin_token: String,
+    init: String,
+    extra: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl ControlPlanes {
+    /// Starts `n` founding nodes with `extra` arguments each and waits for the
+    /// admin token.
+    pub fn start(n: u64, extra: &[&str]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let nodes: Vec<Node> = (1..=n)
+            .map(|id| Node {
+                id,
+                addr: format!("127.0.0.1:{}", free_port()),
+                dir: dir.path().join(format!("node{id}")),
+                process: None,
+            })
+            .collect();
+        let init = nodes
+            .iter()
+            .map(|n| format!("{}={}", n.id, n.addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Self {
+            nodes,
+            admin_token: String::new(),
+            init,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            _dir: dir,
+        };
+        for i in 0..cluster.nodes.len() {
+            cluster.spawn(i)?;
+        }
+        let first = cluster.nodes[0]
+            .process
+            .as_mut()
+            .context("node 1 not running")?;
+        cluster.admin_token = first.wait_for("admin token:", Duration::from_secs(30))?;
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let node = &self.nodes[i];
+        let mut args = vec![
+            "control-plane".to_owned(),
+            "--node-id".into(),
+            node.id.to_string(),
+            "--listen".into(),
+            node.addr.clone(),
+            "--data-dir".into(),
+            node.dir.display().to_string(),
+            "--init".into(),
+            self.init.clone(),
+        ];
+        args.extend(self.extra.iter().cloned());
+        let process = Process::spawn(&args)?;
+        self.nodes[i].process = Some(process);
+        Ok(())
+    }
+
+    /// Every node's address, comma-separated.
+    pub fn addrs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.addr.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Runs `bulkhead ARGS` against the given addresses with the admin token.
+    pub fn cli_at(&self, addrs: &str, args: &[&str]) -> anyhow::Result<Output> {
+        Ok(std::process::Command::new(bulkhead_bin()?)
+            .args(args)
+            .env("BULKHEAD_CONTROL_PLANE", addrs)
+            .env("BULKHEAD_ADMIN_TOKEN", &self.admin_token)
+            .env("BULKHEAD_LOG", "warn")
+            .env_remove("RUST_BACKTRACE")
+            .output()?)
+    }
+
+    /// Runs `bulkhead ARGS` against the whole cluster; fails unless it succeeds.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.cli_at(&self.addrs(), args)?;
+        if !out.status.success() {
+            bail!(
+                "bulkhead {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A leader-following client of the whole cluster.
+    pub fn client(&self) -> ControlPlaneClient {
+        ControlPlaneClient::new(
+            self.nodes.iter().map(|n| n.addr.clone()).collect(),
+            Some(self.admin_token.clone()),
+        )
+    }
+
+    /// What node `i` itself says about the cluster.
+    pub async fn status(&self, i: usize) -> anyhow::Result<pb::ClusterState> {
+        let client = ControlPlaneClient::new(vec![self.nodes[i].addr.clone()], None);
+        Ok(client
+            .call(|mut c| async move { c.cluster_status(pb::ClusterStatusRequest {}).await })
+            .await?)
+    }
+
+    /// Index of the node that a running node reports as leader, once the
+    /// leader itself agrees.
+    pub async fn leader(&self, timeout: Duration) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for (i, node) in self.nodes.iter().enumerate() {
+                if node.process.is_none() {
+                    continue;
+                }
+                if let Ok(s) = self.status(i).await
+                    && s.state == "leader"
+                {
+                    return Ok(i);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("no leader within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILLs node `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut p) = self.nodes[i].process.take() {
+            p.kill();
+        }
+    }
+
+    /// Starts node `i` again on its data dir.
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill(i);
+        self.spawn(i)
+    }
+}

@@ -1,0 +1,227 @@
+//! The control plane as three real processes: failover, catch-up by
+//! snapshot, follower reads, admin auth and bad input.
+
+use std::time::{Duration, Instant};
+
+use bulkhead_proto::control as pb;
+use bulkhead_tests::cluster::ControlPlanes;
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_replaced_and_comes_back_by_snapshot() -> anyhow::Result<()> {
+    let mut cp = ControlPlanes::start(3, &["--snapshot-logs", "20"])?;
+    cp.cli(&["tenant", "create", "acme", "--plan", "pro"])?;
+    cp.cli(&["tenant", "create", "globex", "--daily-tokens", "5000"])?;
+    let key = cp.cli(&["key", "create", "--tenant", "acme"])?;
+    let key = key.lines().last().unwrap_or_default().to_owned();
+    assert!(
+        key.starts_with("bk_"),
+        "key create prints the key last: {key}"
+    );
+
+    let old = cp.leader(Duration::from_secs(10)).await?;
+    let old_status = cp.status(old).await?;
+    cp.kill(old);
+    let started = Instant::now();
+    let new = cp.leader(Duration::from_secs(10)).await?;
+    assert_ne!(new, old, "a new leader is elected");
+    println!("new leader after {:?}", started.elapsed());
+
+    // The same data, and writes continue.
+    let list = cp.cli(&["tenant", "list"])?;
+    assert!(list.contains("acme") && list.contains("globex"), "{list}");
+    let show = cp.cli(&["tenant", "show", "globex"])?;
+    assert!(show.contains("daily_tokens:       5000"), "{show}");
+    for i in 0..30 {
+        cp.cli(&["tenant", "create", &format!("t{i}")])?;
+    }
+    // The live nodes snapshot and purge past what the killed node has.
+    let leader_status = cp.status(new).await?;
+    assert!(
+        leader_status.purged_index > old_status.last_log_index,
+        "the log the killed node lacks was purged: {leader_status:?}"
+    );
+
+    cp.restart(old)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = cp.status(old).await;
+        if let Ok(s) = &s
+            && s.last_applied >= leader_status.last_applied
+            && s.snapshot_index > 0
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node did not catch up: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The restarted node serves the data itself (linearizable read there).
+    let only_old = cp.nodes[old].addr.clone();
+    let out = cp.cli_at(&only_old, &["tenant", "show", "t29"])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cp.cli_at(&only_old, &["key", "list", "--tenant", "acme"])?;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&key[..11]),
+        "the key survived"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_the_leader_is_seen_by_a_read_on_a_follower() -> anyhow::Result<()> {
+    let cp = ControlPlanes::start(3, &[])?;
+    let leader = cp.leader(Duration::from_secs(10)).await?;
+    let follower = (leader + 1) % 3;
+    let (leader_addr, follower_addr) = (
+        cp.nodes[leader].addr.clone(),
+        cp.nodes[follower].addr.clone(),
+    );
+    for i in 0..5 {
+        let id = format!("tenant-{i}");
+        let out = cp.cli_at(
+            &leader_addr,
+            &["tenant", "create", &id, "--daily-tokens", "1234"],
+        )?;
+        assert!(out.status.success(), "{}", stderr(&out));
+        // Served by the follower (no leader in the address list).
+        let out = cp.cli_at(&follower_addr, &["tenant", "show", &id])?;
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("1234"));
+    }
+    // A write sent to a follower is redirected to the leader.
+    let out = cp.cli_at(&follower_addr, &["tenant", "create", "via-follower"])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_calls_need_the_token_and_bad_input_changes_nothing() -> anyhow::Result<()> {
+    let cp = ControlPlanes::start(1, &[])?;
+    let addr = cp.addrs();
+    cp.cli(&["tenant", "create", "acme", "--plan", "pro"])?;
+
+    // No token, a wrong token.
+    let bin = bulkhead_tests::bulkhead_bin()?;
+    let out = std::process::Command::new(&bin)
+        .args(["tenant", "list", "--control-plane", &addr])
+        .env_remove("BULKHEAD_ADMIN_TOKEN")
+        .output()?;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("admin token is required"),
+        "{}",
+        stderr(&out)
+    );
+    let out = std::process::Command::new(&bin)
+        .args([
+            "tenant",
+            "create",
+            "evil",
+            "--control-plane",
+            &addr,
+            "--admin-token",
+            "bka_nope",
+        ])
+        .output()?;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("admin token is wrong"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Each bad request names what is wrong.
+    let cases: &[(&[&str], &str)] = &[
+        (&["tenant", "create", "acme"], "already exists"),
+        (
+            &["tenant", "create", "bad id"],
+            "tenant id may contain only",
+        ),
+        (
+            &["tenant", "create", "x", "--plan", "gold"],
+            "unknown plan \"gold\"",
+        ),
+        (
+            &["tenant", "create", "x", "--daily-tokens", "0"],
+            "daily_tokens must be at least 1",
+        ),
+        (
+            &[
+                "tenant",
+                "create",
+                "x",
+                "--daily-tokens",
+                "10",
+                "--max-request-tokens",
+                "100",
+            ],
+            "max_request_tokens (100) cannot exceed daily_tokens (10)",
+        ),
+        (
+            &["tenant", "create", "x", "--time-zone", "Mars/Base"],
+            "unknown time zone",
+        ),
+        (
+            &["tenant", "update", "acme", "--max-concurrent", "0"],
+            "max_concurrent must be at least 1",
+        ),
+        (
+            &["tenant", "update", "nobody", "--max-concurrent", "3"],
+            "unknown tenant `nobody`",
+        ),
+        (&["tenant", "show", "nobody"], "unknown tenant `nobody`"),
+        (&["tenant", "delete", "nobody"], "unknown tenant `nobody`"),
+        (
+            &["key", "create", "--tenant", "nobody"],
+            "unknown tenant `nobody`",
+        ),
+        (&["key", "revoke", "key_nope"], "unknown key `key_nope`"),
+        (&["usage", "--tenant", "nobody"], "unknown tenant `nobody`"),
+    ];
+    for (args, message) in cases {
+        let out = cp.cli_at(&addr, args)?;
+        assert!(!out.status.success(), "{args:?} must fail");
+        assert!(
+            stderr(&out).contains(message),
+            "{args:?}: {} lacks {message:?}",
+            stderr(&out)
+        );
+    }
+    // Nothing changed: one tenant, with its plan's limits.
+    let list = cp.cli(&["tenant", "list"])?;
+    assert_eq!(list.lines().count(), 2, "{list}");
+    let show = cp.cli(&["tenant", "show", "acme"])?;
+    assert!(show.contains("max_concurrent:     8"), "{show}");
+
+    // A malformed gRPC call gets a clear status, and nothing changes.
+    let client = cp.client();
+    let err = client
+        .call(|mut c| {
+            let req = client.request(pb::GrantRequest {
+                tenant_id: "acme".into(),
+                gateway_id: "gw/1".into(),
+                tokens: 10,
+                slots: 1,
+                ttl_ms: 1000,
+                op_id: String::new(),
+            });
+            async move { c.grant(req).await }
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    let report = client
+        .call(|mut c| {
+            let req = client.request(pb::UsageRequest {
+                tenant_id: "acme".into(),
+                days: 1,
+            });
+            async move { c.usage(req).await }
+        })
+        .await?;
+    assert_eq!(report.days[0].outstanding, 0);
+    Ok(())
+}
