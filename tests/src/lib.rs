@@ -165,3 +165,4 @@ impl Drop for Process {
 }
 
 pub mod cluster;
+pub mod nats;
