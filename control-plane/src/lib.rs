@@ -261,9 +261,10 @@ async fn leader_loops(raft: Raft, handles: Handles, nats: Option<String>) {
     }
 }
 
-/// Reclaims allowances whose gateways stopped renewing them.
+/// Reclaims allowances whose gateways stopped renewing them and drops
+/// workers whose lease lapsed.
 async fn reclaim_loop(handles: Handles) {
-    let mut tick = tokio::time::interval(Duration::from_secs(15));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
         let now = service::now_ms();

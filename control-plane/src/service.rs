@@ -25,7 +25,8 @@ use crate::ledger;
 use crate::plans;
 use crate::raft::{LogId, Node, NodeId, Raft, channel, decode};
 use crate::state::{
-    Command, KeyRecord, Limits, LimitsMask, Reply, TenantPatch, TenantRecord, UsageRecord,
+    Change, Command, KeyRecord, Limits, LimitsMask, Reply, TenantPatch, TenantRecord, UsageRecord,
+    WorkerRecord,
 };
 use crate::store::{StateMachine, View};
 
@@ -318,14 +319,183 @@ fn allowance_to_pb(a: crate::state::AllowanceView) -> pb::Allowance {
     }
 }
 
+fn worker_to_pb(w: WorkerRecord) -> pb::WorkerInfo {
+    pb::WorkerInfo {
+        worker_id: w.worker_id,
+        addr: w.addr,
+        models: w.models,
+        adapters: w.adapters,
+        slots: w.slots,
+        expires_at_ms: w.expires_at_ms,
+    }
+}
+
+fn key_state(k: KeyRecord) -> pb::KeyState {
+    let hash = k.hash.clone();
+    pb::KeyState {
+        key: Some(key_to_pb(k)),
+        hash,
+    }
+}
+
+fn change_to_pb(version: u64, change: Change) -> pb::WatchEvent {
+    use pb::watch_event::Change as C;
+    pb::WatchEvent {
+        version,
+        reset: false,
+        change: Some(match change {
+            Change::Tenant(t) => C::Tenant(tenant_to_pb(t)),
+            Change::TenantDeleted(id) => C::TenantDeleted(id),
+            Change::Key(k) => C::Key(key_state(k)),
+            Change::Worker(w) => C::Worker(worker_to_pb(w)),
+            Change::WorkerGone(id) => C::WorkerGone(id),
+        }),
+    }
+}
+
+/// Everything a watcher caches, as one resync: a `reset` marker first.
+fn full_state(view: &View) -> Result<(u64, Vec<pb::WatchEvent>)> {
+    use pb::watch_event::Change as C;
+    let version = view.version()?;
+    let mut events = vec![pb::WatchEvent {
+        version,
+        reset: true,
+        change: None,
+    }];
+    let at = |change| pb::WatchEvent {
+        version,
+        reset: false,
+        change: Some(change),
+    };
+    events.extend(
+        view.tenants()?
+            .into_iter()
+            .map(|t| at(C::Tenant(tenant_to_pb(t)))),
+    );
+    events.extend(
+        view.all_keys()?
+            .into_iter()
+            .map(|k| at(C::Key(key_state(k)))),
+    );
+    events.extend(
+        view.workers()?
+            .into_iter()
+            .map(|w| at(C::Worker(worker_to_pb(w)))),
+    );
+    Ok((version, events))
+}
+
+/// Feeds one watcher until it goes away.
+async fn watch_loop(
+    sm: StateMachine,
+    from: u64,
+    tx: tokio::sync::mpsc::Sender<Result<pb::WatchEvent, Status>>,
+) {
+    let mut applied = sm.applied();
+    let mut at = from;
+    let mut first = true;
+    loop {
+        let batch = sm.view().map_err(ControlPlaneError::from).and_then(|view| {
+            if first && at == 0 {
+                return full_state(&view);
+            }
+            match view.changes_after(at)? {
+                Some(changes) => {
+                    let last = changes.last().map_or(at, |(v, _)| *v);
+                    Ok((
+                        last,
+                        changes
+                            .into_iter()
+                            .map(|(v, c)| change_to_pb(v, c))
+                            .collect(),
+                    ))
+                }
+                None => full_state(&view),
+            }
+        });
+        first = false;
+        match batch {
+            Ok((version, events)) => {
+                for event in events {
+                    if tx.send(Ok(event)).await.is_err() {
+                        return;
+                    }
+                }
+                at = version;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e.into())).await;
+                return;
+            }
+        }
+        tokio::select! {
+            changed = applied.changed() => if changed.is_err() { return },
+            () = tx.closed() => return,
+        }
+    }
+}
+
 fn unexpected(reply: &Reply) -> ControlPlaneError {
     ControlPlaneError::Internal(format!("unexpected reply {reply:?}"))
 }
 
 type R<T> = std::result::Result<Response<T>, Status>;
+type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<pb::WatchEvent, Status>>;
 
 #[tonic::async_trait]
 impl pb::control_plane_server::ControlPlane for ControlPlaneService {
+    type WatchStream = WatchStream;
+
+    async fn register_worker(&self, req: Request<pb::RegisterWorkerRequest>) -> R<pb::WorkerInfo> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        let w = r.worker.unwrap_or_default();
+        bulkhead_proto::WorkerId::new(w.worker_id.as_str())
+            .map_err(|e| ControlPlaneError::InvalidArgument(e.to_string()))?;
+        if w.addr.is_empty() || w.models.is_empty() {
+            return Err(ControlPlaneError::InvalidArgument(
+                "a worker registers with its address and at least one model".into(),
+            )
+            .into());
+        }
+        let lease = i64::try_from(r.lease_ms.clamp(1_000, 60_000)).unwrap_or(10_000);
+        let worker = WorkerRecord {
+            worker_id: w.worker_id,
+            addr: w.addr,
+            models: w.models,
+            adapters: w.adapters,
+            slots: w.slots,
+            expires_at_ms: now_ms() + lease,
+        };
+        match self.write(Command::RegisterWorker { worker }).await? {
+            Reply::Worker(w) => Ok(Response::new(worker_to_pb(w))),
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
+    async fn list_workers(&self, req: Request<pb::ListWorkersRequest>) -> R<pb::WorkerList> {
+        self.authorize(&req)?;
+        let now = now_ms();
+        let workers = self.read().await?.workers()?;
+        Ok(Response::new(pb::WorkerList {
+            workers: workers
+                .into_iter()
+                .filter(|w| w.expires_at_ms >= now)
+                .map(worker_to_pb)
+                .collect(),
+        }))
+    }
+
+    async fn watch(&self, req: Request<pb::WatchRequest>) -> R<Self::WatchStream> {
+        self.authorize(&req)?;
+        let from = req.into_inner().from_version;
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(watch_loop(self.node.sm.clone(), from, tx));
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
     async fn cluster_status(&self, _req: Request<pb::ClusterStatusRequest>) -> R<pb::ClusterState> {
         Ok(Response::new(self.status()))
     }

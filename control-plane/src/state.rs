@@ -26,6 +26,11 @@ pub const ALLOWANCES: &str = "allowances";
 pub const EVENTS: &str = "usage_events";
 pub const USERS: &str = "usage_users";
 pub const META: &str = "meta";
+pub const WORKERS: &str = "workers";
+/// What changed, by version, for the watch stream.
+pub const CHANGES: &str = "changes";
+/// How many changes are kept for watchers that reconnect.
+const CHANGES_KEPT: u64 = 10_000;
 /// Replies of gateway calls by operation id, so a retried call applies once.
 pub const OPS: &str = "gateway_ops";
 /// How long an operation id is remembered.
@@ -184,10 +189,37 @@ pub enum Command {
     ApplyUsage {
         events: Vec<UsageRecord>,
     },
-    /// Drops allowances that expired more than the reclaim grace ago.
+    /// Drops allowances that expired more than the reclaim grace ago, and
+    /// workers whose lease lapsed.
     Reclaim {
         now_ms: i64,
     },
+    /// Registers a worker or renews its lease.
+    RegisterWorker {
+        worker: WorkerRecord,
+    },
+}
+
+/// A worker that serves models, with its lease.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerRecord {
+    pub worker_id: String,
+    pub addr: String,
+    pub models: Vec<String>,
+    pub adapters: Vec<String>,
+    pub slots: u32,
+    pub expires_at_ms: i64,
+}
+
+/// One entry of the watch stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Change {
+    Tenant(TenantRecord),
+    TenantDeleted(String),
+    /// A created or revoked key (with its hash, for gateways to match).
+    Key(KeyRecord),
+    Worker(WorkerRecord),
+    WorkerGone(String),
 }
 
 impl fmt::Display for Command {
@@ -203,6 +235,7 @@ impl fmt::Display for Command {
             Command::Return { tenant_id, .. } => write!(f, "return {tenant_id}"),
             Command::ApplyUsage { events } => write!(f, "apply-usage x{}", events.len()),
             Command::Reclaim { .. } => write!(f, "reclaim"),
+            Command::RegisterWorker { worker } => write!(f, "register-worker {}", worker.worker_id),
         }
     }
 }
@@ -230,6 +263,7 @@ pub enum Reply {
     Allowance(AllowanceView),
     UsageApplied { applied: u32, duplicates: u32 },
     Reclaimed(u32),
+    Worker(WorkerRecord),
     Rejected(Rejection),
 }
 
@@ -253,9 +287,18 @@ fn key2(a: &str, b: &str) -> String {
     format!("{a}/{b}")
 }
 
-fn bump_version(t: &Tables) -> io::Result<u64> {
+fn change_key(version: u64) -> String {
+    format!("{version:020}")
+}
+
+/// Records a change under the next version; watchers see changes in this order.
+fn record_change(t: &Tables, change: Change) -> io::Result<u64> {
     let v = t.get::<u64>(META, VERSION)?.unwrap_or(0) + 1;
     t.put(META, VERSION, &v)?;
+    t.put(CHANGES, &change_key(v), &(v, change))?;
+    if v > CHANGES_KEPT {
+        t.delete(CHANGES, &change_key(v - CHANGES_KEPT))?;
+    }
     Ok(v)
 }
 
@@ -273,7 +316,8 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
             if t.get::<TenantRecord>(TENANTS, &tenant.id)?.is_some() {
                 return Ok(Reply::Rejected(Rejection::DuplicateTenant(tenant.id)));
             }
-            tenant.version = bump_version(t)?;
+            tenant.version = t.get::<u64>(META, VERSION)?.unwrap_or(0) + 1;
+            record_change(t, Change::Tenant(tenant.clone()))?;
             t.put(TENANTS, &tenant.id, &tenant)?;
             Ok(Reply::Tenant(Box::new(tenant)))
         }
@@ -282,7 +326,8 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
                 return Ok(Reply::Rejected(Rejection::UnknownTenant(id)));
             };
             patch.apply_to(&mut tenant);
-            tenant.version = bump_version(t)?;
+            tenant.version = t.get::<u64>(META, VERSION)?.unwrap_or(0) + 1;
+            record_change(t, Change::Tenant(tenant.clone()))?;
             t.put(TENANTS, &id, &tenant)?;
             Ok(Reply::Tenant(Box::new(tenant)))
         }
@@ -301,7 +346,7 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
             for table in [ALLOWANCES, LEDGER, USERS] {
                 t.delete_prefix(table, &prefix)?;
             }
-            bump_version(t)?;
+            record_change(t, Change::TenantDeleted(id))?;
             Ok(Reply::Tenant(Box::new(tenant)))
         }
         Command::CreateKey { key } => {
@@ -315,7 +360,7 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
             }
             t.put(KEYS, &key.key_id, &key)?;
             t.put(KEY_HASHES, &key.hash, &key.key_id)?;
-            bump_version(t)?;
+            record_change(t, Change::Key(key.clone()))?;
             Ok(Reply::Key(key))
         }
         Command::RevokeKey { key_id, now_ms } => {
@@ -325,7 +370,7 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
             if key.revoked_at_ms == 0 {
                 key.revoked_at_ms = now_ms;
                 t.put(KEYS, &key_id, &key)?;
-                bump_version(t)?;
+                record_change(t, Change::Key(key.clone()))?;
             }
             Ok(Reply::Key(key))
         }
@@ -371,10 +416,31 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
             )?))
         }),
         Command::ApplyUsage { events } => apply_usage(t, events),
+        Command::RegisterWorker { worker } => {
+            let before = t.get::<WorkerRecord>(WORKERS, &worker.worker_id)?;
+            t.put(WORKERS, &worker.worker_id, &worker)?;
+            // A renewal that changes nothing but the lease is not news to watchers.
+            let same = before.is_some_and(|b| {
+                WorkerRecord {
+                    expires_at_ms: worker.expires_at_ms,
+                    ..b
+                } == worker
+            });
+            if !same {
+                record_change(t, Change::Worker(worker.clone()))?;
+            }
+            Ok(Reply::Worker(worker))
+        }
         Command::Reclaim { now_ms } => {
             for (okey, op) in t.scan::<OpRecord>(OPS, "")? {
                 if op.at_ms + OP_MEMORY_MS < now_ms {
                     t.delete(OPS, &okey)?;
+                }
+            }
+            for (id, w) in t.scan::<WorkerRecord>(WORKERS, "")? {
+                if w.expires_at_ms < now_ms {
+                    t.delete(WORKERS, &id)?;
+                    record_change(t, Change::WorkerGone(id))?;
                 }
             }
             let mut n = 0;
@@ -687,12 +753,59 @@ impl View {
         Ok(totals.into_iter().collect())
     }
 
+    /// The version of the last change.
+    pub fn version(&self) -> io::Result<u64> {
+        Ok(self.get::<u64>(META, VERSION)?.unwrap_or(0))
+    }
+
+    /// Changes after `version`, oldest first, or `None` when some of them
+    /// are no longer kept (the watcher must resync).
+    pub fn changes_after(&self, version: u64) -> io::Result<Option<Vec<(u64, Change)>>> {
+        let current = self.version()?;
+        if version >= current {
+            return Ok(Some(Vec::new()));
+        }
+        if self
+            .get::<(u64, Change)>(CHANGES, &change_key(version + 1))?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.scan_from::<(u64, Change)>(CHANGES, &change_key(version + 1))?
+                .into_iter()
+                .map(|(_, c)| c)
+                .collect(),
+        ))
+    }
+
+    pub fn all_keys(&self) -> io::Result<Vec<KeyRecord>> {
+        Ok(self
+            .scan::<KeyRecord>(KEYS, "")?
+            .into_iter()
+            .map(|(_, k)| k)
+            .collect())
+    }
+
+    pub fn workers(&self) -> io::Result<Vec<WorkerRecord>> {
+        Ok(self
+            .scan::<WorkerRecord>(WORKERS, "")?
+            .into_iter()
+            .map(|(_, w)| w)
+            .collect())
+    }
+
     /// Allowances past their reclaim time.
     pub fn reclaimable(&self, now_ms: i64) -> io::Result<usize> {
         Ok(self
             .scan::<Allowance>(ALLOWANCES, "")?
             .iter()
             .filter(|(_, a)| a.expires_at_ms + ledger::RECLAIM_GRACE_MS < now_ms)
-            .count())
+            .count()
+            + self
+                .workers()?
+                .iter()
+                .filter(|w| w.expires_at_ms < now_ms)
+                .count())
     }
 }

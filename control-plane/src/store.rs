@@ -174,6 +174,28 @@ impl View {
             .transpose()
     }
 
+    /// Every entry from key `start` on, in key order.
+    pub fn scan_from<T: DeserializeOwned>(
+        &self,
+        table: &str,
+        start: &str,
+    ) -> io::Result<Vec<(String, T)>> {
+        let t = match self.rtx.open_table(app_table(table)) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(e)),
+        };
+        let mut out = Vec::new();
+        for item in t.range::<&str>(start..).map_err(io_err)? {
+            let (k, v) = item.map_err(io_err)?;
+            out.push((
+                k.value().to_owned(),
+                serde_json::from_str(v.value()).map_err(io_err)?,
+            ));
+        }
+        Ok(out)
+    }
+
     pub fn scan<T: DeserializeOwned>(
         &self,
         table: &str,
