@@ -31,12 +31,12 @@ pub enum ControlPlaneError {
 impl From<Rejection> for ControlPlaneError {
     fn from(r: Rejection) -> Self {
         match r {
-            Rejection::UnknownTenant(_) | Rejection::UnknownKey(_) => {
-                ControlPlaneError::NotFound(r.to_string())
-            }
-            Rejection::DuplicateTenant(_) | Rejection::DuplicateKey(_) => {
-                ControlPlaneError::AlreadyExists(r.to_string())
-            }
+            Rejection::UnknownTenant(_)
+            | Rejection::UnknownKey(_)
+            | Rejection::UnknownSession(_) => ControlPlaneError::NotFound(r.to_string()),
+            Rejection::DuplicateTenant(_)
+            | Rejection::DuplicateKey(_)
+            | Rejection::DuplicateSession(_) => ControlPlaneError::AlreadyExists(r.to_string()),
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod ledger;
 pub mod plans;
 pub mod raft;
 pub mod service;
+pub mod sessions;
 pub mod state;
 pub mod store;
 
@@ -265,9 +266,17 @@ async fn leader_loops(raft: Raft, handles: Handles, nats: Option<String>) {
 /// workers whose lease lapsed.
 async fn reclaim_loop(handles: Handles) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_prune = std::time::Instant::now();
     loop {
         tick.tick().await;
         let now = service::now_ms();
+        if last_prune.elapsed() > Duration::from_secs(600) {
+            last_prune = std::time::Instant::now();
+            if let Err(e) = service::write(&handles.raft, Command::PruneTurns { now_ms: now }).await
+            {
+                tracing::warn!(error = %e, "pruning old turns failed");
+            }
+        }
         let due = handles
             .sm
             .view()

@@ -58,3 +58,12 @@ pub fn validate(limits: &Limits) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Days a plan keeps session turns.
+pub fn retention_days(plan: &str) -> i64 {
+    match plan {
+        "enterprise" => 365,
+        "pro" => 90,
+        _ => 30,
+    }
+}

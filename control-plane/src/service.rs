@@ -24,6 +24,7 @@ use crate::error::ControlPlaneError;
 use crate::ledger;
 use crate::plans;
 use crate::raft::{LogId, Node, NodeId, Raft, channel, decode};
+use crate::sessions::{SessionRecord, TenantView};
 use crate::state::{
     Change, Command, KeyRecord, Limits, LimitsMask, Reply, TenantPatch, TenantRecord, UsageRecord,
     WorkerRecord,
@@ -435,6 +436,23 @@ async fn watch_loop(
     }
 }
 
+fn session_to_pb(tenant_id: &str, s: SessionRecord) -> pb::Session {
+    pb::Session {
+        tenant_id: tenant_id.to_owned(),
+        session_id: s.session_id,
+        title: s.title,
+        user_id: s.user_id,
+        created_at_ms: s.created_at_ms,
+        updated_at_ms: s.updated_at_ms,
+        turns: s.turns,
+    }
+}
+
+fn session_id(id: &str) -> Result<bulkhead_proto::SessionId> {
+    bulkhead_proto::SessionId::new(id)
+        .map_err(|e| ControlPlaneError::InvalidArgument(e.to_string()))
+}
+
 fn unexpected(reply: &Reply) -> ControlPlaneError {
     ControlPlaneError::Internal(format!("unexpected reply {reply:?}"))
 }
@@ -445,6 +463,132 @@ type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<pb::WatchEvent,
 #[tonic::async_trait]
 impl pb::control_plane_server::ControlPlane for ControlPlaneService {
     type WatchStream = WatchStream;
+
+    async fn create_session(&self, req: Request<pb::CreateSessionRequest>) -> R<pb::Session> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        tenant_id(&r.tenant_id)?;
+        let id = if r.session_id.is_empty() {
+            uuid::Uuid::new_v4().to_string()
+        } else {
+            session_id(&r.session_id)?;
+            r.session_id
+        };
+        let now = now_ms();
+        let session = SessionRecord {
+            session_id: id,
+            title: r.title,
+            user_id: r.user_id,
+            created_at_ms: now,
+            updated_at_ms: now,
+            turns: 0,
+        };
+        match self
+            .write(Command::CreateSession {
+                tenant_id: r.tenant_id.clone(),
+                session,
+            })
+            .await?
+        {
+            Reply::Session(s) => Ok(Response::new(session_to_pb(&r.tenant_id, s))),
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
+    async fn list_sessions(&self, req: Request<pb::TenantRef>) -> R<pb::SessionList> {
+        self.authorize(&req)?;
+        let id = tenant_id(&req.into_inner().id)?;
+        let view = self.read().await?;
+        if view.tenant(id.as_str())?.is_none() {
+            return Err(ControlPlaneError::NotFound(format!("unknown tenant `{id}`")).into());
+        }
+        let sessions = TenantView::new(&view, &id).sessions()?;
+        Ok(Response::new(pb::SessionList {
+            sessions: sessions
+                .into_iter()
+                .map(|s| session_to_pb(id.as_str(), s))
+                .collect(),
+        }))
+    }
+
+    async fn get_turns(&self, req: Request<pb::GetTurnsRequest>) -> R<pb::TurnList> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        let id = tenant_id(&r.tenant_id)?;
+        session_id(&r.session_id)?;
+        let view = self.read().await?;
+        if view.tenant(id.as_str())?.is_none() {
+            return Err(ControlPlaneError::NotFound(format!("unknown tenant `{id}`")).into());
+        }
+        let scoped = TenantView::new(&view, &id);
+        if scoped.session(&r.session_id)?.is_none() {
+            return Err(
+                ControlPlaneError::NotFound(format!("unknown session `{}`", r.session_id)).into(),
+            );
+        }
+        let turns = scoped.turns(&r.session_id, r.last as usize)?;
+        Ok(Response::new(pb::TurnList {
+            turns: turns
+                .into_iter()
+                .map(|t| pb::Turn {
+                    role: t.role,
+                    content: t.content,
+                    at_ms: t.at_ms,
+                    seq: t.seq,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn append_turns(&self, req: Request<pb::AppendTurnsRequest>) -> R<pb::Session> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        tenant_id(&r.tenant_id)?;
+        session_id(&r.session_id)?;
+        if r.turns.is_empty() {
+            return Err(ControlPlaneError::InvalidArgument("no turns to append".into()).into());
+        }
+        if let Some(bad) = r
+            .turns
+            .iter()
+            .find(|t| !matches!(t.role.as_str(), "user" | "assistant" | "system"))
+        {
+            return Err(ControlPlaneError::InvalidArgument(format!(
+                "turn role must be user, assistant or system, got {:?}",
+                bad.role
+            ))
+            .into());
+        }
+        match self
+            .write(Command::AppendTurns {
+                tenant_id: r.tenant_id.clone(),
+                session_id: r.session_id,
+                user_id: r.user_id,
+                turns: r.turns.into_iter().map(|t| (t.role, t.content)).collect(),
+                now_ms: now_ms(),
+            })
+            .await?
+        {
+            Reply::Session(s) => Ok(Response::new(session_to_pb(&r.tenant_id, s))),
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
+    async fn delete_session(&self, req: Request<pb::SessionRef>) -> R<pb::Session> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        tenant_id(&r.tenant_id)?;
+        match self
+            .write(Command::DeleteSession {
+                tenant_id: r.tenant_id.clone(),
+                session_id: r.session_id,
+            })
+            .await?
+        {
+            Reply::Session(s) => Ok(Response::new(session_to_pb(&r.tenant_id, s))),
+            other => Err(unexpected(&other).into()),
+        }
+    }
 
     async fn register_worker(&self, req: Request<pb::RegisterWorkerRequest>) -> R<pb::WorkerInfo> {
         self.authorize(&req)?;

@@ -15,7 +15,10 @@ use std::io;
 
 use serde::{Deserialize, Serialize};
 
+use bulkhead_proto::TenantId;
+
 use crate::ledger::{self, Allowance, LedgerDay};
+use crate::sessions::{SessionRecord, TenantScope};
 use crate::store::{Tables, View};
 
 pub const TENANTS: &str = "tenants";
@@ -198,6 +201,26 @@ pub enum Command {
     RegisterWorker {
         worker: WorkerRecord,
     },
+    CreateSession {
+        tenant_id: String,
+        session: SessionRecord,
+    },
+    /// Appends turns, creating the session if it does not exist.
+    AppendTurns {
+        tenant_id: String,
+        session_id: String,
+        user_id: String,
+        turns: Vec<(String, String)>,
+        now_ms: i64,
+    },
+    DeleteSession {
+        tenant_id: String,
+        session_id: String,
+    },
+    /// Drops turns past each tenant's plan retention.
+    PruneTurns {
+        now_ms: i64,
+    },
 }
 
 /// A worker that serves models, with its lease.
@@ -236,6 +259,10 @@ impl fmt::Display for Command {
             Command::ApplyUsage { events } => write!(f, "apply-usage x{}", events.len()),
             Command::Reclaim { .. } => write!(f, "reclaim"),
             Command::RegisterWorker { worker } => write!(f, "register-worker {}", worker.worker_id),
+            Command::CreateSession { tenant_id, .. } => write!(f, "create-session {tenant_id}"),
+            Command::AppendTurns { tenant_id, .. } => write!(f, "append-turns {tenant_id}"),
+            Command::DeleteSession { tenant_id, .. } => write!(f, "delete-session {tenant_id}"),
+            Command::PruneTurns { .. } => write!(f, "prune-turns"),
         }
     }
 }
@@ -251,6 +278,10 @@ pub enum Rejection {
     UnknownKey(String),
     #[error("key `{0}` already exists")]
     DuplicateKey(String),
+    #[error("unknown session `{0}`")]
+    UnknownSession(String),
+    #[error("session `{0}` already exists")]
+    DuplicateSession(String),
 }
 
 /// What a command answers.
@@ -264,6 +295,7 @@ pub enum Reply {
     UsageApplied { applied: u32, duplicates: u32 },
     Reclaimed(u32),
     Worker(WorkerRecord),
+    Session(SessionRecord),
     Rejected(Rejection),
 }
 
@@ -342,6 +374,9 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
                     t.delete(KEY_HASHES, &key.hash)?;
                 }
             }
+            if let Ok(tenant_id) = TenantId::new(id.as_str()) {
+                TenantScope::new(t, &tenant_id).drop_all()?;
+            }
             let prefix = format!("{id}/");
             for table in [ALLOWANCES, LEDGER, USERS] {
                 t.delete_prefix(table, &prefix)?;
@@ -416,6 +451,68 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
             )?))
         }),
         Command::ApplyUsage { events } => apply_usage(t, events),
+        Command::CreateSession { tenant_id, session } => {
+            let Some(scope) = scope(t, &tenant_id)? else {
+                return Ok(Reply::Rejected(Rejection::UnknownTenant(tenant_id)));
+            };
+            if scope.session(&session.session_id)?.is_some() {
+                return Ok(Reply::Rejected(Rejection::DuplicateSession(
+                    session.session_id,
+                )));
+            }
+            scope.put_session(&session)?;
+            Ok(Reply::Session(session))
+        }
+        Command::AppendTurns {
+            tenant_id,
+            session_id,
+            user_id,
+            turns,
+            now_ms,
+        } => {
+            let Some(scope) = scope(t, &tenant_id)? else {
+                return Ok(Reply::Rejected(Rejection::UnknownTenant(tenant_id)));
+            };
+            let session = match scope.session(&session_id)? {
+                Some(s) => s,
+                None => SessionRecord {
+                    title: turns
+                        .iter()
+                        .find(|(role, _)| role == "user")
+                        .map(|(_, c)| c.chars().take(60).collect())
+                        .unwrap_or_default(),
+                    session_id,
+                    user_id,
+                    created_at_ms: now_ms,
+                    updated_at_ms: now_ms,
+                    turns: 0,
+                },
+            };
+            Ok(Reply::Session(scope.append(session, turns, now_ms)?))
+        }
+        Command::DeleteSession {
+            tenant_id,
+            session_id,
+        } => {
+            let Some(scope) = scope(t, &tenant_id)? else {
+                return Ok(Reply::Rejected(Rejection::UnknownTenant(tenant_id)));
+            };
+            let Some(session) = scope.session(&session_id)? else {
+                return Ok(Reply::Rejected(Rejection::UnknownSession(session_id)));
+            };
+            scope.delete_session(&session_id)?;
+            Ok(Reply::Session(session))
+        }
+        Command::PruneTurns { now_ms } => {
+            let mut n = 0;
+            for (_, tenant) in t.scan::<TenantRecord>(TENANTS, "")? {
+                if let Some(scope) = scope(t, &tenant.id)? {
+                    let days = crate::plans::retention_days(&tenant.plan);
+                    n += scope.prune(now_ms - days * 86_400_000)?;
+                }
+            }
+            Ok(Reply::Reclaimed(u32::try_from(n).unwrap_or(u32::MAX)))
+        }
         Command::RegisterWorker { worker } => {
             let before = t.get::<WorkerRecord>(WORKERS, &worker.worker_id)?;
             t.put(WORKERS, &worker.worker_id, &worker)?;
@@ -453,6 +550,16 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
             Ok(Reply::Reclaimed(n))
         }
     }
+}
+
+/// The session handle of an existing tenant, or `None`.
+fn scope<'a, 't>(t: &'a Tables<'t>, tenant_id: &str) -> io::Result<Option<TenantScope<'a, 't>>> {
+    if t.get::<TenantRecord>(TENANTS, tenant_id)?.is_none() {
+        return Ok(None);
+    }
+    Ok(TenantId::new(tenant_id)
+        .ok()
+        .map(|id| TenantScope::new(t, &id)))
 }
 
 /// A remembered gateway operation.

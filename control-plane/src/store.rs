@@ -121,6 +121,12 @@ impl Tables<'_> {
         scan_table(&t, prefix)
     }
 
+    /// Drops a whole table (no error if it does not exist).
+    pub fn drop_table(&self, table: &str) -> io::Result<()> {
+        self.wtx.delete_table(app_table(table)).map_err(io_err)?;
+        Ok(())
+    }
+
     /// Deletes every entry whose key starts with `prefix`; returns how many.
     pub fn delete_prefix(&self, table: &str, prefix: &str) -> io::Result<usize> {
         let mut t = self.wtx.open_table(app_table(table)).map_err(io_err)?;

@@ -324,3 +324,101 @@ async fn next(s: &mut tonic::Streaming<pb::WatchEvent>) -> pb::WatchEvent {
         .expect("watch stream ok")
         .expect("watch stream open")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_stay_within_their_tenant_and_go_with_it() -> anyhow::Result<()> {
+    let cp = ControlPlanes::start(1, &[])?;
+    cp.cli(&["tenant", "create", "acme"])?;
+    cp.cli(&["tenant", "create", "globex"])?;
+    let client = cp.client();
+    let append = |tenant: &str, texts: &[(&str, &str)]| {
+        let req = pb::AppendTurnsRequest {
+            tenant_id: tenant.into(),
+            session_id: "s1".into(),
+            user_id: "u1".into(),
+            turns: texts
+                .iter()
+                .map(|(role, content)| pb::Turn {
+                    role: (*role).into(),
+                    content: (*content).into(),
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        let client = &client;
+        async move {
+            client
+                .call(|mut c| {
+                    let r = client.request(req.clone());
+                    async move { c.append_turns(r).await }
+                })
+                .await
+        }
+    };
+    let turns = |tenant: &str, last: u32| {
+        let req = pb::GetTurnsRequest {
+            tenant_id: tenant.into(),
+            session_id: "s1".into(),
+            last,
+        };
+        let client = &client;
+        async move {
+            client
+                .call(|mut c| {
+                    let r = client.request(req.clone());
+                    async move { c.get_turns(r).await }
+                })
+                .await
+        }
+    };
+    let s = append(
+        "acme",
+        &[("user", "acme secret plan"), ("assistant", "noted")],
+    )
+    .await?;
+    assert_eq!((s.turns, s.title.as_str()), (2, "acme secret plan"));
+    append(
+        "acme",
+        &[("user", "second question"), ("assistant", "second answer")],
+    )
+    .await?;
+    append("globex", &[("user", "hello from globex")]).await?;
+
+    // The same session id in two tenants: two conversations.
+    let acme = turns("acme", 2).await?;
+    let texts: Vec<&str> = acme.turns.iter().map(|t| t.content.as_str()).collect();
+    assert_eq!(
+        texts,
+        ["second question", "second answer"],
+        "the last 2 turns, in order"
+    );
+    let globex = turns("globex", 0).await?;
+    assert_eq!(globex.turns.len(), 1);
+    assert!(globex.turns.iter().all(|t| !t.content.contains("acme")));
+
+    // Bad input is refused and nothing is written.
+    let err = append("acme", &[("robot", "x")]).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    let err = append("nobody", &[("user", "x")]).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+    assert_eq!(turns("acme", 0).await?.turns.len(), 4);
+
+    // Deleting a tenant takes its sessions; a new tenant of that name starts empty.
+    cp.cli(&["tenant", "delete", "acme"])?;
+    let err = turns("acme", 0).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+    cp.cli(&["tenant", "create", "acme"])?;
+    let list = client
+        .call(|mut c| {
+            let r = client.request(pb::TenantRef { id: "acme".into() });
+            async move { c.list_sessions(r).await }
+        })
+        .await?;
+    assert!(list.sessions.is_empty(), "{list:?}");
+    assert_eq!(
+        turns("globex", 0).await?.turns.len(),
+        1,
+        "globex is untouched"
+    );
+    Ok(())
+}
