@@ -430,16 +430,17 @@ pub async fn key(connect: Connect, command: KeyCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(status)?;
             println!(
-                "{:<22} {:<12} {:<16} {:<21} {:<21}",
-                "KEY ID", "PREFIX", "NAME", "CREATED", "REVOKED"
+                "{:<22} {:<12} {:<16} {:<21} {:<21} {:<21}",
+                "KEY ID", "PREFIX", "NAME", "CREATED", "LAST USED", "REVOKED"
             );
             for k in keys.keys {
                 println!(
-                    "{:<22} {:<12} {:<16} {:<21} {:<21}",
+                    "{:<22} {:<12} {:<16} {:<21} {:<21} {:<21}",
                     k.key_id,
                     k.prefix,
                     k.name,
                     ms_to_text(k.created_at_ms),
+                    ms_to_text(k.last_used_at_ms),
                     ms_to_text(k.revoked_at_ms)
                 );
             }

@@ -899,6 +899,18 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
                 ControlPlaneError::Unauthenticated("this API key has been revoked".into()).into(),
             );
         }
+        // Last-used time, at most one write per key and minute.
+        let now = now_ms();
+        if now - key.last_used_at_ms > 60_000
+            && let Err(e) = self
+                .write(Command::TouchKey {
+                    key_id: key.key_id.clone(),
+                    now_ms: now,
+                })
+                .await
+        {
+            tracing::debug!(key = %key.key_id, error = %e, "recording key use failed");
+        }
         Ok(Response::new(pb::Authenticated {
             tenant_id: key.tenant_id,
             key_id: key.key_id,
@@ -1023,10 +1035,24 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
                 requests: u.requests,
             })
             .collect();
+        let recent = view
+            .recent(&tenant.id)?
+            .into_iter()
+            .map(|r| pb::RecentRequest {
+                event_id: r.event_id,
+                user_id: r.user_id,
+                prompt_tokens: r.prompt_tokens,
+                completion_tokens: r.completion_tokens,
+                cached_tokens: r.cached_tokens,
+                duration_ms: r.duration_ms,
+                finished_at_ms: r.finished_at_ms,
+            })
+            .collect();
         Ok(Response::new(pb::UsageReport {
             tenant_id: tenant.id,
             days: out,
             users,
+            recent,
         }))
     }
 }

@@ -30,6 +30,10 @@ pub const EVENTS: &str = "usage_events";
 pub const USERS: &str = "usage_users";
 pub const META: &str = "meta";
 pub const WORKERS: &str = "workers";
+/// The last requests of each tenant, for the dashboard.
+pub const RECENT: &str = "recent_requests";
+/// How many recent requests are kept per tenant.
+pub const RECENT_KEPT: u64 = 100;
 /// What changed, by version, for the watch stream.
 pub const CHANGES: &str = "changes";
 /// How many changes are kept for watchers that reconnect.
@@ -221,6 +225,11 @@ pub enum Command {
     PruneTurns {
         now_ms: i64,
     },
+    /// Records when a key was last used.
+    TouchKey {
+        key_id: String,
+        now_ms: i64,
+    },
 }
 
 /// A worker that serves models, with its lease.
@@ -263,6 +272,7 @@ impl fmt::Display for Command {
             Command::AppendTurns { tenant_id, .. } => write!(f, "append-turns {tenant_id}"),
             Command::DeleteSession { tenant_id, .. } => write!(f, "delete-session {tenant_id}"),
             Command::PruneTurns { .. } => write!(f, "prune-turns"),
+            Command::TouchKey { key_id, .. } => write!(f, "touch-key {key_id}"),
         }
     }
 }
@@ -512,6 +522,15 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
                 }
             }
             Ok(Reply::Reclaimed(u32::try_from(n).unwrap_or(u32::MAX)))
+        }
+        Command::TouchKey { key_id, now_ms } => {
+            let Some(mut key) = t.get::<KeyRecord>(KEYS, &key_id)? else {
+                return Ok(Reply::Rejected(Rejection::UnknownKey(key_id)));
+            };
+            // Not a change watchers need: only the dashboard shows it.
+            key.last_used_at_ms = key.last_used_at_ms.max(now_ms);
+            t.put(KEYS, &key_id, &key)?;
+            Ok(Reply::Key(key))
         }
         Command::RegisterWorker { worker } => {
             let before = t.get::<WorkerRecord>(WORKERS, &worker.worker_id)?;
@@ -769,6 +788,16 @@ fn apply_usage(t: &Tables, events: Vec<UsageRecord>) -> io::Result<Reply> {
                 t.put(ALLOWANCES, &akey, &a)?;
             }
         }
+        let seq_key = format!("recent_seq/{}", e.tenant_id);
+        let seq = t.get::<u64>(META, &seq_key)?.unwrap_or(0) + 1;
+        t.put(META, &seq_key, &seq)?;
+        t.put(RECENT, &format!("{}/{seq:012}", e.tenant_id), &e)?;
+        if seq > RECENT_KEPT {
+            t.delete(
+                RECENT,
+                &format!("{}/{:012}", e.tenant_id, seq - RECENT_KEPT),
+            )?;
+        }
         if !e.user_id.is_empty() {
             let ukey = format!("{}/{day}/{}", e.tenant_id, e.user_id);
             let mut u = t.get::<UserTotals>(USERS, &ukey)?.unwrap_or_default();
@@ -834,6 +863,17 @@ impl View {
             .collect();
         days.reverse();
         Ok(days)
+    }
+
+    /// A tenant's most recent requests, newest first.
+    pub fn recent(&self, tenant_id: &str) -> io::Result<Vec<UsageRecord>> {
+        let mut all: Vec<UsageRecord> = self
+            .scan::<UsageRecord>(RECENT, &format!("{tenant_id}/"))?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect();
+        all.reverse();
+        Ok(all)
     }
 
     /// Allowances of a tenant by gateway.

@@ -264,7 +264,33 @@ async fn watchers_see_tenants_keys_and_workers_in_order_and_resume() -> anyhow::
         bulkhead_control_plane::service::hash_secret(&plaintext),
         "watchers get the key's hash, never the key"
     );
+    // A gateway resolves the key to its tenant; the use is recorded.
+    let auth = |plaintext: String| {
+        let client = &client;
+        async move {
+            client
+                .call(|mut c| {
+                    let r = client.request(pb::AuthenticateRequest {
+                        plaintext: plaintext.clone(),
+                    });
+                    async move { c.authenticate(r).await }
+                })
+                .await
+        }
+    };
+    assert_eq!(auth(plaintext.clone()).await?.tenant_id, "acme");
+    let keys = client
+        .call(|mut c| {
+            let r = client.request(pb::TenantRef { id: "acme".into() });
+            async move { c.list_keys(r).await }
+        })
+        .await?;
+    assert!(keys.keys[0].last_used_at_ms > 0, "last use recorded");
+    let err = auth("bk_not_a_key".into()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
     cp.cli(&["key", "revoke", &key_id])?;
+    let err = auth(plaintext.clone()).await.unwrap_err();
+    assert!(err.message().contains("revoked"), "{err}");
     let Some(Change::Key(k)) = next(&mut stream).await.change else {
         panic!("key revoked");
     };

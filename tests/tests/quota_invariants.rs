@@ -289,6 +289,27 @@ async fn quotas_hold_exactly_through_duplicates_and_a_leader_kill() -> anyhow::R
             "Q2: one request per distinct event"
         );
         assert!(used <= quota, "Q1: {tenant} used {used} > quota {quota}");
+        let report = retrying(&client, |mut c| {
+            let r = client.request(pb::UsageRequest {
+                tenant_id: tenant.into(),
+                days: 1,
+            });
+            async move { c.usage(r).await }
+        })
+        .await;
+        let distinct = truth.events.get(tenant).map_or(0, BTreeMap::len);
+        assert_eq!(
+            report.recent.len(),
+            distinct.min(100),
+            "the recent-request record is bounded"
+        );
+        assert!(
+            report
+                .recent
+                .iter()
+                .all(|r| truth.events[tenant].contains_key(&r.event_id)),
+            "recent requests are this tenant's own"
+        );
         assert!(
             used + day.outstanding <= quota,
             "Q1: {tenant} used {used} + outstanding {} > quota {quota}",

@@ -608,8 +608,32 @@ impl<'m> EngineLoop<'m> {
             return 0;
         }
         variant.batch.clear();
+        // llama.cpp splits a batch over per-sequence KV streams into ubatches
+        // of consecutive sequence ids in batch order, so tokens go in slot
+        // order: out of order, one step became several graph computations.
+        let mut order: Vec<usize> = (0..variant.active.len()).collect();
+        order.sort_by_key(|&i| variant.active[i].slot);
+        let decoding = variant.active.iter().filter(|a| a.next.is_some()).count();
+        let budget = (self.config.batch as usize)
+            .saturating_sub(decoding)
+            .min(self.config.prefill_chunk as usize);
+        let prefilling: Vec<usize> = order
+            .iter()
+            .copied()
+            .filter(|&i| variant.active[i].next.is_none())
+            .collect();
+        let remaining: Vec<usize> = prefilling
+            .iter()
+            .map(|&i| variant.active[i].prepared.prompt.len() - variant.active[i].prefilled)
+            .collect();
+        let shares = split_prefill(budget, &remaining);
+        let mut share_of = vec![0usize; variant.active.len()];
+        for (k, &i) in prefilling.iter().enumerate() {
+            share_of[i] = shares[k];
+        }
         let mut added: Vec<(usize, usize)> = Vec::new(); // (active index, prompt tokens added)
-        for (i, a) in variant.active.iter_mut().enumerate() {
+        for &i in &order {
+            let a = &mut variant.active[i];
             a.logits_at = None;
             if let Some(token) = a.next {
                 let pos = variant.table.slots[a.slot].tokens.len();
@@ -622,23 +646,9 @@ impl<'m> EngineLoop<'m> {
                 }
                 a.logits_at = Some(variant.batch.n_tokens() - 1);
                 added.push((i, 0));
+                continue;
             }
-        }
-        let decoding = added.len();
-        let budget = (self.config.batch as usize)
-            .saturating_sub(decoding)
-            .min(self.config.prefill_chunk as usize);
-        let prefilling: Vec<usize> = (0..variant.active.len())
-            .filter(|&i| variant.active[i].next.is_none())
-            .collect();
-        let remaining: Vec<usize> = prefilling
-            .iter()
-            .map(|&i| variant.active[i].prepared.prompt.len() - variant.active[i].prefilled)
-            .collect();
-        let shares = split_prefill(budget, &remaining);
-        for (k, &i) in prefilling.iter().enumerate() {
-            let a = &mut variant.active[i];
-            let n = shares[k];
+            let n = share_of[i];
             if n == 0 {
                 continue;
             }

@@ -84,19 +84,34 @@ impl<T: PartialEq + Clone> SlotTable<T> {
                 return Some(Placement::Resident(i));
             }
         }
-        if let Some(i) = self.slots.iter().position(|s| !s.busy && s.owner.is_none()) {
+        // Busy slots should stay contiguous: llama.cpp decodes runs of
+        // consecutive sequence ids together, and each gap costs a separate
+        // graph computation per step. So a slot next to a busy one goes first.
+        let apart = |i: usize| {
+            let busy = |j: Option<usize>| j.and_then(|j| self.slots.get(j)).is_some_and(|s| s.busy);
+            !(busy(i.checked_sub(1)) || busy(Some(i + 1)))
+        };
+        if let Some((i, _)) = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.busy && s.owner.is_none())
+            .min_by_key(|(i, _)| (apart(*i), *i))
+        {
             return Some(Placement::Fresh {
                 slot: i,
                 evict: false,
             });
         }
-        // Least recently used idle slot; one-off leftovers go before sessions.
+        // Then the least recently used idle slot; one-off leftovers go before
+        // sessions (a session's state moves to host memory and comes back).
         self.slots
             .iter()
             .enumerate()
             .filter(|(_, s)| !s.busy)
-            .min_by_key(|(_, s)| {
+            .min_by_key(|(i, s)| {
                 (
+                    apart(*i),
                     s.owner.as_ref().is_some_and(|o| o.session.is_some()),
                     s.last_used,
                 )
@@ -318,6 +333,34 @@ mod tests {
         table.slots[0].busy = true;
         table.slots[2].busy = true;
         assert_eq!(table.place(&tenant("b"), None), None);
+    }
+
+    #[test]
+    fn new_requests_land_next_to_running_ones() {
+        let mut table = SlotTable::<u32>::new(6);
+        for i in 0..6 {
+            table.release(i, owner("a", Some(&format!("s{i}"))));
+        }
+        // s0 is the least recently used, but slots 2 and 4 sit next to the busy
+        // slot 3, and slot 2 is the older of those.
+        table.slots[3].busy = true;
+        assert_eq!(
+            table.place(&tenant("b"), None),
+            Some(Placement::Fresh {
+                slot: 2,
+                evict: true
+            })
+        );
+        let mut table = SlotTable::<u32>::new(6);
+        table.slots[4].busy = true;
+        assert_eq!(
+            table.place(&tenant("b"), None),
+            Some(Placement::Fresh {
+                slot: 3,
+                evict: false
+            }),
+            "a free slot next to a busy one before the lowest free slot"
+        );
     }
 
     #[test]
