@@ -3,6 +3,7 @@
 //! with, moves on to the next known node when one is down, and retries until
 //! a deadline. Used by the admin commands, and by gateways and workers.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -20,6 +21,9 @@ pub struct ControlPlaneClient {
     addrs: Vec<String>,
     /// The address that answered last (usually the leader).
     current: Mutex<String>,
+    /// One connection per address, reused by every call (tonic channels
+    /// reconnect by themselves).
+    channels: Mutex<HashMap<String, Channel>>,
     token: Option<String>,
 }
 
@@ -40,6 +44,7 @@ impl ControlPlaneClient {
         Self {
             addrs,
             current: Mutex::new(first),
+            channels: Mutex::new(HashMap::new()),
             token,
         }
     }
@@ -70,6 +75,16 @@ impl ControlPlaneClient {
         }
     }
 
+    fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let channel = crate::raft::channel(addr)?;
+        channels.insert(addr.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
     fn next_after(&self, addr: &str) -> String {
         let at = self.addrs.iter().position(|a| a == addr);
         let next = at.map_or(0, |i| (i + 1) % self.addrs.len().max(1));
@@ -91,7 +106,7 @@ impl ControlPlaneClient {
         let mut addr = self.current();
         let mut delay = Duration::from_millis(50);
         loop {
-            let result = match crate::raft::channel(&addr) {
+            let result = match self.channel(&addr) {
                 Ok(channel) => f(Grpc::new(channel)).await,
                 Err(e) => Err(Status::invalid_argument(format!(
                     "bad control-plane address {addr:?}: {e}"

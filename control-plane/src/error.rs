@@ -47,6 +47,14 @@ impl From<std::io::Error> for ControlPlaneError {
     }
 }
 
+/// A status from another node's internal call (encoding, a forwarded
+/// proposal) is this node's failure, not the caller's.
+impl From<Status> for ControlPlaneError {
+    fn from(s: Status) -> Self {
+        ControlPlaneError::Internal(s.message().to_owned())
+    }
+}
+
 impl From<ControlPlaneError> for Status {
     fn from(e: ControlPlaneError) -> Self {
         let message = e.to_string();

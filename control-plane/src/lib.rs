@@ -228,12 +228,6 @@ async fn propose_anywhere(
     }
 }
 
-impl From<tonic::Status> for ControlPlaneError {
-    fn from(s: tonic::Status) -> Self {
-        ControlPlaneError::Internal(s.message().to_owned())
-    }
-}
-
 /// Runs the leader's loops (usage consumer, allowance reclaim) while this
 /// node leads, and stops them as soon as it does not.
 async fn leader_loops(raft: Raft, handles: Handles, nats: Option<String>) {

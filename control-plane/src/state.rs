@@ -333,9 +333,14 @@ fn change_key(version: u64) -> String {
     format!("{version:020}")
 }
 
+/// The version the next recorded change gets.
+fn next_version(t: &Tables) -> io::Result<u64> {
+    Ok(t.get::<u64>(META, VERSION)?.unwrap_or(0) + 1)
+}
+
 /// Records a change under the next version; watchers see changes in this order.
 fn record_change(t: &Tables, change: Change) -> io::Result<u64> {
-    let v = t.get::<u64>(META, VERSION)?.unwrap_or(0) + 1;
+    let v = next_version(t)?;
     t.put(META, VERSION, &v)?;
     t.put(CHANGES, &change_key(v), &(v, change))?;
     if v > CHANGES_KEPT {
@@ -358,7 +363,7 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
             if t.get::<TenantRecord>(TENANTS, &tenant.id)?.is_some() {
                 return Ok(Reply::Rejected(Rejection::DuplicateTenant(tenant.id)));
             }
-            tenant.version = t.get::<u64>(META, VERSION)?.unwrap_or(0) + 1;
+            tenant.version = next_version(t)?;
             record_change(t, Change::Tenant(tenant.clone()))?;
             t.put(TENANTS, &tenant.id, &tenant)?;
             Ok(Reply::Tenant(Box::new(tenant)))
@@ -368,7 +373,7 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
                 return Ok(Reply::Rejected(Rejection::UnknownTenant(id)));
             };
             patch.apply_to(&mut tenant);
-            tenant.version = t.get::<u64>(META, VERSION)?.unwrap_or(0) + 1;
+            tenant.version = next_version(t)?;
             record_change(t, Change::Tenant(tenant.clone()))?;
             t.put(TENANTS, &id, &tenant)?;
             Ok(Reply::Tenant(Box::new(tenant)))
@@ -673,7 +678,11 @@ fn grant(
     };
     let (day, _) = ledger::day_of(now_ms, &tenant.time_zone);
     let akey = key2(tenant_id, gateway_id);
-    let mut mine = t.get::<Allowance>(ALLOWANCES, &akey)?.unwrap_or_default();
+    let stored = t.get::<Allowance>(ALLOWANCES, &akey)?.unwrap_or_default();
+    let (total_tokens, total_slots) = outstanding(t, tenant_id, &day)?;
+    let others_tokens = total_tokens - stored.tokens_on(&day);
+    let others_slots = total_slots.saturating_sub(stored.slots);
+    let mut mine = stored;
     if mine.day != day {
         // Tokens granted for an earlier day are void; slots carry over.
         mine.tokens = 0;
@@ -683,14 +692,6 @@ fn grant(
         .get::<LedgerDay>(LEDGER, &key2(tenant_id, &day))?
         .unwrap_or_default()
         .used;
-    let (others_tokens, others_slots) = {
-        let (tok, sl) = outstanding(t, tenant_id, &day)?;
-        let stored = t.get::<Allowance>(ALLOWANCES, &akey)?.unwrap_or_default();
-        (
-            tok - stored.tokens_on(&day),
-            sl.saturating_sub(stored.slots),
-        )
-    };
     let granted_tokens = tokens.min(ledger::grantable(
         tenant.limits.daily_tokens,
         used,
