@@ -6,4 +6,4 @@ scripts/setup.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --locked -p bulkhead
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast

@@ -28,33 +28,44 @@ async fn request(w: &TestWorker, id: &str) {
     assert_eq!(resp.status(), 200);
 }
 
-/// All events in the stream, by event id.
-async fn stream_events(url: &str) -> Vec<UsageEvent> {
-    let client = async_nats::connect(url).await.unwrap();
+/// All events in the stream, by event id; an error while the worker has not
+/// created the stream yet or NATS is still coming up.
+async fn stream_events(url: &str) -> Result<Vec<UsageEvent>, String> {
+    let client = async_nats::connect(url).await.map_err(|e| e.to_string())?;
     let js = async_nats::jetstream::new(client);
-    let mut stream = js.get_stream(USAGE_STREAM).await.unwrap();
-    let last = stream.info().await.unwrap().state.last_sequence;
+    let mut stream = js
+        .get_stream(USAGE_STREAM)
+        .await
+        .map_err(|e| e.to_string())?;
+    let last = stream
+        .info()
+        .await
+        .map_err(|e| e.to_string())?
+        .state
+        .last_sequence;
     let mut events = Vec::new();
     for seq in 1..=last {
         if let Ok(msg) = stream.get_raw_message(seq).await {
             events.push(UsageEvent::decode(msg.payload.as_ref()).unwrap());
         }
     }
-    events
+    Ok(events)
 }
 
 async fn wait_for_events(url: &str, n: usize) -> Vec<UsageEvent> {
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
     loop {
-        if let Ok(Ok(events)) = tokio::time::timeout(Duration::from_secs(5), async {
-            Ok::<_, ()>(stream_events(url).await)
-        })
-        .await
-            && events.len() >= n
-        {
-            return events;
+        match tokio::time::timeout(Duration::from_secs(5), stream_events(url)).await {
+            Ok(Ok(events)) if events.len() >= n => return events,
+            Ok(Ok(events)) => last = format!("{} events", events.len()),
+            Ok(Err(e)) => last = e,
+            Err(_) => last = "timed out reading the stream".into(),
         }
-        assert!(Instant::now() < deadline, "stream did not reach {n} events");
+        assert!(
+            Instant::now() < deadline,
+            "stream did not reach {n} events: {last}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -135,7 +146,7 @@ async fn every_finished_request_yields_exactly_one_event_across_outage_and_resta
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let events = if events.len() == 8 {
-        stream_events(&nats.url()).await
+        stream_events(&nats.url()).await.unwrap()
     } else {
         events
     };
