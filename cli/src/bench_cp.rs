@@ -101,6 +101,7 @@ pub async fn run(args: BenchControlPlaneArgs) -> anyhow::Result<()> {
         .map(|(i, a)| format!("{}={a}", i + 1))
         .collect::<Vec<_>>()
         .join(",");
+    let secret = bulkhead_proto::ClusterSecret::generate();
     let mut token_out = None;
     let mut node_index = Vec::new();
     for (i, addr) in addrs.iter().enumerate() {
@@ -116,6 +117,7 @@ pub async fn run(args: BenchControlPlaneArgs) -> anyhow::Result<()> {
             .arg(dir.path().join(format!("node{}", i + 1)))
             .args(["--init", &init, "--nats", &nats_url])
             .env("BULKHEAD_LOG", "warn")
+            .env(crate::env::CLUSTER_SECRET, secret.expose())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()?;

@@ -32,6 +32,10 @@ pub struct ControlPlaneArgs {
     /// NATS server whose BULKHEAD_USAGE stream the leader consumes.
     #[arg(long, env = env::NATS_URL)]
     nats: Option<String>,
+    /// File holding the cluster secret that every node, gateway and worker shares
+    /// (or set BULKHEAD_CLUSTER_SECRET).
+    #[arg(long)]
+    cluster_secret_file: Option<PathBuf>,
     /// Snapshot (and purge the log) every this many entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_logs: u64,
@@ -66,6 +70,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         bail!("--node-id must be above 0");
     }
     let init = args.init.as_deref().map(parse_members).transpose()?;
+    let cluster_secret = env::require_cluster_secret(args.cluster_secret_file.as_deref())?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -79,6 +84,8 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         init,
         nats: args.nats,
         snapshot_logs: args.snapshot_logs,
+        cluster_secret,
+        local_usage: None,
         on_admin_token: Some(Box::new(|token| {
             // Printed once, here; the cluster keeps only its hash.
             println!("admin token: {token}");

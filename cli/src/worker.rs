@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use bulkhead_proto::WorkerId;
 use bulkhead_worker::bench::{BenchConfig, run_bench};
-use bulkhead_worker::{AdapterSpec, EngineConfig, ModelSpec, WorkerConfig};
+use bulkhead_worker::{
+    AdapterSpec, ControlPlaneRegistration, EngineConfig, ModelSpec, UsageSink, WorkerConfig,
+};
 use clap::Args;
 
 use crate::env;
@@ -35,7 +37,7 @@ pub struct EngineArgs {
 }
 
 impl EngineArgs {
-    fn config(&self) -> EngineConfig {
+    pub(crate) fn config(&self) -> EngineConfig {
         let defaults = EngineConfig::default();
         EngineConfig {
             slots: self.slots,
@@ -68,6 +70,16 @@ pub struct WorkerArgs {
     /// NATS server for usage events (JetStream stream BULKHEAD_USAGE).
     #[arg(long, env = env::NATS_URL)]
     nats: Option<String>,
+    /// Control-plane node addresses, comma-separated: register there so gateways route here.
+    #[arg(long = "control-plane", env = env::CONTROL_PLANE, value_delimiter = ',')]
+    control_plane: Vec<String>,
+    /// The gRPC address gateways dial to reach this worker (default: the --listen address).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// File holding the cluster secret that gateways must send (or set BULKHEAD_CLUSTER_SECRET).
+    /// Without one the gRPC port refuses every call.
+    #[arg(long)]
+    cluster_secret_file: Option<PathBuf>,
     /// Directory for the worker's local state (the usage spool).
     #[arg(long, env = env::DATA_DIR, default_value = "bulkhead-data/worker")]
     data_dir: PathBuf,
@@ -84,7 +96,41 @@ pub struct WorkerArgs {
     engine: EngineArgs,
 }
 
+/// The address gateways dial: `--advertise`, else the bound gRPC address,
+/// which must then be a concrete one.
+fn advertise_addr(advertise: Option<String>, bound: SocketAddr) -> anyhow::Result<String> {
+    let addr = advertise.unwrap_or_else(|| bound.to_string());
+    let host = addr
+        .rsplit_once(':')
+        .map_or(addr.as_str(), |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    if host.is_empty()
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_unspecified())
+    {
+        anyhow::bail!(
+            "gateways cannot dial {addr}: pass --advertise HOST:PORT with an address they reach this worker at"
+        );
+    }
+    Ok(addr)
+}
+
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    let cluster_secret = env::cluster_secret(args.cluster_secret_file.as_deref())?;
+    let control_plane: Vec<String> = args
+        .control_plane
+        .iter()
+        .map(|a| a.trim().to_owned())
+        .filter(|a| !a.is_empty())
+        .collect();
+    if !control_plane.is_empty() && cluster_secret.is_none() {
+        anyhow::bail!(
+            "registering with the control plane needs the cluster secret; {}",
+            env::CLUSTER_SECRET_HELP
+        );
+    }
     let mut models = args.models;
     for entry in &args.chat_templates {
         let (name, template) = entry.split_once('=').with_context(|| {
@@ -102,6 +148,14 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding gRPC address {}", args.listen))?;
     let grpc_addr = grpc.local_addr()?;
+    let registration = if control_plane.is_empty() {
+        None
+    } else {
+        Some(ControlPlaneRegistration::new(
+            control_plane,
+            advertise_addr(args.advertise, grpc_addr)?,
+        ))
+    };
     let worker_id = WorkerId::new(
         args.worker_id
             .unwrap_or_else(|| format!("worker-{}", grpc_addr.port())),
@@ -128,9 +182,11 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         adapters: args.adapters,
         engine: args.engine.config(),
         gpu_layers: args.gpu_layers,
-        nats: args.nats,
+        usage: args.nats.map_or(UsageSink::None, UsageSink::Nats),
         spool_dir: args.data_dir.join("usage-spool"),
         max_body_bytes: args.max_body_bytes,
+        cluster_secret,
+        control_plane: registration,
     };
     bulkhead_worker::run(config, grpc, http, crate::shutdown_signal()).await?;
     Ok(())
@@ -169,4 +225,23 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let report = run_bench(config).await?;
     print!("{report}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unspecified_address_is_not_advertised() {
+        let any: SocketAddr = "0.0.0.0:7200".parse().unwrap();
+        assert!(advertise_addr(None, any).is_err());
+        assert!(advertise_addr(Some("0.0.0.0:1".into()), any).is_err());
+        assert!(advertise_addr(Some("[::]:1".into()), any).is_err());
+        assert_eq!(
+            advertise_addr(Some("worker-1:7200".into()), any).unwrap(),
+            "worker-1:7200"
+        );
+        let local: SocketAddr = "127.0.0.1:7200".parse().unwrap();
+        assert_eq!(advertise_addr(None, local).unwrap(), "127.0.0.1:7200");
+    }
 }

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use bulkhead_proto::ClusterSecret;
 use bulkhead_proto::control::control_plane_client::ControlPlaneClient as Grpc;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
@@ -25,6 +26,7 @@ pub struct ControlPlaneClient {
     /// reconnect by themselves).
     channels: Mutex<HashMap<String, Channel>>,
     token: Option<String>,
+    secret: Option<ClusterSecret>,
 }
 
 impl std::fmt::Debug for ControlPlaneClient {
@@ -32,6 +34,7 @@ impl std::fmt::Debug for ControlPlaneClient {
         f.debug_struct("ControlPlaneClient")
             .field("addrs", &self.addrs)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("secret", &self.secret)
             .finish()
     }
 }
@@ -46,7 +49,16 @@ impl ControlPlaneClient {
             current: Mutex::new(first),
             channels: Mutex::new(HashMap::new()),
             token,
+            secret: None,
         }
+    }
+
+    /// Also sends the cluster secret with every call: what gateways and
+    /// workers use instead of the admin token.
+    #[must_use]
+    pub fn with_cluster_secret(mut self, secret: ClusterSecret) -> Self {
+        self.secret = Some(secret);
+        self
     }
 
     /// Wraps a message with the credentials.
@@ -57,6 +69,9 @@ impl ControlPlaneClient {
             && let Ok(value) = format!("Bearer {token}").parse()
         {
             req.metadata_mut().insert("authorization", value);
+        }
+        if let Some(secret) = &self.secret {
+            secret.attach(&mut req);
         }
         req
     }
@@ -91,8 +106,19 @@ impl ControlPlaneClient {
         self.addrs.get(next).cloned().unwrap_or_default()
     }
 
-    /// Calls `f` on a node, following the leader and retrying `Unavailable`.
+    /// Calls `f` on a node, following the leader and retrying `Unavailable`
+    /// for up to [`RETRY_FOR`].
     pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, Status>
+    where
+        F: Fn(Grpc<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call_for(RETRY_FOR, f).await
+    }
+
+    /// Like [`Self::call`], retrying `Unavailable` for up to `retry_for`
+    /// (a gateway's admission path cannot wait long).
+    pub async fn call_for<T, F, Fut>(&self, retry_for: Duration, f: F) -> Result<T, Status>
     where
         F: Fn(Grpc<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
@@ -102,7 +128,7 @@ impl ControlPlaneClient {
                 "no control-plane address given (--control-plane or BULKHEAD_CONTROL_PLANE)",
             ));
         }
-        let deadline = Instant::now() + RETRY_FOR;
+        let deadline = Instant::now() + retry_for;
         let mut addr = self.current();
         let mut delay = Duration::from_millis(50);
         loop {
@@ -130,7 +156,8 @@ impl ControlPlaneClient {
                         Some(leader) if leader != addr => addr = leader,
                         _ => {
                             addr = self.next_after(&addr);
-                            tokio::time::sleep(delay).await;
+                            let left = deadline.saturating_duration_since(Instant::now());
+                            tokio::time::sleep(delay.min(left)).await;
                             delay = (delay * 2).min(Duration::from_millis(500));
                         }
                     }

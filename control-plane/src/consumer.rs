@@ -5,11 +5,16 @@
 //! leadership, or the write failed) is redelivered to whoever leads next; the
 //! state machine drops events it has already applied, so nothing is lost or
 //! counted twice.
+//!
+//! [`run_local`] is the all-in-one mode's counterpart: batches arrive over an
+//! in-process channel instead of JetStream and are answered on their `done`
+//! channel only after the same `ApplyUsage` entry committed.
 
 use std::time::Duration;
 
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::pull;
+use bulkhead_proto::usage::{LocalUsageBatch, LocalUsageReceiver};
 use bulkhead_proto::worker::UsageEvent;
 use futures::StreamExt;
 use prost::Message;
@@ -35,6 +40,33 @@ pub async fn run(raft: Raft, nats_url: String) {
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// Applies in-process usage batches until the channel closes or the node
+/// stops. Only the leader can commit them: elsewhere a batch is answered with
+/// an error and its sender retries.
+pub async fn run_local(raft: Raft, mut batches: LocalUsageReceiver) {
+    while let Some(LocalUsageBatch { events, done }) = batches.recv().await {
+        let _ = done.send(apply_local(&raft, &events).await);
+    }
+}
+
+async fn apply_local(raft: &Raft, events: &[UsageEvent]) -> Result<(), String> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let events = events.iter().map(UsageRecord::from).collect();
+    match write(raft, Command::ApplyUsage { events }).await {
+        Ok(Reply::UsageApplied {
+            applied,
+            duplicates,
+        }) => {
+            tracing::debug!(applied, duplicates, "in-process usage batch committed");
+            Ok(())
+        }
+        Ok(other) => Err(format!("unexpected reply {other:?}")),
+        Err(e) => Err(format!("committing usage: {e}")),
     }
 }
 

@@ -26,7 +26,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bulkhead_proto::ClusterSecret;
 use bulkhead_proto::control as pb;
+use bulkhead_proto::usage::LocalUsageReceiver;
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
 use tokio::net::TcpListener;
@@ -40,7 +42,7 @@ use crate::service::{ControlPlaneService, Handles};
 use crate::state::{Command, Reply};
 
 /// Callback that receives the admin token of a newly initialized cluster.
-pub type OnAdminToken = Box<dyn FnOnce(String) + Send>;
+pub type OnAdminToken = Box<dyn FnOnce(String) + Send + Sync>;
 
 /// What a control-plane node needs to run.
 pub struct ControlPlaneConfig {
@@ -57,6 +59,14 @@ pub struct ControlPlaneConfig {
     pub snapshot_logs: u64,
     /// Called once with the admin token when this node initializes the cluster.
     pub on_admin_token: Option<OnAdminToken>,
+    /// The secret every member of the cluster sends: the Raft service refuses
+    /// calls without it, and the gateways' and workers' calls of the
+    /// `ControlPlane` service may carry it instead of the admin token.
+    pub cluster_secret: ClusterSecret,
+    /// In-process usage events (the all-in-one mode instead of NATS): batches
+    /// are applied exactly once, like the JetStream consumer's, and answered
+    /// on their `done` channel after the Raft entry committed.
+    pub local_usage: Option<LocalUsageReceiver>,
 }
 
 impl std::fmt::Debug for ControlPlaneConfig {
@@ -68,6 +78,8 @@ impl std::fmt::Debug for ControlPlaneConfig {
             .field("init", &self.init)
             .field("nats", &self.nats)
             .field("snapshot_logs", &self.snapshot_logs)
+            .field("cluster_secret", &self.cluster_secret)
+            .field("local_usage", &self.local_usage.is_some())
             .finish()
     }
 }
@@ -99,7 +111,9 @@ pub async fn run(
     let raft = Raft::new(
         config.node_id,
         Arc::new(raft_config),
-        Network,
+        Network {
+            secret: config.cluster_secret.clone(),
+        },
         log,
         sm.clone(),
     )
@@ -108,13 +122,15 @@ pub async fn run(
     let handles = Handles {
         raft: raft.clone(),
         sm: sm.clone(),
+        secret: config.cluster_secret.clone(),
     };
 
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
-        .add_service(pb::raft_server::RaftServer::new(RaftService {
-            raft: raft.clone(),
-        }))
+        .add_service(pb::raft_server::RaftServer::with_interceptor(
+            RaftService { raft: raft.clone() },
+            config.cluster_secret.interceptor(),
+        ))
         .add_service(pb::control_plane_server::ControlPlaneServer::new(
             ControlPlaneService {
                 node: handles.clone(),
@@ -129,12 +145,19 @@ pub async fn run(
         let on_admin_token = config.on_admin_token.take();
         bootstrap(&config, &raft, members, on_admin_token).await?;
     }
+    let local_usage = config
+        .local_usage
+        .take()
+        .map(|rx| tokio::spawn(consumer::run_local(raft.clone(), rx)));
     let leader_loops = tokio::spawn(leader_loops(raft.clone(), handles, config.nats.clone()));
     tracing::info!(node = config.node_id, addr = %config.advertise, "control-plane node running");
 
     shutdown.await;
     tracing::info!("control-plane node stopping");
     leader_loops.abort();
+    if let Some(task) = local_usage {
+        task.abort();
+    }
     let _ = raft.shutdown().await;
     let _ = stop_server.send(());
     let _ = server.await;
@@ -173,6 +196,7 @@ async fn bootstrap(
         }
     }
     let raft = raft.clone();
+    let secret = config.cluster_secret.clone();
     tokio::spawn(async move {
         let token = service::new_secret("bka_");
         let command = Command::InitAdmin {
@@ -180,7 +204,7 @@ async fn bootstrap(
         };
         let addrs: Vec<String> = members.values().cloned().collect();
         loop {
-            match propose_anywhere(&raft, &addrs, command.clone()).await {
+            match propose_anywhere(&raft, &secret, &addrs, command.clone()).await {
                 Ok(Reply::AdminInitialized(true)) => {
                     if let Some(f) = on_admin_token {
                         f(token);
@@ -201,6 +225,7 @@ async fn bootstrap(
 /// Proposes on this node if it leads, else through the leader's `Propose`.
 async fn propose_anywhere(
     raft: &Raft,
+    secret: &ClusterSecret,
     addrs: &[String],
     command: Command,
 ) -> Result<Reply, ControlPlaneError> {
@@ -212,10 +237,12 @@ async fn propose_anywhere(
             let mut client = pb::raft_client::RaftClient::new(
                 raft::channel(&addr).map_err(|e| ControlPlaneError::Unavailable(e.to_string()))?,
             );
+            let mut req = tonic::Request::new(pb::RaftPayload {
+                data: raft::encode(&command)?,
+            });
+            secret.attach(&mut req);
             let reply = client
-                .propose(pb::RaftPayload {
-                    data: raft::encode(&command)?,
-                })
+                .propose(req)
                 .await
                 .map_err(|s| ControlPlaneError::Unavailable(s.message().to_owned()))?
                 .into_inner();

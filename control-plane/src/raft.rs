@@ -4,10 +4,12 @@
 //! gRPC service of `control.proto`; snapshots travel as a client stream. The
 //! same service answers `ReadIndex` (a follower's linearizable read asks the
 //! leader for the log id to wait for) and `Propose` (a node forwards a
-//! command to the leader).
+//! command to the leader). Every call carries the cluster secret and the
+//! service refuses any call without it.
 
 use std::future::Future;
 
+use bulkhead_proto::ClusterSecret;
 use bulkhead_proto::control as pb;
 use bulkhead_proto::control::raft_client::RaftClient;
 use futures::StreamExt;
@@ -82,12 +84,16 @@ pub(crate) fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
         .connect_lazy())
 }
 
-/// Creates Raft connections to other nodes.
-pub struct Network;
+/// Creates Raft connections to other nodes; every call carries the cluster
+/// secret.
+pub struct Network {
+    pub secret: ClusterSecret,
+}
 
 pub struct Connection {
     target: NodeId,
     client: Option<RaftClient<Channel>>,
+    secret: ClusterSecret,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -97,6 +103,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         Connection {
             target,
             client: channel(&node.addr).ok().map(RaftClient::new),
+            secret: self.secret.clone(),
         }
     }
 }
@@ -106,6 +113,13 @@ impl Connection {
         self.client.clone().ok_or_else(|| {
             Unreachable::from_string(format!("node {} has an unusable address", self.target))
         })
+    }
+
+    /// A request carrying the cluster secret.
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut req = Request::new(message);
+        self.secret.attach(&mut req);
+        req
     }
 }
 
@@ -119,7 +133,7 @@ impl RaftNetworkV2<TypeConfig> for Connection {
     ) -> Result<AppendEntriesResponse<TypeConfig>, RpcErr> {
         let mut c = self.client()?;
         let data = encode(&rpc).map_err(|s| RPCError::Network(NetworkError::new(&s)))?;
-        let mut req = Request::new(pb::RaftPayload { data });
+        let mut req = self.request(pb::RaftPayload { data });
         req.set_timeout(option.hard_ttl());
         let reply = c
             .append_entries(req)
@@ -136,7 +150,7 @@ impl RaftNetworkV2<TypeConfig> for Connection {
     ) -> Result<VoteResponse<TypeConfig>, RpcErr> {
         let mut c = self.client()?;
         let data = encode(&rpc).map_err(|s| RPCError::Network(NetworkError::new(&s)))?;
-        let mut req = Request::new(pb::RaftPayload { data });
+        let mut req = self.request(pb::RaftPayload { data });
         req.set_timeout(option.hard_ttl());
         let reply = c.vote(req).await.map_err(status_to_rpc)?.into_inner();
         Ok(reply_data(reply)?)
@@ -160,7 +174,7 @@ impl RaftNetworkV2<TypeConfig> for Connection {
                 .map(|c| pb::RaftPayload { data: c.to_vec() }),
         );
         let reply = c
-            .snapshot(futures::stream::iter(chunks))
+            .snapshot(self.request(futures::stream::iter(chunks)))
             .await
             .map_err(|s| StreamingError::Network(NetworkError::new(&s)))?
             .into_inner();
@@ -168,7 +182,8 @@ impl RaftNetworkV2<TypeConfig> for Connection {
     }
 }
 
-/// The server side of Raft's traffic.
+/// The server side of Raft's traffic. Served behind the cluster secret's
+/// interceptor (see `crate::run`).
 pub struct RaftService {
     pub raft: Raft,
 }

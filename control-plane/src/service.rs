@@ -5,14 +5,20 @@
 //! the leader's address. Reads that decide anything are linearizable: the
 //! leader confirms its leadership (ReadIndex) and waits for its state machine
 //! to catch up; a follower asks the leader for that log id and waits until it
-//! has applied it. Every call but `ClusterStatus` needs the admin token.
+//! has applied it.
+//!
+//! Two levels of trust: admin calls (membership, tenants, keys, usage
+//! reports) need the admin token; the calls gateways and workers make (key
+//! checks, grants, usage, workers, watch, sessions) need the cluster secret
+//! or the admin token. `ClusterStatus` is open.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use bulkhead_proto::TenantId;
+use bulkhead_proto::auth::CLUSTER_SECRET_METADATA;
 use bulkhead_proto::control as pb;
 use bulkhead_proto::control::raft_client::RaftClient;
+use bulkhead_proto::{ClusterSecret, TenantId};
 use openraft::ReadPolicy;
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
@@ -59,6 +65,8 @@ pub(crate) fn now_ms() -> i64 {
 pub struct Handles {
     pub raft: Raft,
     pub sm: StateMachine,
+    /// Sent with this node's own calls to the leader's Raft service.
+    pub secret: ClusterSecret,
 }
 
 /// Proposes a command on this node; a follower answers with the leader.
@@ -91,7 +99,7 @@ where
 
 /// Waits until this node's state machine reflects every write committed
 /// before the call (ReadIndex), on the leader or on a follower.
-pub(crate) async fn linearize(raft: &Raft) -> Result<()> {
+pub(crate) async fn linearize(raft: &Raft, secret: &ClusterSecret) -> Result<()> {
     let e = match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
         Ok(_) => return Ok(()),
         Err(e) => e,
@@ -110,8 +118,10 @@ pub(crate) async fn linearize(raft: &Raft) -> Result<()> {
     let mut client = RaftClient::new(
         channel(&leader.addr).map_err(|e| unavailable(format!("leader address: {e}")))?,
     );
+    let mut req = Request::new(pb::RaftPayload::default());
+    secret.attach(&mut req);
     let reply = client
-        .read_index(pb::RaftPayload::default())
+        .read_index(req)
         .await
         .map_err(|s| {
             unavailable(format!(
@@ -145,6 +155,27 @@ pub struct ControlPlaneService {
 }
 
 impl ControlPlaneService {
+    /// For the calls gateways and workers make: the cluster secret or the
+    /// admin token.
+    fn authorize_member<T>(&self, req: &Request<T>) -> Result<()> {
+        let metadata = req.metadata();
+        if self.node.secret.matches(metadata) {
+            return Ok(());
+        }
+        if metadata.contains_key("authorization") {
+            return self.authorize(req);
+        }
+        if metadata.contains_key(CLUSTER_SECRET_METADATA) {
+            return Err(ControlPlaneError::Unauthenticated(
+                "the cluster secret is wrong".into(),
+            ));
+        }
+        Err(ControlPlaneError::Unauthenticated(format!(
+            "this call needs the cluster secret ({CLUSTER_SECRET_METADATA} metadata) or an admin token (authorization: Bearer <token>)"
+        )))
+    }
+
+    /// For admin calls: the admin token only.
     fn authorize<T>(&self, req: &Request<T>) -> Result<()> {
         let token = req
             .metadata()
@@ -170,7 +201,7 @@ impl ControlPlaneService {
     }
 
     async fn read(&self) -> Result<View> {
-        linearize(&self.node.raft).await?;
+        linearize(&self.node.raft, &self.node.secret).await?;
         Ok(self.node.sm.view()?)
     }
 
@@ -465,7 +496,7 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
     type WatchStream = WatchStream;
 
     async fn create_session(&self, req: Request<pb::CreateSessionRequest>) -> R<pb::Session> {
-        self.authorize(&req)?;
+        self.authorize_member(&req)?;
         let r = req.into_inner();
         tenant_id(&r.tenant_id)?;
         let id = if r.session_id.is_empty() {
@@ -496,7 +527,7 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
     }
 
     async fn list_sessions(&self, req: Request<pb::TenantRef>) -> R<pb::SessionList> {
-        self.authorize(&req)?;
+        self.authorize_member(&req)?;
         let id = tenant_id(&req.into_inner().id)?;
         let view = self.read().await?;
         if view.tenant(id.as_str())?.is_none() {
@@ -512,7 +543,7 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
     }
 
     async fn get_turns(&self, req: Request<pb::GetTurnsRequest>) -> R<pb::TurnList> {
-        self.authorize(&req)?;
+        self.authorize_member(&req)?;
         let r = req.into_inner();
         let id = tenant_id(&r.tenant_id)?;
         session_id(&r.session_id)?;
@@ -541,7 +572,7 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
     }
 
     async fn append_turns(&self, req: Request<pb::AppendTurnsRequest>) -> R<pb::Session> {
-        self.authorize(&req)?;
+        self.authorize_member(&req)?;
         let r = req.into_inner();
         tenant_id(&r.tenant_id)?;
         session_id(&r.session_id)?;
@@ -575,7 +606,7 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
     }
 
     async fn delete_session(&self, req: Request<pb::SessionRef>) -> R<pb::Session> {
-        self.authorize(&req)?;
+        self.authorize_member(&req)?;
         let r = req.into_inner();
         tenant_id(&r.tenant_id)?;
         match self
@@ -591,7 +622,7 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
     }
 
     async fn register_worker(&self, req: Request<pb::RegisterWorkerRequest>) -> R<pb::WorkerInfo> {
-        self.authorize(&req)?;
+        self.authorize_member(&req)?;
         let r = req.into_inner();
         let w = r.worker.unwrap_or_default();
         bulkhead_proto::WorkerId::new(w.worker_id.as_str())
@@ -618,7 +649,7 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
     }
 
     async fn list_workers(&self, req: Request<pb::ListWorkersRequest>) -> R<pb::WorkerList> {
-        self.authorize(&req)?;
+        self.authorize_member(&req)?;
         let now = now_ms();
         let workers = self.read().await?.workers()?;
         Ok(Response::new(pb::WorkerList {
@@ -631,7 +662,7 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
     }
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> R<Self::WatchStream> {
-        self.authorize(&req)?;
+        self.authorize_member(&req)?;
         let from = req.into_inner().from_version;
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         tokio::spawn(watch_loop(self.node.sm.clone(), from, tx));
@@ -887,7 +918,7 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
     }
 
     async fn authenticate(&self, req: Request<pb::AuthenticateRequest>) -> R<pb::Authenticated> {
-        self.authorize(&req)?;
+        self.authorize_member(&req)?;
         let plaintext = req.into_inner().plaintext;
         let view = self.read().await?;
         let refused = || ControlPlaneError::Unauthenticated("invalid API key".into());
@@ -918,7 +949,7 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
     }
 
     async fn grant(&self, req: Request<pb::GrantRequest>) -> R<pb::Allowance> {
-        self.authorize(&req)?;
+        self.authorize_member(&req)?;
         let r = req.into_inner();
         tenant_id(&r.tenant_id)?;
         bulkhead_proto::GatewayId::new(r.gateway_id.as_str())
@@ -945,7 +976,7 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
     }
 
     async fn r#return(&self, req: Request<pb::ReturnRequest>) -> R<pb::Allowance> {
-        self.authorize(&req)?;
+        self.authorize_member(&req)?;
         let r = req.into_inner();
         match self
             .write(Command::Return {
@@ -964,7 +995,7 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
     }
 
     async fn report_usage(&self, req: Request<pb::UsageBatch>) -> R<pb::UsageApplied> {
-        self.authorize(&req)?;
+        self.authorize_member(&req)?;
         let events: Vec<UsageRecord> = req.into_inner().events.iter().map(Into::into).collect();
         if let Some(bad) = events.iter().find(|e| e.event_id.is_empty()) {
             return Err(ControlPlaneError::InvalidArgument(format!(

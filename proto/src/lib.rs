@@ -4,6 +4,7 @@
 //! Nothing here holds state or does I/O; conversions between domain and wire
 //! types live next to the wire type they convert.
 
+pub mod auth;
 pub mod ids;
 pub mod usage;
 
@@ -31,6 +32,7 @@ pub use generated::bulkhead::control::v1 as control;
 /// The worker's service and the usage event (`proto/worker.proto`).
 pub use generated::bulkhead::worker::v1 as worker;
 
+pub use auth::ClusterSecret;
 pub use ids::{EventId, GatewayId, IdError, RequestId, SessionId, TenantId, UserId, WorkerId};
 
 /// The JetStream stream that carries usage events.

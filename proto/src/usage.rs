@@ -23,3 +23,19 @@ pub fn stream_config() -> async_nats::jetstream::stream::Config {
         ..Default::default()
     }
 }
+
+/// The all-in-one mode's replacement for JetStream: a worker sends a batch of
+/// usage events to the control plane in the same process and waits for
+/// `done` before it deletes them from its spool, exactly as it waits for a
+/// JetStream ack. The control plane applies the batch with the same
+/// exactly-once dedup as events from NATS.
+#[derive(Debug)]
+pub struct LocalUsageBatch {
+    pub events: Vec<crate::worker::UsageEvent>,
+    pub done: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// The sending end of the in-process usage channel.
+pub type LocalUsageSender = tokio::sync::mpsc::Sender<LocalUsageBatch>;
+/// The receiving end, owned by the control plane.
+pub type LocalUsageReceiver = tokio::sync::mpsc::Receiver<LocalUsageBatch>;

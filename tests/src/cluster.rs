@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bulkhead_control_plane::ControlPlaneClient;
+use bulkhead_proto::ClusterSecret;
 use bulkhead_proto::control as pb;
 
 use crate::{Process, bulkhead_bin, free_port};
@@ -22,6 +23,9 @@ pub struct Node {
 pub struct ControlPlanes {
     pub nodes: Vec<Node>,
     pub admin_token: String,
+    /// The cluster secret every node was started with
+    /// (`BULKHEAD_CLUSTER_SECRET`); gateways and workers of the test use it.
+    pub secret: ClusterSecret,
     init: String,
     extra: Vec<String>,
     _dir: tempfile::TempDir,
@@ -48,6 +52,7 @@ impl ControlPlanes {
         let mut cluster = Self {
             nodes,
             admin_token: String::new(),
+            secret: ClusterSecret::generate(),
             init,
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             _dir: dir,
@@ -77,7 +82,8 @@ impl ControlPlanes {
             self.init.clone(),
         ];
         args.extend(self.extra.iter().cloned());
-        let process = Process::spawn(&args)?;
+        let process =
+            Process::spawn_with_env(&args, &[("BULKHEAD_CLUSTER_SECRET", self.secret.expose())])?;
         self.nodes[i].process = Some(process);
         Ok(())
     }
@@ -121,6 +127,13 @@ impl ControlPlanes {
             self.nodes.iter().map(|n| n.addr.clone()).collect(),
             Some(self.admin_token.clone()),
         )
+    }
+
+    /// A leader-following client that sends only the cluster secret, as
+    /// gateways and workers do.
+    pub fn member_client(&self) -> ControlPlaneClient {
+        ControlPlaneClient::new(self.nodes.iter().map(|n| n.addr.clone()).collect(), None)
+            .with_cluster_secret(self.secret.clone())
     }
 
     /// What node `i` itself says about the cluster.

@@ -81,11 +81,23 @@ impl Process {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
+        Self::spawn_with_env(args, &[])
+    }
+
+    /// Starts `bulkhead ARGS` with extra environment variables (the
+    /// bulkhead variables of the test's own environment are not inherited).
+    pub fn spawn_with_env<I, S>(args: I, env: &[(&str, &str)]) -> anyhow::Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
         let mut child = Command::new(bulkhead_bin()?)
             .args(args)
             .env("BULKHEAD_LOG", "info")
             .env_remove("BULKHEAD_ADMIN_TOKEN")
             .env_remove("BULKHEAD_CONTROL_PLANE")
+            .env_remove("BULKHEAD_CLUSTER_SECRET")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -448,3 +448,88 @@ async fn sessions_stay_within_their_tenant_and_go_with_it() -> anyhow::Result<()
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_members_of_the_cluster_may_call_it() -> anyhow::Result<()> {
+    let cp = ControlPlanes::start(1, &[])?;
+    cp.cli(&["tenant", "create", "acme"])?;
+    let grant = pb::GrantRequest {
+        tenant_id: "acme".into(),
+        gateway_id: "gw-1".into(),
+        tokens: 10,
+        slots: 1,
+        ttl_ms: 5_000,
+        op_id: "op-1".into(),
+    };
+
+    // Neither the secret nor a token: refused, and the message says why.
+    let stranger = ControlPlaneClient::new(vec![cp.addrs()], None);
+    let err = stranger
+        .call(|mut c| {
+            let req = stranger.request(grant.clone());
+            async move { c.grant(req).await }
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    assert!(err.message().contains("cluster secret"), "{err}");
+
+    // A wrong secret is refused too.
+    let impostor = ControlPlaneClient::new(vec![cp.addrs()], None)
+        .with_cluster_secret(bulkhead_proto::ClusterSecret::generate());
+    let err = impostor
+        .call(|mut c| {
+            let req = impostor.request(grant.clone());
+            async move { c.grant(req).await }
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+
+    // Raft traffic without the secret is refused before it is decoded.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cp.addrs()))?
+        .connect()
+        .await?;
+    let mut raft = pb::raft_client::RaftClient::new(channel);
+    let err = raft
+        .vote(pb::RaftPayload {
+            data: b"garbage".to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    let err = raft
+        .propose(pb::RaftPayload {
+            data: b"garbage".to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+
+    // The secret alone is enough for what gateways do...
+    let member = cp.member_client();
+    let allowance = member
+        .call(|mut c| {
+            let req = member.request(grant.clone());
+            async move { c.grant(req).await }
+        })
+        .await?;
+    assert_eq!(allowance.tenant_id, "acme");
+    assert!(allowance.tokens > 0, "{allowance:?}");
+    // ...but not for admin calls.
+    let err = member
+        .call(|mut c| {
+            let req = member.request(pb::Tenant {
+                id: "evil".into(),
+                ..Default::default()
+            });
+            async move { c.create_tenant(req).await }
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    assert!(err.message().contains("admin token"), "{err}");
+    let list = cp.cli(&["tenant", "list"])?;
+    assert!(!list.contains("evil"), "{list}");
+    Ok(())
+}

@@ -11,13 +11,15 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use bulkhead_proto::auth::AttachSecret;
 use bulkhead_proto::worker as pb;
 use bulkhead_proto::worker::worker_client::WorkerClient;
-use bulkhead_proto::{WorkerId, worker::generate_response::Kind};
+use bulkhead_proto::{ClusterSecret, WorkerId, worker::generate_response::Kind};
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaChatMessage;
 use llama_cpp_2::sampling::LlamaSampler;
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::catalog::ModelSpec;
 use crate::engine::EngineConfig;
@@ -183,7 +185,7 @@ fn request(
 
 /// Sends one request; returns (time to the first streamed message, completion tokens).
 async fn generate(
-    client: &mut WorkerClient<tonic::transport::Channel>,
+    client: &mut WorkerClient<InterceptedService<tonic::transport::Channel, AttachSecret>>,
     req: pb::GenerateRequest,
 ) -> Result<(Duration, u32), WorkerError> {
     let started = Instant::now();
@@ -230,6 +232,7 @@ pub async fn run_bench(config: BenchConfig) -> Result<BenchReport, WorkerError> 
         .local_addr()
         .map_err(|e| engine_error("bind")(e.to_string()))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let secret = ClusterSecret::generate();
     let worker_config = WorkerConfig {
         worker_id: WorkerId::new("bench").map_err(|e| engine_error("id")(e.to_string()))?,
         models: vec![ModelSpec {
@@ -240,17 +243,25 @@ pub async fn run_bench(config: BenchConfig) -> Result<BenchReport, WorkerError> 
         adapters: Vec::new(),
         engine: config.engine.clone(),
         gpu_layers: 0,
-        nats: None,
+        usage: crate::UsageSink::None,
         spool_dir: std::env::temp_dir().join("bulkhead-bench-spool"),
         max_body_bytes: 1 << 20,
+        cluster_secret: Some(secret.clone()),
+        control_plane: None,
     };
     let server = tokio::spawn(run(worker_config, grpc, None, async move {
         let _ = stop_rx.await;
     }));
     let endpoint = format!("http://{addr}");
     let mut client = loop {
-        match WorkerClient::connect(endpoint.clone()).await {
-            Ok(client) => break client,
+        match tonic::transport::Endpoint::from_shared(endpoint.clone())
+            .map_err(|e| engine_error("endpoint")(e.to_string()))?
+            .connect()
+            .await
+        {
+            Ok(channel) => {
+                break WorkerClient::with_interceptor(channel, AttachSecret(secret.clone()));
+            }
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     };

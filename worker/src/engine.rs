@@ -98,6 +98,9 @@ pub struct TenantKv {
     pub host_bytes: u64,
     pub device_slots: u32,
     pub host_slots: u32,
+    /// Requests of the tenant generating now, and the most ever at once.
+    pub active_requests: u32,
+    pub peak_active_requests: u32,
 }
 
 struct Submission {
@@ -154,6 +157,7 @@ impl Engine {
                     arrivals: 0,
                     generated_total: 0,
                     recent: VecDeque::new(),
+                    generating: HashMap::new(),
                 };
                 engine.host = HostCache::new(engine.config.host_cache_bytes);
                 engine.run(&rx);
@@ -289,6 +293,9 @@ struct EngineLoop<'m> {
     generated_total: u64,
     /// (when, tokens generated in that step) over the last seconds.
     recent: VecDeque<(Instant, u32)>,
+    /// Per tenant: (requests generating now, the most ever at once), counted
+    /// from admission to finish, cancel or failure (DESIGN.md Q3).
+    generating: HashMap<TenantId, (u32, u32)>,
 }
 
 const RATE_WINDOW: Duration = Duration::from_secs(2);
@@ -493,6 +500,9 @@ impl<'m> EngineLoop<'m> {
             ])
         };
         tracing::debug!(tenant = %tenant, slot, cached, prompt = prompt.len(), "request admitted");
+        let (now, peak) = self.generating.entry(tenant.clone()).or_default();
+        *now += 1;
+        *peak = (*peak).max(*now);
         variant.active.push(Active {
             slot,
             text: TextStream::new(submission.prepared.params.stop.clone()),
@@ -732,6 +742,7 @@ impl<'m> EngineLoop<'m> {
     fn finish(&mut self, v: usize, i: usize, reason: FinishReason) {
         let variant = &mut self.variants[v];
         let mut a = variant.active.swap_remove(i);
+        stop_generating(&mut self.generating, &a.prepared.params.tenant);
         if reason != FinishReason::Cancelled {
             let rest = a.text.finish();
             if !rest.is_empty() {
@@ -770,6 +781,7 @@ impl<'m> EngineLoop<'m> {
     fn fail(&mut self, v: usize, i: usize, err: WorkerError) {
         let variant = &mut self.variants[v];
         let a = variant.active.swap_remove(i);
+        stop_generating(&mut self.generating, &a.prepared.params.tenant);
         let s = &mut variant.table.slots[a.slot];
         s.busy = false;
         s.owner = None;
@@ -827,6 +839,11 @@ impl<'m> EngineLoop<'m> {
             t.host_slots += 1;
             t.host_bytes += entry.bytes;
         }
+        for (tenant, &(now, peak)) in &self.generating {
+            let t = snap.tenants.entry(tenant.clone()).or_default();
+            t.active_requests = now;
+            t.peak_active_requests = peak;
+        }
         let m = &self.metrics;
         m.active_requests.set(i64::from(snap.active_requests));
         m.queued_requests.set(i64::from(snap.queued_requests));
@@ -847,9 +864,27 @@ impl<'m> EngineLoop<'m> {
                     .set(i64::try_from(bytes).unwrap_or(i64::MAX));
             }
         }
+        for (tenant, &(now, peak)) in &self.generating {
+            let label = TenantLabel {
+                tenant: tenant.to_string(),
+            };
+            m.tenant_active_requests
+                .get_or_create(&label)
+                .set(i64::from(now));
+            m.tenant_peak_active_requests
+                .get_or_create(&label)
+                .set(i64::from(peak));
+        }
         if let Ok(mut shared) = self.snapshot.lock() {
             *shared = snap;
         }
+    }
+}
+
+/// One request of `tenant` stopped generating.
+fn stop_generating(generating: &mut HashMap<TenantId, (u32, u32)>, tenant: &TenantId) {
+    if let Some((now, _)) = generating.get_mut(tenant) {
+        *now = now.saturating_sub(1);
     }
 }
 

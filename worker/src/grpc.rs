@@ -97,6 +97,8 @@ impl pb::worker_server::Worker for WorkerService {
                 host_bytes: kv.host_bytes,
                 device_slots: kv.device_slots,
                 host_slots: kv.host_slots,
+                active: kv.active_requests,
+                peak_active: kv.peak_active_requests,
             })
             .collect();
         tenants.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));

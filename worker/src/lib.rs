@@ -9,7 +9,9 @@
 //!   and their host-memory tier); [`text`] turns tokens into streamed text.
 //! - [`grpc`] and [`http`]: the two front ends (gateways use gRPC; operators
 //!   may use the OpenAI-compatible HTTP API directly).
-//! - [`usage`]: the on-disk spool and JetStream publisher of usage events.
+//! - [`usage`]: the on-disk spool and publisher of usage events (JetStream,
+//!   or the control plane in the same process).
+//! - [`registration`]: the worker's entry in the control plane's registry.
 //! - [`bench`]: the `bulkhead bench worker` measurement.
 //!
 //! The worker never decides quotas or authenticates tenants: the gateway does.
@@ -22,6 +24,7 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
+pub mod registration;
 pub mod request;
 pub mod scheduler;
 pub mod slots;
@@ -32,14 +35,16 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bulkhead_proto::WorkerId;
 use bulkhead_proto::worker::worker_server::WorkerServer;
+use bulkhead_proto::{ClusterSecret, WorkerId};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 pub use catalog::{AdapterSpec, ModelSpec, demo_model_path};
 pub use engine::EngineConfig;
 pub use error::WorkerError;
+pub use registration::ControlPlaneRegistration;
+pub use usage::UsageSink;
 
 /// Everything `bulkhead worker` is configured with.
 #[derive(Debug, Clone)]
@@ -50,11 +55,18 @@ pub struct WorkerConfig {
     pub engine: EngineConfig,
     /// Layers offloaded to a GPU (0 on a CPU-only build).
     pub gpu_layers: u32,
-    /// NATS server URL; `None` keeps usage events out of NATS (logged only).
-    pub nats: Option<String>,
+    /// Where usage events go: NATS, the in-process control plane, or nowhere
+    /// (logged only).
+    pub usage: UsageSink,
     /// Directory of the usage spool.
     pub spool_dir: PathBuf,
     pub max_body_bytes: usize,
+    /// The secret every gRPC call must carry; `None` closes the gRPC port to
+    /// everyone (a random secret nobody knows).
+    pub cluster_secret: Option<ClusterSecret>,
+    /// Register with the control plane (and renew the lease) once the models
+    /// are loaded; needs `cluster_secret`.
+    pub control_plane: Option<ControlPlaneRegistration>,
 }
 
 /// Runs the worker on already-bound listeners until `shutdown` resolves,
@@ -76,20 +88,32 @@ pub async fn run(
     .await
     .map_err(|e| WorkerError::Engine(format!("model loading panicked: {e}")))??;
     let metrics = Arc::new(metrics::Metrics::new());
-    let (usage_tx, publisher) = match &config.nats {
-        Some(url) => {
+    let (usage_tx, publisher) = match &config.usage {
+        UsageSink::None => {
+            tracing::warn!("no --nats given: usage events are logged, not published");
+            (None, None)
+        }
+        sink => {
             let spool = usage::Spool::open(&config.spool_dir)?;
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             (
                 Some(tx),
-                Some(tokio::spawn(usage::publish_loop(spool, url.clone(), rx))),
+                Some(tokio::spawn(usage::publish_loop(spool, sink.clone(), rx))),
             )
         }
-        None => {
-            tracing::warn!("no --nats given: usage events are logged, not published");
-            (None, None)
-        }
     };
+    if config.control_plane.is_some() && config.cluster_secret.is_none() {
+        return Err(WorkerError::Engine(
+            "registering with the control plane needs the cluster secret (BULKHEAD_CLUSTER_SECRET)"
+                .into(),
+        ));
+    }
+    let secret = config.cluster_secret.clone().unwrap_or_else(|| {
+        tracing::warn!(
+            "no cluster secret: the gRPC port refuses every call (set BULKHEAD_CLUSTER_SECRET)"
+        );
+        ClusterSecret::generate()
+    });
     let engine = Arc::new(engine::Engine::start(
         Arc::new(catalog),
         loras,
@@ -112,12 +136,29 @@ pub async fn run(
         http = ?http.as_ref().and_then(|l| l.local_addr().ok()),
         "worker serving"
     );
+    let registration = config.control_plane.clone().map(|cp| {
+        let info = registration::worker_info(
+            &engine,
+            &config.worker_id,
+            &cp.advertise,
+            config.engine.slots,
+        );
+        tokio::spawn(registration::register_loop(
+            cp,
+            secret.clone(),
+            info,
+            stopped(stop_rx.clone()),
+        ))
+    });
     let service = grpc::WorkerService {
         engine: Arc::clone(&engine),
         worker_id: config.worker_id.clone(),
     };
     let grpc_server = tonic::transport::Server::builder()
-        .add_service(WorkerServer::new(service))
+        .add_service(WorkerServer::with_interceptor(
+            service,
+            secret.interceptor(),
+        ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped(stop_rx.clone()));
     let http_server = async {
         if let Some(listener) = http {
@@ -135,6 +176,9 @@ pub async fn run(
         }
     };
     let (grpc_result, http_result) = tokio::join!(grpc_server, http_server);
+    if let Some(task) = registration {
+        let _ = task.await;
+    }
     let engine_for_shutdown = Arc::clone(&engine);
     drop(engine);
     // Finishes in-flight work and drops the engine's usage sender.

@@ -48,6 +48,9 @@ pub struct Metrics {
     pub decode_tokens_per_second: Gauge<f64, AtomicU64>,
     pub slot_evictions: Counter,
     pub slot_restores: Counter,
+    /// Requests of a tenant generating now, and the most ever at once.
+    pub tenant_active_requests: Family<TenantLabel, Gauge>,
+    pub tenant_peak_active_requests: Family<TenantLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -74,6 +77,8 @@ impl Metrics {
             decode_tokens_per_second: Gauge::default(),
             slot_evictions: Counter::default(),
             slot_restores: Counter::default(),
+            tenant_active_requests: Family::default(),
+            tenant_peak_active_requests: Family::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Finished requests", m.requests.clone());
@@ -141,6 +146,16 @@ impl Metrics {
             "slot_restores",
             "Slots restored from host memory",
             m.slot_restores.clone(),
+        );
+        registry.register(
+            "tenant_active_requests",
+            "Requests of a tenant generating now",
+            m.tenant_active_requests.clone(),
+        );
+        registry.register(
+            "tenant_peak_active_requests",
+            "The most requests of a tenant ever generating at once",
+            m.tenant_peak_active_requests.clone(),
         );
         Self { registry, ..m }
     }

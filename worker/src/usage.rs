@@ -1,7 +1,9 @@
 //! Usage events on their way to the control plane: every finished request's
 //! event is written to a spool directory on disk first, then published to the
-//! JetStream stream `BULKHEAD_USAGE` with `Nats-Msg-Id` = event id, and its
-//! spool file is deleted only once JetStream has acknowledged it.
+//! JetStream stream `BULKHEAD_USAGE` with `Nats-Msg-Id` = event id (or, in
+//! the all-in-one mode, handed to the control plane in the same process), and
+//! its spool file is deleted only once JetStream has acknowledged it (or the
+//! control plane has committed it).
 //!
 //! So a NATS outage or a worker restart loses nothing (the spool is replayed)
 //! and doubles nothing (JetStream drops a repeated message id inside its
@@ -11,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bulkhead_proto::usage::{LocalUsageBatch, LocalUsageSender};
 use bulkhead_proto::worker::UsageEvent;
 
 use prost::Message;
@@ -65,7 +68,6 @@ impl Spool {
     }
 
     /// Spooled event files, oldest first.
-    /// Spooled event files, oldest first.
     pub fn pending(&self) -> Result<Vec<PathBuf>, WorkerError> {
         pending_in(&self.dir).map_err(|e| {
             WorkerError::Engine(format!("reading spool dir {}: {e}", self.dir.display()))
@@ -101,14 +103,166 @@ fn sequence_of(path: &Path) -> Option<u64> {
     path.file_name()?.to_str()?.split('-').next()?.parse().ok()
 }
 
+/// Where spooled usage events go.
+#[derive(Debug, Clone, Default)]
+pub enum UsageSink {
+    /// Nowhere: events are logged only (no spool, no publisher).
+    #[default]
+    None,
+    /// The JetStream stream `BULKHEAD_USAGE` on this NATS server.
+    Nats(String),
+    /// The control plane in the same process (the all-in-one mode).
+    Local(LocalUsageSender),
+}
+
+/// Most events sent in one in-process batch.
+const LOCAL_BATCH: usize = 1_024;
+/// How long to wait for the control plane to commit an in-process batch.
+const LOCAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The publishing end of the spool.
+enum Target {
+    Nats {
+        /// `None` when NATS cannot be used at all (a bad URL).
+        js: Option<Box<async_nats::jetstream::Context>>,
+        stream_ready: bool,
+    },
+    Local(LocalUsageSender),
+    Nowhere,
+}
+
+impl Target {
+    async fn new(sink: UsageSink) -> Self {
+        match sink {
+            UsageSink::Nats(url) => Self::Nats {
+                js: connect_nats(&url).await.map(Box::new),
+                stream_ready: false,
+            },
+            UsageSink::Local(tx) => Self::Local(tx),
+            UsageSink::None => Self::Nowhere,
+        }
+    }
+
+    fn usable(&self) -> bool {
+        match self {
+            Self::Nats { js, .. } => js.is_some(),
+            Self::Local(tx) => !tx.is_closed(),
+            Self::Nowhere => false,
+        }
+    }
+
+    /// Publishes `pending` in order and deletes each file once the sink has
+    /// it; stops at the first failure.
+    async fn publish(&mut self, pending: &[PathBuf]) -> Result<(), String> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Self::Nats { js: None, .. } | Self::Nowhere => Ok(()),
+            Self::Nats {
+                js: Some(js),
+                stream_ready,
+            } => {
+                if !*stream_ready {
+                    *stream_ready = ensure_stream(js).await;
+                    if !*stream_ready {
+                        return Err("usage stream not reachable yet".into());
+                    }
+                }
+                for path in pending {
+                    publish_file(js, path)
+                        .await
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                    let _ = std::fs::remove_file(path);
+                }
+                Ok(())
+            }
+            Self::Local(tx) => {
+                for chunk in pending.chunks(LOCAL_BATCH) {
+                    send_local(tx, chunk).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn connect_nats(nats_url: &str) -> Option<async_nats::jetstream::Context> {
+    match async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(2))
+        .max_reconnects(None)
+        .connect(nats_url)
+        .await
+    {
+        Ok(client) => {
+            let mut js = async_nats::jetstream::new(client);
+            js.set_timeout(Duration::from_secs(2));
+            Some(js)
+        }
+        Err(e) => {
+            tracing::error!(url = %nats_url, error = %e, "cannot use NATS; usage stays in the spool");
+            None
+        }
+    }
+}
+
+/// Sends one batch of spool files to the in-process control plane and
+/// deletes them once it answers that the batch is committed.
+async fn send_local(tx: &LocalUsageSender, paths: &[PathBuf]) -> Result<(), String> {
+    let mut events = Vec::with_capacity(paths.len());
+    let mut sent = Vec::with_capacity(paths.len());
+    for path in paths {
+        if let Some(event) = read_event(path)? {
+            events.push(event);
+            sent.push(path);
+        }
+    }
+    if events.is_empty() {
+        return Ok(());
+    }
+    let (done, answer) = tokio::sync::oneshot::channel();
+    tx.send(LocalUsageBatch { events, done })
+        .await
+        .map_err(|_| "the control plane stopped taking usage".to_owned())?;
+    match tokio::time::timeout(LOCAL_TIMEOUT, answer).await {
+        Ok(Ok(Ok(()))) => {
+            for path in sent {
+                let _ = std::fs::remove_file(path);
+            }
+            Ok(())
+        }
+        Ok(Ok(Err(e))) => Err(e),
+        Ok(Err(_)) => Err("the control plane dropped the usage batch".into()),
+        Err(_) => Err(format!(
+            "the control plane did not commit the usage batch within {LOCAL_TIMEOUT:?}"
+        )),
+    }
+}
+
+/// Reads a spool file; a torn or foreign one is moved aside (`Ok(None)`)
+/// rather than block the spool.
+fn read_event(path: &Path) -> Result<Option<UsageEvent>, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    match UsageEvent::decode(bytes.as_slice()) {
+        Ok(event) => Ok(Some(event)),
+        Err(e) => {
+            let bad = path.with_extension("corrupt");
+            tracing::error!(file = %path.display(), error = %e, "unreadable usage spool file moved aside");
+            let _ = std::fs::rename(path, bad);
+            Ok(None)
+        }
+    }
+}
+
 /// Runs until `events` closes: a writer thread spools each event as it
-/// arrives (so an event is on disk even while NATS is unreachable), and this
-/// task publishes the spool in order, retrying with backoff. On close it makes
-/// a last attempt of a few seconds; what stays unpublished remains in the
-/// spool for the next start.
+/// arrives (so an event is on disk even while the sink is unreachable), and
+/// this task publishes the spool in order to `sink`, retrying with backoff.
+/// On close it makes a last attempt of a few seconds; what stays unpublished
+/// remains in the spool for the next start.
 pub async fn publish_loop(
     mut spool: Spool,
-    nats_url: String,
+    sink: UsageSink,
     mut events: UnboundedReceiver<UsageEvent>,
 ) {
     let dir = spool.dir().to_path_buf();
@@ -129,44 +283,18 @@ pub async fn publish_loop(
         tracing::error!(error = %e, "usage spool writer could not start; usage events are lost");
         return;
     }
-    let client = match async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(2))
-        .max_reconnects(None)
-        .connect(nats_url.as_str())
-        .await
-    {
-        Ok(client) => Some(client),
-        Err(e) => {
-            tracing::error!(url = %nats_url, error = %e, "cannot use NATS; usage stays in the spool");
-            None
-        }
-    };
-    let js = client.map(|client| {
-        let mut js = async_nats::jetstream::new(client);
-        js.set_timeout(Duration::from_secs(2));
-        js
-    });
-    let mut stream_ready = false;
+    let mut target = Target::new(sink).await;
     let mut backoff = Duration::from_millis(100);
     let mut closing_deadline: Option<tokio::time::Instant> = None;
     loop {
         let mut failed = false;
-        if let Some(js) = &js {
+        if target.usable() {
             let pending = pending_or_warn(&dir);
-            if !pending.is_empty() && !stream_ready {
-                stream_ready = ensure_stream(js).await;
-                failed = !stream_ready;
-            }
-            if stream_ready {
-                for path in &pending {
-                    if let Err(e) = publish_file(js, path).await {
-                        tracing::warn!(file = %path.display(), error = %e, "usage publish failed; will retry");
-                        failed = true;
-                        break;
-                    }
-                    let _ = std::fs::remove_file(path);
-                    backoff = Duration::from_millis(100);
+            match target.publish(&pending).await {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    tracing::warn!(error = %e, "usage publish failed; will retry");
+                    failed = true;
                 }
             }
         }
@@ -174,7 +302,7 @@ pub async fn publish_loop(
             let deadline = *closing_deadline
                 .get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_secs(3));
             let remaining = pending_or_warn(&dir).len();
-            if remaining == 0 || tokio::time::Instant::now() >= deadline || js.is_none() {
+            if remaining == 0 || tokio::time::Instant::now() >= deadline || !target.usable() {
                 if remaining > 0 {
                     tracing::warn!(remaining, dir = %dir.display(), "usage events left in the spool for the next start");
                 }
@@ -211,22 +339,14 @@ async fn ensure_stream(js: &async_nats::jetstream::Context) -> bool {
 }
 
 async fn publish_file(js: &async_nats::jetstream::Context, path: &Path) -> Result<(), String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let event = match UsageEvent::decode(bytes.as_slice()) {
-        Ok(event) => event,
-        Err(e) => {
-            // A torn or foreign file: keep it aside rather than block the spool.
-            let bad = path.with_extension("corrupt");
-            tracing::error!(file = %path.display(), error = %e, "unreadable usage spool file moved aside");
-            let _ = std::fs::rename(path, bad);
-            return Ok(());
-        }
+    let Some(event) = read_event(path)? else {
+        return Ok(());
     };
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", event.event_id.as_str());
     headers.insert("Content-Type", "application/x-protobuf");
     let ack = js
-        .publish_with_headers(event.subject(), headers, bytes.into())
+        .publish_with_headers(event.subject(), headers, event.encode_to_vec().into())
         .await
         .map_err(|e| e.to_string())?;
     ack.await.map_err(|e| e.to_string())?;
@@ -274,5 +394,46 @@ mod tests {
             path.file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with("00000000000000000003-"))
         );
+    }
+
+    #[tokio::test]
+    async fn local_batches_leave_the_spool_only_once_committed() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let spool = Spool::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (local_tx, mut local_rx) = tokio::sync::mpsc::channel(4);
+        let publisher = tokio::spawn(publish_loop(spool, UsageSink::Local(local_tx), events_rx));
+        for id in ["e1", "e2"] {
+            events_tx
+                .send(UsageEvent {
+                    event_id: id.into(),
+                    ..Default::default()
+                })
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        // The control plane is not ready yet: the events stay spooled and come again.
+        let mut seen = Vec::new();
+        let batch = local_rx.recv().await.unwrap_or_else(|| panic!("no batch"));
+        seen.extend(batch.events.iter().map(|e| e.event_id.clone()));
+        let _ = batch.done.send(Err("not the leader yet".into()));
+        assert!(!pending_in(dir.path()).unwrap_or_default().is_empty());
+        let mut committed: Vec<String> = Vec::new();
+        while committed.len() < 2 {
+            let batch = local_rx.recv().await.unwrap_or_else(|| panic!("no batch"));
+            committed.extend(batch.events.iter().map(|e| e.event_id.clone()));
+            let _ = batch.done.send(Ok(()));
+        }
+        assert_eq!(
+            committed,
+            ["e1", "e2"],
+            "the refused events come again, in order"
+        );
+        drop(events_tx);
+        publisher.await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            pending_in(dir.path()).unwrap_or_default().is_empty(),
+            "committed events leave the spool"
+        );
+        assert!(seen.first().is_some_and(|id| id == "e1"));
     }
 }

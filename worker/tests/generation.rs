@@ -252,6 +252,47 @@ async fn a_tenant_with_many_requests_cannot_starve_a_tenant_with_one() {
         started_after_quiet >= 3,
         "quiet at {quiet_first:?}, busy at {busy_firsts:?}"
     );
+    while stream.message().await.unwrap().is_some() {}
+
+    // The worker counted each tenant's concurrency (DESIGN.md Q3): `busy`
+    // filled both slots at once, `quiet` never had more than one, and
+    // nothing is generating any more.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let tenants = loop {
+        let stats = client
+            .stats(bulkhead_proto::worker::StatsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if stats.tenants.iter().all(|t| t.active == 0) || Instant::now() > deadline {
+            break stats.tenants;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let of = |id: &str| {
+        tenants
+            .iter()
+            .find(|t| t.tenant_id == id)
+            .map(|t| (t.active, t.peak_active))
+    };
+    assert_eq!(of("busy"), Some((0, 2)), "{tenants:?}");
+    assert_eq!(of("quiet"), Some((0, 1)), "{tenants:?}");
+    let metrics = w.metrics().await;
+    for line in [
+        "bulkhead_worker_tenant_peak_active_requests{tenant=\"busy\"} 2",
+        "bulkhead_worker_tenant_peak_active_requests{tenant=\"quiet\"} 1",
+        "bulkhead_worker_tenant_active_requests{tenant=\"busy\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+
+    // Without the cluster secret, the gRPC port answers nothing.
+    let mut stranger = w.grpc_client_without_secret().await;
+    let err = stranger
+        .stats(bulkhead_proto::worker::StatsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
     w.stop().await;
 }
 

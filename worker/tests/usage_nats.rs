@@ -54,14 +54,13 @@ async fn stream_events(url: &str) -> Result<Vec<UsageEvent>, String> {
 
 async fn wait_for_events(url: &str, n: usize) -> Vec<UsageEvent> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = String::new();
     loop {
-        match tokio::time::timeout(Duration::from_secs(5), stream_events(url)).await {
+        let last = match tokio::time::timeout(Duration::from_secs(5), stream_events(url)).await {
             Ok(Ok(events)) if events.len() >= n => return events,
-            Ok(Ok(events)) => last = format!("{} events", events.len()),
-            Ok(Err(e)) => last = e,
-            Err(_) => last = "timed out reading the stream".into(),
-        }
+            Ok(Ok(events)) => format!("{} events", events.len()),
+            Ok(Err(e)) => e,
+            Err(_) => "timed out reading the stream".into(),
+        };
         assert!(
             Instant::now() < deadline,
             "stream did not reach {n} events: {last}"
@@ -88,7 +87,7 @@ async fn every_finished_request_yields_exactly_one_event_across_outage_and_resta
     // The port stays the same across nats-server restarts.
     let url = nats.url();
     let options = || Options {
-        nats: Some(url.clone()),
+        usage: bulkhead_worker::UsageSink::Nats(url.clone()),
         spool_dir: Some(spool.path().to_path_buf()),
         ..Options::default()
     };

@@ -13,12 +13,15 @@ use std::path::PathBuf;
 
 use std::time::{Duration, Instant};
 
-use bulkhead_proto::WorkerId;
+use bulkhead_proto::auth::AttachSecret;
 use bulkhead_proto::worker as pb;
 use bulkhead_proto::worker::worker_client::WorkerClient;
-use bulkhead_worker::{AdapterSpec, EngineConfig, ModelSpec, WorkerConfig};
+use bulkhead_proto::{ClusterSecret, WorkerId};
+use bulkhead_worker::{AdapterSpec, EngineConfig, ModelSpec, UsageSink, WorkerConfig};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
 
 pub const MODEL_NAME: &str = "smollm2";
 
@@ -39,7 +42,7 @@ pub struct Options {
     pub host_cache_bytes: u64,
     pub models: Vec<ModelSpec>,
     pub adapters: Vec<AdapterSpec>,
-    pub nats: Option<String>,
+    pub usage: UsageSink,
     pub spool_dir: Option<PathBuf>,
     pub max_body_bytes: usize,
 }
@@ -56,7 +59,7 @@ impl Default for Options {
                 chat_template: None,
             }],
             adapters: Vec::new(),
-            nats: None,
+            usage: UsageSink::None,
             spool_dir: None,
             max_body_bytes: 64 * 1024,
         }
@@ -66,6 +69,8 @@ impl Default for Options {
 pub struct TestWorker {
     pub http: String,
     pub grpc: String,
+    /// The cluster secret the worker's gRPC port demands.
+    pub secret: ClusterSecret,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), bulkhead_worker::WorkerError>>>,
     _spool: Option<tempfile::TempDir>,
@@ -86,6 +91,7 @@ impl TestWorker {
                 (Some(t), p)
             }
         };
+        let secret = ClusterSecret::generate();
         let config = WorkerConfig {
             worker_id: WorkerId::new(format!("test-{}", grpc_addr.port())).unwrap(),
             models: options.models,
@@ -99,9 +105,11 @@ impl TestWorker {
                 host_cache_bytes: options.host_cache_bytes,
             },
             gpu_layers: 0,
-            nats: options.nats,
+            usage: options.usage,
             spool_dir,
             max_body_bytes: options.max_body_bytes,
+            cluster_secret: Some(secret.clone()),
+            control_plane: None,
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(bulkhead_worker::run(config, grpc, Some(http), async move {
@@ -110,6 +118,7 @@ impl TestWorker {
         let worker = Self {
             http: format!("http://{http_addr}"),
             grpc: format!("http://{grpc_addr}"),
+            secret,
             stop: Some(stop_tx),
             task: Some(task),
             _spool: spool_holder,
@@ -132,7 +141,18 @@ impl TestWorker {
         worker
     }
 
-    pub async fn grpc_client(&self) -> WorkerClient<tonic::transport::Channel> {
+    /// A gRPC client that sends the cluster secret.
+    pub async fn grpc_client(&self) -> WorkerClient<InterceptedService<Channel, AttachSecret>> {
+        let channel = Endpoint::from_shared(self.grpc.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        WorkerClient::with_interceptor(channel, AttachSecret(self.secret.clone()))
+    }
+
+    /// A gRPC client without the secret (every call must be refused).
+    pub async fn grpc_client_without_secret(&self) -> WorkerClient<Channel> {
         WorkerClient::connect(self.grpc.clone()).await.unwrap()
     }
 

@@ -1,0 +1,104 @@
+//! The worker's entry in the control plane's registry: once its models are
+//! loaded, the worker registers its gRPC address, models, adapters and slots
+//! with a lease, and renews it every third of the lease until it stops.
+//! Gateways route only to registered workers whose lease is live. This module
+//! never decides anything about tenants; failures are logged and retried.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bulkhead_control_plane::ControlPlaneClient;
+use bulkhead_proto::control as pb;
+use bulkhead_proto::{ClusterSecret, WorkerId};
+
+use crate::engine::Engine;
+
+/// Default lease of a worker's registration.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
+
+/// Where and how the worker registers.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneRegistration {
+    /// Control-plane node addresses (`host:port`; any node, the leader is followed).
+    pub addrs: Vec<String>,
+    /// The gRPC address gateways dial to reach this worker.
+    pub advertise: String,
+    /// How long a registration lives without renewal.
+    pub lease: Duration,
+}
+
+impl ControlPlaneRegistration {
+    pub fn new(addrs: Vec<String>, advertise: impl Into<String>) -> Self {
+        Self {
+            addrs,
+            advertise: advertise.into(),
+            lease: DEFAULT_LEASE,
+        }
+    }
+}
+
+/// What the worker registers: its loaded models, their adapters as
+/// `MODEL:ADAPTER`, and its device slots per model variant.
+pub fn worker_info(
+    engine: &Engine,
+    worker_id: &WorkerId,
+    advertise: &str,
+    slots: u32,
+) -> pb::WorkerInfo {
+    let models = engine.catalog().models();
+    pb::WorkerInfo {
+        worker_id: worker_id.to_string(),
+        addr: advertise.to_owned(),
+        models: models.iter().map(|m| m.name.clone()).collect(),
+        adapters: models
+            .iter()
+            .flat_map(|m| m.adapters.iter().map(move |a| format!("{}:{a}", m.name)))
+            .collect(),
+        slots,
+        expires_at_ms: 0,
+    }
+}
+
+/// Registers `info` and renews it every `lease / 3` until `stop` resolves.
+pub async fn register_loop(
+    registration: ControlPlaneRegistration,
+    secret: ClusterSecret,
+    info: pb::WorkerInfo,
+    stop: impl Future<Output = ()>,
+) {
+    let client =
+        ControlPlaneClient::new(registration.addrs.clone(), None).with_cluster_secret(secret);
+    let lease = registration.lease.max(Duration::from_secs(1));
+    let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+    let every = lease / 3;
+    let renew = async {
+        let mut registered = false;
+        loop {
+            let result = client
+                .call_for(every, |mut c| {
+                    let req = client.request(pb::RegisterWorkerRequest {
+                        worker: Some(info.clone()),
+                        lease_ms,
+                    });
+                    async move { c.register_worker(req).await }
+                })
+                .await;
+            match result {
+                Ok(_) if !registered => {
+                    registered = true;
+                    tracing::info!(worker = %info.worker_id, addr = %info.addr, models = ?info.models, "registered with the control plane");
+                }
+                Ok(_) => {}
+                Err(status) => {
+                    registered = false;
+                    tracing::warn!(worker = %info.worker_id, code = ?status.code(), error = %status.message(), "registration with the control plane failed; retrying");
+                }
+            }
+            tokio::time::sleep(every).await;
+        }
+    };
+    tokio::select! {
+        () = renew => {}
+        () = stop => {}
+    }
+}
