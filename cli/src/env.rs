@@ -49,3 +49,5 @@ pub fn require_cluster_secret(
     cluster_secret(file)?
         .ok_or_else(|| anyhow::anyhow!("no cluster secret given; {CLUSTER_SECRET_HELP}"))
 }
+/// This gateway's id.
+pub const GATEWAY_ID: &str = "BULKHEAD_GATEWAY_ID";

@@ -5,6 +5,8 @@ mod admin;
 mod bench_cp;
 mod control_plane;
 mod env;
+mod gateway;
+mod up;
 mod worker;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +24,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run everything on this machine in one process: control plane, worker (demo model), gateway.
+    Up(up::UpArgs),
+    /// Run a gateway: the OpenAI-compatible API, tenant auth, quotas, routing.
+    Gateway(gateway::GatewayArgs),
     /// Run a worker: llama.cpp generation with per-tenant KV slots.
     Worker(worker::WorkerArgs),
     /// Run a control-plane node (Raft + redb): tenants, keys, the quota ledger.
@@ -117,6 +123,8 @@ fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
+        Command::Up(args) => runtime.block_on(up::run(args)),
+        Command::Gateway(args) => runtime.block_on(gateway::run(args)),
         Command::Worker(args) => runtime.block_on(worker::run(args)),
         Command::ControlPlane(args) => runtime.block_on(control_plane::run(args)),
         Command::Cluster { command, connect } => runtime.block_on(admin::cluster(connect, command)),

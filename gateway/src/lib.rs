@@ -1,6 +1,97 @@
-//! The bulkhead gateway: authentication, admission against quota allowances,
-//! KV-affine routing to workers, and the OpenAI-compatible API for tenants
-//! (see DESIGN.md section 3).
+//! The bulkhead gateway: stateless, OpenAI-compatible, tenant-authenticated,
+//! quota-admitting and KV-affine (DESIGN.md section 3).
 //!
-//! Not built yet: this crate is empty on purpose, and no command of the
-//! `bulkhead` binary pretends to run a gateway until it is.
+//! Layout: [`directory`] (tenants, keys and workers from the control plane's
+//! watch stream), [`quota`] (allowances leased from the control plane and
+//! the reservations made from them), [`route`] (rendezvous hashing over
+//! workers and the worker connections), [`http`] (the API), [`metrics`],
+//! [`error`] (statuses and OpenAI error bodies).
+//!
+//! A gateway keeps nothing that cannot be rebuilt: if it dies, its clients
+//! retry on another and its allowance returns to the pool after its lease.
+
+pub mod directory;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod quota;
+pub mod route;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bulkhead_control_plane::ControlPlaneClient;
+use bulkhead_proto::{ClusterSecret, GatewayId};
+use tokio::net::TcpListener;
+
+pub use error::GatewayError;
+
+/// Default body limit of the API (bytes).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Everything `bulkhead gateway` is configured with.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub gateway_id: GatewayId,
+    /// Control-plane node addresses (any subset; the client follows the leader).
+    pub control_plane: Vec<String>,
+    pub cluster_secret: ClusterSecret,
+    /// The model of tenants that name none.
+    pub default_model: Option<String>,
+    pub max_body_bytes: usize,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then drains: it
+/// stops accepting, lets running requests and streams finish, and returns
+/// its allowances to the control plane.
+pub async fn run(
+    config: GatewayConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    let client = Arc::new(
+        ControlPlaneClient::new(config.control_plane.clone(), None)
+            .with_cluster_secret(config.cluster_secret.clone()),
+    );
+    let metrics = Arc::new(metrics::Metrics::new());
+    let directory = Arc::new(directory::Directory::default());
+    let quotas = Arc::new(quota::Quotas::new(
+        config.gateway_id.clone(),
+        Arc::clone(&client),
+        Arc::clone(&metrics),
+    ));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let follow = tokio::spawn(Arc::clone(&directory).follow(Arc::clone(&client), stop_rx.clone()));
+    let maintain = tokio::spawn(Arc::clone(&quotas).maintain(stop_rx.clone()));
+    let state = Arc::new(http::AppState {
+        gateway_id: config.gateway_id.clone(),
+        directory,
+        quotas,
+        workers: Arc::new(route::Workers::new(config.cluster_secret.clone())),
+        client,
+        metrics,
+        default_model: config.default_model.clone(),
+        max_body_bytes: config.max_body_bytes,
+    });
+    tracing::info!(
+        gateway = %config.gateway_id,
+        listen = ?listener.local_addr().ok(),
+        control_plane = ?config.control_plane,
+        "gateway serving"
+    );
+    let served = axum::serve(listener, http::router(state))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    // Streams have finished: give the allowances back, stop following.
+    let _ = stop_tx.send(true);
+    let _ = maintain.await;
+    follow.abort();
+    tracing::info!("gateway stopped");
+    served.map_err(|e| GatewayError::Unavailable(format!("the API server failed: {e}")))
+}

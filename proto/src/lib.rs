@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod ids;
+pub mod openai;
 pub mod usage;
 
 /// Generated code, nested as the proto packages are (`bulkhead.worker.v1`,

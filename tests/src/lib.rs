@@ -178,3 +178,4 @@ impl Drop for Process {
 
 pub mod cluster;
 pub mod nats;
+pub mod system;

@@ -91,14 +91,7 @@ impl WorkerError {
 
     /// The OpenAI-style error body: `{"error": {"message", "type", "param", "code"}}`.
     pub fn body(&self) -> serde_json::Value {
-        serde_json::json!({
-            "error": {
-                "message": self.to_string(),
-                "type": self.kind(),
-                "param": self.param(),
-                "code": self.code(),
-            }
-        })
+        bulkhead_proto::openai::error(&self.to_string(), self.kind(), self.param(), self.code())
     }
 }
 

@@ -6,7 +6,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -16,9 +15,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use bulkhead_proto::openai::{self, ChatRequest};
 use bulkhead_proto::{GatewayId, RequestId, SessionId, TenantId, UserId, WorkerId};
 use futures::StreamExt;
-use serde::Deserialize;
 use serde_json::json;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
@@ -26,8 +25,7 @@ use crate::engine::Engine;
 use crate::error::WorkerError;
 use crate::metrics::Metrics;
 use crate::request::{
-    ChatMessage, Event, FinishReason, Finished, GenerateParams, Sampling, validate_messages,
-    validate_stop,
+    ChatMessage, Event, Finished, GenerateParams, Sampling, validate_messages, validate_stop,
 };
 
 pub const TENANT_HEADER: &str = "x-tenant-id";
@@ -96,63 +94,6 @@ async fn metrics(State((state, _)): AppState) -> Response {
         .into_response()
 }
 
-/// An OpenAI chat completion request, plus bulkhead's `adapter`,
-/// `adapter_scale` and `session_id`. Unknown OpenAI fields are ignored, as
-/// OpenAI-compatible servers do, so the official SDKs work unchanged.
-#[derive(Debug, Deserialize)]
-struct ChatRequest {
-    #[serde(default)]
-    model: String,
-    messages: Vec<RawMessage>,
-    max_tokens: Option<u32>,
-    max_completion_tokens: Option<u32>,
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    seed: Option<i64>,
-    stop: Option<Stop>,
-    #[serde(default)]
-    stream: bool,
-    stream_options: Option<StreamOptions>,
-    user: Option<String>,
-    n: Option<u32>,
-    adapter: Option<String>,
-    adapter_scale: Option<f32>,
-    session_id: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct StreamOptions {
-    #[serde(default)]
-    include_usage: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Stop {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Debug, Deserialize)]
-struct RawMessage {
-    role: String,
-    content: Option<Content>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Content {
-    Text(String),
-    Parts(Vec<ContentPart>),
-}
-
-#[derive(Debug, Deserialize)]
-struct ContentPart {
-    #[serde(rename = "type")]
-    kind: String,
-    text: Option<String>,
-}
-
 fn header_id<T>(
     headers: &HeaderMap,
     name: &'static str,
@@ -169,43 +110,14 @@ fn header_id<T>(
         .map_err(|e| WorkerError::invalid(format!("header {name}: {e}"), None))
 }
 
-fn content_text(content: Option<Content>) -> Result<String, WorkerError> {
-    match content {
-        None => Ok(String::new()),
-        Some(Content::Text(text)) => Ok(text),
-        Some(Content::Parts(parts)) => {
-            let mut text = String::new();
-            for part in parts {
-                match (part.kind.as_str(), part.text) {
-                    ("text", Some(t)) => text.push_str(&t),
-                    (kind, _) => {
-                        return Err(WorkerError::invalid(
-                            format!(
-                                "content part of type {kind:?} is not supported: only text parts are"
-                            ),
-                            Some("messages"),
-                        ));
-                    }
-                }
-            }
-            Ok(text)
-        }
-    }
-}
-
 fn parse_request(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<(GenerateParams, bool, bool), WorkerError> {
-    std::str::from_utf8(body).map_err(|e| {
-        WorkerError::invalid(format!("the request body is not valid UTF-8: {e}"), None)
-    })?;
-    let req: ChatRequest = serde_json::from_slice(body).map_err(|e| {
-        WorkerError::invalid(
-            format!("the request body is not a valid chat completion request: {e}"),
-            None,
-        )
-    })?;
+    let req = ChatRequest::parse(body).map_err(|e| WorkerError::invalid(e, None))?;
+    let seed = req.seed32();
+    let include_usage = req.include_usage();
+    let max_tokens = req.max_tokens();
     let tenant = header_id(headers, TENANT_HEADER, |s| TenantId::new(s))?.ok_or_else(|| {
         WorkerError::invalid(
             "the X-Tenant-ID header is required: it names the tenant the request is for",
@@ -217,15 +129,16 @@ fn parse_request(
     }
     let messages = req
         .messages
-        .into_iter()
-        .map(|m| ChatMessage::new(&m.role, content_text(m.content)?))
+        .iter()
+        .map(|m| {
+            let text = m
+                .text()
+                .map_err(|e| WorkerError::invalid(e, Some("messages")))?;
+            ChatMessage::new(&m.role, text)
+        })
         .collect::<Result<Vec<_>, _>>()?;
     validate_messages(&messages)?;
-    let stop = match req.stop {
-        None => Vec::new(),
-        Some(Stop::One(s)) => vec![s],
-        Some(Stop::Many(v)) => v,
-    };
+    let stop = req.stop_sequences();
     validate_stop(&stop)?;
     let session = match header_id(headers, SESSION_HEADER, |s| SessionId::new(s))? {
         Some(s) => Some(s),
@@ -250,15 +163,12 @@ fn parse_request(
             Some("adapter_scale"),
         ));
     }
-    let max_tokens = req.max_completion_tokens.or(req.max_tokens);
     if max_tokens == Some(0) {
         return Err(WorkerError::invalid(
             "max_tokens must be at least 1",
             Some("max_tokens"),
         ));
     }
-    // OpenAI seeds are 64-bit; llama.cpp takes 32.
-    let seed = req.seed.map(|s| (s as u64 & u64::from(u32::MAX)) as u32);
     let params = GenerateParams {
         request_id: header_id(headers, REQUEST_ID_HEADER, |s| RequestId::new(s))?
             .unwrap_or_else(RequestId::generate),
@@ -274,30 +184,15 @@ fn parse_request(
         sampling: Sampling::new(req.temperature, req.top_p, seed)?,
         stop,
     };
-    let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
     Ok((params, req.stream, include_usage))
 }
 
-fn openai_finish_reason(reason: FinishReason) -> &'static str {
-    match reason {
-        FinishReason::Stop | FinishReason::Cancelled => "stop",
-        FinishReason::Length => "length",
-    }
-}
-
 fn usage_json(f: &Finished) -> serde_json::Value {
-    json!({
-        "prompt_tokens": f.usage.prompt_tokens,
-        "completion_tokens": f.usage.completion_tokens,
-        "total_tokens": f.usage.prompt_tokens + f.usage.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": f.usage.cached_tokens},
-    })
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    openai::usage(
+        f.usage.prompt_tokens,
+        f.usage.completion_tokens,
+        f.usage.cached_tokens,
+    )
 }
 
 async fn chat_completions(
@@ -320,9 +215,8 @@ async fn chat_completions(
         Ok(submitted) => submitted,
         Err(e) => return e.into_response(),
     };
-    let id = format!("chatcmpl-{}", prepared.params.request_id);
-    let model = prepared.params.model.clone();
-    let created = unix_now();
+    let completion =
+        openai::Completion::new(prepared.params.request_id.as_str(), &prepared.params.model);
     let request_header = [(REQUEST_ID_HEADER, prepared.params.request_id.to_string())];
     if !stream {
         let mut events = events;
@@ -332,15 +226,7 @@ async fn chat_completions(
                 Event::Delta(delta) => text.push_str(&delta),
                 Event::Failed(err) => return err.into_response(),
                 Event::Finished(f) => {
-                    let body = json!({
-                        "id": id, "object": "chat.completion", "created": created, "model": model,
-                        "choices": [{
-                            "index": 0,
-                            "message": {"role": "assistant", "content": text},
-                            "finish_reason": openai_finish_reason(f.finish_reason),
-                        }],
-                        "usage": usage_json(&f),
-                    });
+                    let body = completion.message(&text, f.finish_reason.as_str(), usage_json(&f));
                     return (request_header, axum::Json(body)).into_response();
                 }
             }
@@ -348,30 +234,17 @@ async fn chat_completions(
         return WorkerError::Engine("the engine ended the request without an answer".into())
             .into_response();
     }
-    let chunk = move |delta: serde_json::Value, finish: Option<&str>| {
-        json!({
-            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        })
-    };
-    let first = chunk(json!({"role": "assistant", "content": ""}), None);
+    let first = completion.role_chunk();
     let head = futures::stream::once(async move { SseEvent::default().json_data(first) });
     let body = UnboundedReceiverStream::new(events).flat_map(move |event| {
         let out: Vec<Result<SseEvent, axum::Error>> = match event {
-            Event::Delta(text) => {
-                vec![SseEvent::default().json_data(chunk(json!({"content": text}), None))]
-            }
+            Event::Delta(text) => vec![SseEvent::default().json_data(completion.text_chunk(&text))],
             Event::Finished(f) => {
-                let mut last = chunk(json!({}), Some(openai_finish_reason(f.finish_reason)));
-                // The last message of every stream carries the exact usage.
-                last["usage"] = usage_json(&f);
-                let mut out = vec![SseEvent::default().json_data(last)];
-                if include_usage {
-                    let mut usage_chunk = chunk(json!({}), None);
-                    usage_chunk["choices"] = json!([]);
-                    usage_chunk["usage"] = usage_json(&f);
-                    out.push(SseEvent::default().json_data(usage_chunk));
-                }
+                let mut out: Vec<_> = completion
+                    .final_chunks(f.finish_reason.as_str(), usage_json(&f), include_usage)
+                    .into_iter()
+                    .map(|c| SseEvent::default().json_data(c))
+                    .collect();
                 out.push(Ok(SseEvent::default().data("[DONE]")));
                 out
             }

@@ -1,0 +1,63 @@
+//! `bulkhead gateway`: one stateless gateway of a cluster.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use bulkhead_gateway::GatewayConfig;
+use bulkhead_proto::GatewayId;
+use clap::Args;
+
+use crate::env;
+
+#[derive(Args, Debug)]
+pub struct GatewayArgs {
+    /// Address of the OpenAI-compatible API (and /metrics).
+    #[arg(long, default_value = "127.0.0.1:18789")]
+    listen: SocketAddr,
+    /// Control-plane node addresses, comma-separated (any subset; the leader is followed).
+    #[arg(long = "control-plane", env = env::CONTROL_PLANE, value_delimiter = ',', required = true)]
+    control_plane: Vec<String>,
+    /// File holding the cluster secret (or set BULKHEAD_CLUSTER_SECRET).
+    #[arg(long)]
+    cluster_secret_file: Option<PathBuf>,
+    /// This gateway's id, unique in the cluster: allowances are leased to it (default: a random one).
+    #[arg(long, env = env::GATEWAY_ID)]
+    gateway_id: Option<String>,
+    /// The model of tenants that name none (default: the one model the workers serve).
+    #[arg(long)]
+    default_model: Option<String>,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, default_value_t = bulkhead_gateway::DEFAULT_MAX_BODY_BYTES)]
+    max_body_bytes: usize,
+}
+
+pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    let cluster_secret = env::require_cluster_secret(args.cluster_secret_file.as_deref())?;
+    let gateway_id = match args.gateway_id {
+        Some(id) => GatewayId::new(id).context("--gateway-id")?,
+        None => GatewayId::new(format!(
+            "gateway-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ))?,
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let bound = listener.local_addr()?;
+    eprintln!("bulkhead gateway {gateway_id}: API on http://{bound}/v1");
+    let config = GatewayConfig {
+        gateway_id,
+        control_plane: args
+            .control_plane
+            .iter()
+            .map(|a| a.trim().to_owned())
+            .filter(|a| !a.is_empty())
+            .collect(),
+        cluster_secret,
+        default_model: args.default_model,
+        max_body_bytes: args.max_body_bytes,
+    };
+    bulkhead_gateway::run(config, listener, crate::shutdown_signal()).await?;
+    Ok(())
+}

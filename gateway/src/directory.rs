@@ -1,0 +1,211 @@
+//! What a gateway knows of the cluster: tenants, API keys (by hash) and the
+//! workers, kept current by following the control plane's watch stream. A
+//! change (a revoked key, a new worker, a tenant's new limits) reaches every
+//! gateway within one watch round trip; requests read this cache, never the
+//! control plane, on their way in.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bulkhead_control_plane::ControlPlaneClient;
+use bulkhead_control_plane::service::hash_secret;
+use bulkhead_proto::control as pb;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::watch;
+
+#[derive(Default)]
+struct Known {
+    version: u64,
+    tenants: HashMap<String, Arc<pb::Tenant>>,
+    /// key hash -> key
+    keys: HashMap<String, pb::ApiKey>,
+    /// key id -> key hash
+    key_hashes: HashMap<String, String>,
+    workers: HashMap<String, pb::WorkerInfo>,
+}
+
+/// The caller a valid key names.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub tenant: Arc<pb::Tenant>,
+    pub key_id: String,
+}
+
+pub struct Directory {
+    known: RwLock<Known>,
+    synced: watch::Sender<bool>,
+}
+
+impl Default for Directory {
+    fn default() -> Self {
+        Self {
+            known: RwLock::new(Known::default()),
+            synced: watch::channel(false).0,
+        }
+    }
+}
+
+impl Directory {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Known> {
+        self.known.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the first full state has arrived.
+    pub fn is_synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
+    /// Waits until the first full state has arrived.
+    pub async fn synced(&self) {
+        let mut rx = self.synced.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// The tenant a plaintext key belongs to, if the key exists and is not
+    /// revoked.
+    pub fn authenticate(&self, plaintext: &str) -> Option<Caller> {
+        let hash = hash_secret(plaintext);
+        let known = self.read();
+        let key = known.keys.get(&hash)?;
+        if key.revoked_at_ms != 0 {
+            return None;
+        }
+        let tenant = known.tenants.get(&key.tenant_id)?;
+        Some(Caller {
+            tenant: Arc::clone(tenant),
+            key_id: key.key_id.clone(),
+        })
+    }
+
+    pub fn tenant(&self, id: &str) -> Option<Arc<pb::Tenant>> {
+        self.read().tenants.get(id).cloned()
+    }
+
+    /// Registered workers that serve `model` (with `adapter`, when not
+    /// empty). A worker whose lease lapses is dropped by the control plane,
+    /// which tells every watcher; renewals are not news.
+    pub fn workers_for(&self, model: &str, adapter: &str) -> Vec<pb::WorkerInfo> {
+        let variant = format!("{model}:{adapter}");
+        self.read()
+            .workers
+            .values()
+            .filter(|w| w.models.iter().any(|m| m == model))
+            .filter(|w| adapter.is_empty() || w.adapters.contains(&variant))
+            .cloned()
+            .collect()
+    }
+
+    /// Every model some live worker serves.
+    pub fn models_served(&self) -> BTreeSet<String> {
+        self.read()
+            .workers
+            .values()
+            .flat_map(|w| w.models.iter().cloned())
+            .collect()
+    }
+
+    fn apply(&self, event: pb::WatchEvent) {
+        use pb::watch_event::Change;
+        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+        if event.reset {
+            *known = Known::default();
+        }
+        known.version = known.version.max(event.version);
+        match event.change {
+            Some(Change::Tenant(t)) => {
+                known.tenants.insert(t.id.clone(), Arc::new(t));
+            }
+            Some(Change::TenantDeleted(id)) => {
+                known.tenants.remove(&id);
+                let gone: Vec<String> = known
+                    .keys
+                    .iter()
+                    .filter(|(_, k)| k.tenant_id == id)
+                    .map(|(hash, _)| hash.clone())
+                    .collect();
+                for hash in gone {
+                    if let Some(key) = known.keys.remove(&hash) {
+                        known.key_hashes.remove(&key.key_id);
+                    }
+                }
+            }
+            Some(Change::Key(pb::KeyState {
+                key: Some(key),
+                hash,
+            })) => {
+                if let Some(old) = known.key_hashes.insert(key.key_id.clone(), hash.clone())
+                    && old != hash
+                {
+                    known.keys.remove(&old);
+                }
+                known.keys.insert(hash, key);
+            }
+            Some(Change::Key(_)) | None => {}
+            Some(Change::Worker(w)) => {
+                known.workers.insert(w.worker_id.clone(), w);
+            }
+            Some(Change::WorkerGone(id)) => {
+                known.workers.remove(&id);
+            }
+        }
+    }
+
+    fn version(&self) -> u64 {
+        self.read().version
+    }
+
+    /// Follows the watch stream until `stop` says so: reconnects (to any node)
+    /// from the last version seen, and the control plane resyncs it in full
+    /// when that version is too old.
+    pub async fn follow(
+        self: Arc<Self>,
+        client: Arc<ControlPlaneClient>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let from = self.version();
+            let opened = client
+                .call(|mut c| {
+                    let mut req = client.request(pb::WatchRequest { from_version: from });
+                    // A watch lasts as long as the connection does.
+                    req.metadata_mut().remove("grpc-timeout");
+                    async move { c.watch(req).await }
+                })
+                .await;
+            match opened {
+                Ok(mut stream) => loop {
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        item = stream.next() => match item {
+                            Some(Ok(event)) => {
+                                self.apply(event);
+                                // A resync arrives as a burst: apply what is
+                                // already here before answering from it.
+                                while let Some(Some(Ok(event))) = stream.next().now_or_never() {
+                                    self.apply(event);
+                                }
+                                backoff = Duration::from_millis(100);
+                                self.synced.send_replace(true);
+                            }
+                            Some(Err(status)) => {
+                                tracing::warn!(error = %status, "watch stream broke; reconnecting");
+                                break;
+                            }
+                            None => break,
+                        },
+                    }
+                },
+                Err(status) => {
+                    tracing::warn!(error = %status, "cannot open the watch stream; retrying");
+                }
+            }
+            tokio::select! {
+                _ = stop.changed() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+}

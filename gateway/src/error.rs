@@ -1,0 +1,228 @@
+//! The gateway's one error type at its HTTP boundary: each variant maps to one
+//! status and one OpenAI-style error body. A refusal by quota carries what
+//! the caller needs to act on it (which limit, what is left, when it resets).
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tonic::Code;
+
+/// Why a request was refused by a tenant limit (HTTP 429).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// `daily_tokens` or `max_concurrent`.
+    pub limit: &'static str,
+    pub message: String,
+    /// The day's quota (tokens).
+    pub limit_tokens: u64,
+    /// Tokens of the day's quota not used nor promised to running requests.
+    pub remaining_tokens: u64,
+    /// When the day's quota resets (ms since the epoch).
+    pub resets_at_ms: i64,
+    /// Seconds until a retry can succeed.
+    pub retry_after_s: u64,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GatewayError {
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{message}")]
+    BadRequest {
+        message: String,
+        param: Option<&'static str>,
+        code: Option<&'static str>,
+    },
+    #[error("{message}")]
+    NotFound { message: String, code: &'static str },
+    #[error("the request body is larger than the limit of {0} bytes")]
+    TooLarge(usize),
+    #[error("{}", .0.message)]
+    RateLimited(Box<Refusal>),
+    #[error("{0}")]
+    Unavailable(String),
+    /// A worker failed while serving the request.
+    #[error("{0}")]
+    Upstream(String),
+}
+
+impl GatewayError {
+    pub fn bad_request(message: impl Into<String>, param: Option<&'static str>) -> Self {
+        Self::BadRequest {
+            message: message.into(),
+            param,
+            code: None,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// OpenAI's `error.type`.
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Unauthorized(_) | Self::Forbidden(_) => "authentication_error",
+            Self::BadRequest { .. } | Self::NotFound { .. } | Self::TooLarge(_) => {
+                "invalid_request_error"
+            }
+            Self::RateLimited(_) => "rate_limit_error",
+            Self::Unavailable(_) => "service_unavailable",
+            Self::Upstream(_) => "server_error",
+        }
+    }
+
+    /// OpenAI's `error.code`.
+    fn code(&self) -> Option<&'static str> {
+        match self {
+            Self::Unauthorized(_) => Some("invalid_api_key"),
+            Self::Forbidden(_) => Some("tenant_mismatch"),
+            Self::BadRequest { code, .. } => *code,
+            Self::NotFound { code, .. } => Some(code),
+            Self::TooLarge(_) => Some("request_too_large"),
+            Self::RateLimited(r) if r.limit == "max_concurrent" => {
+                Some("concurrency_limit_exceeded")
+            }
+            Self::RateLimited(_) => Some("daily_quota_exceeded"),
+            Self::Unavailable(_) | Self::Upstream(_) => None,
+        }
+    }
+
+    fn param(&self) -> Option<&'static str> {
+        match self {
+            Self::BadRequest { param, .. } => *param,
+            Self::NotFound { code, .. } if *code == "model_not_found" => Some("model"),
+            _ => None,
+        }
+    }
+
+    /// The OpenAI-style error body.
+    pub fn body(&self) -> serde_json::Value {
+        bulkhead_proto::openai::error(&self.to_string(), self.kind(), self.param(), self.code())
+    }
+
+    /// A worker's gRPC error, as the caller should see it.
+    pub fn from_worker(status: &tonic::Status) -> Self {
+        let message = status.message().to_owned();
+        match status.code() {
+            Code::InvalidArgument | Code::OutOfRange => Self::BadRequest {
+                code: message
+                    .contains("maximum context length")
+                    .then_some("context_length_exceeded"),
+                message,
+                param: None,
+            },
+            Code::NotFound => Self::NotFound {
+                code: if message.contains("adapter") {
+                    "adapter_not_found"
+                } else {
+                    "model_not_found"
+                },
+                message,
+            },
+            Code::Unavailable | Code::ResourceExhausted => Self::Unavailable(format!(
+                "the worker cannot take the request now ({message}); retry shortly"
+            )),
+            _ => Self::Upstream(format!(
+                "the worker failed while serving the request ({message}); nothing was billed, retry"
+            )),
+        }
+    }
+
+    /// A control plane's gRPC error on a call made for the caller.
+    pub fn from_control_plane(status: &tonic::Status) -> Self {
+        let message = status.message().to_owned();
+        match status.code() {
+            Code::NotFound => Self::NotFound {
+                message,
+                code: "not_found",
+            },
+            Code::InvalidArgument | Code::FailedPrecondition | Code::AlreadyExists => {
+                Self::bad_request(message, None)
+            }
+            _ => Self::Unavailable(format!(
+                "the control plane cannot be reached ({message}); retry shortly"
+            )),
+        }
+    }
+}
+
+/// OpenAI's duration format for `x-ratelimit-reset-tokens`: `1h2m3s`.
+pub fn reset_duration(seconds: u64) -> String {
+    let (h, m, s) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m{s}s"),
+        _ => format!("{h}h{m}m{s}s"),
+    }
+}
+
+/// The `x-ratelimit-*` headers (and `Retry-After` on a refusal).
+pub fn rate_limit_headers(
+    headers: &mut HeaderMap,
+    limit: u64,
+    remaining: u64,
+    reset_s: u64,
+    retry_after: Option<u64>,
+) {
+    let mut put = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    };
+    put("x-ratelimit-limit-tokens", limit.to_string());
+    put("x-ratelimit-remaining-tokens", remaining.to_string());
+    put("x-ratelimit-reset-tokens", reset_duration(reset_s));
+    if let Some(retry) = retry_after {
+        put("retry-after", retry.to_string());
+    }
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status(), axum::Json(self.body())).into_response();
+        if let Self::RateLimited(r) = &self {
+            let reset_s =
+                u64::try_from((r.resets_at_ms - crate::now_ms()).max(0) / 1000).unwrap_or(0);
+            rate_limit_headers(
+                response.headers_mut(),
+                r.limit_tokens,
+                r.remaining_tokens,
+                reset_s,
+                Some(r.retry_after_s.max(1)),
+            );
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_durations_read_like_openai() {
+        assert_eq!(reset_duration(5), "5s");
+        assert_eq!(reset_duration(65), "1m5s");
+        assert_eq!(reset_duration(3 * 3600 + 61), "3h1m1s");
+    }
+
+    #[test]
+    fn a_worker_context_error_keeps_its_code() {
+        let e = GatewayError::from_worker(&tonic::Status::invalid_argument(
+            "this model's maximum context length is 8 tokens",
+        ));
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(e.body()["error"]["code"], "context_length_exceeded");
+    }
+}

@@ -1,0 +1,875 @@
+//! The gateway's OpenAI-compatible API (DESIGN.md section 3): authenticate,
+//! validate, assemble the session's context, admit against the tenant's
+//! limits, route to the worker that holds the session's KV slot, stream the
+//! answer, settle.
+//!
+//! Routes: `POST /v1/chat/completions`, `GET /v1/models`, `POST|GET
+//! /v1/sessions`, `GET /v1/sessions/{id}/messages`, `DELETE
+//! /v1/sessions/{id}`, `GET /health`, `GET /metrics`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use bulkhead_control_plane::ControlPlaneClient;
+use bulkhead_proto::control as cp;
+use bulkhead_proto::openai::{self, ChatRequest};
+use bulkhead_proto::worker as pb;
+use bulkhead_proto::{GatewayId, RequestId, SessionId, UserId};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::Instrument;
+
+use crate::directory::{Caller, Directory};
+use crate::error::{GatewayError, rate_limit_headers};
+use crate::metrics::Metrics;
+use crate::quota::{Budget, Permit, Quotas};
+use crate::route::{Workers, rank};
+
+pub const TENANT_HEADER: &str = "x-tenant-id";
+pub const USER_HEADER: &str = "x-user-id";
+pub const SESSION_HEADER: &str = "x-session-id";
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// `max_tokens` when the request does not say.
+pub const DEFAULT_MAX_TOKENS: u32 = 512;
+/// How long a session read or write on the request path may wait.
+const CONTROL_PLANE_DEADLINE: Duration = Duration::from_secs(3);
+
+pub struct AppState {
+    pub gateway_id: GatewayId,
+    pub directory: Arc<Directory>,
+    pub quotas: Arc<Quotas>,
+    pub workers: Arc<Workers>,
+    pub client: Arc<ControlPlaneClient>,
+    pub metrics: Arc<Metrics>,
+    /// The model of tenants that name none.
+    pub default_model: Option<String>,
+    pub max_body_bytes: usize,
+}
+
+type S = State<Arc<AppState>>;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.max_body_bytes;
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(models))
+        .route("/v1/sessions", post(create_session).get(list_sessions))
+        .route("/v1/sessions/{id}", delete(delete_session))
+        .route("/v1/sessions/{id}/messages", get(session_messages))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    GatewayError::NotFound {
+        message: "no such route".into(),
+        code: "not_found",
+    }
+    .into_response()
+}
+
+async fn health(State(state): S) -> Response {
+    let synced = state.directory.is_synced();
+    let status = if synced {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if synced { "ok" } else { "starting" },
+        "gateway_id": state.gateway_id.to_string(),
+        "models": state.directory.models_served(),
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(state): S) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, GatewayError> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str().map_err(|_| {
+                GatewayError::bad_request(format!("header {name} must be ASCII"), None)
+            })
+        })
+        .transpose()
+}
+
+/// Step 1: the key names the tenant; `X-Tenant-ID`, if sent, must agree.
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, GatewayError> {
+    if !state.directory.is_synced() {
+        return Err(GatewayError::Unavailable(
+            "the gateway is still loading tenants and keys from the control plane; retry in a moment".into(),
+        ));
+    }
+    let key = header_str(headers, header::AUTHORIZATION.as_str())?
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| {
+            GatewayError::Unauthorized(
+                "no API key: send your tenant's key as `Authorization: Bearer <key>`".into(),
+            )
+        })?;
+    let caller = state.directory.authenticate(key).ok_or_else(|| {
+        GatewayError::Unauthorized("the API key is not valid (unknown or revoked)".into())
+    })?;
+    if let Some(claimed) = header_str(headers, TENANT_HEADER)?
+        && claimed != caller.tenant.id
+    {
+        return Err(GatewayError::Forbidden(format!(
+            "X-Tenant-ID names tenant {claimed:?} but the API key belongs to another tenant"
+        )));
+    }
+    Ok(caller)
+}
+
+fn user_id(headers: &HeaderMap, body: Option<&str>) -> Result<Option<UserId>, GatewayError> {
+    match header_str(headers, USER_HEADER)? {
+        Some(u) => UserId::new(u)
+            .map(Some)
+            .map_err(|e| GatewayError::bad_request(format!("header X-User-ID: {e}"), None)),
+        None => body
+            .map(UserId::new)
+            .transpose()
+            .map_err(|e| GatewayError::bad_request(e.to_string(), Some("user"))),
+    }
+}
+
+fn session_id(raw: &str) -> Result<SessionId, GatewayError> {
+    SessionId::new(raw).map_err(|e| GatewayError::bad_request(e.to_string(), Some("session_id")))
+}
+
+fn session_not_found(id: &str) -> GatewayError {
+    GatewayError::NotFound {
+        message: format!("no session {id:?} in your tenant; create one with POST /v1/sessions"),
+        code: "session_not_found",
+    }
+}
+
+/// The model a tenant uses: its own, else the gateway's default, else the
+/// one model the fleet serves.
+fn tenant_model(state: &AppState, tenant: &cp::Tenant) -> Result<String, GatewayError> {
+    if !tenant.model.is_empty() {
+        return Ok(tenant.model.clone());
+    }
+    if let Some(model) = &state.default_model {
+        return Ok(model.clone());
+    }
+    let served = state.directory.models_served();
+    match (served.len(), served.first()) {
+        (1, Some(model)) => Ok(model.clone()),
+        _ => Err(GatewayError::Unavailable(format!(
+            "tenant {} has no model set and this gateway has no default; ask your administrator to set one",
+            tenant.id
+        ))),
+    }
+}
+
+async fn models(State(state): S, headers: HeaderMap) -> Response {
+    let result = (|| {
+        let caller = authenticate(&state, &headers)?;
+        let model = tenant_model(&state, &caller.tenant)?;
+        Ok::<_, GatewayError>(json!({"object": "list", "data": [{
+            "id": model, "object": "model", "created": caller.tenant.created_at_ms / 1000,
+            "owned_by": "bulkhead", "adapter": caller.tenant.adapter,
+        }]}))
+    })();
+    match result {
+        Ok(body) => axum::Json(body).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// An uploaded body, or the error that describes why there is none.
+fn body_or_error(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, GatewayError> {
+    match body {
+        Ok(body) => Ok(body),
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(GatewayError::TooLarge(limit)),
+        Err(r) => Err(GatewayError::bad_request(r.body_text(), None)),
+    }
+}
+
+/// A chat request, validated and with its context assembled.
+struct Prepared {
+    caller: Caller,
+    request: pb::GenerateRequest,
+    /// The request's own messages, to append to the session afterwards.
+    new_turns: Vec<cp::Turn>,
+    stream: bool,
+    include_usage: bool,
+    /// Upper bound of the prompt's tokens (exact when it had to be).
+    prompt_bound: u64,
+    /// Whether the caller set max_tokens (else it may be lowered to fit).
+    explicit_max_tokens: bool,
+}
+
+fn turn_role(role: &str) -> Option<&'static str> {
+    match role {
+        "system" | "developer" => Some("system"),
+        "user" => Some("user"),
+        "assistant" => Some("assistant"),
+        _ => None,
+    }
+}
+
+async fn prepare(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Prepared, GatewayError> {
+    let caller = authenticate(state, headers)?;
+    let body = body_or_error(body, state.max_body_bytes)?;
+    let req = ChatRequest::parse(&body).map_err(|e| GatewayError::bad_request(e, None))?;
+    if req.n.is_some_and(|n| n != 1) {
+        return Err(GatewayError::bad_request(
+            "only n = 1 is supported",
+            Some("n"),
+        ));
+    }
+    let tenant = Arc::clone(&caller.tenant);
+    let model = tenant_model(state, &tenant)?;
+    if !req.model.is_empty() && req.model != model {
+        return Err(GatewayError::NotFound {
+            message: format!(
+                "the model `{}` is not available to your tenant; GET /v1/models lists yours (`{model}`)",
+                req.model
+            ),
+            code: "model_not_found",
+        });
+    }
+    if let Some(adapter) = req.adapter.as_deref().filter(|a| !a.is_empty())
+        && adapter != tenant.adapter
+    {
+        return Err(GatewayError::NotFound {
+            message: format!("the adapter `{adapter}` is not available to your tenant"),
+            code: "adapter_not_found",
+        });
+    }
+    let max_tokens = req.max_tokens();
+    if max_tokens == Some(0) {
+        return Err(GatewayError::bad_request(
+            "max_tokens must be at least 1",
+            Some("max_tokens"),
+        ));
+    }
+    let user = user_id(headers, req.user.as_deref())?;
+    let session = match header_str(headers, SESSION_HEADER)?.or(req.session_id.as_deref()) {
+        Some(raw) => Some(session_id(raw)?),
+        None => None,
+    };
+    let mut new_turns = Vec::with_capacity(req.messages.len());
+    let mut messages = Vec::new();
+    for m in &req.messages {
+        let text = m
+            .text()
+            .map_err(|e| GatewayError::bad_request(e, Some("messages")))?;
+        if let Some(role) = turn_role(&m.role) {
+            new_turns.push(cp::Turn {
+                role: role.into(),
+                content: text.clone(),
+                ..Default::default()
+            });
+        }
+        messages.push(pb::ChatMessage {
+            role: m.role.clone(),
+            content: text,
+        });
+    }
+    let limits = tenant.limits.unwrap_or_default();
+    let mut context = Vec::new();
+    if !tenant.system_prompt.is_empty()
+        && !messages
+            .iter()
+            .any(|m| m.role == "system" || m.role == "developer")
+    {
+        context.push(pb::ChatMessage {
+            role: "system".into(),
+            content: tenant.system_prompt.clone(),
+        });
+    }
+    if let Some(session) = &session {
+        let msg = cp::GetTurnsRequest {
+            tenant_id: tenant.id.clone(),
+            session_id: session.to_string(),
+            last: limits.context_turns,
+        };
+        let client = &state.client;
+        let turns = client
+            .call_for(CONTROL_PLANE_DEADLINE, |mut c| {
+                let req = client.request(msg.clone());
+                async move { c.get_turns(req).await }
+            })
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::NotFound => session_not_found(session.as_str()),
+                _ => GatewayError::from_control_plane(&s),
+            })?;
+        context.extend(turns.turns.into_iter().map(|t| pb::ChatMessage {
+            role: t.role,
+            content: t.content,
+        }));
+    }
+    context.extend(messages);
+    // Byte-level BPE: a token covers at least one byte, plus a few template
+    // tokens per message.
+    let prompt_bound: u64 = context
+        .iter()
+        .map(|m| m.content.len() as u64 + m.role.len() as u64 + 8)
+        .sum::<u64>()
+        + 16;
+    let sampling = pb::Sampling {
+        temperature: req.temperature,
+        top_p: req.top_p,
+        seed: req.seed32(),
+    };
+    let request = pb::GenerateRequest {
+        request_id: RequestId::generate().to_string(),
+        tenant_id: tenant.id.clone(),
+        session_id: session.map(|s| s.to_string()).unwrap_or_default(),
+        user_id: user.map(|u| u.to_string()).unwrap_or_default(),
+        model,
+        adapter: tenant.adapter.clone(),
+        adapter_scale: (!tenant.adapter.is_empty() && tenant.adapter_scale > 0.0)
+            .then_some(tenant.adapter_scale),
+        messages: context,
+        max_tokens: max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+        sampling: Some(sampling),
+        stop: req.stop_sequences(),
+        gateway_id: state.gateway_id.to_string(),
+        ignore_eos: false,
+    };
+    Ok(Prepared {
+        caller,
+        request,
+        new_turns,
+        stream: req.stream,
+        include_usage: req.include_usage(),
+        prompt_bound,
+        explicit_max_tokens: max_tokens.is_some(),
+    })
+}
+
+/// Enforces `max_request_tokens`: with the cheap upper bound when it fits,
+/// else with the exact count from a worker. Returns the tokens to reserve.
+async fn fit_request(
+    state: &AppState,
+    p: &mut Prepared,
+    ranked: &[cp::WorkerInfo],
+) -> Result<u64, GatewayError> {
+    let limit = u64::from(
+        p.caller
+            .tenant
+            .limits
+            .as_ref()
+            .map_or(0, |l| l.max_request_tokens),
+    );
+    let max_tokens = u64::from(p.request.max_tokens);
+    if limit == 0 || p.prompt_bound + max_tokens <= limit {
+        return Ok(p.prompt_bound + max_tokens);
+    }
+    let counted = state
+        .workers
+        .count_tokens(
+            ranked,
+            &pb::CountTokensRequest {
+                model: p.request.model.clone(),
+                messages: p.request.messages.clone(),
+            },
+        )
+        .await
+        .map_err(|s| GatewayError::from_worker(&s))?;
+    let prompt = u64::from(counted.prompt_tokens);
+    p.prompt_bound = prompt;
+    if prompt + max_tokens <= limit {
+        return Ok(prompt + max_tokens);
+    }
+    if !p.explicit_max_tokens && prompt < limit {
+        p.request.max_tokens = u32::try_from(limit - prompt).unwrap_or(u32::MAX);
+        return Ok(limit);
+    }
+    Err(GatewayError::BadRequest {
+        message: format!(
+            "this request needs up to {} tokens ({prompt} in the prompt and context, {max_tokens} for the completion), more than your tenant's limit of {limit} tokens per request; shorten the messages or lower max_tokens",
+            prompt + max_tokens
+        ),
+        param: Some("max_tokens"),
+        code: Some("request_token_limit_exceeded"),
+    })
+}
+
+async fn chat_completions(
+    State(state): S,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let prepared = match prepare(&state, &headers, body).await {
+        Ok(p) => p,
+        Err(e) => {
+            let tenant = state
+                .directory
+                .is_synced()
+                .then(|| authenticate(&state, &headers).ok())
+                .flatten()
+                .map_or_else(String::new, |c| c.tenant.id.clone());
+            state.metrics.observe_request(
+                &tenant,
+                e.status().as_u16(),
+                started.elapsed().as_secs_f64(),
+            );
+            return e.into_response();
+        }
+    };
+    let span = tracing::info_span!(
+        "chat",
+        tenant = %prepared.caller.tenant.id,
+        user = %prepared.request.user_id,
+        request_id = %prepared.request.request_id,
+        session = %prepared.request.session_id,
+    );
+    let tenant = prepared.caller.tenant.id.clone();
+    async move {
+        match admit_and_generate(&state, prepared).await {
+            Ok(response) => response,
+            Err(e) => {
+                tracing::info!(status = e.status().as_u16(), error = %e, "request refused");
+                state.metrics.observe_request(
+                    &tenant,
+                    e.status().as_u16(),
+                    started.elapsed().as_secs_f64(),
+                );
+                e.into_response()
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn answer_headers(headers: &mut HeaderMap, request_id: &str, budget: Budget) {
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert(REQUEST_ID_HEADER, v);
+    }
+    let reset_s = u64::try_from((budget.resets_at_ms - crate::now_ms()).max(0) / 1000).unwrap_or(0);
+    rate_limit_headers(headers, budget.limit, budget.remaining, reset_s, None);
+}
+
+async fn admit_and_generate(
+    state: &Arc<AppState>,
+    mut p: Prepared,
+) -> Result<Response, GatewayError> {
+    let started = Instant::now();
+    let tenant = Arc::clone(&p.caller.tenant);
+    let affinity = if p.request.session_id.is_empty() {
+        p.request.user_id.clone()
+    } else {
+        p.request.session_id.clone()
+    };
+    let ranked = rank(
+        &tenant.id,
+        &affinity,
+        state
+            .directory
+            .workers_for(&p.request.model, &p.request.adapter),
+    );
+    if ranked.is_empty() {
+        return Err(GatewayError::Unavailable(format!(
+            "no worker serves the model `{}` right now; retry shortly",
+            p.request.model
+        )));
+    }
+    let need = fit_request(state, &mut p, &ranked).await?;
+    let permit = state.quotas.admit(&tenant, need).await?;
+    let (stream, worker, failovers) = match state.workers.generate(&ranked, &p.request).await {
+        Ok(started) => started,
+        Err(status) => {
+            permit.refund();
+            return Err(GatewayError::from_worker(&status));
+        }
+    };
+    state.metrics.worker_failovers.inc_by(u64::from(failovers));
+    tracing::debug!(worker = %worker, "routed");
+    let outcome = Outcome {
+        state: Arc::clone(state),
+        tenant_id: tenant.id.clone(),
+        session_id: p.request.session_id.clone(),
+        user_id: p.request.user_id.clone(),
+        new_turns: std::mem::take(&mut p.new_turns),
+        started,
+    };
+    let completion = openai::Completion::new(&p.request.request_id, &p.request.model);
+    if p.stream {
+        Ok(stream_answer(
+            outcome,
+            permit,
+            stream,
+            completion,
+            p.include_usage,
+            &p.request.request_id,
+        ))
+    } else {
+        Ok(whole_answer(outcome, permit, stream, completion, &p.request.request_id).await)
+    }
+}
+
+/// What is left to do once the worker has answered.
+struct Outcome {
+    state: Arc<AppState>,
+    tenant_id: String,
+    session_id: String,
+    user_id: String,
+    new_turns: Vec<cp::Turn>,
+    started: Instant,
+}
+
+impl Outcome {
+    /// Step 7: the usage settles the reservation; the turns join the session.
+    async fn settle(&mut self, permit: Permit, finished: &pb::Finished, text: &str) {
+        let usage = finished.usage.unwrap_or_default();
+        permit.settle(u64::from(usage.prompt_tokens) + u64::from(usage.completion_tokens));
+        self.state.metrics.observe_tokens(
+            &self.tenant_id,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+        );
+        if self.session_id.is_empty() {
+            return;
+        }
+        let mut turns = std::mem::take(&mut self.new_turns);
+        turns.push(cp::Turn {
+            role: "assistant".into(),
+            content: text.to_owned(),
+            ..Default::default()
+        });
+        let msg = cp::AppendTurnsRequest {
+            tenant_id: self.tenant_id.clone(),
+            session_id: self.session_id.clone(),
+            user_id: self.user_id.clone(),
+            turns,
+        };
+        let client = &self.state.client;
+        if let Err(e) = client
+            .call_for(CONTROL_PLANE_DEADLINE, |mut c| {
+                let req = client.request(msg.clone());
+                async move { c.append_turns(req).await }
+            })
+            .await
+        {
+            tracing::warn!(error = %e, "the answer could not be saved to the session");
+        }
+    }
+
+    fn observe(&self, status: u16) {
+        self.state.metrics.observe_request(
+            &self.tenant_id,
+            status,
+            self.started.elapsed().as_secs_f64(),
+        );
+    }
+}
+
+fn usage_json(f: &pb::Finished) -> serde_json::Value {
+    let u = f.usage.unwrap_or_default();
+    openai::usage(u.prompt_tokens, u.completion_tokens, u.cached_tokens)
+}
+
+fn worker_broke(detail: &str) -> GatewayError {
+    GatewayError::Upstream(format!(
+        "the worker failed while generating ({detail}); nothing was billed, retry the request"
+    ))
+}
+
+async fn whole_answer(
+    mut outcome: Outcome,
+    permit: Permit,
+    mut stream: tonic::Streaming<pb::GenerateResponse>,
+    completion: openai::Completion,
+    request_id: &str,
+) -> Response {
+    let mut text = String::new();
+    let error = loop {
+        match stream.next().await {
+            Some(Ok(pb::GenerateResponse {
+                kind: Some(pb::generate_response::Kind::Delta(d)),
+            })) => {
+                text.push_str(&d.text);
+            }
+            Some(Ok(pb::GenerateResponse {
+                kind: Some(pb::generate_response::Kind::Finished(f)),
+            })) => {
+                let budget = permit.budget();
+                outcome.settle(permit, &f, &text).await;
+                let mut response =
+                    axum::Json(completion.message(&text, &f.finish_reason, usage_json(&f)))
+                        .into_response();
+                answer_headers(response.headers_mut(), request_id, budget);
+                outcome.observe(200);
+                return response;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(status)) => break GatewayError::from_worker(&status),
+            None => break worker_broke("the stream ended without a result"),
+        }
+    };
+    // The permit is dropped unsettled: its reservation counts as spent.
+    drop(permit);
+    outcome.observe(error.status().as_u16());
+    error.into_response()
+}
+
+fn stream_answer(
+    mut outcome: Outcome,
+    permit: Permit,
+    mut stream: tonic::Streaming<pb::GenerateResponse>,
+    completion: openai::Completion,
+    include_usage: bool,
+    request_id: &str,
+) -> Response {
+    let budget = permit.budget();
+    let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(64);
+    let span = tracing::Span::current();
+    tokio::spawn(
+        async move {
+            let send = |event: SseEvent| {
+                let tx = tx.clone();
+                async move { tx.send(event).await.is_ok() }
+            };
+            let json = |value: serde_json::Value| SseEvent::default().data(value.to_string());
+            if !send(json(completion.role_chunk())).await {
+                return;
+            }
+            let mut text = String::new();
+            let mut permit = Some(permit);
+            loop {
+                match stream.next().await {
+                    Some(Ok(pb::GenerateResponse {
+                        kind: Some(pb::generate_response::Kind::Delta(d)),
+                    })) => {
+                        text.push_str(&d.text);
+                        if !send(json(completion.text_chunk(&d.text))).await {
+                            // The client went away: dropping the stream
+                            // cancels the request on the worker.
+                            outcome.observe(499);
+                            return;
+                        }
+                    }
+                    Some(Ok(pb::GenerateResponse {
+                        kind: Some(pb::generate_response::Kind::Finished(f)),
+                    })) => {
+                        if let Some(permit) = permit.take() {
+                            outcome.settle(permit, &f, &text).await;
+                        }
+                        for chunk in
+                            completion.final_chunks(&f.finish_reason, usage_json(&f), include_usage)
+                        {
+                            send(json(chunk)).await;
+                        }
+                        send(SseEvent::default().data("[DONE]")).await;
+                        outcome.observe(200);
+                        return;
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(status)) => {
+                        let e = GatewayError::from_worker(&status);
+                        let e = if matches!(e, GatewayError::Unavailable(_)) {
+                            worker_broke(status.message())
+                        } else {
+                            e
+                        };
+                        tracing::warn!(error = %e, "stream broke");
+                        send(json(e.body())).await;
+                        outcome.observe(e.status().as_u16());
+                        return;
+                    }
+                    None => {
+                        let e = worker_broke("the stream ended without a result");
+                        send(json(e.body())).await;
+                        outcome.observe(e.status().as_u16());
+                        return;
+                    }
+                }
+            }
+        }
+        .instrument(span),
+    );
+    let body = ReceiverStream::new(rx).map(Ok::<_, Infallible>);
+    let mut response = Sse::new(body)
+        .keep_alive(KeepAlive::default())
+        .into_response();
+    answer_headers(response.headers_mut(), request_id, budget);
+    response
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct NewSession {
+    #[serde(default, alias = "session_id")]
+    id: Option<String>,
+    #[serde(default)]
+    title: Option<String>,
+}
+
+fn session_json(s: &cp::Session) -> serde_json::Value {
+    json!({
+        "id": s.session_id,
+        "object": "session",
+        "title": s.title,
+        "user": s.user_id,
+        "created_at": s.created_at_ms / 1000,
+        "updated_at": s.updated_at_ms / 1000,
+        "turns": s.turns,
+    })
+}
+
+/// Runs a control-plane call for an authenticated caller.
+async fn for_caller<T, F, Fut>(state: &AppState, f: F) -> Result<T, GatewayError>
+where
+    F: Fn(
+        cp::control_plane_client::ControlPlaneClient<tonic::transport::Channel>,
+        &ControlPlaneClient,
+    ) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let client = &state.client;
+    client
+        .call_for(CONTROL_PLANE_DEADLINE, |c| f(c, client))
+        .await
+        .map_err(|s| GatewayError::from_control_plane(&s))
+}
+
+async fn create_session(
+    State(state): S,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let caller = authenticate(&state, &headers)?;
+        let body = body_or_error(body, state.max_body_bytes)?;
+        let new: NewSession = if body.iter().all(u8::is_ascii_whitespace) {
+            NewSession::default()
+        } else {
+            serde_json::from_slice(&body).map_err(|e| {
+                GatewayError::bad_request(
+                    format!("the request body is not a valid session: {e}"),
+                    None,
+                )
+            })?
+        };
+        if let Some(id) = &new.id {
+            session_id(id)?;
+        }
+        let user = user_id(&headers, None)?;
+        let msg = cp::CreateSessionRequest {
+            tenant_id: caller.tenant.id.clone(),
+            session_id: new.id.unwrap_or_default(),
+            title: new.title.unwrap_or_default(),
+            user_id: user.map(|u| u.to_string()).unwrap_or_default(),
+        };
+        let session = for_caller(&state, |mut c, client| {
+            let req = client.request(msg.clone());
+            async move { c.create_session(req).await }
+        })
+        .await?;
+        Ok::<_, GatewayError>(
+            (StatusCode::CREATED, axum::Json(session_json(&session))).into_response(),
+        )
+    };
+    result.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn list_sessions(State(state): S, headers: HeaderMap) -> Response {
+    let result = async {
+        let caller = authenticate(&state, &headers)?;
+        let msg = cp::TenantRef {
+            id: caller.tenant.id.clone(),
+        };
+        let list = for_caller(&state, |mut c, client| {
+            let req = client.request(msg.clone());
+            async move { c.list_sessions(req).await }
+        })
+        .await?;
+        let data: Vec<_> = list.sessions.iter().map(session_json).collect();
+        Ok::<_, GatewayError>(axum::Json(json!({"object": "list", "data": data})).into_response())
+    };
+    result.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn session_messages(State(state): S, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let result = async {
+        let caller = authenticate(&state, &headers)?;
+        session_id(&id)?;
+        let msg = cp::GetTurnsRequest {
+            tenant_id: caller.tenant.id.clone(),
+            session_id: id.clone(),
+            last: 0,
+        };
+        let turns = for_caller(&state, |mut c, client| {
+            let req = client.request(msg.clone());
+            async move { c.get_turns(req).await }
+        })
+        .await
+        .map_err(|e| match e {
+            GatewayError::NotFound { .. } => session_not_found(&id),
+            e => e,
+        })?;
+        let data: Vec<_> = turns
+            .turns
+            .iter()
+            .map(|t| json!({"role": t.role, "content": t.content, "created_at": t.at_ms / 1000}))
+            .collect();
+        Ok::<_, GatewayError>(
+            axum::Json(json!({"object": "list", "session_id": id, "data": data})).into_response(),
+        )
+    };
+    result.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn delete_session(State(state): S, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let result = async {
+        let caller = authenticate(&state, &headers)?;
+        session_id(&id)?;
+        let msg = cp::SessionRef {
+            tenant_id: caller.tenant.id.clone(),
+            session_id: id.clone(),
+        };
+        for_caller(&state, |mut c, client| {
+            let req = client.request(msg.clone());
+            async move { c.delete_session(req).await }
+        })
+        .await
+        .map_err(|e| match e {
+            GatewayError::NotFound { .. } => session_not_found(&id),
+            e => e,
+        })?;
+        Ok::<_, GatewayError>(
+            axum::Json(json!({"id": id, "object": "session.deleted", "deleted": true}))
+                .into_response(),
+        )
+    };
+    result.await.unwrap_or_else(IntoResponse::into_response)
+}

@@ -1,0 +1,451 @@
+//! Admission against a tenant's limits without a consensus round trip per
+//! request (DESIGN.md section 4). The gateway leases an allowance per tenant
+//! from the control plane (tokens of the day's quota and concurrency slots,
+//! with an expiry) and admits a request only by reserving from it: the
+//! prompt's upper bound plus `max_tokens`, and one slot. When the request
+//! ends the unused part comes back to the allowance; idle allowance goes back
+//! to the control plane; a held allowance is renewed before it expires.
+//!
+//! Locally `tokens` counts what was granted minus what settled requests used
+//! (and minus whole reservations of requests whose outcome is unknown), so it
+//! never exceeds what the control plane still counts as this gateway's: the
+//! gateway can only under-spend, never over-spend (Q1). When the control
+//! plane cannot be reached it spends what it holds and then answers 503 (Q4).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bulkhead_control_plane::ControlPlaneClient;
+use bulkhead_proto::GatewayId;
+use bulkhead_proto::control as pb;
+use tonic::Code;
+
+use crate::error::{GatewayError, Refusal};
+use crate::metrics::Metrics;
+
+/// Lease asked for; the control plane caps it.
+const LEASE_MS: u64 = 30_000;
+/// How long an admission waits for the control plane before answering 503.
+const GRANT_DEADLINE: Duration = Duration::from_secs(3);
+/// A tenant's allowance goes back after this long without requests.
+const IDLE_RETURN: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Default)]
+struct Held {
+    /// Granted tokens not yet spent by settled requests nor returned.
+    tokens: u64,
+    /// Part of `tokens` reserved by running requests.
+    reserved: u64,
+    slots: u32,
+    slots_used: u32,
+    expires_at_ms: i64,
+    /// The ledger as the last grant reported it (for refusals and headers).
+    quota: u64,
+    used: u64,
+    outstanding: u64,
+    max_concurrent: u32,
+    resets_at_ms: i64,
+    last_active: Option<Instant>,
+}
+
+impl Held {
+    fn available(&self) -> u64 {
+        self.tokens.saturating_sub(self.reserved)
+    }
+
+    fn valid(&self, now_ms: i64) -> bool {
+        now_ms < self.expires_at_ms && now_ms < self.resets_at_ms
+    }
+
+    fn can_admit(&self, need: u64, now_ms: i64) -> bool {
+        self.valid(now_ms) && self.available() >= need && self.slots_used < self.slots
+    }
+
+    /// Tokens of the day left to the whole tenant, as far as this gateway
+    /// knows: not used, not promised to any gateway, plus what it holds free.
+    fn remaining(&self) -> u64 {
+        self.quota
+            .saturating_sub(self.used + self.outstanding)
+            .saturating_add(self.available())
+            .min(self.quota)
+    }
+}
+
+#[derive(Default)]
+struct TenantQuota {
+    held: Mutex<Held>,
+    /// One grant in flight per tenant: the others wait for its result.
+    granting: tokio::sync::Mutex<()>,
+}
+
+impl TenantQuota {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The allowances this gateway holds, per tenant.
+pub struct Quotas {
+    gateway_id: GatewayId,
+    client: Arc<ControlPlaneClient>,
+    tenants: Mutex<HashMap<String, Arc<TenantQuota>>>,
+    metrics: Arc<Metrics>,
+}
+
+/// One admitted request's reservation. Settle it with the exact usage; if it
+/// is dropped unsettled (the outcome is unknown) the whole reservation counts
+/// as spent, which can only under-spend the quota.
+pub struct Permit {
+    tenant_id: String,
+    quota: Arc<TenantQuota>,
+    metrics: Arc<Metrics>,
+    reserved: u64,
+    done: bool,
+}
+
+/// What a successful response reports in its `x-ratelimit-*` headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub limit: u64,
+    pub remaining: u64,
+    pub resets_at_ms: i64,
+}
+
+impl Permit {
+    pub fn budget(&self) -> Budget {
+        let held = self.quota.lock();
+        Budget {
+            limit: held.quota,
+            remaining: held.remaining(),
+            resets_at_ms: held.resets_at_ms,
+        }
+    }
+
+    /// The request ended and used `tokens`: the rest of the reservation goes
+    /// back to the allowance.
+    pub fn settle(mut self, tokens: u64) {
+        self.finish(tokens.min(self.reserved));
+    }
+
+    /// The request never reached a worker: nothing was used.
+    pub fn refund(mut self) {
+        self.finish(0);
+    }
+
+    fn finish(&mut self, spent: u64) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let mut held = self.quota.lock();
+        held.reserved = held.reserved.saturating_sub(self.reserved);
+        held.tokens = held.tokens.saturating_sub(spent);
+        held.slots_used = held.slots_used.saturating_sub(1);
+        held.last_active = Some(Instant::now());
+        self.metrics.observe_allowance(
+            &self.tenant_id,
+            held.available(),
+            held.slots,
+            held.slots_used,
+        );
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let reserved = self.reserved;
+        self.finish(reserved);
+    }
+}
+
+impl Quotas {
+    pub fn new(
+        gateway_id: GatewayId,
+        client: Arc<ControlPlaneClient>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            gateway_id,
+            client,
+            tenants: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    fn tenant(&self, id: &str) -> Arc<TenantQuota> {
+        let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(tenants.entry(id.to_owned()).or_default())
+    }
+
+    fn try_reserve(&self, tenant_id: &str, quota: &Arc<TenantQuota>, need: u64) -> Option<Permit> {
+        let now = crate::now_ms();
+        let mut held = quota.lock();
+        if !held.can_admit(need, now) {
+            return None;
+        }
+        held.reserved += need;
+        held.slots_used += 1;
+        held.last_active = Some(Instant::now());
+        self.metrics
+            .observe_allowance(tenant_id, held.available(), held.slots, held.slots_used);
+        Some(Permit {
+            tenant_id: tenant_id.to_owned(),
+            quota: Arc::clone(quota),
+            metrics: Arc::clone(&self.metrics),
+            reserved: need,
+            done: false,
+        })
+    }
+
+    /// Reserves `need` tokens and one concurrency slot of `tenant`'s limits.
+    pub async fn admit(&self, tenant: &pb::Tenant, need: u64) -> Result<Permit, GatewayError> {
+        let quota = self.tenant(&tenant.id);
+        if let Some(permit) = self.try_reserve(&tenant.id, &quota, need) {
+            return Ok(permit);
+        }
+        let _granting = quota.granting.lock().await;
+        if let Some(permit) = self.try_reserve(&tenant.id, &quota, need) {
+            return Ok(permit);
+        }
+        let (want_tokens, want_slots) = {
+            let held = quota.lock();
+            let valid = held.valid(crate::now_ms());
+            let available = if valid { held.available() } else { 0 };
+            let daily = tenant.limits.as_ref().map_or(0, |l| l.daily_tokens);
+            // Ask for some headroom so that the next requests need no round
+            // trip, but never hoard much of a small quota.
+            let headroom = (daily / 20).min(need.saturating_mul(4)).min(200_000);
+            let shortfall = need.saturating_sub(available);
+            let tokens = if shortfall == 0 {
+                0
+            } else {
+                shortfall + headroom
+            };
+            let slots = u32::from(held.slots_used >= held.slots);
+            (tokens, slots)
+        };
+        let allowance = self.grant(&tenant.id, want_tokens, want_slots).await;
+        let allowance = match allowance {
+            Ok(a) => a,
+            Err(status) => return Err(self.grant_failed(&tenant.id, &quota, &status)),
+        };
+        self.absorb(&tenant.id, &quota, &allowance);
+        if let Some(permit) = self.try_reserve(&tenant.id, &quota, need) {
+            return Ok(permit);
+        }
+        Err(self.refusal(&quota, need))
+    }
+
+    async fn grant(
+        &self,
+        tenant_id: &str,
+        tokens: u64,
+        slots: u32,
+    ) -> Result<pb::Allowance, tonic::Status> {
+        let op_id = uuid::Uuid::new_v4().to_string();
+        let msg = pb::GrantRequest {
+            tenant_id: tenant_id.to_owned(),
+            gateway_id: self.gateway_id.to_string(),
+            tokens,
+            slots,
+            ttl_ms: LEASE_MS,
+            op_id,
+        };
+        let client = &self.client;
+        client
+            .call_for(GRANT_DEADLINE, |mut c| {
+                let mut req = client.request(msg.clone());
+                req.set_timeout(GRANT_DEADLINE);
+                async move { c.grant(req).await }
+            })
+            .await
+    }
+
+    /// Takes a grant (or renewal) into the local allowance.
+    fn absorb(&self, tenant_id: &str, quota: &TenantQuota, a: &pb::Allowance) {
+        let mut held = quota.lock();
+        let now = crate::now_ms();
+        if !held.valid(now) && held.reserved == 0 && held.slots_used == 0 {
+            // A lapsed or earlier day's allowance: start from what the
+            // control plane says this gateway holds now.
+            held.tokens = a.tokens;
+            held.slots = a.slots;
+        } else {
+            held.tokens = (held.tokens + a.granted_tokens).min(a.tokens.max(held.reserved));
+            held.slots = (held.slots + a.granted_slots).min(a.slots.max(held.slots_used));
+        }
+        held.expires_at_ms = a.expires_at_ms;
+        held.quota = a.quota;
+        held.used = a.used;
+        held.outstanding = a.outstanding;
+        held.max_concurrent = a.max_concurrent;
+        held.resets_at_ms = a.resets_at_ms;
+        self.metrics
+            .observe_allowance(tenant_id, held.available(), held.slots, held.slots_used);
+    }
+
+    fn grant_failed(
+        &self,
+        tenant_id: &str,
+        quota: &TenantQuota,
+        status: &tonic::Status,
+    ) -> GatewayError {
+        match status.code() {
+            Code::NotFound => {
+                GatewayError::Unauthorized(format!("tenant {tenant_id} no longer exists"))
+            }
+            _ => {
+                let held = quota.lock();
+                tracing::warn!(tenant = tenant_id, error = %status, "allowance grant failed");
+                GatewayError::Unavailable(format!(
+                    "the control plane cannot be reached, and this gateway holds only {} tokens and {} free concurrency slots of tenant {tenant_id}'s quota, not enough for this request; retry in a few seconds",
+                    if held.valid(crate::now_ms()) {
+                        held.available()
+                    } else {
+                        0
+                    },
+                    held.slots.saturating_sub(held.slots_used),
+                ))
+            }
+        }
+    }
+
+    fn refusal(&self, quota: &TenantQuota, need: u64) -> GatewayError {
+        let held = quota.lock();
+        let now = crate::now_ms();
+        let reset_s = u64::try_from((held.resets_at_ms - now).max(0) / 1000).unwrap_or(0);
+        let remaining = held.remaining();
+        let refusal = if held.slots_used >= held.slots {
+            Refusal {
+                limit: "max_concurrent",
+                message: format!(
+                    "concurrency limit reached: your tenant may run {} requests at once and all are in use; retry when one finishes, or ask your administrator to raise max_concurrent",
+                    held.max_concurrent
+                ),
+                limit_tokens: held.quota,
+                remaining_tokens: remaining,
+                resets_at_ms: held.resets_at_ms,
+                retry_after_s: 1,
+            }
+        } else if remaining >= need {
+            // The quota has room, but other gateways hold it for now.
+            Refusal {
+                limit: "daily_tokens",
+                message: format!(
+                    "this request needs {need} tokens and the rest of today's quota is reserved by requests in flight; retry in a few seconds"
+                ),
+                limit_tokens: held.quota,
+                remaining_tokens: remaining,
+                resets_at_ms: held.resets_at_ms,
+                retry_after_s: 2,
+            }
+        } else {
+            Refusal {
+                limit: "daily_tokens",
+                message: format!(
+                    "daily token quota exceeded: this request needs up to {need} tokens but only {remaining} of today's {} remain; the quota resets in {} (at {} UTC). Retry after the reset, lower max_tokens, or ask your administrator to approve a burst",
+                    held.quota,
+                    crate::error::reset_duration(reset_s),
+                    chrono_like(held.resets_at_ms),
+                ),
+                limit_tokens: held.quota,
+                remaining_tokens: remaining,
+                resets_at_ms: held.resets_at_ms,
+                retry_after_s: reset_s.max(1),
+            }
+        };
+        GatewayError::RateLimited(Box::new(refusal))
+    }
+
+    /// Renews held allowances before they expire and returns idle ones.
+    /// Runs until `stop`; then gives everything back.
+    pub async fn maintain(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            self.tick(false).await;
+        }
+        self.tick(true).await;
+    }
+
+    async fn tick(&self, closing: bool) {
+        let tenants: Vec<(String, Arc<TenantQuota>)> = self
+            .tenants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+            .collect();
+        let now = crate::now_ms();
+        for (tenant_id, quota) in tenants {
+            let Ok(_granting) = quota.granting.try_lock() else {
+                continue;
+            };
+            let (give_tokens, give_slots, renew) = {
+                let held = quota.lock();
+                let idle = closing || held.last_active.is_none_or(|t| t.elapsed() >= IDLE_RETURN);
+                let free_slots = held.slots.saturating_sub(held.slots_used);
+                let (tokens, slots) = if idle {
+                    (held.available(), free_slots)
+                } else {
+                    (0, 0)
+                };
+                let keeps = held.tokens - tokens > 0 || held.slots - slots > 0;
+                let renew = !closing
+                    && keeps
+                    && held.valid(now)
+                    && held.expires_at_ms - now < i64::try_from(LEASE_MS / 2).unwrap_or(0);
+                (tokens, slots, renew)
+            };
+            if give_tokens > 0 || give_slots > 0 {
+                // Taken out first: a failed return leaves the tokens with the
+                // control plane until the lease lapses, which under-spends.
+                {
+                    let mut held = quota.lock();
+                    held.tokens -= give_tokens;
+                    held.slots -= give_slots;
+                    self.metrics.observe_allowance(
+                        &tenant_id,
+                        held.available(),
+                        held.slots,
+                        held.slots_used,
+                    );
+                }
+                let msg = pb::ReturnRequest {
+                    tenant_id: tenant_id.clone(),
+                    gateway_id: self.gateway_id.to_string(),
+                    tokens: give_tokens,
+                    slots: give_slots,
+                    op_id: uuid::Uuid::new_v4().to_string(),
+                };
+                let client = &self.client;
+                let returned = client
+                    .call_for(GRANT_DEADLINE, |mut c| {
+                        let req = client.request(msg.clone());
+                        async move { c.r#return(req).await }
+                    })
+                    .await;
+                if let Err(e) = returned {
+                    tracing::warn!(tenant = %tenant_id, error = %e, "returning an idle allowance failed; it lapses with its lease");
+                }
+            }
+            if renew {
+                match self.grant(&tenant_id, 0, 0).await {
+                    Ok(a) => self.absorb(&tenant_id, &quota, &a),
+                    Err(e) => {
+                        tracing::warn!(tenant = %tenant_id, error = %e, "renewing an allowance failed")
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `HH:MM` of a time in ms since the epoch, UTC.
+fn chrono_like(ms: i64) -> String {
+    let secs = ms.div_euclid(1000).rem_euclid(86_400);
+    format!("{:02}:{:02}", secs / 3600, secs / 60 % 60)
+}

@@ -1,0 +1,216 @@
+//! OpenAI's chat-completion wire format, as far as bulkhead speaks it: the
+//! request both the gateway and the worker's own HTTP API accept, and the
+//! response, chunk, usage and error objects they answer with. Unknown OpenAI
+//! fields are ignored, as OpenAI-compatible servers do, so the official SDKs
+//! work unchanged.
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// An OpenAI chat completion request, plus bulkhead's `adapter`,
+/// `adapter_scale` and `session_id`.
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    #[serde(default)]
+    pub model: String,
+    pub messages: Vec<RawMessage>,
+    pub max_tokens: Option<u32>,
+    pub max_completion_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub seed: Option<i64>,
+    pub stop: Option<Stop>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    pub user: Option<String>,
+    pub n: Option<u32>,
+    pub adapter: Option<String>,
+    pub adapter_scale: Option<f32>,
+    pub session_id: Option<String>,
+}
+
+impl ChatRequest {
+    /// Parses a request body; the error is a message for the caller.
+    pub fn parse(body: &[u8]) -> Result<Self, String> {
+        std::str::from_utf8(body)
+            .map_err(|e| format!("the request body is not valid UTF-8: {e}"))?;
+        serde_json::from_slice(body)
+            .map_err(|e| format!("the request body is not a valid chat completion request: {e}"))
+    }
+
+    /// `max_completion_tokens`, or the older `max_tokens`.
+    pub fn max_tokens(&self) -> Option<u32> {
+        self.max_completion_tokens.or(self.max_tokens)
+    }
+
+    pub fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage)
+    }
+
+    pub fn stop_sequences(&self) -> Vec<String> {
+        match &self.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) => v.clone(),
+        }
+    }
+
+    /// The seed as llama.cpp takes it (OpenAI seeds are 64-bit).
+    pub fn seed32(&self) -> Option<u32> {
+        self.seed.map(|s| (s as u64 & u64::from(u32::MAX)) as u32)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawMessage {
+    pub role: String,
+    pub content: Option<Content>,
+}
+
+impl RawMessage {
+    /// The message's text; only text content parts are supported.
+    pub fn text(&self) -> Result<String, String> {
+        match &self.content {
+            None => Ok(String::new()),
+            Some(Content::Text(text)) => Ok(text.clone()),
+            Some(Content::Parts(parts)) => {
+                let mut text = String::new();
+                for part in parts {
+                    match (part.kind.as_str(), &part.text) {
+                        ("text", Some(t)) => text.push_str(t),
+                        (kind, _) => {
+                            return Err(format!(
+                                "content part of type {kind:?} is not supported: only text parts are"
+                            ));
+                        }
+                    }
+                }
+                Ok(text)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: Option<String>,
+}
+
+/// OpenAI's `finish_reason` for bulkhead's ("cancelled" reads as "stop").
+pub fn finish_reason(reason: &str) -> &'static str {
+    match reason {
+        "length" => "length",
+        _ => "stop",
+    }
+}
+
+/// The `usage` object.
+pub fn usage(prompt_tokens: u32, completion_tokens: u32, cached_tokens: u32) -> Value {
+    json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+    })
+}
+
+/// The error object: `{"error": {"message", "type", "param", "code"}}`.
+pub fn error(message: &str, kind: &str, param: Option<&str>, code: Option<&str>) -> Value {
+    json!({"error": {"message": message, "type": kind, "param": param, "code": code}})
+}
+
+/// Seconds since the Unix epoch, for `created`.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Builds the objects of one completion: the whole answer, or its stream of
+/// chunks.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub id: String,
+    pub model: String,
+    pub created: u64,
+}
+
+impl Completion {
+    pub fn new(request_id: &str, model: &str) -> Self {
+        Self {
+            id: format!("chatcmpl-{request_id}"),
+            model: model.to_owned(),
+            created: unix_now(),
+        }
+    }
+
+    /// The non-streamed answer.
+    pub fn message(&self, text: &str, finish: &str, usage: Value) -> Value {
+        json!({
+            "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": finish_reason(finish),
+            }],
+            "usage": usage,
+        })
+    }
+
+    pub fn chunk(&self, delta: Value, finish: Option<&str>) -> Value {
+        json!({
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish.map(finish_reason)}],
+        })
+    }
+
+    /// The first chunk of a stream.
+    pub fn role_chunk(&self) -> Value {
+        self.chunk(json!({"role": "assistant", "content": ""}), None)
+    }
+
+    pub fn text_chunk(&self, text: &str) -> Value {
+        self.chunk(json!({"content": text}), None)
+    }
+
+    /// The chunks that end a stream: the finish reason (carrying the usage
+    /// too, so every stream ends with the exact usage) and, when asked for
+    /// with `stream_options.include_usage`, OpenAI's usage-only chunk.
+    pub fn final_chunks(&self, finish: &str, usage: Value, include_usage: bool) -> Vec<Value> {
+        let mut last = self.chunk(json!({}), Some(finish));
+        last["usage"] = usage.clone();
+        let mut out = vec![last];
+        if include_usage {
+            let mut usage_chunk = self.chunk(json!({}), None);
+            usage_chunk["choices"] = json!([]);
+            usage_chunk["usage"] = usage;
+            out.push(usage_chunk);
+        }
+        out
+    }
+}

@@ -1,0 +1,420 @@
+//! Whole-system fixtures: `bulkhead up` in one process, or a multi-process
+//! cluster (control-plane nodes, NATS, workers, gateways), plus an HTTP
+//! client for the gateway's API.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::cluster::ControlPlanes;
+use crate::nats::Nats;
+use crate::{Process, bulkhead_bin, demo_model, free_port};
+
+/// The name the demo model is served under.
+pub const MODEL: &str = "smollm2";
+
+/// Polls `check` until it returns `Some`, or fails after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("{what}: not within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs `bulkhead ARGS` as an admin against `control_plane`.
+pub fn admin(control_plane: &str, token: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new(bulkhead_bin()?)
+        .args(args)
+        .env("BULKHEAD_CONTROL_PLANE", control_plane)
+        .env("BULKHEAD_ADMIN_TOKEN", token)
+        .env("BULKHEAD_LOG", "warn")
+        .env_remove("RUST_BACKTRACE")
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "bulkhead {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Creates a tenant with `limits` (CLI flags) and returns a fresh key of it.
+pub fn tenant_with_key(
+    control_plane: &str,
+    token: &str,
+    id: &str,
+    limits: &[&str],
+) -> anyhow::Result<String> {
+    let mut args = vec!["tenant", "create", id];
+    args.extend_from_slice(limits);
+    admin(control_plane, token, &args)?;
+    let out = admin(control_plane, token, &["key", "create", "--tenant", id])?;
+    out.lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("bk_"))
+        .map(str::to_owned)
+        .context("no key in `key create` output")
+}
+
+/// One answer of the API: its status, headers and JSON body (for a stream:
+/// the parsed events, the usage of the last one, and whether an error event
+/// arrived).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+    pub text: String,
+    pub usage: Option<Value>,
+    pub stream_error: Option<Value>,
+}
+
+impl Answer {
+    pub fn total_tokens(&self) -> u64 {
+        self.usage
+            .as_ref()
+            .and_then(|u| u["total_tokens"].as_u64())
+            .unwrap_or(0)
+    }
+
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+/// A client of one gateway.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(addr: &str) -> Self {
+        Self {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    pub fn post(&self, path: &str, key: &str) -> reqwest::RequestBuilder {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(key)
+    }
+
+    pub fn get(&self, path: &str, key: &str) -> reqwest::RequestBuilder {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(key)
+    }
+
+    /// Sends a request and reads the whole answer, streamed or not.
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Answer> {
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let is_stream = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if !is_stream {
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            let text = body["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let usage = body.get("usage").cloned();
+            return Ok(Answer {
+                status,
+                headers,
+                body,
+                text,
+                usage,
+                stream_error: None,
+            });
+        }
+        let mut raw = String::new();
+        let mut bytes = resp.bytes_stream();
+        while let Some(chunk) = bytes.next().await {
+            raw.push_str(&String::from_utf8_lossy(&chunk?));
+        }
+        let mut events = Vec::new();
+        let (mut text, mut usage, mut stream_error) = (String::new(), None, None);
+        for data in raw.lines().filter_map(|l| l.strip_prefix("data: ")) {
+            if data == "[DONE]" {
+                continue;
+            }
+            let event: Value =
+                serde_json::from_str(data).with_context(|| format!("bad SSE data {data:?}"))?;
+            if event.get("error").is_some() {
+                stream_error = Some(event.clone());
+            }
+            if let Some(t) = event["choices"][0]["delta"]["content"].as_str() {
+                text.push_str(t);
+            }
+            if event.get("usage").is_some_and(|u| !u.is_null()) {
+                usage = event.get("usage").cloned();
+            }
+            events.push(event);
+        }
+        Ok(Answer {
+            status,
+            headers,
+            body: Value::Array(events),
+            text,
+            usage,
+            stream_error,
+        })
+    }
+
+    /// A chat completion with `body` as the JSON body.
+    pub async fn chat(&self, key: &str, body: Value) -> anyhow::Result<Answer> {
+        self.send(self.post("/v1/chat/completions", key).json(&body))
+            .await
+    }
+
+    /// A short greedy question.
+    pub async fn ask(&self, key: &str, question: &str, max_tokens: u32) -> anyhow::Result<Answer> {
+        self.chat(
+            key,
+            json!({"model": MODEL, "messages": [{"role": "user", "content": question}], "max_tokens": max_tokens, "temperature": 0}),
+        )
+        .await
+    }
+
+    /// Waits until the gateway answers /health with a worker serving.
+    pub async fn ready(&self) -> anyhow::Result<()> {
+        let http = self.http.clone();
+        let url = format!("{}/health", self.base);
+        eventually(
+            "gateway ready with a worker",
+            Duration::from_secs(60),
+            || {
+                let (http, url) = (http.clone(), url.clone());
+                async move {
+                    let resp = http.get(url).send().await.ok()?;
+                    let body: Value = resp.json().await.ok()?;
+                    (body["status"] == "ok"
+                        && body["models"].as_array().is_some_and(|m| !m.is_empty()))
+                    .then_some(())
+                }
+            },
+        )
+        .await
+    }
+}
+
+/// `bulkhead up` on free loopback ports and its own data dir.
+pub struct Up {
+    pub process: Process,
+    pub api: Api,
+    pub control_plane: String,
+    pub admin_token: String,
+    pub dir: PathBuf,
+    ports: (u16, u16, u16),
+}
+
+impl Up {
+    pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+        Self::start_on(dir, (free_port(), free_port(), free_port())).await
+    }
+
+    async fn start_on(dir: &Path, ports: (u16, u16, u16)) -> anyhow::Result<Self> {
+        let model = format!("{MODEL}={}", demo_model().display());
+        let args = [
+            "up".to_owned(),
+            "--data-dir".into(),
+            dir.display().to_string(),
+            "--api".into(),
+            format!("127.0.0.1:{}", ports.0),
+            "--control-plane".into(),
+            format!("127.0.0.1:{}", ports.1),
+            "--worker".into(),
+            format!("127.0.0.1:{}", ports.2),
+            "--model".into(),
+            model,
+            "--slots".into(),
+            "8".into(),
+            "--context".into(),
+            "2048".into(),
+        ];
+        let mut process = Process::spawn(&args)?;
+        let admin_token = process.wait_for("admin token:", Duration::from_secs(60))?;
+        let api = Api::new(&format!("127.0.0.1:{}", ports.0));
+        api.ready().await?;
+        Ok(Self {
+            process,
+            api,
+            control_plane: format!("127.0.0.1:{}", ports.1),
+            admin_token,
+            dir: dir.to_path_buf(),
+            ports,
+        })
+    }
+
+    /// Stops with SIGTERM (which must exit cleanly) and starts again on the
+    /// same data dir and ports.
+    pub async fn restart(mut self) -> anyhow::Result<Self> {
+        let status = self.process.terminate(Duration::from_secs(30))?;
+        if !status.success() {
+            bail!(
+                "bulkhead up exited with {status} on SIGTERM:\n{}",
+                self.process.output()
+            );
+        }
+        Self::start_on(&self.dir.clone(), self.ports).await
+    }
+
+    pub fn admin(&self, args: &[&str]) -> anyhow::Result<String> {
+        admin(&self.control_plane, &self.admin_token, args)
+    }
+
+    pub fn tenant_with_key(&self, id: &str, limits: &[&str]) -> anyhow::Result<String> {
+        tenant_with_key(&self.control_plane, &self.admin_token, id, limits)
+    }
+}
+
+/// A multi-process cluster: NATS, control-plane nodes, workers, gateways.
+pub struct Cluster {
+    pub control: ControlPlanes,
+    pub nats: Nats,
+    pub workers: Vec<Process>,
+    /// Each worker's HTTP address (for /metrics).
+    pub worker_http: Vec<String>,
+    pub gateways: Vec<Process>,
+    pub apis: Vec<Api>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub async fn start(
+        control_nodes: u64,
+        workers: usize,
+        gateways: usize,
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let nats = Nats::start(&dir.path().join("nats"));
+        let control = ControlPlanes::start(control_nodes, &["--nats", &nats.url()])?;
+        let secret = control.secret.expose().to_owned();
+        let env = [("BULKHEAD_CLUSTER_SECRET", secret.as_str())];
+        let model = format!("{MODEL}={}", demo_model().display());
+        let mut cluster = Self {
+            workers: Vec::new(),
+            worker_http: Vec::new(),
+            gateways: Vec::new(),
+            apis: Vec::new(),
+            control,
+            nats,
+            _dir: dir,
+        };
+        for i in 0..workers {
+            let http = format!("127.0.0.1:{}", free_port());
+            let spool = cluster._dir.path().join(format!("worker{i}"));
+            let args = [
+                "worker".to_owned(),
+                "--listen".into(),
+                format!("127.0.0.1:{}", free_port()),
+                "--http".into(),
+                http.clone(),
+                "--model".into(),
+                model.clone(),
+                "--worker-id".into(),
+                format!("worker-{i}"),
+                "--control-plane".into(),
+                cluster.control.addrs(),
+                "--nats".into(),
+                cluster.nats.url(),
+                "--data-dir".into(),
+                spool.display().to_string(),
+                "--slots".into(),
+                "8".into(),
+                "--context".into(),
+                "2048".into(),
+                "--threads".into(),
+                "2".into(),
+            ];
+            let mut process = Process::spawn_with_env(&args, &env)?;
+            process.wait_for("registered with the control plane", Duration::from_secs(60))?;
+            cluster.workers.push(process);
+            cluster.worker_http.push(http);
+        }
+        for i in 0..gateways {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let args = [
+                "gateway".to_owned(),
+                "--listen".into(),
+                addr.clone(),
+                "--control-plane".into(),
+                cluster.control.addrs(),
+                "--gateway-id".into(),
+                format!("gateway-{i}"),
+            ];
+            let process = Process::spawn_with_env(&args, &env)?;
+            let api = Api::new(&addr);
+            api.ready().await?;
+            cluster.gateways.push(process);
+            cluster.apis.push(api);
+        }
+        Ok(cluster)
+    }
+
+    pub fn tenant_with_key(&self, id: &str, limits: &[&str]) -> anyhow::Result<String> {
+        tenant_with_key(&self.control.addrs(), &self.control.admin_token, id, limits)
+    }
+
+    /// The ledger's tokens used today by `tenant`.
+    pub async fn used_today(&self, tenant: &str) -> anyhow::Result<u64> {
+        let client = self.control.client();
+        let report = client
+            .call(|mut c| {
+                let req = client.request(bulkhead_proto::control::UsageRequest {
+                    tenant_id: tenant.to_owned(),
+                    days: 1,
+                });
+                async move { c.usage(req).await }
+            })
+            .await?;
+        Ok(report
+            .days
+            .first()
+            .map_or(0, |d| d.prompt_tokens + d.completion_tokens))
+    }
+
+    /// A worker's metric value for a tenant (0 when absent).
+    pub async fn worker_metric(
+        &self,
+        worker: usize,
+        name: &str,
+        tenant: &str,
+    ) -> anyhow::Result<f64> {
+        let text = reqwest::get(format!("http://{}/metrics", self.worker_http[worker]))
+            .await?
+            .text()
+            .await?;
+        let prefix = format!("{name}{{tenant=\"{tenant}\"}}");
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0))
+    }
+}

@@ -1,0 +1,312 @@
+//! `bulkhead up` end to end: the real binary, the real model, the in-process
+//! usage channel. Two tenants' sessions stay apart; every bad request gets its
+//! documented status and error body while the system keeps serving; a
+//! restart on the same data dir keeps tenants, keys, sessions and the ledger.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use bulkhead_tests::system::{MODEL, Up, eventually};
+use serde_json::{Value, json};
+
+async fn new_session(up: &Up, key: &str) -> String {
+    let a = up
+        .api
+        .send(
+            up.api
+                .post("/v1/sessions", key)
+                .json(&json!({"title": "tab"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    a.body["id"].as_str().unwrap().to_owned()
+}
+
+async fn say(up: &Up, key: &str, session: &str, text: &str) -> bulkhead_tests::system::Answer {
+    let a = up
+        .api
+        .send(up.api.post("/v1/chat/completions", key).header("X-Session-ID", session).json(
+            &json!({"model": MODEL, "messages": [{"role": "user", "content": text}], "max_tokens": 12, "temperature": 0}),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    a
+}
+
+async fn transcript(up: &Up, key: &str, session: &str) -> (u16, Vec<Value>) {
+    let a = up
+        .api
+        .send(up.api.get(&format!("/v1/sessions/{session}/messages"), key))
+        .await
+        .unwrap();
+    (
+        a.status,
+        a.body["data"].as_array().cloned().unwrap_or_default(),
+    )
+}
+
+/// Today's row of sales' usage, as CSV.
+fn ledger(up: &Up) -> String {
+    let out = up
+        .admin(&["usage", "--tenant", "sales", "--days", "1", "--csv"])
+        .unwrap_or_default();
+    out.lines().nth(1).map(str::to_owned).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn two_tenants_sessions_stay_apart_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path()).await.unwrap();
+    let sales = up
+        .tenant_with_key("sales", &["--daily-tokens", "100000"])
+        .unwrap();
+    let hr = up
+        .tenant_with_key("hr", &["--daily-tokens", "100000"])
+        .unwrap();
+    let s_sales = new_session(&up, &sales).await;
+    let s_hr = new_session(&up, &hr).await;
+
+    // The two tabs, interleaved.
+    let first_sales = say(&up, &sales, &s_sales, "Remember this code word: PINEAPPLE.").await;
+    let first_hr = say(&up, &hr, &s_hr, "Remember this code word: GIRAFFE.").await;
+    let follow_sales = say(&up, &sales, &s_sales, "Repeat the code word.").await;
+    let follow_hr = say(&up, &hr, &s_hr, "Repeat the code word.").await;
+    for (first, follow) in [(&first_sales, &follow_sales), (&first_hr, &follow_hr)] {
+        let (p0, p1) = (
+            first.usage.as_ref().unwrap()["prompt_tokens"]
+                .as_u64()
+                .unwrap(),
+            follow.usage.as_ref().unwrap()["prompt_tokens"]
+                .as_u64()
+                .unwrap(),
+        );
+        // The follow-up carries its own history: both earlier turns are in front of it...
+        assert!(p1 > p0 + 8, "follow-up prompt {p1} tokens, first {p0}");
+        // ...and its KV slot (this session's, on this tenant's worker) served them.
+        let cached = follow.usage.as_ref().unwrap()["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap();
+        assert!(
+            cached >= p0,
+            "only {cached} of {p1} prompt tokens came from the session's slot"
+        );
+    }
+    assert!(
+        !follow_sales.text.to_uppercase().contains("GIRAFFE"),
+        "{}",
+        follow_sales.text
+    );
+    assert!(
+        !follow_hr.text.to_uppercase().contains("PINEAPPLE"),
+        "{}",
+        follow_hr.text
+    );
+
+    let (status, turns) = transcript(&up, &sales, &s_sales).await;
+    assert_eq!(status, 200);
+    let all = serde_json::to_string(&turns).unwrap();
+    assert_eq!(turns.len(), 4, "{all}");
+    assert!(
+        all.contains("PINEAPPLE") && !all.contains("GIRAFFE"),
+        "{all}"
+    );
+    let (_, turns) = transcript(&up, &hr, &s_hr).await;
+    let all = serde_json::to_string(&turns).unwrap();
+    assert!(
+        all.contains("GIRAFFE") && !all.contains("PINEAPPLE"),
+        "{all}"
+    );
+
+    // One tenant's key cannot see, use or delete the other's sessions.
+    assert_eq!(transcript(&up, &hr, &s_sales).await.0, 404);
+    let del = up
+        .api
+        .send(
+            up.api
+                .http
+                .delete(format!("{}/v1/sessions/{s_sales}", up.api.base))
+                .bearer_auth(&hr),
+        )
+        .await
+        .unwrap();
+    assert_eq!(del.status, 404);
+    let chat = up
+        .api
+        .chat(&hr, json!({"session_id": s_sales, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}))
+        .await
+        .unwrap();
+    assert_eq!(chat.status, 404, "{:?}", chat.body);
+    assert_eq!(chat.code(), "session_not_found");
+    let listed = up.api.send(up.api.get("/v1/sessions", &hr)).await.unwrap();
+    let ids: Vec<&str> = listed.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![s_hr.as_str()]);
+    // The sales transcript is untouched by the attempts.
+    assert_eq!(transcript(&up, &sales, &s_sales).await.1.len(), 4);
+
+    // Usage reached the ledger through the in-process channel, exactly once.
+    let billed: u64 = [&first_sales, &follow_sales]
+        .iter()
+        .map(|a| a.total_tokens())
+        .sum();
+    eventually(
+        "the ledger to show sales' usage",
+        Duration::from_secs(10),
+        || {
+            let row = ledger(&up);
+            async move { row.contains(&format!(",{billed},")).then_some(()) }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {}", ledger(&up)));
+
+    // Restarted on the same data dir: tenants, keys, sessions and ledger stay.
+    let up = up.restart().await.unwrap();
+    let (status, turns) = transcript(&up, &sales, &s_sales).await;
+    assert_eq!((status, turns.len()), (200, 4));
+    assert!(
+        ledger(&up).contains(&format!(",{billed},")),
+        "{}",
+        ledger(&up)
+    );
+    say(&up, &hr, &s_hr, "Thanks.").await;
+    assert_eq!(transcript(&up, &hr, &s_hr).await.1.len(), 6);
+}
+
+#[tokio::test]
+async fn bad_requests_get_their_documented_status_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path()).await.unwrap();
+    let key = up
+        .tenant_with_key(
+            "acme",
+            &["--daily-tokens", "100000", "--max-request-tokens", "200"],
+        )
+        .unwrap();
+    let tiny = up
+        .tenant_with_key("tiny", &["--daily-tokens", "60"])
+        .unwrap();
+    let api = &up.api;
+    let ok = json!({"model": MODEL, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4, "temperature": 0});
+
+    let check = |a: &bulkhead_tests::system::Answer, status: u16, code: &str| {
+        assert_eq!(a.status, status, "{:?}", a.body);
+        assert_eq!(a.code(), code, "{:?}", a.body);
+        let message = a.body["error"]["message"].as_str().unwrap();
+        assert!(message.len() > 20, "unhelpful message {message:?}");
+    };
+
+    // No key, an unknown key, a key with another tenant's X-Tenant-ID.
+    let a = api
+        .send(
+            api.http
+                .post(format!("{}/v1/chat/completions", api.base))
+                .json(&ok),
+        )
+        .await
+        .unwrap();
+    check(&a, 401, "invalid_api_key");
+    check(
+        &api.chat("bk_not_a_key", ok.clone()).await.unwrap(),
+        401,
+        "invalid_api_key",
+    );
+    let a = api
+        .send(
+            api.post("/v1/chat/completions", &key)
+                .header("X-Tenant-ID", "tiny")
+                .json(&ok),
+        )
+        .await
+        .unwrap();
+    check(&a, 403, "tenant_mismatch");
+    // Malformed JSON, an oversized body, an unknown model.
+    let a = api
+        .send(
+            api.post("/v1/chat/completions", &key)
+                .header("content-type", "application/json")
+                .body("{\"messages\": ["),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 400, "{:?}", a.body);
+    assert_eq!(a.body["error"]["type"], "invalid_request_error");
+    let big = json!({"messages": [{"role": "user", "content": "x".repeat(2 << 20)}]});
+    let a = api
+        .send(api.post("/v1/chat/completions", &key).json(&big))
+        .await
+        .unwrap();
+    check(&a, 413, "request_too_large");
+    let mut other = ok.clone();
+    other["model"] = json!("gpt-4o");
+    check(
+        &api.chat(&key, other).await.unwrap(),
+        404,
+        "model_not_found",
+    );
+    // More than max_request_tokens: prompt plus max_tokens over 200.
+    let mut long = ok.clone();
+    long["max_tokens"] = json!(190);
+    let a = api.chat(&key, long).await.unwrap();
+    check(&a, 400, "request_token_limit_exceeded");
+    assert!(a.body["error"]["message"].as_str().unwrap().contains("200"));
+
+    // A daily quota too small for the request: 429 with what, how much, when.
+    let first = api.ask(&tiny, "Say hi.", 4).await.unwrap();
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    let a = api.ask(&tiny, "Write a poem.", 45).await.unwrap();
+    check(&a, 429, "daily_quota_exceeded");
+    let message = a.body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("resets") && message.contains("burst"),
+        "{message}"
+    );
+    assert_eq!(a.headers["x-ratelimit-limit-tokens"], "60");
+    assert!(a.headers.contains_key("retry-after"));
+    assert!(a.headers.contains_key("x-ratelimit-reset-tokens"));
+    assert!(
+        a.headers["x-ratelimit-remaining-tokens"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            <= 60
+    );
+
+    // After all that the same key is served, and its usage headers are set.
+    let a = api.chat(&key, ok.clone()).await.unwrap();
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert!(a.total_tokens() > 0);
+    assert_eq!(a.headers["x-ratelimit-limit-tokens"], "100000");
+    let models = api.send(api.get("/v1/models", &key)).await.unwrap();
+    assert_eq!(models.body["data"][0]["id"], MODEL);
+
+    // A revoked key stops working within 2 seconds.
+    let keys = up.admin(&["key", "list", "--tenant", "acme"]).unwrap();
+    let key_id = keys
+        .split_whitespace()
+        .find(|w| w.starts_with("key_"))
+        .unwrap()
+        .to_owned();
+    up.admin(&["key", "revoke", &key_id]).unwrap();
+    let revoked_at = Instant::now();
+    let api2 = api.clone();
+    let (key2, ok2) = (key.clone(), ok.clone());
+    eventually(
+        "the revoked key to be refused",
+        Duration::from_secs(2),
+        move || {
+            let (api, key, ok) = (api2.clone(), key2.clone(), ok2.clone());
+            async move { (api.chat(&key, ok).await.ok()?.status == 401).then_some(()) }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(revoked_at.elapsed() < Duration::from_secs(2));
+}
