@@ -1,13 +1,10 @@
 #!/usr/bin/env bash
-# Runs a bulkhead worker with the demo model and its OpenAI-compatible API on
-# http://127.0.0.1:18789 (extra arguments are passed to `bulkhead worker`).
+# Runs the whole of bulkhead on this machine in one process (`bulkhead up`):
+# a one-node control plane, a worker with the demo model and a gateway, with
+# the OpenAI-compatible API on http://127.0.0.1:18789/v1. State is kept in
+# ./bulkhead-data (or --data-dir DIR); extra arguments go to `bulkhead up`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-MODEL="${BULKHEAD_MODEL_DIR:-$HOME/.cache/bulkhead/models}/SmolLM2-135M-Instruct.Q4_1.gguf"
 cargo build --release --locked -p bulkhead
-exec target/release/bulkhead worker \
-  --listen 127.0.0.1:7200 \
-  --http 127.0.0.1:18789 \
-  --model "smollm2=$MODEL" \
-  "$@"
+exec target/release/bulkhead up "$@"

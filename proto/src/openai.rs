@@ -198,12 +198,16 @@ impl Completion {
         self.chunk(json!({"content": text}), None)
     }
 
-    /// The chunks that end a stream: the finish reason (carrying the usage
-    /// too, so every stream ends with the exact usage) and, when asked for
-    /// with `stream_options.include_usage`, OpenAI's usage-only chunk.
+    /// The chunks that end a stream: the finish reason and, when asked for
+    /// with `stream_options.include_usage`, OpenAI's usage-only chunk. So
+    /// that every stream ends with the exact usage, the finish chunk carries
+    /// it when the usage-only chunk is not sent (never both: a client that
+    /// adds usage over chunks must not count it twice).
     pub fn final_chunks(&self, finish: &str, usage: Value, include_usage: bool) -> Vec<Value> {
         let mut last = self.chunk(json!({}), Some(finish));
-        last["usage"] = usage.clone();
+        if !include_usage {
+            last["usage"] = usage.clone();
+        }
         let mut out = vec![last];
         if include_usage {
             let mut usage_chunk = self.chunk(json!({}), None);

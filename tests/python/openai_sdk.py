@@ -88,10 +88,9 @@ def stream(client, extra_headers=None, label="stream"):
     )
     check(all(u == usage for _, u in usages), f"chunks disagree on usage: {usages!r}")
     print(f"ok {label}: {deltas} deltas {text!r} total_tokens={usage.total_tokens}")
-    if len(usages) > 1:
-        # OpenAI sends usage: null on every other chunk; a client that sums
-        # usage over chunks would count this request more than once.
-        print(f"note {label}: {len(usages)} chunks carry a non-null usage (OpenAI sends one)")
+    # OpenAI sends usage only on the last chunk; a client that sums usage
+    # over chunks must not count a request twice.
+    check(len(usages) == 1, f"{len(usages)} chunks carry a usage: {usages!r}")
 
 
 def session(client):
