@@ -285,3 +285,37 @@ async fn a_worker_and_the_leader_dying_under_load_give_clean_errors_and_an_exact
     // holds exactly what clients were told, nothing of the broken requests.
     ledger_reaches(&cluster, "f", received).await;
 }
+
+#[tokio::test]
+async fn without_the_control_plane_a_gateway_spends_only_what_it_holds_then_says_so() {
+    let mut cluster = Cluster::start(1, 1, 1).await.unwrap();
+    let key = cluster
+        .tenant_with_key("solo", &["--daily-tokens", "1000000"])
+        .unwrap();
+    let api = cluster.apis[0].clone();
+    let first = api.ask(&key, "Say hi.", 8).await.unwrap();
+    assert_eq!(first.status, 200, "{:?}", first.body);
+
+    cluster.control.kill(0);
+    let mut served = 0;
+    let refusal = loop {
+        let a = api.ask(&key, "Say hi.", 8).await.unwrap();
+        match a.status {
+            200 => served += 1,
+            503 => break a,
+            other => panic!("unexpected {other}: {:?}", a.body),
+        }
+        assert!(
+            served < 50,
+            "the gateway kept serving without a control plane"
+        );
+    };
+    // Q4: what it held was spent (the allowance covered a few requests), then
+    // a clear refusal instead of invented budget.
+    assert!(served >= 1, "the held allowance was not used");
+    let message = refusal.body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("control plane cannot be reached"),
+        "{message}"
+    );
+}
