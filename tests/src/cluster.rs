@@ -110,15 +110,7 @@ impl ControlPlanes {
 
     /// Runs `bulkhead ARGS` against the whole cluster; fails unless it succeeds.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = self.cli_at(&self.addrs(), args)?;
-        if !out.status.success() {
-            bail!(
-                "bulkhead {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        crate::system::admin(&self.addrs(), &self.admin_token, args)
     }
 
     /// A leader-following client of the whole cluster.
