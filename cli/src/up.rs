@@ -192,6 +192,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     println!("bulkhead is up");
     println!("API: http://{api_addr}/v1");
     println!("control plane: {cp_addr}");
+    println!(
+        "metrics: http://{api_addr}/metrics http://{cp_addr}/metrics http://{worker_addr}/metrics"
+    );
     println!("admin token: {token}");
     println!(
         "  (saved in {}; the admin commands take it as --admin-token or BULKHEAD_ADMIN_TOKEN)",

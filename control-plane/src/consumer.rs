@@ -10,6 +10,8 @@
 //! in-process channel instead of JetStream and are answered on their `done`
 //! channel only after the same `ApplyUsage` entry committed.
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -19,6 +21,7 @@ use bulkhead_proto::worker::UsageEvent;
 use futures::StreamExt;
 use prost::Message;
 
+use crate::metrics::Metrics;
 use crate::raft::Raft;
 use crate::service::write;
 use crate::state::{Command, Reply, UsageRecord};
@@ -29,10 +32,10 @@ pub const CONSUMER: &str = "bulkhead-control-plane";
 pub const MAX_BATCH: usize = 4_096;
 
 /// Runs until aborted (the node lost its leadership or stops).
-pub async fn run(raft: Raft, nats_url: String) {
+pub async fn run(raft: Raft, nats_url: String, metrics: Arc<Metrics>) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        match consume(&raft, &nats_url).await {
+        match consume(&raft, &nats_url, &metrics).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, "usage consumer stopped; retrying");
@@ -46,23 +49,36 @@ pub async fn run(raft: Raft, nats_url: String) {
 /// Applies in-process usage batches until the channel closes or the node
 /// stops. Only the leader can commit them: elsewhere a batch is answered with
 /// an error and its sender retries.
-pub async fn run_local(raft: Raft, mut batches: LocalUsageReceiver) {
+pub async fn run_local(raft: Raft, mut batches: LocalUsageReceiver, metrics: Arc<Metrics>) {
     while let Some(LocalUsageBatch { events, done }) = batches.recv().await {
-        let _ = done.send(apply_local(&raft, &events).await);
+        let _ = done.send(apply_local(&raft, &events, &metrics).await);
     }
 }
 
-async fn apply_local(raft: &Raft, events: &[UsageEvent]) -> Result<(), String> {
+/// The tenants of a batch, for its log line (`acme,globex`).
+pub(crate) fn tenants_of(events: &[UsageRecord]) -> String {
+    let tenants: BTreeSet<&str> = events.iter().map(|e| e.tenant_id.as_str()).collect();
+    tenants.into_iter().collect::<Vec<_>>().join(",")
+}
+
+async fn apply_local(raft: &Raft, events: &[UsageEvent], metrics: &Metrics) -> Result<(), String> {
     if events.is_empty() {
         return Ok(());
     }
-    let events = events.iter().map(UsageRecord::from).collect();
+    let events: Vec<UsageRecord> = events.iter().map(UsageRecord::from).collect();
+    let tenants = tenants_of(&events);
     match write(raft, Command::ApplyUsage { events }).await {
         Ok(Reply::UsageApplied {
             applied,
             duplicates,
         }) => {
-            tracing::debug!(applied, duplicates, "in-process usage batch committed");
+            metrics.usage_committed("local", applied, duplicates);
+            tracing::debug!(
+                tenant = %tenants,
+                applied,
+                duplicates,
+                "in-process usage batch committed"
+            );
             Ok(())
         }
         Ok(other) => Err(format!("unexpected reply {other:?}")),
@@ -70,7 +86,7 @@ async fn apply_local(raft: &Raft, events: &[UsageEvent]) -> Result<(), String> {
     }
 }
 
-async fn consume(raft: &Raft, nats_url: &str) -> Result<(), String> {
+async fn consume(raft: &Raft, nats_url: &str, metrics: &Metrics) -> Result<(), String> {
     let client = async_nats::connect(nats_url)
         .await
         .map_err(|e| format!("connecting to NATS at {nats_url}: {e}"))?;
@@ -117,15 +133,19 @@ async fn consume(raft: &Raft, nats_url: &str) -> Result<(), String> {
             continue;
         }
         if !events.is_empty() {
+            let tenants = tenants_of(&events);
             match write(raft, Command::ApplyUsage { events }).await {
                 Ok(Reply::UsageApplied {
                     applied,
                     duplicates,
                 }) => {
-                    tracing::debug!(applied, duplicates, "usage batch committed");
+                    metrics.usage_committed("nats", applied, duplicates);
+                    tracing::debug!(tenant = %tenants, applied, duplicates, "usage batch committed");
                 }
                 Ok(other) => return Err(format!("unexpected reply {other:?}")),
-                Err(e) => return Err(format!("committing usage: {e}")),
+                Err(e) => {
+                    return Err(format!("committing usage of tenants {tenants}: {e}"));
+                }
             }
         }
         for message in messages {

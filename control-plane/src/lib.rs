@@ -5,7 +5,9 @@
 //! gRPC transport), `state` (commands and how they change the tables),
 //! `ledger` (quota arithmetic), `plans` (plan defaults), `service` (the
 //! `ControlPlane` gRPC API), `consumer` (the leader's JetStream usage
-//! consumer), `client` (a leader-following client for the CLI and gateways).
+//! consumer), `client` (a leader-following client for the CLI and gateways),
+//! `metrics` (Prometheus metrics, served with `/health` over HTTP/1.1 on the
+//! gRPC port).
 //! This crate never reads a tenant's data on behalf of another tenant, and
 //! never changes state except through a committed Raft entry.
 
@@ -13,6 +15,7 @@ pub mod client;
 pub mod consumer;
 pub mod error;
 pub mod ledger;
+pub mod metrics;
 pub mod plans;
 pub mod raft;
 pub mod service;
@@ -119,23 +122,42 @@ pub async fn run(
     )
     .await
     .map_err(|e| ControlPlaneError::Internal(format!("starting raft: {e}")))?;
+    let metrics = Arc::new(metrics::Metrics::new());
     let handles = Handles {
         raft: raft.clone(),
         sm: sm.clone(),
         secret: config.cluster_secret.clone(),
+        metrics: Arc::clone(&metrics),
     };
 
+    // gRPC (HTTP/2) and `/metrics`, `/health` (HTTP/1.1 or 2) share the port.
+    let mut grpc = tonic::service::Routes::builder();
+    grpc.add_service(pb::raft_server::RaftServer::with_interceptor(
+        RaftService { raft: raft.clone() },
+        config.cluster_secret.interceptor(),
+    ))
+    .add_service(pb::control_plane_server::ControlPlaneServer::new(
+        ControlPlaneService {
+            node: handles.clone(),
+        },
+    ));
+    let app = grpc
+        .routes()
+        .into_axum_router()
+        .merge(metrics::router(metrics::HttpState {
+            metrics: Arc::clone(&metrics),
+            raft: raft.clone(),
+            sm: sm.clone(),
+        }))
+        .fallback(metrics::fallback)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&metrics),
+            metrics::track_grpc,
+        ));
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
-        .add_service(pb::raft_server::RaftServer::with_interceptor(
-            RaftService { raft: raft.clone() },
-            config.cluster_secret.interceptor(),
-        ))
-        .add_service(pb::control_plane_server::ControlPlaneServer::new(
-            ControlPlaneService {
-                node: handles.clone(),
-            },
-        ))
+        .accept_http1(true)
+        .add_routes(tonic::service::Routes::from(app))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
             let _ = server_stopped.await;
         });
@@ -148,7 +170,7 @@ pub async fn run(
     let local_usage = config
         .local_usage
         .take()
-        .map(|rx| tokio::spawn(consumer::run_local(raft.clone(), rx)));
+        .map(|rx| tokio::spawn(consumer::run_local(raft.clone(), rx, Arc::clone(&metrics))));
     let leader_loops = tokio::spawn(leader_loops(raft.clone(), handles, config.nats.clone()));
     tracing::info!(node = config.node_id, addr = %config.advertise, "control-plane node running");
 
@@ -265,7 +287,11 @@ async fn leader_loops(raft: Raft, handles: Handles, nats: Option<String>) {
         if leading && running.is_empty() {
             tracing::info!("this node leads: starting the leader's loops");
             if let Some(url) = &nats {
-                running.push(tokio::spawn(consumer::run(raft.clone(), url.clone())));
+                running.push(tokio::spawn(consumer::run(
+                    raft.clone(),
+                    url.clone(),
+                    Arc::clone(&handles.metrics),
+                )));
             }
             running.push(tokio::spawn(reclaim_loop(handles.clone())));
         } else if !leading && !running.is_empty() {

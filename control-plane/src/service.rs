@@ -67,6 +67,7 @@ pub struct Handles {
     pub sm: StateMachine,
     /// Sent with this node's own calls to the leader's Raft service.
     pub secret: ClusterSecret,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// Proposes a command on this node; a follower answers with the leader.
@@ -970,7 +971,18 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
             })
             .await?
         {
-            Reply::Allowance(a) => Ok(Response::new(allowance_to_pb(a))),
+            Reply::Allowance(a) => {
+                let tenant = crate::metrics::TenantLabel {
+                    tenant: a.tenant_id.clone(),
+                };
+                self.node.metrics.grants.get_or_create(&tenant).inc();
+                self.node
+                    .metrics
+                    .granted_tokens
+                    .get_or_create(&tenant)
+                    .inc_by(a.granted_tokens);
+                Ok(Response::new(allowance_to_pb(a)))
+            }
             other => Err(unexpected(&other).into()),
         }
     }
@@ -978,18 +990,30 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
     async fn r#return(&self, req: Request<pb::ReturnRequest>) -> R<pb::Allowance> {
         self.authorize_member(&req)?;
         let r = req.into_inner();
+        let tokens = r.tokens;
         match self
             .write(Command::Return {
                 tenant_id: r.tenant_id,
                 gateway_id: r.gateway_id,
-                tokens: r.tokens,
+                tokens,
                 slots: r.slots,
                 now_ms: now_ms(),
                 op_id: r.op_id,
             })
             .await?
         {
-            Reply::Allowance(a) => Ok(Response::new(allowance_to_pb(a))),
+            Reply::Allowance(a) => {
+                let tenant = crate::metrics::TenantLabel {
+                    tenant: a.tenant_id.clone(),
+                };
+                self.node.metrics.returns.get_or_create(&tenant).inc();
+                self.node
+                    .metrics
+                    .returned_tokens
+                    .get_or_create(&tenant)
+                    .inc_by(tokens);
+                Ok(Response::new(allowance_to_pb(a)))
+            }
             other => Err(unexpected(&other).into()),
         }
     }
@@ -1004,14 +1028,21 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
             ))
             .into());
         }
+        let tenants = crate::consumer::tenants_of(&events);
         match self.write(Command::ApplyUsage { events }).await? {
             Reply::UsageApplied {
                 applied,
                 duplicates,
-            } => Ok(Response::new(pb::UsageApplied {
-                applied,
-                duplicates,
-            })),
+            } => {
+                self.node
+                    .metrics
+                    .usage_committed("report", applied, duplicates);
+                tracing::debug!(tenant = %tenants, applied, duplicates, "reported usage committed");
+                Ok(Response::new(pb::UsageApplied {
+                    applied,
+                    duplicates,
+                }))
+            }
             other => Err(unexpected(&other).into()),
         }
     }

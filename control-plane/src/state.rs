@@ -866,6 +866,11 @@ impl View {
         Ok(days)
     }
 
+    /// One ledger day of a tenant.
+    pub fn ledger_day(&self, tenant_id: &str, day: &str) -> io::Result<Option<LedgerDay>> {
+        self.get(LEDGER, &key2(tenant_id, day))
+    }
+
     /// A tenant's most recent requests, newest first.
     pub fn recent(&self, tenant_id: &str) -> io::Result<Vec<UsageRecord>> {
         let mut all: Vec<UsageRecord> = self

@@ -11,6 +11,13 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// GET over plain HTTP/1.1; anything but 200 is an error.
+async fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
+    let resp = reqwest::get(format!("http://{addr}{path}")).await?;
+    anyhow::ensure!(resp.status() == 200, "GET {path}: {}", resp.status());
+    Ok(resp.text().await?)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_leader_is_replaced_and_comes_back_by_snapshot() -> anyhow::Result<()> {
     let mut cp = ControlPlanes::start(3, &["--snapshot-logs", "20"])?;
@@ -95,6 +102,32 @@ async fn a_write_on_the_leader_is_seen_by_a_read_on_a_follower() -> anyhow::Resu
     // A write sent to a follower is redirected to the leader.
     let out = cp.cli_at(&follower_addr, &["tenant", "create", "via-follower"])?;
     assert!(out.status.success(), "{}", stderr(&out));
+
+    // The gRPC port also serves Prometheus metrics and health over plain HTTP/1.1.
+    let metrics = http_get(&leader_addr, "/metrics").await?;
+    for series in [
+        "bulkhead_control_plane_raft_leader 1\n",
+        "bulkhead_control_plane_tenant_quota_tokens{tenant=\"tenant-0\"} 1234\n",
+        "bulkhead_control_plane_tenant_used_tokens{tenant=\"tenant-0\"} 0\n",
+        "bulkhead_control_plane_tenant_outstanding_tokens{tenant=\"tenant-0\"} 0\n",
+        "bulkhead_control_plane_tenant_slots_held{tenant=\"tenant-0\"} 0\n",
+        "bulkhead_control_plane_grpc_requests_total{service=\"ControlPlane\",method=\"CreateTenant\",code=\"Ok\"}",
+        "bulkhead_control_plane_grpc_request_duration_seconds_count{service=\"ControlPlane\",method=\"CreateTenant\"}",
+        "bulkhead_control_plane_raft_last_applied_index ",
+    ] {
+        assert!(metrics.contains(series), "no {series} in:\n{metrics}");
+    }
+    let metrics = http_get(&follower_addr, "/metrics").await?;
+    assert!(
+        metrics.contains("bulkhead_control_plane_raft_leader 0\n"),
+        "{metrics}"
+    );
+    let health: serde_json::Value =
+        serde_json::from_str(&http_get(&leader_addr, "/health").await?)?;
+    assert_eq!(health["state"], "leader", "{health}");
+    assert_eq!(health["node_id"], cp.nodes[leader].id, "{health}");
+    let resp = reqwest::get(format!("http://{leader_addr}/nonexistent")).await?;
+    assert_eq!(resp.status(), 404);
     Ok(())
 }
 

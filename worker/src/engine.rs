@@ -433,7 +433,15 @@ impl<'m> EngineLoop<'m> {
                 Ok(false) => skipped.push(arrival),
                 Err(err) => {
                     if let Some((s, _)) = self.waiting.remove(pos) {
-                        tracing::error!(tenant = %s.prepared.params.tenant, error = %err, "request failed before start");
+                        let p = &s.prepared.params;
+                        tracing::error!(
+                            tenant = %p.tenant,
+                            user = p.user.as_ref().map_or("", |u| u.as_str()),
+                            request_id = %p.request_id,
+                            session = p.session.as_ref().map_or("", |s| s.as_str()),
+                            error = %err,
+                            "request failed before start"
+                        );
                         let _ = s.events.send(Event::Failed(err));
                     }
                 }
@@ -499,7 +507,17 @@ impl<'m> EngineLoop<'m> {
                 LlamaSampler::dist(sampling.seed),
             ])
         };
-        tracing::debug!(tenant = %tenant, slot, cached, prompt = prompt.len(), "request admitted");
+        let p = &submission.prepared.params;
+        tracing::debug!(
+            tenant = %tenant,
+            user = p.user.as_ref().map_or("", |u| u.as_str()),
+            request_id = %p.request_id,
+            session = p.session.as_ref().map_or("", |s| s.as_str()),
+            slot,
+            cached,
+            prompt = prompt.len(),
+            "request admitted"
+        );
         let (now, peak) = self.generating.entry(tenant.clone()).or_default();
         *now += 1;
         *peak = (*peak).max(*now);
@@ -977,13 +995,19 @@ fn emit_usage(
                 .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
         };
         if sink.send(event).is_err() {
-            tracing::error!(tenant = %params.tenant, request = %params.request_id, "usage publisher is gone; event lost");
+            tracing::error!(
+                tenant = %params.tenant,
+                user = params.user.as_ref().map_or("", |u| u.as_str()),
+                request_id = %params.request_id,
+                "usage publisher is gone; event lost"
+            );
         }
     }
     tracing::info!(
         tenant = %params.tenant,
-        user = ?params.user.as_ref().map(ToString::to_string),
-        request = %params.request_id,
+        user = params.user.as_ref().map_or("", |u| u.as_str()),
+        request_id = %params.request_id,
+        session = params.session.as_ref().map_or("", |s| s.as_str()),
         prompt_tokens = usage.prompt_tokens,
         cached_tokens = usage.cached_tokens,
         completion_tokens = usage.completion_tokens,

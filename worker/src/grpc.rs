@@ -40,16 +40,26 @@ impl pb::worker_server::Worker for WorkerService {
         &self,
         request: Request<pb::GenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
-        let params = GenerateParams::try_from(request.into_inner())?;
-        let (_, events) = self.engine.submit(params)?;
-        let stream = UnboundedReceiverStream::new(events).map(|event| match event {
+        let params = GenerateParams::try_from(request.into_inner()).inspect_err(|e| {
+            tracing::debug!(error = %e, "generate request rejected");
+        })?;
+        let span = crate::request::span(&params);
+        let (_, events) = span.in_scope(|| {
+            self.engine.submit(params).inspect_err(|e| {
+                tracing::warn!(error = %e, "request refused");
+            })
+        })?;
+        let stream = UnboundedReceiverStream::new(events).map(move |event| match event {
             Event::Delta(text) => Ok(pb::GenerateResponse {
                 kind: Some(pb::generate_response::Kind::Delta(pb::TextDelta { text })),
             }),
             Event::Finished(finished) => Ok(pb::GenerateResponse {
                 kind: Some(pb::generate_response::Kind::Finished(finished.into())),
             }),
-            Event::Failed(err) => Err(Status::from(err)),
+            Event::Failed(err) => {
+                span.in_scope(|| tracing::warn!(error = %err, "request failed"));
+                Err(Status::from(err))
+            }
         });
         Ok(Response::new(Box::pin(stream)))
     }

@@ -20,6 +20,7 @@ use bulkhead_proto::{GatewayId, RequestId, SessionId, TenantId, UserId, WorkerId
 use futures::StreamExt;
 use serde_json::json;
 use tokio_stream::wrappers::UnboundedReceiverStream;
+use tracing::Instrument;
 
 use crate::engine::Engine;
 use crate::error::WorkerError;
@@ -50,6 +51,29 @@ pub fn router(state: HttpState, max_body_bytes: usize) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state((state, max_body_bytes))
+}
+
+/// `GET /health` and `GET /metrics` alone: what the gRPC port also serves.
+pub fn ops_router(state: HttpState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state((state, 0))
+}
+
+/// The gRPC port's answer to paths no route knows: gRPC callers get
+/// `Unimplemented`, others 404.
+pub async fn grpc_fallback(request: axum::extract::Request) -> Response {
+    let is_grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if is_grpc {
+        return tonic::Status::unimplemented(format!("no such method {}", request.uri().path()))
+            .into_http();
+    }
+    not_found().await
 }
 
 type AppState = State<(HttpState, usize)>;
@@ -211,9 +235,27 @@ async fn chat_completions(
         Ok(parsed) => parsed,
         Err(e) => return e.into_response(),
     };
+    let span = crate::request::span(&params);
+    respond(state, params, stream, include_usage, span.clone())
+        .instrument(span)
+        .await
+}
+
+/// Runs a parsed request inside its span (`span` also marks the events of a
+/// stream that outlives this function).
+async fn respond(
+    state: HttpState,
+    params: GenerateParams,
+    stream: bool,
+    include_usage: bool,
+    span: tracing::Span,
+) -> Response {
     let (prepared, events) = match state.engine.submit(params) {
         Ok(submitted) => submitted,
-        Err(e) => return e.into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "request refused");
+            return e.into_response();
+        }
     };
     let completion =
         openai::Completion::new(prepared.params.request_id.as_str(), &prepared.params.model);
@@ -224,7 +266,10 @@ async fn chat_completions(
         while let Some(event) = events.recv().await {
             match event {
                 Event::Delta(delta) => text.push_str(&delta),
-                Event::Failed(err) => return err.into_response(),
+                Event::Failed(err) => {
+                    tracing::warn!(error = %err, "request failed");
+                    return err.into_response();
+                }
                 Event::Finished(f) => {
                     let body = completion.message(&text, f.finish_reason.as_str(), usage_json(&f));
                     return (request_header, axum::Json(body)).into_response();
@@ -248,7 +293,10 @@ async fn chat_completions(
                 out.push(Ok(SseEvent::default().data("[DONE]")));
                 out
             }
-            Event::Failed(err) => vec![SseEvent::default().json_data(err.body())],
+            Event::Failed(err) => {
+                span.in_scope(|| tracing::warn!(error = %err, "request failed"));
+                vec![SseEvent::default().json_data(err.body())]
+            }
         };
         futures::stream::iter(out)
     });

@@ -154,11 +154,23 @@ pub async fn run(
         engine: Arc::clone(&engine),
         worker_id: config.worker_id.clone(),
     };
+    // The gRPC port also answers `GET /metrics` and `GET /health` (HTTP/1.1
+    // or 2, no secret), so a worker without `--http` can be scraped.
+    let ops = http::ops_router(http::HttpState {
+        engine: Arc::clone(&engine),
+        metrics: Arc::clone(&metrics),
+        worker_id: config.worker_id.clone(),
+    });
+    let app = tonic::service::Routes::new(WorkerServer::with_interceptor(
+        service,
+        secret.interceptor(),
+    ))
+    .into_axum_router()
+    .merge(ops)
+    .fallback(http::grpc_fallback);
     let grpc_server = tonic::transport::Server::builder()
-        .add_service(WorkerServer::with_interceptor(
-            service,
-            secret.interceptor(),
-        ))
+        .accept_http1(true)
+        .add_routes(tonic::service::Routes::from(app))
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped(stop_rx.clone()));
     let http_server = async {
         if let Some(listener) = http {

@@ -166,6 +166,18 @@ pub struct GenerateParams {
     pub stop: Vec<String>,
 }
 
+/// The span every log line of a request's handling carries: tenant, user,
+/// request id and session.
+pub fn span(params: &GenerateParams) -> tracing::Span {
+    tracing::info_span!(
+        "generate",
+        tenant = %params.tenant,
+        user = params.user.as_ref().map_or("", |u| u.as_str()),
+        request_id = %params.request_id,
+        session = params.session.as_ref().map_or("", |s| s.as_str()),
+    )
+}
+
 pub fn validate_stop(stop: &[String]) -> Result<(), WorkerError> {
     if stop.len() > MAX_STOP_SEQUENCES {
         return Err(WorkerError::invalid(

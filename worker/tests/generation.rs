@@ -293,6 +293,28 @@ async fn a_tenant_with_many_requests_cannot_starve_a_tenant_with_one() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+
+    // ...but it serves /metrics and /health over plain HTTP/1.1, so a worker
+    // without --http (as in `bulkhead up`) can be scraped.
+    let get = |path: &str| {
+        let url = format!("{}{path}", w.grpc);
+        async move {
+            let resp = reqwest::get(&url).await.unwrap();
+            assert_eq!(resp.status(), 200, "GET {url}");
+            resp.text().await.unwrap()
+        }
+    };
+    let on_grpc_port = get("/metrics").await;
+    assert!(
+        on_grpc_port.contains("bulkhead_worker_tenant_peak_active_requests{tenant=\"busy\"} 2"),
+        "{on_grpc_port}"
+    );
+    let health: serde_json::Value = serde_json::from_str(&get("/health").await).unwrap();
+    assert_eq!(health["status"], "ok", "{health}");
+    let resp = reqwest::get(format!("{}/nonexistent", w.grpc))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
     w.stop().await;
 }
 
