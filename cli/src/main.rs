@@ -3,9 +3,11 @@
 
 mod admin;
 mod bench_cp;
+mod bench_gw;
 mod control_plane;
 mod env;
 mod gateway;
+mod scripted_engine;
 mod up;
 mod worker;
 
@@ -71,6 +73,9 @@ enum BenchCommand {
     Worker(worker::BenchArgs),
     /// Control-plane usage events/s, grants/s and failover time (3 nodes + NATS on loopback).
     ControlPlane(bench_cp::BenchControlPlaneArgs),
+    /// Latency the gateway path adds and the highest rate it sustains, against calling a
+    /// scripted engine (not llama.cpp) directly.
+    Gateway(bench_gw::BenchGatewayArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -133,6 +138,7 @@ fn run() -> anyhow::Result<()> {
         Command::Usage { args, connect } => runtime.block_on(admin::usage(connect, args)),
         Command::Bench(BenchCommand::Worker(args)) => runtime.block_on(worker::bench(args)),
         Command::Bench(BenchCommand::ControlPlane(args)) => runtime.block_on(bench_cp::run(args)),
+        Command::Bench(BenchCommand::Gateway(args)) => runtime.block_on(bench_gw::run(args)),
     }
 }
 

@@ -605,6 +605,15 @@ fn worker_broke(detail: &str) -> GatewayError {
     ))
 }
 
+/// Reads a worker's stream to its end (the trailers that follow `Finished`)
+/// off the request path. Dropped earlier, the stream is reset, the trailers
+/// then arrive for a stream the connection has forgotten, and after 1024 of
+/// those h2 closes the connection to the worker (ENHANCE_YOUR_CALM), failing
+/// every request in flight on it.
+fn drain(mut stream: tonic::Streaming<pb::GenerateResponse>) {
+    tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+}
+
 async fn whole_answer(
     mut outcome: Outcome,
     permit: Permit,
@@ -630,6 +639,7 @@ async fn whole_answer(
                         .into_response();
                 answer_headers(response.headers_mut(), request_id, budget);
                 outcome.observe(200);
+                drain(stream);
                 return response;
             }
             Some(Ok(_)) => {}
@@ -692,6 +702,7 @@ fn stream_answer(
                         }
                         send(SseEvent::default().data("[DONE]")).await;
                         outcome.observe(200);
+                        drain(stream);
                         return;
                     }
                     Some(Ok(_)) => {}

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bulkhead_control_plane::ControlPlaneClient;
+use bulkhead_control_plane::{ControlPlaneClient, ledger};
 use bulkhead_proto::GatewayId;
 use bulkhead_proto::control as pb;
 use tonic::Code;
@@ -30,6 +30,13 @@ const LEASE_MS: u64 = 30_000;
 const GRANT_DEADLINE: Duration = Duration::from_secs(3);
 /// A tenant's allowance goes back after this long without requests.
 const IDLE_RETURN: Duration = Duration::from_secs(2);
+/// Demand is measured as tokens reserved per second over windows this long.
+const DEMAND_WINDOW: Duration = Duration::from_secs(1);
+/// A grant asks for this many seconds of the measured demand as headroom,
+/// and the maintenance tick tops the allowance up in the background when
+/// less than half of it is left, so that a busy tenant's requests do not
+/// wait for a Raft write every few requests (`bulkhead bench gateway`).
+const HEADROOM_SECS: u64 = 2;
 
 #[derive(Debug, Default)]
 struct Held {
@@ -47,6 +54,11 @@ struct Held {
     max_concurrent: u32,
     resets_at_ms: i64,
     last_active: Option<Instant>,
+    /// Tokens reserved since `demand_since`.
+    demand_reserved: u64,
+    demand_since: Option<Instant>,
+    /// Tokens reserved per second over the last full window.
+    demand: u64,
 }
 
 impl Held {
@@ -60,6 +72,30 @@ impl Held {
 
     fn can_admit(&self, need: u64, now_ms: i64) -> bool {
         self.valid(now_ms) && self.available() >= need && self.slots_used < self.slots
+    }
+
+    /// Counts a reservation towards the demand estimate.
+    fn note_demand(&mut self, need: u64, now: Instant) {
+        let since = *self.demand_since.get_or_insert(now);
+        self.demand_reserved = self.demand_reserved.saturating_add(need);
+        let elapsed = now.duration_since(since);
+        if elapsed >= DEMAND_WINDOW {
+            self.demand = (self.demand_reserved as f64 / elapsed.as_secs_f64()) as u64;
+            self.demand_reserved = 0;
+            self.demand_since = Some(now);
+        }
+    }
+
+    /// Tokens to hold beyond what a request needs: a few requests' worth, or
+    /// [`HEADROOM_SECS`] of the measured demand, but never much of a small
+    /// quota.
+    fn headroom(&self, daily: u64, need: u64) -> u64 {
+        (daily / 20)
+            .min(
+                need.saturating_mul(4)
+                    .max(self.demand.saturating_mul(HEADROOM_SECS)),
+            )
+            .min(200_000)
     }
 
     /// Tokens of the day left to the whole tenant, as far as this gateway
@@ -186,7 +222,9 @@ impl Quotas {
         }
         held.reserved += need;
         held.slots_used += 1;
-        held.last_active = Some(Instant::now());
+        let now = Instant::now();
+        held.last_active = Some(now);
+        held.note_demand(need, now);
         self.metrics
             .observe_allowance(tenant_id, held.available(), held.slots, held.slots_used);
         Some(Permit {
@@ -215,7 +253,7 @@ impl Quotas {
             let daily = tenant.limits.as_ref().map_or(0, |l| l.daily_tokens);
             // Ask for some headroom so that the next requests need no round
             // trip, but never hoard much of a small quota.
-            let headroom = (daily / 20).min(need.saturating_mul(4)).min(200_000);
+            let headroom = held.headroom(daily, need);
             let shortfall = need.saturating_sub(available);
             let tokens = if shortfall == 0 {
                 0
@@ -384,7 +422,7 @@ impl Quotas {
             let Ok(_granting) = quota.granting.try_lock() else {
                 continue;
             };
-            let (give_tokens, give_slots, renew) = {
+            let (give_tokens, give_slots, renew, top_up) = {
                 let held = quota.lock();
                 let idle = closing || held.last_active.is_none_or(|t| t.elapsed() >= IDLE_RETURN);
                 let free_slots = held.slots.saturating_sub(held.slots_used);
@@ -398,7 +436,19 @@ impl Quotas {
                     && keeps
                     && held.valid(now)
                     && held.expires_at_ms - now < i64::try_from(LEASE_MS / 2).unwrap_or(0);
-                (tokens, slots, renew)
+                // A busy tenant's allowance is topped up here, off the
+                // request path, while the ledger still has room.
+                let target = held.headroom(held.quota, 0);
+                let top_up = if !idle
+                    && held.valid(now)
+                    && held.available() < target / 2
+                    && ledger::grantable(held.quota, held.used, held.outstanding) > 0
+                {
+                    target - held.available()
+                } else {
+                    0
+                };
+                (tokens, slots, renew, top_up)
             };
             if give_tokens > 0 || give_slots > 0 {
                 // Taken out first: a failed return leaves the tokens with the
@@ -432,8 +482,8 @@ impl Quotas {
                     tracing::warn!(tenant = %tenant_id, error = %e, "returning an idle allowance failed; it lapses with its lease");
                 }
             }
-            if renew {
-                match self.grant(&tenant_id, 0, 0).await {
+            if renew || top_up > 0 {
+                match self.grant(&tenant_id, top_up, 0).await {
                     Ok(a) => self.absorb(&tenant_id, &quota, &a),
                     Err(e) => {
                         tracing::warn!(tenant = %tenant_id, error = %e, "renewing an allowance failed")
@@ -448,4 +498,25 @@ impl Quotas {
 fn chrono_like(ms: i64) -> String {
     let secs = ms.div_euclid(1000).rem_euclid(86_400);
     format!("{:02}:{:02}", secs / 3600, secs / 60 % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headroom_follows_demand_but_never_much_of_a_small_quota() {
+        let mut held = Held::default();
+        // Before any demand is measured: four requests' worth.
+        assert_eq!(held.headroom(u64::MAX / 4, 100), 400);
+        let t0 = Instant::now();
+        for i in 0..=100u64 {
+            held.note_demand(100, t0 + Duration::from_millis(10 * i));
+        }
+        // 101 reservations of 100 tokens in one second.
+        assert_eq!(held.demand, 10_100);
+        assert_eq!(held.headroom(u64::MAX / 4, 100), 10_100 * HEADROOM_SECS);
+        // A small quota caps it at a twentieth.
+        assert_eq!(held.headroom(10_000, 100), 500);
+    }
 }

@@ -1,0 +1,557 @@
+//! `bulkhead bench gateway`: the latency the gateway path adds (auth,
+//! context, admission, routing) and the highest request rate it sustains,
+//! against calling the worker directly, in one run and one process: a
+//! one-node control plane in a temporary directory, a scripted engine (not
+//! llama.cpp, see [`crate::scripted_engine`]) registered as a worker, and a
+//! gateway.
+//!
+//! Both paths are driven open-loop: requests leave on a fixed timetable
+//! whatever the answers do, so queueing shows in the latencies instead of
+//! slowing the generator down (no coordinated omission). A request's latency
+//! runs from its send to the last byte: the `Finished` message of the gRPC
+//! stream (direct) or the whole JSON body (gateway). The generator shares
+//! the machine's cores with everything it measures.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bulkhead_control_plane::{ControlPlaneClient, ControlPlaneConfig};
+use bulkhead_gateway::GatewayConfig;
+use bulkhead_proto::auth::AttachSecret;
+use bulkhead_proto::control as cp;
+use bulkhead_proto::worker as pb;
+use bulkhead_proto::worker::worker_client::WorkerClient;
+use bulkhead_proto::{ClusterSecret, GatewayId, RequestId};
+use bulkhead_worker::ControlPlaneRegistration;
+use clap::Args;
+use futures::StreamExt;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+use crate::scripted_engine::{SCRIPTED_MODEL, ScriptedEngine};
+
+#[derive(Args, Debug)]
+pub struct BenchGatewayArgs {
+    /// Requests per second of the comparison (both paths, open loop).
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// Seconds each path is measured at --rate.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Completion tokens per request: the scripted engine's text deltas.
+    #[arg(long, default_value_t = 16)]
+    tokens: u32,
+    /// Microseconds between the scripted engine's tokens; 0 sends them at
+    /// once (tokio's timer rounds a pause up to 1 ms).
+    #[arg(long, default_value_t = 0)]
+    token_interval_us: u64,
+    /// Most requests in flight per path (also the tenant's max_concurrent);
+    /// a request due while this many are in flight is counted as missed.
+    #[arg(long, default_value_t = 512)]
+    concurrency_max: usize,
+    /// Seconds per step of the highest-rate search; 0 skips the search.
+    #[arg(long, default_value_t = 3)]
+    step_seconds: u64,
+    /// A step is sustained when nothing failed or was missed, at least 95%
+    /// of its rate completed, and its p99 stayed under this.
+    #[arg(long, default_value_t = 50)]
+    max_p99_ms: u64,
+}
+
+const TENANT: &str = "bench";
+const PROMPT: &str = "Say something short about bulkheads.";
+/// Where the highest-rate search starts, and how each step grows.
+const SEARCH_FROM: f64 = 500.0;
+const SEARCH_STEP: f64 = 1.25;
+const SEARCH_UP_TO: f64 = 200_000.0;
+
+/// One of the two ways to the scripted engine.
+enum Target {
+    Direct {
+        worker: WorkerClient<InterceptedService<Channel, AttachSecret>>,
+        tokens: u32,
+    },
+    Gateway {
+        http: reqwest::Client,
+        url: String,
+        authorization: String,
+        body: Vec<u8>,
+    },
+}
+
+impl Target {
+    fn name(&self) -> &'static str {
+        match self {
+            Target::Direct { .. } => "direct",
+            Target::Gateway { .. } => "gateway",
+        }
+    }
+
+    /// One request; returns when its last byte arrived.
+    async fn call(&self) -> Result<Instant, String> {
+        match self {
+            Target::Direct { worker, tokens } => {
+                let request = pb::GenerateRequest {
+                    request_id: RequestId::generate().to_string(),
+                    tenant_id: TENANT.into(),
+                    model: SCRIPTED_MODEL.into(),
+                    messages: vec![pb::ChatMessage {
+                        role: "user".into(),
+                        content: PROMPT.into(),
+                    }],
+                    max_tokens: *tokens,
+                    gateway_id: "bench-direct".into(),
+                    ..Default::default()
+                };
+                let mut stream = worker
+                    .clone()
+                    .generate(request)
+                    .await
+                    .map_err(|s| s.to_string())?
+                    .into_inner();
+                let mut finished = None;
+                while let Some(item) = stream.next().await {
+                    if let pb::GenerateResponse {
+                        kind: Some(pb::generate_response::Kind::Finished(_)),
+                    } = item.map_err(|s| s.to_string())?
+                    {
+                        finished = Some(Instant::now());
+                    }
+                }
+                // Read to the trailers, as the gateway does: a stream dropped
+                // before them is reset, and h2 closes a connection after
+                // 1024 such resets.
+                finished.ok_or_else(|| "the stream ended without Finished".into())
+            }
+            Target::Gateway {
+                http,
+                url,
+                authorization,
+                body,
+            } => {
+                let response = http
+                    .post(url.as_str())
+                    .header("authorization", authorization.as_str())
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let status = response.status();
+                let body = response.bytes().await.map_err(|e| e.to_string())?;
+                if !status.is_success() {
+                    return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
+                }
+                if body.is_empty() {
+                    return Err("an empty body".into());
+                }
+                Ok(Instant::now())
+            }
+        }
+    }
+}
+
+/// What one open-loop run saw.
+struct Run {
+    rate: f64,
+    sent: u64,
+    /// Latencies of the requests that succeeded, sorted.
+    latencies: Vec<Duration>,
+    errors: u64,
+    first_error: Option<String>,
+    /// Due while `concurrency_max` requests were in flight: not sent.
+    missed: u64,
+    /// How late the generator sent, sorted.
+    lags: Vec<Duration>,
+    /// From the first due time to the last answer.
+    elapsed: Duration,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    // Nearest rank.
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+impl Run {
+    fn ok(&self) -> u64 {
+        self.latencies.len() as u64
+    }
+
+    fn achieved(&self) -> f64 {
+        self.ok() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn p(&self, p: f64) -> Duration {
+        percentile(&self.latencies, p)
+    }
+
+    fn sustained(&self, max_p99: Duration) -> bool {
+        self.errors == 0
+            && self.missed == 0
+            && self.achieved() >= 0.95 * self.rate
+            && self.p(99.0) < max_p99
+    }
+}
+
+/// Sends `rate` requests per second for `duration` on a fixed timetable,
+/// waits for every answer.
+async fn open_loop(
+    target: &Arc<Target>,
+    rate: f64,
+    duration: Duration,
+    concurrency_max: usize,
+) -> Run {
+    let n = (rate * duration.as_secs_f64()).round() as u64;
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut lags = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+    let mut missed = 0;
+    let start = Instant::now();
+    for i in 0..n {
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        if due > Instant::now() {
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let sent = Instant::now();
+        lags.push(sent.saturating_duration_since(due));
+        if in_flight.load(Ordering::Relaxed) >= concurrency_max {
+            missed += 1;
+            continue;
+        }
+        in_flight.fetch_add(1, Ordering::Relaxed);
+        let (target, in_flight, tx) = (Arc::clone(target), Arc::clone(&in_flight), tx.clone());
+        tokio::spawn(async move {
+            let result = target.call().await.map(|done| done - sent);
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+            let _ = tx.send(result);
+        });
+    }
+    drop(tx);
+    let mut latencies = Vec::with_capacity(lags.len());
+    let (mut errors, mut first_error) = (0, None);
+    while let Some(result) = rx.recv().await {
+        match result {
+            Ok(latency) => latencies.push(latency),
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    latencies.sort_unstable();
+    lags.sort_unstable();
+    Run {
+        rate,
+        sent: n - missed,
+        latencies,
+        errors,
+        first_error,
+        missed,
+        lags,
+        elapsed,
+    }
+}
+
+fn print_header() {
+    println!(
+        "  {:<8} {:>7} {:>7} {:>6} {:>6} {:>10} {:>8} {:>8} {:>8} {:>8} {:>10}",
+        "path",
+        "sent",
+        "ok",
+        "errors",
+        "missed",
+        "achieved/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "lag p99 ms"
+    );
+}
+
+fn print_run(name: &str, run: &Run) {
+    println!(
+        "  {:<8} {:>7} {:>7} {:>6} {:>6} {:>10.0} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>10.3}",
+        name,
+        run.sent,
+        run.ok(),
+        run.errors,
+        run.missed,
+        run.achieved(),
+        ms(run.p(50.0)),
+        ms(run.p(90.0)),
+        ms(run.p(99.0)),
+        ms(run.p(100.0)),
+        ms(percentile(&run.lags, 99.0)),
+    );
+    if let Some(e) = &run.first_error {
+        println!("  {name}: first error: {e}");
+    }
+}
+
+/// Raises the rate step by step until a step is not sustained; returns the
+/// highest sustained rate.
+async fn highest_rate(
+    target: &Arc<Target>,
+    args: &BenchGatewayArgs,
+    max_p99: Duration,
+) -> Option<f64> {
+    let step = Duration::from_secs(args.step_seconds);
+    let mut best = None;
+    let mut rate = SEARCH_FROM;
+    println!("  {} (steps of {} s):", target.name(), args.step_seconds);
+    print_header();
+    while rate <= SEARCH_UP_TO {
+        let run = open_loop(target, rate, step, args.concurrency_max).await;
+        print_run(&format!("{rate:.0}/s"), &run);
+        if !run.sustained(max_p99) {
+            break;
+        }
+        best = Some(rate);
+        rate *= SEARCH_STEP;
+        // Let the previous step's connections and allowances settle.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    best
+}
+
+/// Waits until a request through the gateway succeeds (the gateway has
+/// loaded the key and the worker from the watch stream).
+async fn wait_ready(target: &Target) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match target.call().await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => {
+                bail!("the {} path did not answer within 30 s: {e}", target.name())
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+pub async fn run(args: BenchGatewayArgs) -> anyhow::Result<()> {
+    if args.rate == 0 || args.seconds == 0 || args.tokens == 0 || args.concurrency_max == 0 {
+        bail!("--rate, --seconds, --tokens and --concurrency-max must be at least 1");
+    }
+    let dir = tempfile::tempdir()?;
+    let secret = ClusterSecret::generate();
+    let cp_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let worker_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let cp_addr = cp_listener.local_addr()?.to_string();
+    let worker_addr = worker_listener.local_addr()?.to_string();
+    let api_addr = api_listener.local_addr()?;
+
+    // Stopped in order: the gateway (it returns its allowances), the worker,
+    // the control plane.
+    let (stop_gateway, gateway_stop) = tokio::sync::oneshot::channel::<()>();
+    let (stop_worker, worker_stop) = tokio::sync::watch::channel(false);
+    let (stop_cp, cp_stop) = tokio::sync::oneshot::channel::<()>();
+    let worker_stopped = move || {
+        let mut rx = worker_stop.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let (token_tx, token_rx) = tokio::sync::oneshot::channel();
+    let control_plane = tokio::spawn(bulkhead_control_plane::run(
+        ControlPlaneConfig {
+            node_id: 1,
+            advertise: cp_addr.clone(),
+            data_dir: dir.path().join("control-plane"),
+            init: Some(BTreeMap::from([(1, cp_addr.clone())])),
+            nats: None,
+            snapshot_logs: 10_000,
+            cluster_secret: secret.clone(),
+            local_usage: None,
+            on_admin_token: Some(Box::new(move |token| {
+                let _ = token_tx.send(token);
+            })),
+        },
+        cp_listener,
+        async {
+            let _ = cp_stop.await;
+        },
+    ));
+    let interval = Duration::from_micros(args.token_interval_us);
+    let engine = Arc::new(ScriptedEngine::new("scripted-1", interval));
+    let worker = tokio::spawn(engine.serve(worker_listener, secret.clone(), worker_stopped()));
+    let registration = tokio::spawn(bulkhead_worker::registration::register_loop(
+        ControlPlaneRegistration::new(vec![cp_addr.clone()], worker_addr.clone()),
+        secret.clone(),
+        cp::WorkerInfo {
+            worker_id: "scripted-1".into(),
+            addr: worker_addr.clone(),
+            models: vec![SCRIPTED_MODEL.into()],
+            adapters: Vec::new(),
+            slots: 1024,
+            expires_at_ms: 0,
+        },
+        worker_stopped(),
+    ));
+    let gateway = tokio::spawn(bulkhead_gateway::run(
+        GatewayConfig {
+            gateway_id: GatewayId::new("bench-gateway")?,
+            control_plane: vec![cp_addr.clone()],
+            cluster_secret: secret.clone(),
+            default_model: Some(SCRIPTED_MODEL.into()),
+            max_body_bytes: bulkhead_gateway::DEFAULT_MAX_BODY_BYTES,
+        },
+        api_listener,
+        async {
+            let _ = gateway_stop.await;
+        },
+    ));
+
+    let token = tokio::time::timeout(Duration::from_secs(30), token_rx)
+        .await
+        .context("the control plane did not initialize within 30 s")?
+        .context("the control plane stopped before it initialized")?;
+    let admin = ControlPlaneClient::new(vec![cp_addr.clone()], Some(token));
+    let concurrency = u32::try_from(args.concurrency_max).unwrap_or(u32::MAX);
+    admin
+        .call(|mut c| {
+            let req = admin.request(cp::Tenant {
+                id: TENANT.into(),
+                plan: "enterprise".into(),
+                limits: Some(cp::Limits {
+                    daily_tokens: u64::MAX / 4,
+                    max_concurrent: concurrency,
+                    max_request_tokens: 1_000_000,
+                    ..Default::default()
+                }),
+                model: SCRIPTED_MODEL.into(),
+                ..Default::default()
+            });
+            async move { c.create_tenant(req).await }
+        })
+        .await?;
+    let key = admin
+        .call(|mut c| {
+            let req = admin.request(cp::CreateKeyRequest {
+                tenant_id: TENANT.into(),
+                name: "bench".into(),
+            });
+            async move { c.create_key(req).await }
+        })
+        .await?
+        .plaintext;
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{worker_addr}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    let direct = Arc::new(Target::Direct {
+        worker: WorkerClient::with_interceptor(channel, AttachSecret(secret.clone())),
+        tokens: args.tokens,
+    });
+    let body = chat_body(args.tokens);
+    let through_gateway = Arc::new(Target::Gateway {
+        http: reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(args.concurrency_max)
+            .build()?,
+        url: format!("http://{api_addr}/v1/chat/completions"),
+        authorization: format!("Bearer {key}"),
+        body,
+    });
+    wait_ready(&direct).await?;
+    wait_ready(&through_gateway).await?;
+
+    let pace = if interval.is_zero() {
+        "all at once".to_owned()
+    } else {
+        format!("one every {} us", args.token_interval_us)
+    };
+    println!(
+        "bulkhead bench gateway: scripted engine, not llama.cpp ({} tokens per request, {pace})",
+        args.tokens
+    );
+    println!(
+        "one process: control plane (1 node), scripted worker and gateway on loopback; {} cores shared with the load generator",
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
+    );
+
+    // Warm both paths at the rate: connections, the gateway's allowance and
+    // concurrency slots.
+    let rate = f64::from(args.rate);
+    let warm = Duration::from_secs(2);
+    for target in [&direct, &through_gateway] {
+        open_loop(target, rate, warm, args.concurrency_max).await;
+    }
+    println!(
+        "open loop at {} requests/s for {} s per path (latency: send to last byte):",
+        args.rate, args.seconds
+    );
+    print_header();
+    let measured = Duration::from_secs(args.seconds);
+    let base = open_loop(&direct, rate, measured, args.concurrency_max).await;
+    print_run("direct", &base);
+    let gw = open_loop(&through_gateway, rate, measured, args.concurrency_max).await;
+    print_run("gateway", &gw);
+    let added = |p: f64| ms(gw.p(p)) - ms(base.p(p));
+    println!(
+        "added by the gateway: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms; gateway/direct p99 ratio {:.2}",
+        added(50.0),
+        added(90.0),
+        added(99.0),
+        ms(gw.p(99.0)) / ms(base.p(99.0)).max(1e-9),
+    );
+    let clean = gw.errors == 0 && gw.missed == 0 && base.errors == 0 && base.missed == 0;
+    let met = clean && added(99.0) < 1.0 && gw.achieved() >= 0.95 * rate;
+    println!(
+        "target (p99 added < 1 ms at 1,000 requests/s, no errors): {} at {} requests/s",
+        if met { "met" } else { "NOT met" },
+        args.rate
+    );
+
+    if args.step_seconds > 0 {
+        let max_p99 = Duration::from_millis(args.max_p99_ms);
+        println!(
+            "highest sustained rate (open-loop steps from {SEARCH_FROM:.0}/s, x{SEARCH_STEP} each; sustained: no errors or misses, >= 95% completed, p99 < {} ms):",
+            args.max_p99_ms
+        );
+        let direct_best = highest_rate(&direct, &args, max_p99).await;
+        let gateway_best = highest_rate(&through_gateway, &args, max_p99).await;
+        let show = |r: Option<f64>| r.map_or_else(|| "none".to_owned(), |r| format!("{r:.0}/s"));
+        println!(
+            "highest sustained: direct {}, gateway {}; ratio {}",
+            show(direct_best),
+            show(gateway_best),
+            match (direct_best, gateway_best) {
+                (Some(d), Some(g)) => format!("{:.2}", g / d),
+                _ => "n/a".into(),
+            }
+        );
+    }
+
+    let _ = stop_gateway.send(());
+    gateway.await??;
+    let _ = stop_worker.send(true);
+    registration.await?;
+    worker.await??;
+    let _ = stop_cp.send(());
+    control_plane.await??;
+    Ok(())
+}
+
+/// The chat request the gateway path sends: one short user message.
+fn chat_body(tokens: u32) -> Vec<u8> {
+    format!(
+        r#"{{"model":"{SCRIPTED_MODEL}","messages":[{{"role":"user","content":"{PROMPT}"}}],"max_tokens":{tokens}}}"#
+    )
+    .into_bytes()
+}
