@@ -165,6 +165,14 @@ fn session_id(raw: &str) -> Result<SessionId, GatewayError> {
     SessionId::new(raw).map_err(|e| GatewayError::bad_request(e.to_string(), Some("session_id")))
 }
 
+/// The control plane's "not found" on a session call, as the caller reads it.
+fn not_found_as_session(e: GatewayError, id: &str) -> GatewayError {
+    match e {
+        GatewayError::NotFound { .. } => session_not_found(id),
+        e => e,
+    }
+}
+
 fn session_not_found(id: &str) -> GatewayError {
     GatewayError::NotFound {
         message: format!("no session {id:?} in your tenant; create one with POST /v1/sessions"),
@@ -844,10 +852,7 @@ async fn session_messages(State(state): S, headers: HeaderMap, Path(id): Path<St
             async move { c.get_turns(req).await }
         })
         .await
-        .map_err(|e| match e {
-            GatewayError::NotFound { .. } => session_not_found(&id),
-            e => e,
-        })?;
+        .map_err(|e| not_found_as_session(e, &id))?;
         let data: Vec<_> = turns
             .turns
             .iter()
@@ -873,10 +878,7 @@ async fn delete_session(State(state): S, headers: HeaderMap, Path(id): Path<Stri
             async move { c.delete_session(req).await }
         })
         .await
-        .map_err(|e| match e {
-            GatewayError::NotFound { .. } => session_not_found(&id),
-            e => e,
-        })?;
+        .map_err(|e| not_found_as_session(e, &id))?;
         Ok::<_, GatewayError>(
             axum::Json(json!({"id": id, "object": "session.deleted", "deleted": true}))
                 .into_response(),
