@@ -35,7 +35,6 @@ use bulkhead_proto::usage::LocalUsageReceiver;
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 pub use client::ControlPlaneClient;
 pub use error::ControlPlaneError;
@@ -158,9 +157,12 @@ pub async fn run(
     let server = tonic::transport::Server::builder()
         .accept_http1(true)
         .add_routes(tonic::service::Routes::from(app))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-            let _ = server_stopped.await;
-        });
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async {
+                let _ = server_stopped.await;
+            },
+        );
     let server = tokio::spawn(server);
 
     if let Some(members) = config.init.take() {

@@ -85,6 +85,10 @@ pub async fn run(
         control_plane = ?config.control_plane,
         "gateway serving"
     );
+    // Tokens are small writes: without TCP_NODELAY, Nagle holds them back.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let served = axum::serve(listener, http::router(state))
         .with_graceful_shutdown(shutdown)
         .await;

@@ -260,7 +260,15 @@ impl Quotas {
             } else {
                 shortfall + headroom
             };
-            let slots = u32::from(held.slots_used >= held.slots);
+            // Slots likewise: a quarter more than are running, so that a
+            // rising load does not take one Raft write per extra request
+            // (the control plane caps the sum at max_concurrent; idle slots
+            // go back with the idle allowance).
+            let slots = if held.slots_used >= held.slots {
+                1 + held.slots_used / 4
+            } else {
+                0
+            };
             (tokens, slots)
         };
         let allowance = self.grant(&tenant.id, want_tokens, want_slots).await;

@@ -38,7 +38,6 @@ use std::sync::Arc;
 use bulkhead_proto::worker::worker_server::WorkerServer;
 use bulkhead_proto::{ClusterSecret, WorkerId};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 pub use catalog::{AdapterSpec, ModelSpec, demo_model_path};
 pub use engine::EngineConfig;
@@ -171,7 +170,10 @@ pub async fn run(
     let grpc_server = tonic::transport::Server::builder()
         .accept_http1(true)
         .add_routes(tonic::service::Routes::from(app))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
+            stopped(stop_rx.clone()),
+        );
     let http_server = async {
         if let Some(listener) = http {
             let state = http::HttpState {
@@ -179,10 +181,15 @@ pub async fn run(
                 metrics: Arc::clone(&metrics),
                 worker_id: config.worker_id.clone(),
             };
-            axum::serve(listener, http::router(state, config.max_body_bytes))
-                .with_graceful_shutdown(stopped(stop_rx.clone()))
-                .await
-                .map_err(|e| WorkerError::Engine(format!("http server: {e}")))
+            axum::serve(
+                axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                    let _ = tcp.set_nodelay(true);
+                }),
+                http::router(state, config.max_body_bytes),
+            )
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .await
+            .map_err(|e| WorkerError::Engine(format!("http server: {e}")))
         } else {
             Ok(())
         }
