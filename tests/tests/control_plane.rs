@@ -46,12 +46,24 @@ async fn a_killed_leader_is_replaced_and_comes_back_by_snapshot() -> anyhow::Res
     for i in 0..30 {
         cp.cli(&["tenant", "create", &format!("t{i}")])?;
     }
-    // The live nodes snapshot and purge past what the killed node has.
-    let leader_status = cp.status(new).await?;
-    assert!(
-        leader_status.purged_index > old_status.last_log_index,
-        "the log the killed node lacks was purged: {leader_status:?}"
-    );
+    // The live nodes snapshot and purge past what the killed node has
+    // (snapshots are built and the log purged in the background: more
+    // writes until that happened).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut extra = 0;
+    let leader_status = loop {
+        let leader_status = cp.status(new).await?;
+        if leader_status.purged_index > old_status.last_log_index {
+            break leader_status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the log the killed node lacks was never purged: {leader_status:?}"
+        );
+        cp.cli(&["tenant", "create", &format!("more{extra}")])?;
+        extra += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
 
     cp.restart(old)?;
     let deadline = Instant::now() + Duration::from_secs(20);
