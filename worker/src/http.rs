@@ -61,21 +61,6 @@ pub fn ops_router(state: HttpState) -> Router {
         .with_state((state, 0))
 }
 
-/// The gRPC port's answer to paths no route knows: gRPC callers get
-/// `Unimplemented`, others 404.
-pub async fn grpc_fallback(request: axum::extract::Request) -> Response {
-    let is_grpc = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"));
-    if is_grpc {
-        return tonic::Status::unimplemented(format!("no such method {}", request.uri().path()))
-            .into_http();
-    }
-    not_found().await
-}
-
 type AppState = State<(HttpState, usize)>;
 
 async fn not_found() -> Response {

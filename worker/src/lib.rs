@@ -166,7 +166,8 @@ pub async fn run(
     ))
     .into_axum_router()
     .merge(ops)
-    .fallback(http::grpc_fallback);
+    // The same answer as the control plane's port for unknown paths.
+    .fallback(bulkhead_control_plane::metrics::fallback);
     let grpc_server = tonic::transport::Server::builder()
         .accept_http1(true)
         .add_routes(tonic::service::Routes::from(app))
