@@ -225,28 +225,26 @@ pub async fn cluster(connect: Connect, command: ClusterCommand) -> anyhow::Resul
     let state = match command {
         ClusterCommand::Status => {
             client
-                .call(|mut c| {
-                    let req = client.request(pb::ClusterStatusRequest {});
-                    async move { c.cluster_status(req).await }
+                .send(pb::ClusterStatusRequest {}, |mut c, req| async move {
+                    c.cluster_status(req).await
                 })
                 .await
         }
         ClusterCommand::AddNode { id, addr } => {
             client
-                .call(|mut c| {
-                    let req = client.request(pb::AddNodeRequest {
+                .send(
+                    pb::AddNodeRequest {
                         id,
                         addr: addr.clone(),
-                    });
-                    async move { c.add_node(req).await }
-                })
+                    },
+                    |mut c, req| async move { c.add_node(req).await },
+                )
                 .await
         }
         ClusterCommand::RemoveNode { id } => {
             client
-                .call(|mut c| {
-                    let req = client.request(pb::RemoveNodeRequest { id });
-                    async move { c.remove_node(req).await }
+                .send(pb::RemoveNodeRequest { id }, |mut c, req| async move {
+                    c.remove_node(req).await
                 })
                 .await
         }
@@ -303,19 +301,18 @@ pub async fn tenant(connect: Connect, command: TenantCommand) -> anyhow::Result<
                 created_at_ms: 0,
             };
             let created = client
-                .call(|mut c| {
-                    let req = client.request(tenant.clone());
-                    async move { c.create_tenant(req).await }
-                })
+                .send(
+                    tenant,
+                    |mut c, req| async move { c.create_tenant(req).await },
+                )
                 .await
                 .map_err(status)?;
             print_tenant(&created);
         }
         TenantCommand::List => {
             let list = client
-                .call(|mut c| {
-                    let req = client.request(pb::ListTenantsRequest {});
-                    async move { c.list_tenants(req).await }
+                .send(pb::ListTenantsRequest {}, |mut c, req| async move {
+                    c.list_tenants(req).await
                 })
                 .await
                 .map_err(status)?;
@@ -333,9 +330,8 @@ pub async fn tenant(connect: Connect, command: TenantCommand) -> anyhow::Result<
         }
         TenantCommand::Show { id } => {
             let t = client
-                .call(|mut c| {
-                    let req = client.request(pb::TenantRef { id: id.clone() });
-                    async move { c.get_tenant(req).await }
+                .send(pb::TenantRef { id: id.clone() }, |mut c, req| async move {
+                    c.get_tenant(req).await
                 })
                 .await
                 .map_err(status)?;
@@ -363,19 +359,18 @@ pub async fn tenant(connect: Connect, command: TenantCommand) -> anyhow::Result<
                 knowledge_share: fields.knowledge_share,
             };
             let t = client
-                .call(|mut c| {
-                    let req = client.request(patch.clone());
-                    async move { c.update_tenant(req).await }
-                })
+                .send(
+                    patch,
+                    |mut c, req| async move { c.update_tenant(req).await },
+                )
                 .await
                 .map_err(status)?;
             print_tenant(&t);
         }
         TenantCommand::Delete { id } => {
             let t = client
-                .call(|mut c| {
-                    let req = client.request(pb::TenantRef { id: id.clone() });
-                    async move { c.delete_tenant(req).await }
+                .send(pb::TenantRef { id: id.clone() }, |mut c, req| async move {
+                    c.delete_tenant(req).await
                 })
                 .await
                 .map_err(status)?;
@@ -390,13 +385,13 @@ pub async fn key(connect: Connect, command: KeyCommand) -> anyhow::Result<()> {
     match command {
         KeyCommand::Create { tenant, name } => {
             let created = client
-                .call(|mut c| {
-                    let req = client.request(pb::CreateKeyRequest {
+                .send(
+                    pb::CreateKeyRequest {
                         tenant_id: tenant.clone(),
                         name: name.clone(),
-                    });
-                    async move { c.create_key(req).await }
-                })
+                    },
+                    |mut c, req| async move { c.create_key(req).await },
+                )
                 .await
                 .map_err(status)?;
             let key = created.key.unwrap_or_default();
@@ -406,12 +401,12 @@ pub async fn key(connect: Connect, command: KeyCommand) -> anyhow::Result<()> {
         }
         KeyCommand::Revoke { key_id } => {
             let key = client
-                .call(|mut c| {
-                    let req = client.request(pb::RevokeKeyRequest {
+                .send(
+                    pb::RevokeKeyRequest {
                         key_id: key_id.clone(),
-                    });
-                    async move { c.revoke_key(req).await }
-                })
+                    },
+                    |mut c, req| async move { c.revoke_key(req).await },
+                )
                 .await
                 .map_err(status)?;
             println!(
@@ -423,10 +418,10 @@ pub async fn key(connect: Connect, command: KeyCommand) -> anyhow::Result<()> {
         }
         KeyCommand::List { tenant } => {
             let keys = client
-                .call(|mut c| {
-                    let req = client.request(pb::TenantRef { id: tenant.clone() });
-                    async move { c.list_keys(req).await }
-                })
+                .send(
+                    pb::TenantRef { id: tenant.clone() },
+                    |mut c, req| async move { c.list_keys(req).await },
+                )
                 .await
                 .map_err(status)?;
             println!(
@@ -455,13 +450,13 @@ pub async fn usage(connect: Connect, args: UsageArgs) -> anyhow::Result<()> {
     }
     let client = connect.client();
     let report = client
-        .call(|mut c| {
-            let req = client.request(pb::UsageRequest {
+        .send(
+            pb::UsageRequest {
                 tenant_id: args.tenant.clone(),
                 days: args.days,
-            });
-            async move { c.usage(req).await }
-        })
+            },
+            |mut c, req| async move { c.usage(req).await },
+        )
         .await
         .map_err(status)?;
     if args.csv {

@@ -141,8 +141,8 @@ pub async fn run(args: BenchControlPlaneArgs) -> anyhow::Result<()> {
     };
     let client = Arc::new(ControlPlaneClient::new(addrs.clone(), Some(token)));
     client
-        .call(|mut c| {
-            let req = client.request(pb::Tenant {
+        .send(
+            pb::Tenant {
                 id: "bench".into(),
                 plan: "enterprise".into(),
                 limits: Some(pb::Limits {
@@ -150,9 +150,9 @@ pub async fn run(args: BenchControlPlaneArgs) -> anyhow::Result<()> {
                     ..Default::default()
                 }),
                 ..Default::default()
-            });
-            async move { c.create_tenant(req).await }
-        })
+            },
+            |mut c, req| async move { c.create_tenant(req).await },
+        )
         .await?;
     println!("cluster: 3 control-plane nodes and nats-server on loopback");
 
@@ -190,13 +190,13 @@ pub async fn run(args: BenchControlPlaneArgs) -> anyhow::Result<()> {
     let published = started.elapsed();
     loop {
         let report = client
-            .call(|mut c| {
-                let req = client.request(pb::UsageRequest {
+            .send(
+                pb::UsageRequest {
                     tenant_id: "bench".into(),
                     days: 1,
-                });
-                async move { c.usage(req).await }
-            })
+                },
+                |mut c, req| async move { c.usage(req).await },
+            )
             .await?;
         if report.days.first().map_or(0, |d| d.requests) >= args.events {
             break;
@@ -262,17 +262,17 @@ pub async fn run(args: BenchControlPlaneArgs) -> anyhow::Result<()> {
                     while Instant::now() < until {
                         let ok = if grant {
                             client
-                                .call(|mut c| {
-                                    let req = client.request(pb::GrantRequest {
+                                .send(
+                                    pb::GrantRequest {
                                         tenant_id: "bench".into(),
                                         gateway_id: format!("gw-{caller}"),
                                         tokens: 1,
                                         slots: 0,
                                         ttl_ms: 30_000,
                                         op_id: format!("{caller}-{n}"),
-                                    });
-                                    async move { c.grant(req).await }
-                                })
+                                    },
+                                    |mut c, req| async move { c.grant(req).await },
+                                )
                                 .await
                                 .is_ok()
                         } else {
@@ -320,17 +320,17 @@ pub async fn run(args: BenchControlPlaneArgs) -> anyhow::Result<()> {
     loop {
         attempt += 1;
         let ok = client
-            .call(|mut c| {
-                let req = client.request(pb::GrantRequest {
+            .send(
+                pb::GrantRequest {
                     tenant_id: "bench".into(),
                     gateway_id: "failover".into(),
                     tokens: 1,
                     slots: 0,
                     ttl_ms: 30_000,
                     op_id: format!("failover-{attempt}"),
-                });
-                async move { c.grant(req).await }
-            })
+                },
+                |mut c, req| async move { c.grant(req).await },
+            )
             .await
             .is_ok();
         if ok {

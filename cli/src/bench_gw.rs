@@ -423,8 +423,8 @@ pub async fn run(args: BenchGatewayArgs) -> anyhow::Result<()> {
     let admin = ControlPlaneClient::new(vec![cp_addr.clone()], Some(token));
     let concurrency = u32::try_from(args.concurrency_max).unwrap_or(u32::MAX);
     admin
-        .call(|mut c| {
-            let req = admin.request(cp::Tenant {
+        .send(
+            cp::Tenant {
                 id: TENANT.into(),
                 plan: "enterprise".into(),
                 limits: Some(cp::Limits {
@@ -435,18 +435,18 @@ pub async fn run(args: BenchGatewayArgs) -> anyhow::Result<()> {
                 }),
                 model: SCRIPTED_MODEL.into(),
                 ..Default::default()
-            });
-            async move { c.create_tenant(req).await }
-        })
+            },
+            |mut c, req| async move { c.create_tenant(req).await },
+        )
         .await?;
     let key = admin
-        .call(|mut c| {
-            let req = admin.request(cp::CreateKeyRequest {
+        .send(
+            cp::CreateKeyRequest {
                 tenant_id: TENANT.into(),
                 name: "bench".into(),
-            });
-            async move { c.create_key(req).await }
-        })
+            },
+            |mut c, req| async move { c.create_key(req).await },
+        )
         .await?
         .plaintext;
 

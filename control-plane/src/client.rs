@@ -17,6 +17,8 @@ use crate::error::LEADER_METADATA;
 
 /// How long a call keeps retrying through elections and node failures.
 pub const RETRY_FOR: Duration = Duration::from_secs(15);
+/// How long one try of a call may take.
+const TRY_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct ControlPlaneClient {
     addrs: Vec<String>,
@@ -64,7 +66,7 @@ impl ControlPlaneClient {
     /// Wraps a message with the credentials.
     pub fn request<T>(&self, message: T) -> Request<T> {
         let mut req = Request::new(message);
-        req.set_timeout(Duration::from_secs(10));
+        req.set_timeout(TRY_TIMEOUT);
         if let Some(token) = &self.token
             && let Ok(value) = format!("Bearer {token}").parse()
         {
@@ -114,6 +116,39 @@ impl ControlPlaneClient {
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         self.call_for(RETRY_FOR, f).await
+    }
+
+    /// Sends `message` with the credentials through `method` (e.g.
+    /// `|mut c, req| async move { c.get_tenant(req).await }`), following the
+    /// leader and retrying like [`Self::call`].
+    pub async fn send<M, T, F, Fut>(&self, message: M, method: F) -> Result<T, Status>
+    where
+        M: Clone,
+        F: Fn(Grpc<Channel>, Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.send_for(RETRY_FOR, message, method).await
+    }
+
+    /// Like [`Self::send`], giving up after `retry_for`: each try too is
+    /// bounded by it.
+    pub async fn send_for<M, T, F, Fut>(
+        &self,
+        retry_for: Duration,
+        message: M,
+        method: F,
+    ) -> Result<T, Status>
+    where
+        M: Clone,
+        F: Fn(Grpc<Channel>, Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call_for(retry_for, |c| {
+            let mut req = self.request(message.clone());
+            req.set_timeout(retry_for.min(TRY_TIMEOUT));
+            method(c, req)
+        })
+        .await
     }
 
     /// Like [`Self::call`], retrying `Unavailable` for up to `retry_for`

@@ -21,6 +21,7 @@ use bulkhead_proto::worker::UsageEvent;
 use futures::StreamExt;
 use prost::Message;
 
+use crate::error::ControlPlaneError;
 use crate::metrics::Metrics;
 use crate::raft::Raft;
 use crate::service::write;
@@ -56,9 +57,35 @@ pub async fn run_local(raft: Raft, mut batches: LocalUsageReceiver, metrics: Arc
 }
 
 /// The tenants of a batch, for its log line (`acme,globex`).
-pub(crate) fn tenants_of(events: &[UsageRecord]) -> String {
+fn tenants_of(events: &[UsageRecord]) -> String {
     let tenants: BTreeSet<&str> = events.iter().map(|e| e.tenant_id.as_str()).collect();
     tenants.into_iter().collect::<Vec<_>>().join(",")
+}
+
+/// Commits a batch of usage events as one `ApplyUsage` entry (each event id
+/// counts once) and counts it under `source`: the one path of every usage
+/// event, whether it came from JetStream, the in-process channel or
+/// `ReportUsage`. Returns (applied, duplicates).
+pub(crate) async fn commit(
+    raft: &Raft,
+    events: Vec<UsageRecord>,
+    metrics: &Metrics,
+    source: &'static str,
+) -> Result<(u32, u32), ControlPlaneError> {
+    let tenants = tenants_of(&events);
+    match write(raft, Command::ApplyUsage { events }).await? {
+        Reply::UsageApplied {
+            applied,
+            duplicates,
+        } => {
+            metrics.usage_committed(source, applied, duplicates);
+            tracing::debug!(tenant = %tenants, source, applied, duplicates, "usage batch committed");
+            Ok((applied, duplicates))
+        }
+        other => Err(ControlPlaneError::Internal(format!(
+            "unexpected reply to a usage batch of tenants {tenants}: {other:?}"
+        ))),
+    }
 }
 
 async fn apply_local(raft: &Raft, events: &[UsageEvent], metrics: &Metrics) -> Result<(), String> {
@@ -66,24 +93,10 @@ async fn apply_local(raft: &Raft, events: &[UsageEvent], metrics: &Metrics) -> R
         return Ok(());
     }
     let events: Vec<UsageRecord> = events.iter().map(UsageRecord::from).collect();
-    let tenants = tenants_of(&events);
-    match write(raft, Command::ApplyUsage { events }).await {
-        Ok(Reply::UsageApplied {
-            applied,
-            duplicates,
-        }) => {
-            metrics.usage_committed("local", applied, duplicates);
-            tracing::debug!(
-                tenant = %tenants,
-                applied,
-                duplicates,
-                "in-process usage batch committed"
-            );
-            Ok(())
-        }
-        Ok(other) => Err(format!("unexpected reply {other:?}")),
-        Err(e) => Err(format!("committing usage: {e}")),
-    }
+    commit(raft, events, metrics, "local")
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("committing usage: {e}"))
 }
 
 async fn consume(raft: &Raft, nats_url: &str, metrics: &Metrics) -> Result<(), String> {
@@ -133,20 +146,9 @@ async fn consume(raft: &Raft, nats_url: &str, metrics: &Metrics) -> Result<(), S
             continue;
         }
         if !events.is_empty() {
-            let tenants = tenants_of(&events);
-            match write(raft, Command::ApplyUsage { events }).await {
-                Ok(Reply::UsageApplied {
-                    applied,
-                    duplicates,
-                }) => {
-                    metrics.usage_committed("nats", applied, duplicates);
-                    tracing::debug!(tenant = %tenants, applied, duplicates, "usage batch committed");
-                }
-                Ok(other) => return Err(format!("unexpected reply {other:?}")),
-                Err(e) => {
-                    return Err(format!("committing usage of tenants {tenants}: {e}"));
-                }
-            }
+            commit(raft, events, metrics, "nats")
+                .await
+                .map_err(|e| format!("committing usage: {e}"))?;
         }
         for message in messages {
             if let Err(e) = message.ack().await {

@@ -159,6 +159,20 @@ impl Metrics {
         Self { registry, ..m }
     }
 
+    /// Counts a committed grant (`granted`) or return, and its tokens.
+    pub fn allowance_changed(&self, tenant: &str, granted: bool, tokens: u64) {
+        let label = TenantLabel {
+            tenant: tenant.to_owned(),
+        };
+        let (calls, counted) = if granted {
+            (&self.grants, &self.granted_tokens)
+        } else {
+            (&self.returns, &self.returned_tokens)
+        };
+        calls.get_or_create(&label).inc();
+        counted.get_or_create(&label).inc_by(tokens);
+    }
+
     pub fn usage_committed(&self, source: &'static str, applied: u32, duplicates: u32) {
         let label = SourceLabel { source };
         self.usage_events_applied

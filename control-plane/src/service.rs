@@ -972,15 +972,9 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
             .await?
         {
             Reply::Allowance(a) => {
-                let tenant = crate::metrics::TenantLabel {
-                    tenant: a.tenant_id.clone(),
-                };
-                self.node.metrics.grants.get_or_create(&tenant).inc();
                 self.node
                     .metrics
-                    .granted_tokens
-                    .get_or_create(&tenant)
-                    .inc_by(a.granted_tokens);
+                    .allowance_changed(&a.tenant_id, true, a.granted_tokens);
                 Ok(Response::new(allowance_to_pb(a)))
             }
             other => Err(unexpected(&other).into()),
@@ -1003,15 +997,9 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
             .await?
         {
             Reply::Allowance(a) => {
-                let tenant = crate::metrics::TenantLabel {
-                    tenant: a.tenant_id.clone(),
-                };
-                self.node.metrics.returns.get_or_create(&tenant).inc();
                 self.node
                     .metrics
-                    .returned_tokens
-                    .get_or_create(&tenant)
-                    .inc_by(tokens);
+                    .allowance_changed(&a.tenant_id, false, tokens);
                 Ok(Response::new(allowance_to_pb(a)))
             }
             other => Err(unexpected(&other).into()),
@@ -1028,23 +1016,12 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
             ))
             .into());
         }
-        let tenants = crate::consumer::tenants_of(&events);
-        match self.write(Command::ApplyUsage { events }).await? {
-            Reply::UsageApplied {
-                applied,
-                duplicates,
-            } => {
-                self.node
-                    .metrics
-                    .usage_committed("report", applied, duplicates);
-                tracing::debug!(tenant = %tenants, applied, duplicates, "reported usage committed");
-                Ok(Response::new(pb::UsageApplied {
-                    applied,
-                    duplicates,
-                }))
-            }
-            other => Err(unexpected(&other).into()),
-        }
+        let (applied, duplicates) =
+            crate::consumer::commit(&self.node.raft, events, &self.node.metrics, "report").await?;
+        Ok(Response::new(pb::UsageApplied {
+            applied,
+            duplicates,
+        }))
     }
 
     async fn usage(&self, req: Request<pb::UsageRequest>) -> R<pb::UsageReport> {

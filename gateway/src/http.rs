@@ -248,10 +248,10 @@ fn turn_role(role: &str) -> Option<&'static str> {
 
 async fn prepare(
     state: &AppState,
+    caller: Caller,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Prepared, GatewayError> {
-    let caller = authenticate(state, headers)?;
     let body = body_or_error(body, state.max_body_bytes)?;
     let req = ChatRequest::parse(&body).map_err(|e| GatewayError::bad_request(e, None))?;
     if req.n.is_some_and(|n| n != 1) {
@@ -327,11 +327,10 @@ async fn prepare(
             session_id: session.to_string(),
             last: limits.context_turns,
         };
-        let client = &state.client;
-        let turns = client
-            .call_for(CONTROL_PLANE_DEADLINE, |mut c| {
-                let req = client.request(msg.clone());
-                async move { c.get_turns(req).await }
+        let turns = state
+            .client
+            .send_for(CONTROL_PLANE_DEADLINE, msg, |mut c, req| async move {
+                c.get_turns(req).await
             })
             .await
             .map_err(|s| match s.code() {
@@ -437,15 +436,18 @@ async fn chat_completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
-    let prepared = match prepare(&state, &headers, body).await {
+    let prepared = match authenticate(&state, &headers) {
+        Ok(caller) => {
+            let tenant = caller.tenant.id.clone();
+            prepare(&state, caller, &headers, body)
+                .await
+                .map_err(|e| (tenant, e))
+        }
+        Err(e) => Err((String::new(), e)),
+    };
+    let prepared = match prepared {
         Ok(p) => p,
-        Err(e) => {
-            let tenant = state
-                .directory
-                .is_synced()
-                .then(|| authenticate(&state, &headers).ok())
-                .flatten()
-                .map_or_else(String::new, |c| c.tenant.id.clone());
+        Err((tenant, e)) => {
             state.metrics.observe_request(
                 &tenant,
                 e.status().as_u16(),
@@ -581,11 +583,11 @@ impl Outcome {
             user_id: self.user_id.clone(),
             turns,
         };
-        let client = &self.state.client;
-        if let Err(e) = client
-            .call_for(CONTROL_PLANE_DEADLINE, |mut c| {
-                let req = client.request(msg.clone());
-                async move { c.append_turns(req).await }
+        if let Err(e) = self
+            .state
+            .client
+            .send_for(CONTROL_PLANE_DEADLINE, msg, |mut c, req| async move {
+                c.append_turns(req).await
             })
             .await
         {
@@ -614,7 +616,7 @@ fn worker_broke(detail: &str) -> GatewayError {
 }
 
 /// Reads a worker's stream to its end (the trailers that follow `Finished`)
-/// off the request path. Dropped earlier, the stream is reset, the trailers
+/// off the request path (the streaming path reads it inline in its own task). Dropped earlier, the stream is reset, the trailers
 /// then arrive for a stream the connection has forgotten, and after 1024 of
 /// those h2 closes the connection to the worker (ENHANCE_YOUR_CALM), failing
 /// every request in flight on it.
@@ -710,7 +712,7 @@ fn stream_answer(
                         }
                         send(SseEvent::default().data("[DONE]")).await;
                         outcome.observe(200);
-                        drain(stream);
+                        while let Some(Ok(_)) = stream.next().await {}
                         return;
                     }
                     Some(Ok(_)) => {}
@@ -765,18 +767,24 @@ fn session_json(s: &cp::Session) -> serde_json::Value {
     })
 }
 
-/// Runs a control-plane call for an authenticated caller.
-async fn for_caller<T, F, Fut>(state: &AppState, f: F) -> Result<T, GatewayError>
+/// Sends a control-plane call made for the caller, with the request path's
+/// deadline.
+async fn for_caller<M, T, F, Fut>(
+    state: &AppState,
+    message: M,
+    method: F,
+) -> Result<T, GatewayError>
 where
+    M: Clone,
     F: Fn(
         cp::control_plane_client::ControlPlaneClient<tonic::transport::Channel>,
-        &ControlPlaneClient,
+        tonic::Request<M>,
     ) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
-    let client = &state.client;
-    client
-        .call_for(CONTROL_PLANE_DEADLINE, |c| f(c, client))
+    state
+        .client
+        .send_for(CONTROL_PLANE_DEADLINE, message, method)
         .await
         .map_err(|s| GatewayError::from_control_plane(&s))
 }
@@ -809,9 +817,8 @@ async fn create_session(
             title: new.title.unwrap_or_default(),
             user_id: user.map(|u| u.to_string()).unwrap_or_default(),
         };
-        let session = for_caller(&state, |mut c, client| {
-            let req = client.request(msg.clone());
-            async move { c.create_session(req).await }
+        let session = for_caller(&state, msg, |mut c, req| async move {
+            c.create_session(req).await
         })
         .await?;
         Ok::<_, GatewayError>(
@@ -827,9 +834,8 @@ async fn list_sessions(State(state): S, headers: HeaderMap) -> Response {
         let msg = cp::TenantRef {
             id: caller.tenant.id.clone(),
         };
-        let list = for_caller(&state, |mut c, client| {
-            let req = client.request(msg.clone());
-            async move { c.list_sessions(req).await }
+        let list = for_caller(&state, msg, |mut c, req| async move {
+            c.list_sessions(req).await
         })
         .await?;
         let data: Vec<_> = list.sessions.iter().map(session_json).collect();
@@ -847,10 +853,11 @@ async fn session_messages(State(state): S, headers: HeaderMap, Path(id): Path<St
             session_id: id.clone(),
             last: 0,
         };
-        let turns = for_caller(&state, |mut c, client| {
-            let req = client.request(msg.clone());
-            async move { c.get_turns(req).await }
-        })
+        let turns = for_caller(
+            &state,
+            msg,
+            |mut c, req| async move { c.get_turns(req).await },
+        )
         .await
         .map_err(|e| not_found_as_session(e, &id))?;
         let data: Vec<_> = turns
@@ -873,9 +880,8 @@ async fn delete_session(State(state): S, headers: HeaderMap, Path(id): Path<Stri
             tenant_id: caller.tenant.id.clone(),
             session_id: id.clone(),
         };
-        for_caller(&state, |mut c, client| {
-            let req = client.request(msg.clone());
-            async move { c.delete_session(req).await }
+        for_caller(&state, msg, |mut c, req| async move {
+            c.delete_session(req).await
         })
         .await
         .map_err(|e| not_found_as_session(e, &id))?;

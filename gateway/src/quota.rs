@@ -300,10 +300,8 @@ impl Quotas {
         };
         let client = &self.client;
         client
-            .call_for(GRANT_DEADLINE, |mut c| {
-                let mut req = client.request(msg.clone());
-                req.set_timeout(GRANT_DEADLINE);
-                async move { c.grant(req).await }
+            .send_for(GRANT_DEADLINE, msg, |mut c, req| async move {
+                c.grant(req).await
             })
             .await
     }
@@ -481,9 +479,8 @@ impl Quotas {
                 };
                 let client = &self.client;
                 let returned = client
-                    .call_for(GRANT_DEADLINE, |mut c| {
-                        let req = client.request(msg.clone());
-                        async move { c.r#return(req).await }
+                    .send_for(GRANT_DEADLINE, msg, |mut c, req| async move {
+                        c.r#return(req).await
                     })
                     .await;
                 if let Err(e) = returned {

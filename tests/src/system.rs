@@ -385,13 +385,13 @@ impl Cluster {
     pub async fn used_today(&self, tenant: &str) -> anyhow::Result<u64> {
         let client = self.control.client();
         let report = client
-            .call(|mut c| {
-                let req = client.request(bulkhead_proto::control::UsageRequest {
+            .send(
+                bulkhead_proto::control::UsageRequest {
                     tenant_id: tenant.to_owned(),
                     days: 1,
-                });
-                async move { c.usage(req).await }
-            })
+                },
+                |mut c, req| async move { c.usage(req).await },
+            )
             .await?;
         Ok(report
             .days

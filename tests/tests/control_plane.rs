@@ -245,28 +245,28 @@ async fn admin_calls_need_the_token_and_bad_input_changes_nothing() -> anyhow::R
     // A malformed gRPC call gets a clear status, and nothing changes.
     let client = cp.client();
     let err = client
-        .call(|mut c| {
-            let req = client.request(pb::GrantRequest {
+        .send(
+            pb::GrantRequest {
                 tenant_id: "acme".into(),
                 gateway_id: "gw/1".into(),
                 tokens: 10,
                 slots: 1,
                 ttl_ms: 1000,
                 op_id: String::new(),
-            });
-            async move { c.grant(req).await }
-        })
+            },
+            |mut c, req| async move { c.grant(req).await },
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
     let report = client
-        .call(|mut c| {
-            let req = client.request(pb::UsageRequest {
+        .send(
+            pb::UsageRequest {
                 tenant_id: "acme".into(),
                 days: 1,
-            });
-            async move { c.usage(req).await }
-        })
+            },
+            |mut c, req| async move { c.usage(req).await },
+        )
         .await?;
     assert_eq!(report.days[0].outstanding, 0);
     Ok(())
@@ -285,10 +285,10 @@ async fn watchers_see_tenants_keys_and_workers_in_order_and_resume() -> anyhow::
     let client = cp.client();
     cp.cli(&["tenant", "create", "acme"])?;
     let mut stream = follower
-        .call(|mut c| {
-            let req = follower.request(pb::WatchRequest { from_version: 0 });
-            async move { c.watch(req).await }
-        })
+        .send(
+            pb::WatchRequest { from_version: 0 },
+            |mut c, req| async move { c.watch(req).await },
+        )
         .await?;
     let reset = next(&mut stream).await;
     assert!(reset.reset, "a fresh watcher starts with a resync");
@@ -314,21 +314,21 @@ async fn watchers_see_tenants_keys_and_workers_in_order_and_resume() -> anyhow::
         let client = &client;
         async move {
             client
-                .call(|mut c| {
-                    let r = client.request(pb::AuthenticateRequest {
+                .send(
+                    pb::AuthenticateRequest {
                         plaintext: plaintext.clone(),
-                    });
-                    async move { c.authenticate(r).await }
-                })
+                    },
+                    |mut c, req| async move { c.authenticate(req).await },
+                )
                 .await
         }
     };
     assert_eq!(auth(plaintext.clone()).await?.tenant_id, "acme");
     let keys = client
-        .call(|mut c| {
-            let r = client.request(pb::TenantRef { id: "acme".into() });
-            async move { c.list_keys(r).await }
-        })
+        .send(
+            pb::TenantRef { id: "acme".into() },
+            |mut c, req| async move { c.list_keys(req).await },
+        )
         .await?;
     assert!(keys.keys[0].last_used_at_ms > 0, "last use recorded");
     let err = auth("bk_not_a_key".into()).await.unwrap_err();
@@ -349,13 +349,13 @@ async fn watchers_see_tenants_keys_and_workers_in_order_and_resume() -> anyhow::
         ..Default::default()
     };
     let registered = client
-        .call(|mut c| {
-            let req = client.request(pb::RegisterWorkerRequest {
+        .send(
+            pb::RegisterWorkerRequest {
                 worker: Some(worker.clone()),
                 lease_ms: 1_000,
-            });
-            async move { c.register_worker(req).await }
-        })
+            },
+            |mut c, req| async move { c.register_worker(req).await },
+        )
         .await?;
     assert!(registered.expires_at_ms > 0);
     let Some(Change::Worker(w)) = next(&mut stream).await.change else {
@@ -371,12 +371,12 @@ async fn watchers_see_tenants_keys_and_workers_in_order_and_resume() -> anyhow::
     drop(stream);
     cp.cli(&["tenant", "create", "globex"])?;
     let mut stream = follower
-        .call(|mut c| {
-            let req = follower.request(pb::WatchRequest {
+        .send(
+            pb::WatchRequest {
                 from_version: last_seen,
-            });
-            async move { c.watch(req).await }
-        })
+            },
+            |mut c, req| async move { c.watch(req).await },
+        )
         .await?;
     let event = next(&mut stream).await;
     assert!(!event.reset);
@@ -419,9 +419,8 @@ async fn sessions_stay_within_their_tenant_and_go_with_it() -> anyhow::Result<()
         let client = &client;
         async move {
             client
-                .call(|mut c| {
-                    let r = client.request(req.clone());
-                    async move { c.append_turns(r).await }
+                .send(req.clone(), |mut c, req| async move {
+                    c.append_turns(req).await
                 })
                 .await
         }
@@ -435,10 +434,10 @@ async fn sessions_stay_within_their_tenant_and_go_with_it() -> anyhow::Result<()
         let client = &client;
         async move {
             client
-                .call(|mut c| {
-                    let r = client.request(req.clone());
-                    async move { c.get_turns(r).await }
-                })
+                .send(
+                    req.clone(),
+                    |mut c, req| async move { c.get_turns(req).await },
+                )
                 .await
         }
     };
@@ -480,10 +479,10 @@ async fn sessions_stay_within_their_tenant_and_go_with_it() -> anyhow::Result<()
     assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
     cp.cli(&["tenant", "create", "acme"])?;
     let list = client
-        .call(|mut c| {
-            let r = client.request(pb::TenantRef { id: "acme".into() });
-            async move { c.list_sessions(r).await }
-        })
+        .send(
+            pb::TenantRef { id: "acme".into() },
+            |mut c, req| async move { c.list_sessions(req).await },
+        )
         .await?;
     assert!(list.sessions.is_empty(), "{list:?}");
     assert_eq!(
@@ -510,10 +509,10 @@ async fn only_members_of_the_cluster_may_call_it() -> anyhow::Result<()> {
     // Neither the secret nor a token: refused, and the message says why.
     let stranger = ControlPlaneClient::new(vec![cp.addrs()], None);
     let err = stranger
-        .call(|mut c| {
-            let req = stranger.request(grant.clone());
-            async move { c.grant(req).await }
-        })
+        .send(
+            grant.clone(),
+            |mut c, req| async move { c.grant(req).await },
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
@@ -523,10 +522,10 @@ async fn only_members_of_the_cluster_may_call_it() -> anyhow::Result<()> {
     let impostor = ControlPlaneClient::new(vec![cp.addrs()], None)
         .with_cluster_secret(bulkhead_proto::ClusterSecret::generate());
     let err = impostor
-        .call(|mut c| {
-            let req = impostor.request(grant.clone());
-            async move { c.grant(req).await }
-        })
+        .send(
+            grant.clone(),
+            |mut c, req| async move { c.grant(req).await },
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
@@ -554,22 +553,19 @@ async fn only_members_of_the_cluster_may_call_it() -> anyhow::Result<()> {
     // The secret alone is enough for what gateways do...
     let member = cp.member_client();
     let allowance = member
-        .call(|mut c| {
-            let req = member.request(grant.clone());
-            async move { c.grant(req).await }
-        })
+        .send(grant, |mut c, req| async move { c.grant(req).await })
         .await?;
     assert_eq!(allowance.tenant_id, "acme");
     assert!(allowance.tokens > 0, "{allowance:?}");
     // ...but not for admin calls.
     let err = member
-        .call(|mut c| {
-            let req = member.request(pb::Tenant {
+        .send(
+            pb::Tenant {
                 id: "evil".into(),
                 ..Default::default()
-            });
-            async move { c.create_tenant(req).await }
-        })
+            },
+            |mut c, req| async move { c.create_tenant(req).await },
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");

@@ -164,13 +164,13 @@ async fn quota_and_concurrency_hold_across_two_gateways() {
         Duration::from_secs(15),
         || async {
             let report = client
-                .call(|mut c| {
-                    let req = client.request(bulkhead_proto::control::UsageRequest {
+                .send(
+                    bulkhead_proto::control::UsageRequest {
                         tenant_id: "c".into(),
                         days: 1,
-                    });
-                    async move { c.usage(req).await }
-                })
+                    },
+                    |mut c, req| async move { c.usage(req).await },
+                )
                 .await
                 .ok()?;
             (report.days.first()?.outstanding == 0).then_some(())

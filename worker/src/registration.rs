@@ -75,13 +75,14 @@ pub async fn register_loop(
         let mut registered = false;
         loop {
             let result = client
-                .call_for(every, |mut c| {
-                    let req = client.request(pb::RegisterWorkerRequest {
+                .send_for(
+                    every,
+                    pb::RegisterWorkerRequest {
                         worker: Some(info.clone()),
                         lease_ms,
-                    });
-                    async move { c.register_worker(req).await }
-                })
+                    },
+                    |mut c, req| async move { c.register_worker(req).await },
+                )
                 .await;
             match result {
                 Ok(_) if !registered => {
