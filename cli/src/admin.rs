@@ -34,6 +34,18 @@ fn status(s: tonic::Status) -> anyhow::Error {
     }
 }
 
+impl TenantFields {
+    fn features(&self) -> pb::FeatureOverrides {
+        pb::FeatureOverrides {
+            burst: self.burst,
+            burst_percent: self.burst_percent,
+            knowledge_sharing: self.knowledge_sharing,
+            max_keys: self.max_keys,
+            retention_days: self.retention_days,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
     /// Show members, leader, term and log positions.
@@ -95,6 +107,21 @@ pub struct TenantFields {
     time_zone: Option<String>,
     #[arg(long)]
     knowledge_share: Option<bool>,
+    /// Override the plan: may ask for burst quota.
+    #[arg(long)]
+    burst: Option<bool>,
+    /// Override the plan: how much an approved burst adds to the day's quota, in percent.
+    #[arg(long)]
+    burst_percent: Option<u32>,
+    /// Override the plan: may publish snippets for other tenants.
+    #[arg(long)]
+    knowledge_sharing: Option<bool>,
+    /// Override the plan: most active API keys.
+    #[arg(long)]
+    max_keys: Option<u32>,
+    /// Override the plan: days of session turns kept.
+    #[arg(long)]
+    retention_days: Option<u32>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -278,6 +305,7 @@ pub async fn tenant(connect: Connect, command: TenantCommand) -> anyhow::Result<
                     bail!("invalid limit: {name} must be at least 1");
                 }
             }
+            let feature_overrides = Some(fields.features());
             let tenant = pb::Tenant {
                 id,
                 display_name: fields.name.unwrap_or_default(),
@@ -297,8 +325,8 @@ pub async fn tenant(connect: Connect, command: TenantCommand) -> anyhow::Result<
                 quick_prompts: fields.quick_prompts,
                 time_zone: fields.time_zone.unwrap_or_default(),
                 knowledge_share: fields.knowledge_share.unwrap_or_default(),
-                version: 0,
-                created_at_ms: 0,
+                feature_overrides,
+                ..Default::default()
             };
             let created = client
                 .send(
@@ -339,6 +367,7 @@ pub async fn tenant(connect: Connect, command: TenantCommand) -> anyhow::Result<
         }
         TenantCommand::Update { id, fields } => {
             let set_quick_prompts = !fields.quick_prompts.is_empty();
+            let features = Some(fields.features());
             let patch = pb::TenantPatch {
                 id,
                 display_name: fields.name,
@@ -357,6 +386,7 @@ pub async fn tenant(connect: Connect, command: TenantCommand) -> anyhow::Result<
                 set_quick_prompts,
                 time_zone: fields.time_zone,
                 knowledge_share: fields.knowledge_share,
+                features,
             };
             let t = client
                 .send(
@@ -374,7 +404,11 @@ pub async fn tenant(connect: Connect, command: TenantCommand) -> anyhow::Result<
                 })
                 .await
                 .map_err(status)?;
-            println!("deleted tenant {}", t.id);
+            println!(
+                "deleted tenant {} (archived to {})",
+                t.tenant.map(|t| t.id).unwrap_or(id),
+                t.archive_path
+            );
         }
     }
     Ok(())

@@ -22,6 +22,10 @@ pub enum ControlPlaneError {
     #[error("{0}")]
     AlreadyExists(String),
     #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
     Unavailable(String),
     /// This node is broken (storage, Raft fatal): not the caller's fault.
     #[error("control plane failure: {0}")]
@@ -33,10 +37,13 @@ impl From<Rejection> for ControlPlaneError {
         match r {
             Rejection::UnknownTenant(_)
             | Rejection::UnknownKey(_)
-            | Rejection::UnknownSession(_) => ControlPlaneError::NotFound(r.to_string()),
+            | Rejection::UnknownSession(_)
+            | Rejection::NotFound(_) => ControlPlaneError::NotFound(r.to_string()),
             Rejection::DuplicateTenant(_)
             | Rejection::DuplicateKey(_)
-            | Rejection::DuplicateSession(_) => ControlPlaneError::AlreadyExists(r.to_string()),
+            | Rejection::DuplicateSession(_)
+            | Rejection::Conflict(_) => ControlPlaneError::AlreadyExists(r.to_string()),
+            Rejection::NotAllowed(_) => ControlPlaneError::FailedPrecondition(r.to_string()),
         }
     }
 }
@@ -72,6 +79,8 @@ impl From<ControlPlaneError> for Status {
             ControlPlaneError::InvalidArgument(_) => Status::invalid_argument(message),
             ControlPlaneError::NotFound(_) => Status::not_found(message),
             ControlPlaneError::AlreadyExists(_) => Status::already_exists(message),
+            ControlPlaneError::FailedPrecondition(_) => Status::failed_precondition(message),
+            ControlPlaneError::PermissionDenied(_) => Status::permission_denied(message),
             ControlPlaneError::Unavailable(_) => Status::unavailable(message),
             ControlPlaneError::Internal(_) => Status::internal(message),
         }

@@ -28,6 +28,12 @@ pub struct LedgerDay {
     pub requests: u64,
     pub total_latency_ms: u64,
     pub max_latency_ms: u64,
+    /// `quota.low` was sent for this day.
+    #[serde(default)]
+    pub low_notified: bool,
+    /// `quota.exhausted` was sent for this day.
+    #[serde(default)]
+    pub exhausted_notified: bool,
 }
 
 /// What one gateway holds of one tenant's quota.

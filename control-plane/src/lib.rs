@@ -11,15 +11,20 @@
 //! This crate never reads a tenant's data on behalf of another tenant, and
 //! never changes state except through a committed Raft entry.
 
+pub mod admin;
+pub mod audit;
+pub mod bursts;
 pub mod client;
 pub mod consumer;
 pub mod error;
 pub mod ledger;
 pub mod metrics;
+pub mod outbox;
 pub mod plans;
 pub mod raft;
 pub mod service;
 pub mod sessions;
+pub mod sharing;
 pub mod state;
 pub mod store;
 
@@ -127,6 +132,7 @@ pub async fn run(
         sm: sm.clone(),
         secret: config.cluster_secret.clone(),
         metrics: Arc::clone(&metrics),
+        data_dir: config.data_dir.clone(),
     };
 
     // gRPC (HTTP/2) and `/metrics`, `/health` (HTTP/1.1 or 2) share the port.

@@ -1,6 +1,136 @@
-//! Plan tiers and the default limits each gives a tenant created on it.
+//! Plan tiers: the default limits and features each gives a tenant. A
+//! tenant's own value of a limit or feature overrides its plan's; the others
+//! follow the plan, also when the plan changes.
+
+use serde::{Deserialize, Serialize};
 
 use crate::state::Limits;
+
+/// What a plan allows a tenant to do.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Features {
+    /// May ask for burst quota.
+    pub burst: bool,
+    /// How much an approved burst raises that day's quota, in percent.
+    pub burst_percent: u32,
+    /// May publish snippets for other tenants.
+    pub knowledge_sharing: bool,
+    /// Most keys that are not revoked.
+    pub max_keys: u32,
+    /// Days of session turns kept.
+    pub retention_days: u32,
+}
+
+/// Default features of a plan, or `None` for an unknown plan.
+pub fn default_features(plan: &str) -> Option<Features> {
+    Some(match plan {
+        "basic" => Features {
+            burst: false,
+            burst_percent: 50,
+            knowledge_sharing: false,
+            max_keys: 2,
+            retention_days: 30,
+        },
+        "pro" => Features {
+            burst: false,
+            burst_percent: 50,
+            knowledge_sharing: true,
+            max_keys: 10,
+            retention_days: 90,
+        },
+        "enterprise" => Features {
+            burst: true,
+            burst_percent: 50,
+            knowledge_sharing: true,
+            max_keys: 100,
+            retention_days: 365,
+        },
+        _ => return None,
+    })
+}
+
+/// The names of the limits and features a tenant can override.
+pub const LIMIT_NAMES: [&str; 5] = [
+    "daily_tokens",
+    "max_concurrent",
+    "max_request_tokens",
+    "context_window",
+    "context_turns",
+];
+pub const FEATURE_NAMES: [&str; 5] = [
+    "burst",
+    "burst_percent",
+    "knowledge_sharing",
+    "max_keys",
+    "retention_days",
+];
+
+/// Puts the plan's value into every limit and feature not in `overridden`.
+pub fn follow_plan(
+    plan: &str,
+    overridden: &std::collections::BTreeSet<String>,
+    limits: &mut Limits,
+    features: &mut Features,
+) {
+    let (Some(l), Some(f)) = (default_limits(plan), default_features(plan)) else {
+        return;
+    };
+    let keep = |name: &str| overridden.contains(name);
+    if !keep("daily_tokens") {
+        limits.daily_tokens = l.daily_tokens;
+    }
+    if !keep("max_concurrent") {
+        limits.max_concurrent = l.max_concurrent;
+    }
+    if !keep("max_request_tokens") {
+        // A plan's request limit never exceeds the tenant's daily quota.
+        limits.max_request_tokens = u32::try_from(
+            u64::from(l.max_request_tokens).min(limits.daily_tokens.max(1)),
+        )
+        .unwrap_or(l.max_request_tokens);
+    }
+    if !keep("context_window") {
+        limits.context_window = l.context_window;
+    }
+    if !keep("context_turns") {
+        limits.context_turns = l.context_turns;
+    }
+    if !keep("burst") {
+        features.burst = f.burst;
+    }
+    if !keep("burst_percent") {
+        features.burst_percent = f.burst_percent;
+    }
+    if !keep("knowledge_sharing") {
+        features.knowledge_sharing = f.knowledge_sharing;
+    }
+    if !keep("max_keys") {
+        features.max_keys = f.max_keys;
+    }
+    if !keep("retention_days") {
+        features.retention_days = f.retention_days;
+    }
+}
+
+/// Checks features a tenant would end up with; the message names the feature.
+pub fn validate_features(f: &Features) -> Result<(), String> {
+    if f.burst_percent == 0 || f.burst_percent > 1_000 {
+        return Err(format!(
+            "burst_percent must be between 1 and 1000, got {}",
+            f.burst_percent
+        ));
+    }
+    if f.max_keys == 0 {
+        return Err("max_keys must be at least 1".into());
+    }
+    if f.retention_days == 0 || f.retention_days > 3_650 {
+        return Err(format!(
+            "retention_days must be between 1 and 3650, got {}",
+            f.retention_days
+        ));
+    }
+    Ok(())
+}
 
 /// The plans a tenant can be on.
 pub const PLANS: [&str; 3] = ["basic", "pro", "enterprise"];
@@ -57,13 +187,4 @@ pub fn validate(limits: &Limits) -> Result<(), String> {
         return Err("context_turns must be at most 1000".into());
     }
     Ok(())
-}
-
-/// Days a plan keeps session turns.
-pub fn retention_days(plan: &str) -> i64 {
-    match plan {
-        "enterprise" => 365,
-        "pro" => 90,
-        _ => 30,
-    }
 }

@@ -26,6 +26,7 @@ use openraft::raft::linearizable_read::{Linearizer, ReadLogId};
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
+use crate::admin::{self as adm, build_tenant, validate_tenant};
 use crate::error::ControlPlaneError;
 use crate::ledger;
 use crate::plans;
@@ -38,6 +39,9 @@ use crate::state::{
 use crate::store::{StateMachine, View};
 
 type Result<T, E = ControlPlaneError> = std::result::Result<T, E>;
+
+/// Metadata an admin caller may add to say who it acts for.
+pub const ACTOR_METADATA: &str = "x-bulkhead-actor";
 
 /// SHA-256 of a secret, hex-encoded: how tokens and keys are stored.
 pub fn hash_secret(secret: &str) -> String {
@@ -68,6 +72,8 @@ pub struct Handles {
     /// Sent with this node's own calls to the leader's Raft service.
     pub secret: ClusterSecret,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// Where deleted tenants' archives go (`archives/`).
+    pub data_dir: std::path::PathBuf,
 }
 
 /// Proposes a command on this node; a follower answers with the leader.
@@ -201,6 +207,30 @@ impl ControlPlaneService {
         Ok(())
     }
 
+    /// Who makes an admin call, for the audit trail: `admin`, with what the
+    /// caller adds in `x-bulkhead-actor` (the gateway's admin API names
+    /// itself and the client's address).
+    fn actor<T>(req: &Request<T>) -> String {
+        match req
+            .metadata()
+            .get(ACTOR_METADATA)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(via) if !via.is_empty() => format!("admin ({})", via.chars().take(200).collect::<String>()),
+            _ => "admin".to_owned(),
+        }
+    }
+
+    /// Proposes an admin change that goes to the audit trail.
+    async fn audited(&self, actor: String, command: Command) -> Result<Reply> {
+        self.write(Command::Audited {
+            actor,
+            now_ms: now_ms(),
+            command: Box::new(command),
+        })
+        .await
+    }
+
     async fn read(&self) -> Result<View> {
         linearize(&self.node.raft, &self.node.secret).await?;
         Ok(self.node.sm.view()?)
@@ -266,37 +296,6 @@ fn tenant_id(id: &str) -> Result<TenantId> {
     TenantId::new(id).map_err(|e| ControlPlaneError::InvalidArgument(e.to_string()))
 }
 
-fn validate_time_zone(tz: &str) -> Result<()> {
-    if !tz.is_empty() && tz.parse::<chrono_tz::Tz>().is_err() {
-        return Err(ControlPlaneError::InvalidArgument(format!(
-            "unknown time zone {tz:?} (use an IANA name such as Europe/Berlin)"
-        )));
-    }
-    Ok(())
-}
-
-fn validate_plan(plan: &str) -> Result<Limits> {
-    plans::default_limits(plan).ok_or_else(|| {
-        ControlPlaneError::InvalidArgument(format!(
-            "unknown plan {plan:?}; plans are {}",
-            plans::PLANS.join(", ")
-        ))
-    })
-}
-
-fn validate_scale(scale: f32) -> Result<()> {
-    if !(0.0..=4.0).contains(&scale) {
-        return Err(ControlPlaneError::InvalidArgument(format!(
-            "adapter_scale must be between 0 and 4, got {scale}"
-        )));
-    }
-    Ok(())
-}
-
-fn invalid_limit(message: String) -> ControlPlaneError {
-    ControlPlaneError::InvalidArgument(format!("invalid limit: {message}"))
-}
-
 pub(crate) fn tenant_to_pb(t: TenantRecord) -> pb::Tenant {
     pb::Tenant {
         id: t.id,
@@ -319,6 +318,9 @@ pub(crate) fn tenant_to_pb(t: TenantRecord) -> pb::Tenant {
         knowledge_share: t.knowledge_share,
         version: t.version,
         created_at_ms: t.created_at_ms,
+        features: Some(adm::features_to_pb(&t.features)),
+        feature_overrides: None,
+        overridden: t.overridden.into_iter().collect(),
     }
 }
 
@@ -720,63 +722,14 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
 
     async fn create_tenant(&self, req: Request<pb::Tenant>) -> R<pb::Tenant> {
         self.authorize(&req)?;
-        let t = req.into_inner();
-        tenant_id(&t.id)?;
-        let plan = if t.plan.is_empty() {
-            "basic".to_owned()
-        } else {
-            t.plan
-        };
-        let defaults = validate_plan(&plan)?;
-        let given = t.limits.unwrap_or_default();
-        let pick = |v: u64, d: u64| if v == 0 { d } else { v };
-        let pick32 = |v: u32, d: u32| if v == 0 { d } else { v };
-        let limits = Limits {
-            daily_tokens: pick(given.daily_tokens, defaults.daily_tokens),
-            max_concurrent: pick32(given.max_concurrent, defaults.max_concurrent),
-            // A plan's default request limit never exceeds the daily quota given.
-            max_request_tokens: pick32(
-                given.max_request_tokens,
-                u32::try_from(
-                    u64::from(defaults.max_request_tokens)
-                        .min(pick(given.daily_tokens, defaults.daily_tokens)),
-                )
-                .unwrap_or(defaults.max_request_tokens),
-            ),
-            context_window: pick32(given.context_window, defaults.context_window),
-            context_turns: pick32(given.context_turns, defaults.context_turns),
-        };
-        plans::validate(&limits).map_err(invalid_limit)?;
-        validate_time_zone(&t.time_zone)?;
-        let adapter_scale = if t.adapter.is_empty() {
-            0.0
-        } else if t.adapter_scale == 0.0 {
-            1.0
-        } else {
-            t.adapter_scale
-        };
-        validate_scale(adapter_scale)?;
-        let record = TenantRecord {
-            display_name: if t.display_name.is_empty() {
-                t.id.clone()
-            } else {
-                t.display_name
-            },
-            id: t.id,
-            plan,
-            limits,
-            model: t.model,
-            adapter: t.adapter,
-            adapter_scale,
-            system_prompt: t.system_prompt,
-            welcome_message: t.welcome_message,
-            quick_prompts: t.quick_prompts,
-            time_zone: t.time_zone,
-            knowledge_share: t.knowledge_share,
-            version: 0,
-            created_at_ms: now_ms(),
-        };
-        match self.write(Command::CreateTenant { tenant: record }).await? {
+        let actor = Self::actor(&req);
+        let mut t = req.into_inner();
+        let features = t.feature_overrides.take();
+        let record = build_tenant(t, features, now_ms())?;
+        match self
+            .audited(actor, Command::CreateTenant { tenant: record })
+            .await?
+        {
             Reply::Tenant(t) => Ok(Response::new(tenant_to_pb(*t))),
             other => Err(unexpected(&other).into()),
         }
@@ -784,6 +737,7 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
 
     async fn update_tenant(&self, req: Request<pb::TenantPatch>) -> R<pb::Tenant> {
         self.authorize(&req)?;
+        let actor = Self::actor(&req);
         let p = req.into_inner();
         tenant_id(&p.id)?;
         let view = self.read().await?;
@@ -791,14 +745,15 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
             return Err(ControlPlaneError::NotFound(format!("unknown tenant `{}`", p.id)).into());
         };
         if let Some(plan) = &p.plan {
-            validate_plan(plan)?;
+            adm::validate_plan(plan)?;
         }
         if let Some(tz) = &p.time_zone {
-            validate_time_zone(tz)?;
+            adm::validate_time_zone(tz)?;
         }
         if let Some(scale) = p.adapter_scale {
-            validate_scale(scale)?;
+            adm::validate_scale(scale)?;
         }
+        let f = p.features.unwrap_or_default();
         let patch = TenantPatch {
             display_name: p.display_name,
             plan: p.plan,
@@ -824,16 +779,26 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
             quick_prompts: p.set_quick_prompts.then_some(p.quick_prompts),
             time_zone: p.time_zone,
             knowledge_share: p.knowledge_share,
+            features: crate::state::FeaturePatch {
+                burst: f.burst,
+                burst_percent: f.burst_percent,
+                knowledge_sharing: f.knowledge_sharing,
+                max_keys: f.max_keys,
+                retention_days: f.retention_days,
+            },
         };
-        // Check the limits the tenant would end up with before proposing.
+        // Check what the tenant would end up with before proposing.
         let mut preview = current;
         patch.apply_to(&mut preview);
-        plans::validate(&preview.limits).map_err(invalid_limit)?;
+        validate_tenant(&preview)?;
         match self
-            .write(Command::UpdateTenant {
-                id: p.id,
-                patch: Box::new(patch),
-            })
+            .audited(
+                actor,
+                Command::UpdateTenant {
+                    id: p.id,
+                    patch: Box::new(patch),
+                },
+            )
             .await?
         {
             Reply::Tenant(t) => Ok(Response::new(tenant_to_pb(*t))),
@@ -858,17 +823,41 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
         }))
     }
 
-    async fn delete_tenant(&self, req: Request<pb::TenantRef>) -> R<pb::Tenant> {
+    async fn delete_tenant(&self, req: Request<pb::TenantRef>) -> R<pb::DeletedTenant> {
         self.authorize(&req)?;
+        self.require_leader()?;
+        let actor = Self::actor(&req);
         let id = req.into_inner().id;
-        match self.write(Command::DeleteTenant { id }).await? {
-            Reply::Tenant(t) => Ok(Response::new(tenant_to_pb(*t))),
+        let view = self.read().await?;
+        let Some(tenant) = view.tenant(&id)? else {
+            return Err(ControlPlaneError::NotFound(format!("unknown tenant `{id}`")).into());
+        };
+        let now = now_ms();
+        // The archive is written (and fsynced) before anything is removed.
+        let archive = adm::write_archive(&self.node.data_dir, &view, &tenant, now)?;
+        let archive = archive.display().to_string();
+        match self
+            .audited(
+                actor,
+                Command::DeleteTenant {
+                    id,
+                    archive: archive.clone(),
+                    now_ms: now,
+                },
+            )
+            .await?
+        {
+            Reply::Tenant(t) => Ok(Response::new(pb::DeletedTenant {
+                tenant: Some(tenant_to_pb(*t)),
+                archive_path: archive,
+            })),
             other => Err(unexpected(&other).into()),
         }
     }
 
     async fn create_key(&self, req: Request<pb::CreateKeyRequest>) -> R<pb::CreatedKey> {
         self.authorize(&req)?;
+        let actor = Self::actor(&req);
         let r = req.into_inner();
         tenant_id(&r.tenant_id)?;
         let plaintext = new_secret("bk_");
@@ -882,7 +871,7 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
             revoked_at_ms: 0,
             last_used_at_ms: 0,
         };
-        match self.write(Command::CreateKey { key }).await? {
+        match self.audited(actor, Command::CreateKey { key }).await? {
             Reply::Key(k) => Ok(Response::new(pb::CreatedKey {
                 key: Some(key_to_pb(k)),
                 plaintext,
@@ -893,12 +882,23 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
 
     async fn revoke_key(&self, req: Request<pb::RevokeKeyRequest>) -> R<pb::ApiKey> {
         self.authorize(&req)?;
+        let actor = Self::actor(&req);
         let key_id = req.into_inner().key_id;
+        let view = self.read().await?;
+        if let Some(k) = view.key(&key_id)?
+            && k.revoked_at_ms != 0
+        {
+            // Revoking twice changes nothing and records nothing.
+            return Ok(Response::new(key_to_pb(k)));
+        }
         match self
-            .write(Command::RevokeKey {
-                key_id,
-                now_ms: now_ms(),
-            })
+            .audited(
+                actor,
+                Command::RevokeKey {
+                    key_id,
+                    now_ms: now_ms(),
+                },
+            )
             .await?
         {
             Reply::Key(k) => Ok(Response::new(key_to_pb(k))),
@@ -1058,7 +1058,8 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
                 completion_tokens: l.completion_tokens,
                 cached_tokens: l.cached_tokens,
                 requests: l.requests,
-                quota: tenant.limits.daily_tokens,
+                quota: tenant.limits.daily_tokens
+                    + crate::bursts::extra_on(&view, &tenant.id, &day)?,
                 outstanding,
                 total_latency_ms: l.total_latency_ms,
                 max_latency_ms: l.max_latency_ms,
@@ -1093,5 +1094,489 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
             users,
             recent,
         }))
+    }
+
+    async fn apply_tenants(
+        &self,
+        req: Request<pb::ApplyTenantsRequest>,
+    ) -> R<pb::ApplyTenantsReply> {
+        self.authorize(&req)?;
+        let actor = Self::actor(&req);
+        let configs = req.into_inner().configs;
+        if configs.is_empty() {
+            return Err(ControlPlaneError::InvalidArgument("no tenant configs given".into()).into());
+        }
+        let view = self.read().await?;
+        let now = now_ms();
+        let mut seen: BTreeMap<String, String> = BTreeMap::new();
+        let mut tenants = Vec::new();
+        for c in configs {
+            let source = if c.source.is_empty() {
+                "config".to_owned()
+            } else {
+                c.source
+            };
+            let at = |e: ControlPlaneError| -> Status {
+                let mut s: Status = e.into();
+                s = Status::new(s.code(), format!("{source}: {}", s.message()));
+                s
+            };
+            let mut t = c.tenant.unwrap_or_default();
+            let features = t.feature_overrides.take();
+            let mut record = build_tenant(t, features, now).map_err(at)?;
+            if let Some(first) = seen.insert(record.id.clone(), source.clone()) {
+                return Err(at(ControlPlaneError::InvalidArgument(format!(
+                    "tenant_id: `{}` is also declared in {first}",
+                    record.id
+                ))));
+            }
+            let existing = view.tenant(&record.id)?;
+            if let Some(e) = &existing {
+                record.created_at_ms = e.created_at_ms;
+            }
+            let current: Vec<crate::outbox::WebhookRecord> =
+                crate::outbox::webhooks(&view, &record.id)?
+                    .into_iter()
+                    .filter(|w| w.source == "config")
+                    .collect();
+            let mut webhooks = Vec::new();
+            for spec in c.webhooks {
+                adm::validate_webhook(&spec.url, &spec.events, &spec.secret)
+                    .map_err(|e| at(prefix_field("webhooks", e)))?;
+                if webhooks
+                    .iter()
+                    .any(|w: &crate::outbox::WebhookRecord| w.url == spec.url)
+                {
+                    return Err(at(ControlPlaneError::InvalidArgument(format!(
+                        "webhooks: {} is listed twice",
+                        spec.url
+                    ))));
+                }
+                let same = current.iter().find(|w| w.url == spec.url);
+                webhooks.push(crate::outbox::WebhookRecord {
+                    webhook_id: same.map_or_else(new_webhook_id, |w| w.webhook_id.clone()),
+                    tenant_id: record.id.clone(),
+                    url: spec.url,
+                    events: spec.events,
+                    secret: if !spec.secret.is_empty() {
+                        spec.secret
+                    } else {
+                        same.map_or_else(adm::new_webhook_secret, |w| w.secret.clone())
+                    },
+                    created_at_ms: same.map_or(now, |w| w.created_at_ms),
+                    source: "config".into(),
+                });
+            }
+            tenants.push(crate::state::TenantApply {
+                source,
+                tenant: record,
+                webhooks,
+            });
+        }
+        match self
+            .audited(actor, Command::ApplyTenants { tenants })
+            .await?
+        {
+            Reply::Applied(outcomes) => Ok(Response::new(pb::ApplyTenantsReply {
+                outcomes: outcomes
+                    .into_iter()
+                    .map(|o| pb::ApplyOutcome {
+                        tenant_id: o.tenant_id,
+                        source: o.source,
+                        action: o.action,
+                        changed: o.changed,
+                        new_webhooks: o
+                            .new_webhooks
+                            .iter()
+                            .map(|w| pb::CreatedWebhook {
+                                webhook: Some(adm::webhook_to_pb(w)),
+                                secret: w.secret.clone(),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            })),
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
+    async fn list_plans(&self, req: Request<pb::ListPlansRequest>) -> R<pb::PlanList> {
+        self.authorize(&req)?;
+        let plans = plans::PLANS
+            .iter()
+            .filter_map(|name| {
+                let l = plans::default_limits(name)?;
+                let f = plans::default_features(name)?;
+                Some(pb::Plan {
+                    name: (*name).to_owned(),
+                    limits: Some(pb::Limits {
+                        daily_tokens: l.daily_tokens,
+                        max_concurrent: l.max_concurrent,
+                        max_request_tokens: l.max_request_tokens,
+                        context_window: l.context_window,
+                        context_turns: l.context_turns,
+                    }),
+                    features: Some(adm::features_to_pb(&f)),
+                })
+            })
+            .collect();
+        Ok(Response::new(pb::PlanList { plans }))
+    }
+
+    async fn request_burst(&self, req: Request<pb::BurstRequest>) -> R<pb::Burst> {
+        self.authorize(&req)?;
+        let actor = Self::actor(&req);
+        let r = req.into_inner();
+        tenant_id(&r.tenant_id)?;
+        let reason = r.reason.trim().to_owned();
+        if reason.is_empty() || reason.len() > 2_000 {
+            return Err(ControlPlaneError::InvalidArgument(
+                "reason: say why the burst is needed (1 to 2000 characters)".into(),
+            )
+            .into());
+        }
+        let view = self.read().await?;
+        let Some(tenant) = view.tenant(&r.tenant_id)? else {
+            return Err(
+                ControlPlaneError::NotFound(format!("unknown tenant `{}`", r.tenant_id)).into(),
+            );
+        };
+        let now = now_ms();
+        let burst = crate::bursts::BurstRecord {
+            burst_id: format!("burst_{}", &uuid::Uuid::new_v4().simple().to_string()[..16]),
+            tenant_id: tenant.id.clone(),
+            day: ledger::day_of(now, &tenant.time_zone).0,
+            reason,
+            status: "pending".into(),
+            percent: tenant.features.burst_percent,
+            extra_tokens: tenant.limits.daily_tokens * u64::from(tenant.features.burst_percent)
+                / 100,
+            requested_at_ms: now,
+            requested_by: actor.clone(),
+            ..Default::default()
+        };
+        match self.audited(actor, Command::RequestBurst { burst }).await? {
+            Reply::Burst(b) => Ok(Response::new(adm::burst_to_pb(b))),
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
+    async fn decide_burst(&self, req: Request<pb::BurstDecision>) -> R<pb::Burst> {
+        self.authorize(&req)?;
+        let actor = Self::actor(&req);
+        let r = req.into_inner();
+        let command = Command::DecideBurst {
+            burst_id: r.burst_id,
+            approve: r.approve,
+            note: r.note,
+            decided_by: actor.clone(),
+            now_ms: now_ms(),
+        };
+        match self.audited(actor, command).await? {
+            Reply::Burst(b) => Ok(Response::new(adm::burst_to_pb(b))),
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
+    async fn list_bursts(&self, req: Request<pb::ListBurstsRequest>) -> R<pb::BurstList> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        if !matches!(r.status.as_str(), "" | "pending" | "approved" | "denied") {
+            return Err(ControlPlaneError::InvalidArgument(format!(
+                "status: {:?} is not pending, approved or denied",
+                r.status
+            ))
+            .into());
+        }
+        let view = self.read().await?;
+        Ok(Response::new(pb::BurstList {
+            bursts: crate::bursts::list(&view, &r.tenant_id, &r.status)?
+                .into_iter()
+                .map(adm::burst_to_pb)
+                .collect(),
+        }))
+    }
+
+    async fn create_webhook(
+        &self,
+        req: Request<pb::CreateWebhookRequest>,
+    ) -> R<pb::CreatedWebhook> {
+        self.authorize(&req)?;
+        let actor = Self::actor(&req);
+        let r = req.into_inner();
+        if !r.tenant_id.is_empty() {
+            tenant_id(&r.tenant_id)?;
+        }
+        adm::validate_webhook(&r.url, &r.events, &r.secret)?;
+        let webhook = crate::outbox::WebhookRecord {
+            webhook_id: new_webhook_id(),
+            tenant_id: r.tenant_id,
+            url: r.url,
+            events: r.events,
+            secret: if r.secret.is_empty() {
+                adm::new_webhook_secret()
+            } else {
+                r.secret
+            },
+            created_at_ms: now_ms(),
+            source: "admin".into(),
+        };
+        match self.audited(actor, Command::CreateWebhook { webhook }).await? {
+            Reply::Webhook(w) => Ok(Response::new(pb::CreatedWebhook {
+                webhook: Some(adm::webhook_to_pb(&w)),
+                secret: w.secret,
+            })),
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
+    async fn delete_webhook(&self, req: Request<pb::WebhookRef>) -> R<pb::Webhook> {
+        self.authorize(&req)?;
+        let actor = Self::actor(&req);
+        let webhook_id = req.into_inner().webhook_id;
+        match self
+            .audited(actor, Command::DeleteWebhook { webhook_id })
+            .await?
+        {
+            Reply::Webhook(w) => Ok(Response::new(adm::webhook_to_pb(&w))),
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
+    async fn list_webhooks(&self, req: Request<pb::ListWebhooksRequest>) -> R<pb::WebhookList> {
+        self.authorize(&req)?;
+        let tenant = req.into_inner().tenant_id;
+        let view = self.read().await?;
+        Ok(Response::new(adm::webhooks_pb(&view, &tenant)?))
+    }
+
+    async fn list_deliveries(
+        &self,
+        req: Request<pb::ListDeliveriesRequest>,
+    ) -> R<pb::DeliveryList> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        let limit = if r.limit == 0 { 100 } else { r.limit.min(10_000) };
+        let view = self.read().await?;
+        Ok(Response::new(pb::DeliveryList {
+            deliveries: crate::outbox::deliveries(&view, &r.tenant_id, &r.webhook_id, limit as usize)?
+                .into_iter()
+                .map(adm::delivery_to_pb)
+                .collect(),
+        }))
+    }
+
+    async fn publish_snippet(&self, req: Request<pb::Snippet>) -> R<pb::Snippet> {
+        self.authorize(&req)?;
+        let actor = Self::actor(&req);
+        let r = req.into_inner();
+        tenant_id(&r.tenant_id)?;
+        crate::sharing::validate_name(&r.name)
+            .map_err(|m| ControlPlaneError::InvalidArgument(format!("name: {m}")))?;
+        if r.content.trim().is_empty() || r.content.len() > crate::sharing::MAX_SNIPPET_BYTES {
+            return Err(ControlPlaneError::InvalidArgument(format!(
+                "content: a snippet has 1 to {} bytes of text",
+                crate::sharing::MAX_SNIPPET_BYTES
+            ))
+            .into());
+        }
+        let snippet = crate::sharing::SnippetRecord {
+            tenant_id: r.tenant_id,
+            name: r.name,
+            content: r.content,
+            updated_at_ms: now_ms(),
+        };
+        match self.audited(actor, Command::PublishSnippet { snippet }).await? {
+            Reply::Snippet(s) => Ok(Response::new(adm::snippet_to_pb(s))),
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
+    async fn delete_snippet(&self, req: Request<pb::SnippetRef>) -> R<pb::Snippet> {
+        self.authorize(&req)?;
+        let actor = Self::actor(&req);
+        let r = req.into_inner();
+        match self
+            .audited(
+                actor,
+                Command::DeleteSnippet {
+                    tenant_id: r.tenant_id,
+                    name: r.name,
+                },
+            )
+            .await?
+        {
+            Reply::Snippet(s) => Ok(Response::new(adm::snippet_to_pb(s))),
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
+    async fn list_snippets(&self, req: Request<pb::ListSnippetsRequest>) -> R<pb::SnippetList> {
+        self.authorize(&req)?;
+        let tenant = req.into_inner().tenant_id;
+        let view = self.read().await?;
+        Ok(Response::new(pb::SnippetList {
+            snippets: crate::sharing::snippets(&view, &tenant)?
+                .into_iter()
+                .map(adm::snippet_to_pb)
+                .collect(),
+        }))
+    }
+
+    async fn grant_share(&self, req: Request<pb::ShareGrant>) -> R<pb::ShareGrant> {
+        self.authorize(&req)?;
+        let actor = Self::actor(&req);
+        let r = req.into_inner();
+        tenant_id(&r.owner_tenant_id)?;
+        tenant_id(&r.grantee_tenant_id)?;
+        if r.owner_tenant_id == r.grantee_tenant_id {
+            return Err(ControlPlaneError::InvalidArgument(
+                "grantee: a tenant always reads its own snippets".into(),
+            )
+            .into());
+        }
+        if r.snippet != "*" {
+            crate::sharing::validate_name(&r.snippet)
+                .map_err(|m| ControlPlaneError::InvalidArgument(format!("snippet: {m}")))?;
+        }
+        let grant = crate::sharing::ShareRecord {
+            owner_tenant_id: r.owner_tenant_id,
+            snippet: r.snippet,
+            grantee_tenant_id: r.grantee_tenant_id,
+            created_at_ms: now_ms(),
+        };
+        match self.audited(actor, Command::GrantShare { grant }).await? {
+            Reply::Share(g) => Ok(Response::new(adm::share_to_pb(g))),
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
+    async fn revoke_share(&self, req: Request<pb::ShareGrant>) -> R<pb::ShareGrant> {
+        self.authorize(&req)?;
+        let actor = Self::actor(&req);
+        let r = req.into_inner();
+        let grant = crate::sharing::ShareRecord {
+            owner_tenant_id: r.owner_tenant_id,
+            snippet: r.snippet,
+            grantee_tenant_id: r.grantee_tenant_id,
+            created_at_ms: 0,
+        };
+        match self.audited(actor, Command::RevokeShare { grant }).await? {
+            Reply::Share(g) => Ok(Response::new(adm::share_to_pb(g))),
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
+    async fn list_shares(&self, req: Request<pb::ListSharesRequest>) -> R<pb::ShareList> {
+        self.authorize(&req)?;
+        let tenant = req.into_inner().tenant_id;
+        let view = self.read().await?;
+        Ok(Response::new(pb::ShareList {
+            grants: crate::sharing::shares(&view, &tenant)?
+                .into_iter()
+                .map(adm::share_to_pb)
+                .collect(),
+        }))
+    }
+
+    async fn resolve_shared(&self, req: Request<pb::ResolveSharedRequest>) -> R<pb::SnippetList> {
+        self.authorize_member(&req)?;
+        let via = req
+            .metadata()
+            .get(ACTOR_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("gateway")
+            .to_owned();
+        let r = req.into_inner();
+        tenant_id(&r.tenant_id)?;
+        if r.names.is_empty() || r.names.len() > 16 {
+            return Err(ControlPlaneError::InvalidArgument(
+                "names: name 1 to 16 shared snippets".into(),
+            )
+            .into());
+        }
+        let actor = if r.user_id.is_empty() {
+            via
+        } else {
+            format!("{via} user {}", r.user_id.chars().take(128).collect::<String>())
+        };
+        match self
+            .write(Command::UseShared {
+                tenant_id: r.tenant_id,
+                names: r.names,
+                actor,
+                now_ms: now_ms(),
+            })
+            .await?
+        {
+            Reply::Shared {
+                refused: Some(why), ..
+            } => Err(ControlPlaneError::PermissionDenied(why).into()),
+            Reply::Shared { snippets, .. } => Ok(Response::new(pb::SnippetList {
+                snippets: snippets.into_iter().map(adm::snippet_to_pb).collect(),
+            })),
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
+    async fn list_audit(&self, req: Request<pb::ListAuditRequest>) -> R<pb::AuditList> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        if r.tenant_id.is_empty() {
+            return Err(ControlPlaneError::InvalidArgument(format!(
+                "tenant_id: name a tenant (or {} for changes that belong to none)",
+                crate::audit::CLUSTER_CHAIN
+            ))
+            .into());
+        }
+        let limit = if r.limit == 0 { 100 } else { r.limit as usize };
+        let view = self.read().await?;
+        let mut records = crate::audit::records(&view, &r.tenant_id)?;
+        if records.is_empty() && view.tenant(&r.tenant_id)?.is_none() {
+            return Err(
+                ControlPlaneError::NotFound(format!("unknown tenant `{}`", r.tenant_id)).into(),
+            );
+        }
+        let skip = records.len().saturating_sub(limit);
+        records.drain(..skip);
+        Ok(Response::new(pb::AuditList {
+            records: records.into_iter().map(adm::audit_to_pb).collect(),
+        }))
+    }
+
+    async fn verify_audit(
+        &self,
+        req: Request<pb::VerifyAuditRequest>,
+    ) -> R<pb::AuditVerification> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        let view = self.read().await?;
+        let v = crate::audit::verify(
+            &view,
+            (!r.tenant_id.is_empty()).then_some(r.tenant_id.as_str()),
+        )?;
+        let (broken_tenant, broken_seq, reason) = v.broken.clone().unwrap_or_default();
+        Ok(Response::new(pb::AuditVerification {
+            ok: v.broken.is_none(),
+            chains: v.chains,
+            records: v.records,
+            broken_tenant,
+            broken_seq,
+            reason,
+        }))
+    }
+}
+
+fn new_webhook_id() -> String {
+    format!("wh_{}", &uuid::Uuid::new_v4().simple().to_string()[..16])
+}
+
+/// Names the config field an error is about.
+fn prefix_field(field: &str, e: ControlPlaneError) -> ControlPlaneError {
+    match e {
+        ControlPlaneError::InvalidArgument(m) => {
+            ControlPlaneError::InvalidArgument(format!("{field}.{m}"))
+        }
+        other => other,
     }
 }

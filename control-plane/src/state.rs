@@ -9,7 +9,7 @@
 //! Usage events are applied exactly once: the event id is recorded in the same
 //! transaction that moves the counters.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io;
 
@@ -17,7 +17,12 @@ use serde::{Deserialize, Serialize};
 
 use bulkhead_proto::TenantId;
 
+use crate::audit;
+use crate::bursts::{self, BURST_DAYS, BURSTS, BurstRecord};
 use crate::ledger::{self, Allowance, LedgerDay};
+use crate::outbox::{self, AttemptRecord, DeliveryRecord, WEBHOOKS, WebhookRecord};
+use crate::plans::{self, Features};
+use crate::sharing::{self, SHARES, SNIPPETS, ShareRecord, SnippetRecord};
 use crate::sessions::{SessionRecord, TenantScope};
 use crate::store::{Tables, View};
 
@@ -42,6 +47,9 @@ const CHANGES_KEPT: u64 = 10_000;
 pub const OPS: &str = "gateway_ops";
 /// How long an operation id is remembered.
 const OP_MEMORY_MS: i64 = 3_600_000;
+
+/// Deleted tenant ids: their name is reused only by an explicit create.
+pub const DELETED: &str = "deleted_tenants";
 
 const ADMIN_HASH: &str = "admin_token_hash";
 const VERSION: &str = "version";
@@ -73,6 +81,46 @@ pub struct TenantRecord {
     pub knowledge_share: bool,
     pub version: u64,
     pub created_at_ms: i64,
+    /// What the plan gives, with this tenant's overrides.
+    #[serde(default)]
+    pub features: Features,
+    /// Limits and features set for this tenant rather than taken from the plan.
+    #[serde(default)]
+    pub overridden: BTreeSet<String>,
+}
+
+impl TenantRecord {
+    /// The fields an operator sets (everything but version and creation
+    /// time) that differ between two records.
+    pub fn differences(&self, other: &TenantRecord) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let mut check = |name: &'static str, same: bool| {
+            if !same {
+                out.push(name);
+            }
+        };
+        check("display_name", self.display_name == other.display_name);
+        check("plan", self.plan == other.plan);
+        check("daily_tokens", self.limits.daily_tokens == other.limits.daily_tokens);
+        check("max_concurrent", self.limits.max_concurrent == other.limits.max_concurrent);
+        check(
+            "max_request_tokens",
+            self.limits.max_request_tokens == other.limits.max_request_tokens,
+        );
+        check("context_window", self.limits.context_window == other.limits.context_window);
+        check("context_turns", self.limits.context_turns == other.limits.context_turns);
+        check("model", self.model == other.model);
+        check("adapter", self.adapter == other.adapter);
+        check("adapter_scale", self.adapter_scale == other.adapter_scale);
+        check("system_prompt", self.system_prompt == other.system_prompt);
+        check("welcome_message", self.welcome_message == other.welcome_message);
+        check("quick_prompts", self.quick_prompts == other.quick_prompts);
+        check("time_zone", self.time_zone == other.time_zone);
+        check("knowledge_share", self.knowledge_share == other.knowledge_share);
+        check("features", self.features == other.features);
+        check("overridden", self.overridden == other.overridden);
+        out
+    }
 }
 
 /// An API key; the plaintext is never stored, only its SHA-256.
@@ -140,6 +188,18 @@ pub struct TenantPatch {
     pub quick_prompts: Option<Vec<String>>,
     pub time_zone: Option<String>,
     pub knowledge_share: Option<bool>,
+    #[serde(default)]
+    pub features: FeaturePatch,
+}
+
+/// Features of a tenant to override; `None` keeps the current value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeaturePatch {
+    pub burst: Option<bool>,
+    pub burst_percent: Option<u32>,
+    pub knowledge_sharing: Option<bool>,
+    pub max_keys: Option<u32>,
+    pub retention_days: Option<u32>,
 }
 
 /// Which fields of [`TenantPatch::limits`] are set.
@@ -166,8 +226,66 @@ pub enum Command {
         id: String,
         patch: Box<TenantPatch>,
     },
+    /// Removes a tenant after the leader archived it (`archive` names the file).
     DeleteTenant {
         id: String,
+        #[serde(default)]
+        archive: String,
+        #[serde(default)]
+        now_ms: i64,
+    },
+    /// An admin or tenant change, recorded in the audit trail (and sent to
+    /// webhooks) with who made it, when it succeeds.
+    Audited {
+        actor: String,
+        now_ms: i64,
+        command: Box<Command>,
+    },
+    /// Creates or updates tenants from config files, all or nothing.
+    ApplyTenants {
+        tenants: Vec<TenantApply>,
+    },
+    RequestBurst {
+        burst: BurstRecord,
+    },
+    DecideBurst {
+        burst_id: String,
+        approve: bool,
+        note: String,
+        decided_by: String,
+        now_ms: i64,
+    },
+    CreateWebhook {
+        webhook: WebhookRecord,
+    },
+    DeleteWebhook {
+        webhook_id: String,
+    },
+    /// The leader's record of one delivery attempt.
+    RecordAttempt {
+        message_id: String,
+        attempt: AttemptRecord,
+    },
+    PublishSnippet {
+        snippet: SnippetRecord,
+    },
+    DeleteSnippet {
+        tenant_id: String,
+        name: String,
+    },
+    GrantShare {
+        grant: ShareRecord,
+    },
+    RevokeShare {
+        grant: ShareRecord,
+    },
+    /// A tenant's message names shared snippets: answers those it may read,
+    /// or the first refusal, and records each use and refusal.
+    UseShared {
+        tenant_id: String,
+        names: Vec<String>,
+        actor: String,
+        now_ms: i64,
     },
     CreateKey {
         key: KeyRecord,
@@ -232,6 +350,26 @@ pub enum Command {
     },
 }
 
+/// One tenant of a config apply: the record it should end up as, and the
+/// webhook endpoints its file declares (ids and secrets filled in already).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TenantApply {
+    pub source: String,
+    pub tenant: TenantRecord,
+    pub webhooks: Vec<WebhookRecord>,
+}
+
+/// What a config apply did to one tenant.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ApplyOutcome {
+    pub tenant_id: String,
+    pub source: String,
+    /// `created`, `updated` or `unchanged`.
+    pub action: String,
+    pub changed: Vec<String>,
+    pub new_webhooks: Vec<WebhookRecord>,
+}
+
 /// A worker that serves models, with its lease.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerRecord {
@@ -260,7 +398,19 @@ impl fmt::Display for Command {
             Command::InitAdmin { .. } => write!(f, "init-admin"),
             Command::CreateTenant { tenant } => write!(f, "create-tenant {}", tenant.id),
             Command::UpdateTenant { id, .. } => write!(f, "update-tenant {id}"),
-            Command::DeleteTenant { id } => write!(f, "delete-tenant {id}"),
+            Command::DeleteTenant { id, .. } => write!(f, "delete-tenant {id}"),
+            Command::Audited { actor, command, .. } => write!(f, "{command} by {actor}"),
+            Command::ApplyTenants { tenants } => write!(f, "apply-tenants x{}", tenants.len()),
+            Command::RequestBurst { burst } => write!(f, "request-burst {}", burst.tenant_id),
+            Command::DecideBurst { burst_id, .. } => write!(f, "decide-burst {burst_id}"),
+            Command::CreateWebhook { webhook } => write!(f, "create-webhook {}", webhook.webhook_id),
+            Command::DeleteWebhook { webhook_id } => write!(f, "delete-webhook {webhook_id}"),
+            Command::RecordAttempt { message_id, .. } => write!(f, "record-attempt {message_id}"),
+            Command::PublishSnippet { snippet } => write!(f, "publish-snippet {}", snippet.name),
+            Command::DeleteSnippet { name, .. } => write!(f, "delete-snippet {name}"),
+            Command::GrantShare { grant } => write!(f, "grant-share {}", grant.snippet),
+            Command::RevokeShare { grant } => write!(f, "revoke-share {}", grant.snippet),
+            Command::UseShared { tenant_id, .. } => write!(f, "use-shared {tenant_id}"),
             Command::CreateKey { key } => write!(f, "create-key {}", key.key_id),
             Command::RevokeKey { key_id, .. } => write!(f, "revoke-key {key_id}"),
             Command::Grant { tenant_id, .. } => write!(f, "grant {tenant_id}"),
@@ -292,6 +442,13 @@ pub enum Rejection {
     UnknownSession(String),
     #[error("session `{0}` already exists")]
     DuplicateSession(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// The tenant's plan or state does not allow it.
+    #[error("{0}")]
+    NotAllowed(String),
 }
 
 /// What a command answers.
@@ -306,6 +463,16 @@ pub enum Reply {
     Reclaimed(u32),
     Worker(WorkerRecord),
     Session(SessionRecord),
+    Applied(Vec<ApplyOutcome>),
+    Burst(BurstRecord),
+    Webhook(WebhookRecord),
+    Delivery(Option<DeliveryRecord>),
+    Snippet(SnippetRecord),
+    Share(ShareRecord),
+    Shared {
+        snippets: Vec<SnippetRecord>,
+        refused: Option<String>,
+    },
     Rejected(Rejection),
 }
 
@@ -363,6 +530,7 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
             if t.get::<TenantRecord>(TENANTS, &tenant.id)?.is_some() {
                 return Ok(Reply::Rejected(Rejection::DuplicateTenant(tenant.id)));
             }
+            t.delete(DELETED, &tenant.id)?;
             tenant.version = next_version(t)?;
             record_change(t, Change::Tenant(tenant.clone()))?;
             t.put(TENANTS, &tenant.id, &tenant)?;
@@ -378,11 +546,43 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
             t.put(TENANTS, &id, &tenant)?;
             Ok(Reply::Tenant(Box::new(tenant)))
         }
-        Command::DeleteTenant { id } => {
+        Command::DeleteTenant {
+            id,
+            archive,
+            now_ms,
+        } => {
             let Some(tenant) = t.get::<TenantRecord>(TENANTS, &id)? else {
                 return Ok(Reply::Rejected(Rejection::UnknownTenant(id)));
             };
+            // The tenant's own endpoints hear of it before they go.
+            outbox::emit(
+                t,
+                &id,
+                "tenant.deleted",
+                serde_json::json!({ "tenant_id": id, "archive": archive }),
+                now_ms,
+            )?;
             t.delete(TENANTS, &id)?;
+            t.put(
+                DELETED,
+                &id,
+                &serde_json::json!({ "deleted_at_ms": now_ms, "archive": archive }),
+            )?;
+            for w in outbox::webhooks(t, &id)? {
+                t.delete(WEBHOOKS, &w.webhook_id)?;
+            }
+            for s in sharing::snippets(t, &id)? {
+                t.delete(SNIPPETS, &s.name)?;
+            }
+            for g in sharing::shares(t, &id)? {
+                t.delete(
+                    SHARES,
+                    &sharing::share_key(&g.owner_tenant_id, &g.snippet, &g.grantee_tenant_id),
+                )?;
+            }
+            for b in bursts::list(t, &id, "")? {
+                t.delete(BURSTS, &b.burst_id)?;
+            }
             for (key_id, key) in t.scan::<KeyRecord>(KEYS, "")? {
                 if key.tenant_id == id {
                     t.delete(KEYS, &key_id)?;
@@ -393,15 +593,27 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
                 TenantScope::new(t, &tenant_id).drop_all()?;
             }
             let prefix = format!("{id}/");
-            for table in [ALLOWANCES, LEDGER, USERS] {
+            for table in [ALLOWANCES, LEDGER, USERS, RECENT, BURST_DAYS] {
                 t.delete_prefix(table, &prefix)?;
             }
             record_change(t, Change::TenantDeleted(id))?;
             Ok(Reply::Tenant(Box::new(tenant)))
         }
         Command::CreateKey { key } => {
-            if t.get::<TenantRecord>(TENANTS, &key.tenant_id)?.is_none() {
+            let Some(tenant) = t.get::<TenantRecord>(TENANTS, &key.tenant_id)? else {
                 return Ok(Reply::Rejected(Rejection::UnknownTenant(key.tenant_id)));
+            };
+            let max = tenant.features.max_keys;
+            let active = t
+                .scan::<KeyRecord>(KEYS, "")?
+                .iter()
+                .filter(|(_, k)| k.tenant_id == key.tenant_id && k.revoked_at_ms == 0)
+                .count();
+            if max > 0 && active >= max as usize {
+                return Ok(Reply::Rejected(Rejection::NotAllowed(format!(
+                    "tenant `{}` already has {active} active keys, the most its plan `{}` allows (max_keys {max}); revoke one first",
+                    key.tenant_id, tenant.plan
+                ))));
             }
             if t.get::<KeyRecord>(KEYS, &key.key_id)?.is_some()
                 || t.get::<String>(KEY_HASHES, &key.hash)?.is_some()
@@ -522,8 +734,11 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
             let mut n = 0;
             for (_, tenant) in t.scan::<TenantRecord>(TENANTS, "")? {
                 if let Some(scope) = scope(t, &tenant.id)? {
-                    let days = crate::plans::retention_days(&tenant.plan);
-                    n += scope.prune(now_ms - days * 86_400_000)?;
+                    let days = match tenant.features.retention_days {
+                        0 => plans::default_features(&tenant.plan).map_or(30, |f| f.retention_days),
+                        d => d,
+                    };
+                    n += scope.prune(now_ms - i64::from(days) * 86_400_000)?;
                 }
             }
             Ok(Reply::Reclaimed(u32::try_from(n).unwrap_or(u32::MAX)))
@@ -552,6 +767,245 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
             }
             Ok(Reply::Worker(worker))
         }
+        Command::Audited {
+            actor,
+            now_ms,
+            command,
+        } => {
+            let reply = apply(t, (*command).clone())?;
+            if !matches!(reply, Reply::Rejected(_)) {
+                for c in consequences(&command, &reply) {
+                    if let Some(tenant) = &c.audit_in {
+                        audit::append(t, tenant, now_ms, &actor, &c.action, c.detail.clone())?;
+                    }
+                    if let Some(event) = c.event {
+                        outbox::emit(t, &c.tenant_id, event, c.detail, now_ms)?;
+                    }
+                }
+            }
+            Ok(reply)
+        }
+        Command::ApplyTenants { tenants } => apply_tenants(t, tenants),
+        Command::RequestBurst { burst } => {
+            let Some(tenant) = t.get::<TenantRecord>(TENANTS, &burst.tenant_id)? else {
+                return Ok(Reply::Rejected(Rejection::UnknownTenant(burst.tenant_id)));
+            };
+            if !tenant.features.burst {
+                return Ok(Reply::Rejected(Rejection::NotAllowed(format!(
+                    "tenant `{}` is on plan `{}`, which does not include burst requests (enterprise does)",
+                    tenant.id, tenant.plan
+                ))));
+            }
+            let day_key = key2(&burst.tenant_id, &burst.day);
+            if let Some(open) = t.get::<String>(BURST_DAYS, &day_key)? {
+                return Ok(Reply::Rejected(Rejection::Conflict(format!(
+                    "tenant `{}` already has burst `{open}` for {}; one burst per day",
+                    tenant.id, burst.day
+                ))));
+            }
+            t.put(BURST_DAYS, &day_key, &burst.burst_id)?;
+            t.put(BURSTS, &burst.burst_id, &burst)?;
+            Ok(Reply::Burst(burst))
+        }
+        Command::DecideBurst {
+            burst_id,
+            approve,
+            note,
+            decided_by,
+            now_ms,
+        } => {
+            let Some(mut b) = t.get::<BurstRecord>(BURSTS, &burst_id)? else {
+                return Ok(Reply::Rejected(Rejection::NotFound(format!(
+                    "unknown burst `{burst_id}`"
+                ))));
+            };
+            if b.status != "pending" {
+                return Ok(Reply::Rejected(Rejection::Conflict(format!(
+                    "burst `{burst_id}` was already {}",
+                    b.status
+                ))));
+            }
+            let Some(tenant) = t.get::<TenantRecord>(TENANTS, &b.tenant_id)? else {
+                return Ok(Reply::Rejected(Rejection::UnknownTenant(b.tenant_id)));
+            };
+            let (today, _) = ledger::day_of(now_ms, &tenant.time_zone);
+            if approve && today != b.day {
+                return Ok(Reply::Rejected(Rejection::NotAllowed(format!(
+                    "burst `{burst_id}` was for {}, which has ended; the tenant can ask again today",
+                    b.day
+                ))));
+            }
+            b.status = if approve { "approved" } else { "denied" }.into();
+            b.decided_at_ms = now_ms;
+            b.decided_by = decided_by;
+            b.note = note;
+            if approve {
+                b.extra_tokens = tenant.limits.daily_tokens * u64::from(b.percent) / 100;
+            } else {
+                // A denied burst does not hold the day: the tenant may ask again.
+                t.delete(BURST_DAYS, &key2(&b.tenant_id, &b.day))?;
+            }
+            t.put(BURSTS, &burst_id, &b)?;
+            if approve {
+                // Gateways refetch the tenant and see the new quota at once.
+                let mut tenant = tenant;
+                tenant.version = next_version(t)?;
+                record_change(t, Change::Tenant(tenant.clone()))?;
+                t.put(TENANTS, &tenant.id, &tenant)?;
+            }
+            Ok(Reply::Burst(b))
+        }
+        Command::CreateWebhook { webhook } => {
+            if !webhook.tenant_id.is_empty()
+                && t.get::<TenantRecord>(TENANTS, &webhook.tenant_id)?.is_none()
+            {
+                return Ok(Reply::Rejected(Rejection::UnknownTenant(webhook.tenant_id)));
+            }
+            if t.get::<WebhookRecord>(WEBHOOKS, &webhook.webhook_id)?.is_some() {
+                return Ok(Reply::Rejected(Rejection::Conflict(format!(
+                    "webhook `{}` already exists",
+                    webhook.webhook_id
+                ))));
+            }
+            t.put(WEBHOOKS, &webhook.webhook_id, &webhook)?;
+            Ok(Reply::Webhook(webhook))
+        }
+        Command::DeleteWebhook { webhook_id } => {
+            let Some(w) = t.get::<WebhookRecord>(WEBHOOKS, &webhook_id)? else {
+                return Ok(Reply::Rejected(Rejection::NotFound(format!(
+                    "unknown webhook `{webhook_id}`"
+                ))));
+            };
+            t.delete(WEBHOOKS, &webhook_id)?;
+            Ok(Reply::Webhook(w))
+        }
+        Command::RecordAttempt {
+            message_id,
+            attempt,
+        } => Ok(Reply::Delivery(outbox::record_attempt(
+            t,
+            &message_id,
+            attempt,
+        )?)),
+        Command::PublishSnippet { snippet } => {
+            let Some(tenant) = t.get::<TenantRecord>(TENANTS, &snippet.tenant_id)? else {
+                return Ok(Reply::Rejected(Rejection::UnknownTenant(snippet.tenant_id)));
+            };
+            if !tenant.knowledge_share {
+                return Ok(Reply::Rejected(Rejection::NotAllowed(format!(
+                    "tenant `{}` does not share knowledge (set knowledge_share: true first)",
+                    tenant.id
+                ))));
+            }
+            if let Some(other) = t.get::<SnippetRecord>(SNIPPETS, &snippet.name)?
+                && other.tenant_id != snippet.tenant_id
+            {
+                return Ok(Reply::Rejected(Rejection::Conflict(format!(
+                    "another tenant already publishes a snippet named `{}`",
+                    snippet.name
+                ))));
+            }
+            t.put(SNIPPETS, &snippet.name, &snippet)?;
+            Ok(Reply::Snippet(snippet))
+        }
+        Command::DeleteSnippet { tenant_id, name } => {
+            match t.get::<SnippetRecord>(SNIPPETS, &name)? {
+                Some(s) if s.tenant_id == tenant_id => {
+                    t.delete(SNIPPETS, &name)?;
+                    Ok(Reply::Snippet(s))
+                }
+                _ => Ok(Reply::Rejected(Rejection::NotFound(format!(
+                    "tenant `{tenant_id}` has no snippet `{name}`"
+                )))),
+            }
+        }
+        Command::GrantShare { grant } => {
+            for id in [&grant.owner_tenant_id, &grant.grantee_tenant_id] {
+                if t.get::<TenantRecord>(TENANTS, id)?.is_none() {
+                    return Ok(Reply::Rejected(Rejection::UnknownTenant(id.clone())));
+                }
+            }
+            if grant.snippet != "*" {
+                match t.get::<SnippetRecord>(SNIPPETS, &grant.snippet)? {
+                    Some(s) if s.tenant_id == grant.owner_tenant_id => {}
+                    _ => {
+                        return Ok(Reply::Rejected(Rejection::NotFound(format!(
+                            "tenant `{}` has no snippet `{}`",
+                            grant.owner_tenant_id, grant.snippet
+                        ))));
+                    }
+                }
+            }
+            t.put(
+                SHARES,
+                &sharing::share_key(
+                    &grant.owner_tenant_id,
+                    &grant.snippet,
+                    &grant.grantee_tenant_id,
+                ),
+                &grant,
+            )?;
+            Ok(Reply::Share(grant))
+        }
+        Command::RevokeShare { grant } => {
+            let key = sharing::share_key(
+                &grant.owner_tenant_id,
+                &grant.snippet,
+                &grant.grantee_tenant_id,
+            );
+            match t.get::<ShareRecord>(SHARES, &key)? {
+                Some(g) => {
+                    t.delete(SHARES, &key)?;
+                    Ok(Reply::Share(g))
+                }
+                None => Ok(Reply::Rejected(Rejection::NotFound(format!(
+                    "no grant of `{}` from `{}` to `{}`",
+                    grant.snippet, grant.owner_tenant_id, grant.grantee_tenant_id
+                )))),
+            }
+        }
+        Command::UseShared {
+            tenant_id,
+            names,
+            actor,
+            now_ms,
+        } => {
+            if t.get::<TenantRecord>(TENANTS, &tenant_id)?.is_none() {
+                return Ok(Reply::Rejected(Rejection::UnknownTenant(tenant_id)));
+            }
+            let mut snippets = Vec::new();
+            let mut refused = None;
+            for name in names {
+                match sharing::may_read(t, &tenant_id, &name)? {
+                    Ok(s) => {
+                        let detail = serde_json::json!({
+                            "snippet": name, "owner": s.tenant_id, "reader": tenant_id,
+                        });
+                        audit::append(t, &tenant_id, now_ms, &actor, "share.used", detail.clone())?;
+                        if s.tenant_id != tenant_id {
+                            audit::append(t, &s.tenant_id, now_ms, &actor, "share.read_by", detail)?;
+                        }
+                        snippets.push(s);
+                    }
+                    Err(why) => {
+                        audit::append(
+                            t,
+                            &tenant_id,
+                            now_ms,
+                            &actor,
+                            "share.refused",
+                            serde_json::json!({ "snippet": name, "reason": why }),
+                        )?;
+                        refused = Some(why);
+                        break;
+                    }
+                }
+            }
+            if refused.is_some() {
+                snippets.clear();
+            }
+            Ok(Reply::Shared { snippets, refused })
+        }
         Command::Reclaim { now_ms } => {
             for (okey, op) in t.scan::<OpRecord>(OPS, "")? {
                 if op.at_ms + OP_MEMORY_MS < now_ms {
@@ -574,6 +1028,246 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
             Ok(Reply::Reclaimed(n))
         }
     }
+}
+
+/// What an audited change leaves behind: an audit record, and maybe a
+/// webhook event with the same detail.
+struct Consequence {
+    /// The tenant the event is about.
+    tenant_id: String,
+    /// The chain the audit record goes to (`None`: no record).
+    audit_in: Option<String>,
+    action: String,
+    detail: serde_json::Value,
+    event: Option<&'static str>,
+}
+
+fn tenant_detail(t: &TenantRecord) -> serde_json::Value {
+    serde_json::json!({
+        "tenant_id": t.id,
+        "plan": t.plan,
+        "daily_tokens": t.limits.daily_tokens,
+        "max_concurrent": t.limits.max_concurrent,
+        "version": t.version,
+    })
+}
+
+/// The audit records and webhook events of a successful admin change.
+fn consequences(command: &Command, reply: &Reply) -> Vec<Consequence> {
+    let one = |tenant: &str, action: &str, detail: serde_json::Value, event| Consequence {
+        tenant_id: tenant.to_owned(),
+        audit_in: Some(if tenant.is_empty() {
+            audit::CLUSTER_CHAIN.to_owned()
+        } else {
+            tenant.to_owned()
+        }),
+        action: action.to_owned(),
+        detail,
+        event,
+    };
+    match (command, reply) {
+        (Command::CreateTenant { .. }, Reply::Tenant(t)) => {
+            vec![one(&t.id, "tenant.created", tenant_detail(t), Some("tenant.created"))]
+        }
+        (Command::UpdateTenant { patch, .. }, Reply::Tenant(t)) => {
+            let mut d = tenant_detail(t);
+            d["patch"] = serde_json::to_value(patch).unwrap_or_default();
+            vec![one(&t.id, "tenant.updated", d, Some("tenant.updated"))]
+        }
+        (Command::DeleteTenant { archive, .. }, Reply::Tenant(t)) => {
+            // The webhook event went out before the tenant's endpoints did.
+            let mut d = tenant_detail(t);
+            d["archive"] = archive.clone().into();
+            vec![one(&t.id, "tenant.deleted", d, None)]
+        }
+        (Command::CreateKey { .. }, Reply::Key(k)) | (Command::RevokeKey { .. }, Reply::Key(k)) => {
+            let created = matches!(command, Command::CreateKey { .. });
+            let action = if created { "key.created" } else { "key.revoked" };
+            let d = serde_json::json!({
+                "tenant_id": k.tenant_id, "key_id": k.key_id, "name": k.name, "prefix": k.prefix,
+            });
+            vec![one(&k.tenant_id, action, d, Some(action))]
+        }
+        (Command::ApplyTenants { .. }, Reply::Applied(outcomes)) => outcomes
+            .iter()
+            .filter(|o| o.action != "unchanged")
+            .map(|o| {
+                let action = if o.action == "created" {
+                    "tenant.created"
+                } else {
+                    "tenant.updated"
+                };
+                let d = serde_json::json!({
+                    "tenant_id": o.tenant_id, "source": o.source, "changed": o.changed,
+                });
+                one(&o.tenant_id, action, d, Some(action))
+            })
+            .collect(),
+        (Command::RequestBurst { .. }, Reply::Burst(b))
+        | (Command::DecideBurst { .. }, Reply::Burst(b)) => {
+            let action = match b.status.as_str() {
+                "approved" => "burst.approved",
+                "denied" => "burst.denied",
+                _ => "burst.requested",
+            };
+            let d = serde_json::to_value(b).unwrap_or_default();
+            vec![one(&b.tenant_id, action, d, Some(action))]
+        }
+        (Command::CreateWebhook { .. }, Reply::Webhook(w))
+        | (Command::DeleteWebhook { .. }, Reply::Webhook(w)) => {
+            let action = if matches!(command, Command::CreateWebhook { .. }) {
+                "webhook.created"
+            } else {
+                "webhook.deleted"
+            };
+            let d = serde_json::json!({
+                "webhook_id": w.webhook_id, "url": w.url, "events": w.events,
+            });
+            vec![one(&w.tenant_id, action, d, None)]
+        }
+        (Command::PublishSnippet { .. }, Reply::Snippet(s))
+        | (Command::DeleteSnippet { .. }, Reply::Snippet(s)) => {
+            let action = if matches!(command, Command::PublishSnippet { .. }) {
+                "snippet.published"
+            } else {
+                "snippet.deleted"
+            };
+            let d = serde_json::json!({ "snippet": s.name, "bytes": s.content.len() });
+            vec![one(&s.tenant_id, action, d, None)]
+        }
+        (Command::GrantShare { .. }, Reply::Share(g)) | (Command::RevokeShare { .. }, Reply::Share(g)) => {
+            let action = if matches!(command, Command::GrantShare { .. }) {
+                "share.granted"
+            } else {
+                "share.revoked"
+            };
+            let d = serde_json::to_value(g).unwrap_or_default();
+            vec![
+                one(&g.owner_tenant_id, action, d.clone(), None),
+                one(&g.grantee_tenant_id, action, d, None),
+            ]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Creates or updates the tenants of a config apply; refuses the whole apply
+/// (changing nothing) when one of them cannot be applied.
+fn apply_tenants(t: &Tables, tenants: Vec<TenantApply>) -> io::Result<Reply> {
+    for a in &tenants {
+        let id = &a.tenant.id;
+        if t.get::<TenantRecord>(TENANTS, id)?.is_none()
+            && t.get::<serde_json::Value>(DELETED, id)?.is_some()
+        {
+            return Ok(Reply::Rejected(Rejection::NotAllowed(format!(
+                "{}: tenant `{id}` was deleted; its id is reused only by an explicit `bulkhead tenant create --id {id}`",
+                a.source
+            ))));
+        }
+    }
+    let mut outcomes = Vec::new();
+    for a in tenants {
+        let existing = t.get::<TenantRecord>(TENANTS, &a.tenant.id)?;
+        let mut changed: Vec<String> = match &existing {
+            Some(e) => e
+                .differences(&a.tenant)
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+            None => Vec::new(),
+        };
+        // Endpoints this file manages, matched by URL.
+        let current: Vec<WebhookRecord> = outbox::webhooks(t, &a.tenant.id)?
+            .into_iter()
+            .filter(|w| w.source == "config")
+            .collect();
+        let mut new_webhooks = Vec::new();
+        for w in &current {
+            if !a.webhooks.iter().any(|d| d.url == w.url) {
+                t.delete(WEBHOOKS, &w.webhook_id)?;
+                changed.push(format!("webhook {} removed", w.url));
+            }
+        }
+        for d in &a.webhooks {
+            match current.iter().find(|w| w.url == d.url) {
+                Some(w) if w.events == d.events && w.secret == d.secret => {}
+                Some(w) => {
+                    let mut w = w.clone();
+                    w.events = d.events.clone();
+                    w.secret = d.secret.clone();
+                    t.put(WEBHOOKS, &w.webhook_id, &w)?;
+                    changed.push(format!("webhook {}", w.url));
+                }
+                None => {
+                    t.put(WEBHOOKS, &d.webhook_id, d)?;
+                    changed.push(format!("webhook {} added", d.url));
+                    new_webhooks.push(d.clone());
+                }
+            }
+        }
+        let action = match &existing {
+            None => "created",
+            Some(_) if changed.is_empty() => "unchanged",
+            Some(_) => "updated",
+        };
+        let tenant_changed = existing
+            .as_ref()
+            .is_none_or(|e| !e.differences(&a.tenant).is_empty());
+        if tenant_changed {
+            let mut record = a.tenant.clone();
+            if let Some(e) = &existing {
+                record.created_at_ms = e.created_at_ms;
+            }
+            t.delete(DELETED, &record.id)?;
+            record.version = next_version(t)?;
+            record_change(t, Change::Tenant(record.clone()))?;
+            t.put(TENANTS, &record.id, &record)?;
+        }
+        outcomes.push(ApplyOutcome {
+            tenant_id: a.tenant.id,
+            source: a.source,
+            action: action.to_owned(),
+            changed,
+            new_webhooks,
+        });
+    }
+    Ok(Reply::Applied(outcomes))
+}
+
+/// A tenant's quota on `day`: its daily tokens plus an approved burst's.
+fn quota_on(t: &impl crate::store::Lookup, tenant: &TenantRecord, day: &str) -> io::Result<u64> {
+    Ok(tenant.limits.daily_tokens + bursts::extra_on(t, &tenant.id, day)?)
+}
+
+/// Sends `quota.low` (under 10% left) and `quota.exhausted` once per tenant
+/// and day; the flags live in the ledger day, so a new leader does not
+/// send them again.
+fn quota_events(
+    t: &Tables,
+    tenant: &TenantRecord,
+    day: &str,
+    l: &mut LedgerDay,
+    outstanding: u64,
+    now_ms: i64,
+) -> io::Result<()> {
+    let quota = quota_on(t, tenant, day)?;
+    let committed = l.used.saturating_add(outstanding);
+    let remaining = quota.saturating_sub(l.used);
+    let data = || {
+        serde_json::json!({
+            "tenant_id": tenant.id, "day": day, "quota": quota, "used": l.used,
+            "remaining": remaining,
+        })
+    };
+    if !l.low_notified && remaining.saturating_mul(10) < quota {
+        l.low_notified = true;
+        outbox::emit(t, &tenant.id, "quota.low", data(), now_ms)?;
+    }
+    if !l.exhausted_notified && committed >= quota {
+        l.exhausted_notified = true;
+        outbox::emit(t, &tenant.id, "quota.exhausted", data(), now_ms)?;
+    }
+    Ok(())
 }
 
 /// The session handle of an existing tenant, or `None`.
@@ -638,21 +1332,62 @@ impl TenantPatch {
         set(&mut tenant.time_zone, &self.time_zone);
         set(&mut tenant.knowledge_share, &self.knowledge_share);
         let (l, m) = (&self.limits, &self.set_limits);
-        if m.daily_tokens {
-            tenant.limits.daily_tokens = l.daily_tokens;
+        let mut overridden = Vec::new();
+        let mut limit = |name: &'static str, on: bool, field: &mut u64, v: u64| {
+            if on {
+                *field = v;
+                overridden.push(name);
+            }
+        };
+        limit("daily_tokens", m.daily_tokens, &mut tenant.limits.daily_tokens, l.daily_tokens);
+        let mut u32s = [
+            ("max_concurrent", m.max_concurrent, &mut tenant.limits.max_concurrent, l.max_concurrent),
+            (
+                "max_request_tokens",
+                m.max_request_tokens,
+                &mut tenant.limits.max_request_tokens,
+                l.max_request_tokens,
+            ),
+            ("context_window", m.context_window, &mut tenant.limits.context_window, l.context_window),
+            ("context_turns", m.context_turns, &mut tenant.limits.context_turns, l.context_turns),
+        ];
+        for (name, on, field, v) in &mut u32s {
+            if *on {
+                **field = *v;
+                overridden.push(name);
+            }
         }
-        if m.max_concurrent {
-            tenant.limits.max_concurrent = l.max_concurrent;
+        let f = &self.features;
+        if let Some(v) = f.burst {
+            tenant.features.burst = v;
+            overridden.push("burst");
         }
-        if m.max_request_tokens {
-            tenant.limits.max_request_tokens = l.max_request_tokens;
+        if let Some(v) = f.burst_percent {
+            tenant.features.burst_percent = v;
+            overridden.push("burst_percent");
         }
-        if m.context_window {
-            tenant.limits.context_window = l.context_window;
+        if let Some(v) = f.knowledge_sharing {
+            tenant.features.knowledge_sharing = v;
+            overridden.push("knowledge_sharing");
         }
-        if m.context_turns {
-            tenant.limits.context_turns = l.context_turns;
+        if let Some(v) = f.max_keys {
+            tenant.features.max_keys = v;
+            overridden.push("max_keys");
         }
+        if let Some(v) = f.retention_days {
+            tenant.features.retention_days = v;
+            overridden.push("retention_days");
+        }
+        tenant
+            .overridden
+            .extend(overridden.into_iter().map(str::to_owned));
+        // The limits and features not set for this tenant follow its plan.
+        plans::follow_plan(
+            &tenant.plan,
+            &tenant.overridden,
+            &mut tenant.limits,
+            &mut tenant.features,
+        );
     }
 }
 
@@ -688,15 +1423,20 @@ fn grant(
         mine.tokens = 0;
         mine.day = day.clone();
     }
-    let used = t
-        .get::<LedgerDay>(LEDGER, &key2(tenant_id, &day))?
-        .unwrap_or_default()
-        .used;
+    let lkey = key2(tenant_id, &day);
+    let mut l = t.get::<LedgerDay>(LEDGER, &lkey)?.unwrap_or_default();
+    let used = l.used;
+    let quota = quota_on(t, &tenant, &day)?;
     let granted_tokens = tokens.min(ledger::grantable(
-        tenant.limits.daily_tokens,
+        quota,
         used,
         others_tokens + mine.tokens,
     ));
+    if tokens > granted_tokens && !l.exhausted_notified {
+        // Asked for more than is left: everything is used or promised.
+        quota_events(t, &tenant, &day, &mut l, quota.saturating_sub(used), now_ms)?;
+        t.put(LEDGER, &lkey, &l)?;
+    }
     let granted_slots = slots.min(ledger::grantable_slots(
         tenant.limits.max_concurrent,
         others_slots + mine.slots,
@@ -736,8 +1476,8 @@ fn view_allowance(
         tenant_id: tenant.id.clone(),
         gateway_id: gateway_id.to_owned(),
         allowance,
+        quota: quota_on(t, tenant, &day)?,
         day,
-        quota: tenant.limits.daily_tokens,
         used,
         outstanding,
         max_concurrent: tenant.limits.max_concurrent,
@@ -749,24 +1489,28 @@ fn view_allowance(
 
 fn apply_usage(t: &Tables, events: Vec<UsageRecord>) -> io::Result<Reply> {
     let (mut applied, mut duplicates) = (0, 0);
-    let mut zones: BTreeMap<String, String> = BTreeMap::new();
+    let mut tenants: BTreeMap<String, Option<TenantRecord>> = BTreeMap::new();
     for e in events {
         if e.event_id.is_empty() || t.get::<String>(EVENTS, &e.event_id)?.is_some() {
             duplicates += 1;
             continue;
         }
-        let zone = match zones.get(&e.tenant_id) {
-            Some(z) => z.clone(),
+        let tenant = match tenants.get(&e.tenant_id) {
+            Some(r) => r.clone(),
             None => {
-                let z = t
-                    .get::<TenantRecord>(TENANTS, &e.tenant_id)?
-                    .map(|r| r.time_zone)
-                    .unwrap_or_default();
-                zones.insert(e.tenant_id.clone(), z.clone());
-                z
+                let r = t.get::<TenantRecord>(TENANTS, &e.tenant_id)?;
+                tenants.insert(e.tenant_id.clone(), r.clone());
+                r
             }
         };
-        let (day, _) = ledger::day_of(e.finished_at_ms, &zone);
+        let Some(tenant) = tenant else {
+            // A deleted tenant's late usage: remembered, so it is not
+            // counted if the id is created again, but charged to no one.
+            t.put(EVENTS, &e.event_id, &String::new())?;
+            duplicates += 1;
+            continue;
+        };
+        let (day, _) = ledger::day_of(e.finished_at_ms, &tenant.time_zone);
         t.put(EVENTS, &e.event_id, &day)?;
         let total = e.prompt_tokens + e.completion_tokens;
         let lkey = key2(&e.tenant_id, &day);
@@ -778,6 +1522,9 @@ fn apply_usage(t: &Tables, events: Vec<UsageRecord>) -> io::Result<Reply> {
         l.requests += 1;
         l.total_latency_ms += e.duration_ms;
         l.max_latency_ms = l.max_latency_ms.max(e.duration_ms);
+        if !(l.low_notified && l.exhausted_notified) {
+            quota_events(t, &tenant, &day, &mut l, 0, e.finished_at_ms)?;
+        }
         t.put(LEDGER, &lkey, &l)?;
         if !e.gateway_id.is_empty() {
             // The tokens move from the admitting gateway's outstanding grant to used.

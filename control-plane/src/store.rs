@@ -162,6 +162,31 @@ fn scan_table<T: DeserializeOwned>(
     Ok(out)
 }
 
+/// Reads that work the same inside a write ([`Tables`]) and on a [`View`],
+/// for helpers that both `apply` and the queries use.
+pub trait Lookup {
+    fn get<T: DeserializeOwned>(&self, table: &str, key: &str) -> io::Result<Option<T>>;
+    fn scan<T: DeserializeOwned>(&self, table: &str, prefix: &str) -> io::Result<Vec<(String, T)>>;
+}
+
+impl Lookup for Tables<'_> {
+    fn get<T: DeserializeOwned>(&self, table: &str, key: &str) -> io::Result<Option<T>> {
+        Tables::get(self, table, key)
+    }
+    fn scan<T: DeserializeOwned>(&self, table: &str, prefix: &str) -> io::Result<Vec<(String, T)>> {
+        Tables::scan(self, table, prefix)
+    }
+}
+
+impl Lookup for View {
+    fn get<T: DeserializeOwned>(&self, table: &str, key: &str) -> io::Result<Option<T>> {
+        View::get(self, table, key)
+    }
+    fn scan<T: DeserializeOwned>(&self, table: &str, prefix: &str) -> io::Result<Vec<(String, T)>> {
+        View::scan(self, table, prefix)
+    }
+}
+
 /// Read-only access to the application tables at one point in time.
 pub struct View {
     rtx: redb::ReadTransaction,
