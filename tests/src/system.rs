@@ -231,16 +231,27 @@ pub struct Up {
     pub admin_token: String,
     pub dir: PathBuf,
     ports: (u16, u16, u16),
+    extra: Vec<String>,
 }
 
 impl Up {
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
-        Self::start_on(dir, (free_port(), free_port(), free_port())).await
+        Self::start_with(dir, &[]).await
     }
 
-    async fn start_on(dir: &Path, ports: (u16, u16, u16)) -> anyhow::Result<Self> {
+    /// Starts with more arguments for `bulkhead up` (such as `--tenants DIR`).
+    pub async fn start_with(dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let extra = extra.iter().map(|s| (*s).to_owned()).collect();
+        Self::start_on(dir, (free_port(), free_port(), free_port()), extra).await
+    }
+
+    async fn start_on(
+        dir: &Path,
+        ports: (u16, u16, u16),
+        extra: Vec<String>,
+    ) -> anyhow::Result<Self> {
         let model = format!("{MODEL}={}", demo_model().display());
-        let args = [
+        let mut args = vec![
             "up".to_owned(),
             "--data-dir".into(),
             dir.display().to_string(),
@@ -257,6 +268,7 @@ impl Up {
             "--context".into(),
             "2048".into(),
         ];
+        args.extend(extra.iter().cloned());
         let mut process = Process::spawn(&args)?;
         let admin_token = process.wait_for("admin token:", Duration::from_secs(60))?;
         let api = Api::new(&format!("127.0.0.1:{}", ports.0));
@@ -268,6 +280,7 @@ impl Up {
             admin_token,
             dir: dir.to_path_buf(),
             ports,
+            extra,
         })
     }
 
@@ -281,7 +294,8 @@ impl Up {
                 self.process.output()
             );
         }
-        Self::start_on(&self.dir.clone(), self.ports).await
+        let extra = std::mem::take(&mut self.extra);
+        Self::start_on(&self.dir.clone(), self.ports, extra).await
     }
 
     pub fn admin(&self, args: &[&str]) -> anyhow::Result<String> {
