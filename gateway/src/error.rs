@@ -28,6 +28,13 @@ pub enum GatewayError {
     Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
+    /// The tenant may not do this (a shared snippet it has no grant for).
+    #[error("{message}")]
+    Denied {
+        message: String,
+        code: &'static str,
+        param: Option<&'static str>,
+    },
     #[error("{message}")]
     BadRequest {
         message: String,
@@ -59,7 +66,7 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::Denied { .. } => StatusCode::FORBIDDEN,
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -77,6 +84,7 @@ impl GatewayError {
                 "invalid_request_error"
             }
             Self::RateLimited(_) => "rate_limit_error",
+            Self::Denied { .. } => "permission_error",
             Self::Unavailable(_) => "service_unavailable",
             Self::Upstream(_) => "server_error",
         }
@@ -87,6 +95,7 @@ impl GatewayError {
         match self {
             Self::Unauthorized(_) => Some("invalid_api_key"),
             Self::Forbidden(_) => Some("tenant_mismatch"),
+            Self::Denied { code, .. } => Some(code),
             Self::BadRequest { code, .. } => *code,
             Self::NotFound { code, .. } => Some(code),
             Self::TooLarge(_) => Some("request_too_large"),
@@ -100,7 +109,7 @@ impl GatewayError {
 
     fn param(&self) -> Option<&'static str> {
         match self {
-            Self::BadRequest { param, .. } => *param,
+            Self::BadRequest { param, .. } | Self::Denied { param, .. } => *param,
             Self::NotFound { code, .. } if *code == "model_not_found" => Some("model"),
             _ => None,
         }
@@ -150,6 +159,11 @@ impl GatewayError {
             Code::InvalidArgument | Code::FailedPrecondition | Code::AlreadyExists => {
                 Self::bad_request(message, None)
             }
+            Code::PermissionDenied => Self::Denied {
+                message,
+                code: "permission_denied",
+                param: None,
+            },
             _ => Self::Unavailable(format!(
                 "the control plane cannot be reached ({message}); retry shortly"
             )),

@@ -342,6 +342,7 @@ async fn prepare(
             content: t.content,
         }));
     }
+    context.extend(shared_knowledge(state, &caller, &user, &messages).await?);
     context.extend(messages);
     // Byte-level BPE: a token covers at least one byte, plus a few template
     // tokens per message.
@@ -380,6 +381,70 @@ async fn prepare(
         prompt_bound,
         explicit_max_tokens: max_tokens.is_some(),
     })
+}
+
+/// The snippets of other tenants the user's messages name (`@shared:<name>`),
+/// as system messages to put before them. The control plane checks the
+/// grants and records each use and refusal in the audit trail; a snippet the
+/// tenant may not read refuses the whole request (403).
+async fn shared_knowledge(
+    state: &AppState,
+    caller: &Caller,
+    user: &Option<UserId>,
+    messages: &[pb::ChatMessage],
+) -> Result<Vec<pb::ChatMessage>, GatewayError> {
+    let mut names: Vec<String> = Vec::new();
+    for m in messages.iter().filter(|m| m.role == "user") {
+        for name in bulkhead_control_plane::sharing::references(&m.content) {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let msg = cp::ResolveSharedRequest {
+        tenant_id: caller.tenant.id.clone(),
+        names,
+        user_id: user.as_ref().map(ToString::to_string).unwrap_or_default(),
+    };
+    let actor: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
+        format!("gateway {} key {}", state.gateway_id, caller.key_id)
+            .parse()
+            .ok();
+    let found = state
+        .client
+        .send_for(CONTROL_PLANE_DEADLINE, msg, move |mut c, mut req| {
+            if let Some(a) = actor.clone() {
+                req.metadata_mut()
+                    .insert(bulkhead_control_plane::service::ACTOR_METADATA, a);
+            }
+            async move { c.resolve_shared(req).await }
+        })
+        .await
+        .map_err(|s| match s.code() {
+            tonic::Code::PermissionDenied => GatewayError::Denied {
+                message: format!(
+                    "{}; an administrator can grant it with `bulkhead share grant`",
+                    s.message()
+                ),
+                code: "shared_snippet_not_granted",
+                param: Some("messages"),
+            },
+            _ => GatewayError::from_control_plane(&s),
+        })?;
+    Ok(found
+        .snippets
+        .into_iter()
+        .map(|s| pb::ChatMessage {
+            role: "system".into(),
+            content: format!(
+                "Shared knowledge `{}` (from {}):\n{}",
+                s.name, s.tenant_id, s.content
+            ),
+        })
+        .collect())
 }
 
 /// Enforces `max_request_tokens`: with the cheap upper bound when it fits,
