@@ -27,6 +27,7 @@ pub mod sessions;
 pub mod sharing;
 pub mod state;
 pub mod store;
+pub mod tenant_config;
 
 use std::collections::BTreeMap;
 use std::future::Future;
