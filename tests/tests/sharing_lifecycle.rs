@@ -383,3 +383,73 @@ async fn deleting_a_tenant_archives_it_first_and_frees_its_name_only_for_a_new_c
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approved_burst_lifts_the_quota_at_the_gateway_at_once() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let up = Up::start(dir.path()).await?;
+    let client = admin_client(&up);
+    let key = up.tenant_with_key("bigco", &["--plan", "enterprise", "--daily-tokens", "400"])?;
+    // Spend the day's quota until the gateway refuses.
+    let mut refused = None;
+    for _ in 0..40 {
+        let a = up.api.ask(&key, "Count to three.", 24).await?;
+        if a.status == 429 {
+            refused = Some(a);
+            break;
+        }
+        assert_eq!(a.status, 200, "{:?}", a.body);
+    }
+    let refused = refused.context("the quota of 400 tokens never ran out")?;
+    assert_eq!(refused.code(), "daily_quota_exceeded", "{:?}", refused.body);
+
+    let burst = client
+        .send(
+            pb::BurstRequest {
+                tenant_id: "bigco".into(),
+                reason: "quarter close".into(),
+            },
+            |mut c, req| async move { c.request_burst(req).await },
+        )
+        .await?;
+    assert_eq!(burst.status, "pending");
+    assert_eq!(burst.percent, 50);
+    // Still refused while pending.
+    let a = up.api.ask(&key, "Count to three.", 24).await?;
+    assert_eq!(a.status, 429, "{:?}", a.body);
+    let approved = client
+        .send(
+            pb::BurstDecision {
+                burst_id: burst.burst_id.clone(),
+                approve: true,
+                note: "ok".into(),
+            },
+            |mut c, req| async move { c.decide_burst(req).await },
+        )
+        .await?;
+    assert_eq!(approved.status, "approved");
+    assert_eq!(approved.extra_tokens, 200);
+    // The next request is admitted: no restart, no wait for a lease.
+    let a = up.api.ask(&key, "Count to three.", 24).await?;
+    assert_eq!(a.status, 200, "after approval: {:?}", a.body);
+    let limit = a
+        .headers
+        .get("x-ratelimit-limit-tokens")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(limit, "600", "the gateway reports the day's new quota");
+    // A second burst the same day is refused.
+    let again = client
+        .send(
+            pb::BurstRequest {
+                tenant_id: "bigco".into(),
+                reason: "more".into(),
+            },
+            |mut c, req| async move { c.request_burst(req).await },
+        )
+        .await
+        .expect_err("one burst per day");
+    assert_eq!(again.code(), tonic::Code::AlreadyExists, "{again:?}");
+    Ok(())
+}
