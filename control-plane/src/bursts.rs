@@ -49,6 +49,6 @@ pub fn list(db: &impl Lookup, tenant_id: &str, status: &str) -> io::Result<Vec<B
         .filter(|b| tenant_id.is_empty() || b.tenant_id == tenant_id)
         .filter(|b| status.is_empty() || b.status == status)
         .collect();
-    all.sort_by(|a, b| b.requested_at_ms.cmp(&a.requested_at_ms));
+    all.sort_by_key(|b| std::cmp::Reverse(b.requested_at_ms));
     Ok(all)
 }
