@@ -107,8 +107,12 @@ pub struct DeliveryRecord {
 
 /// How long to wait after `failures` failed attempts.
 pub fn backoff_ms(failures: usize) -> i64 {
-    let exp = u32::try_from(failures.saturating_sub(1)).unwrap_or(u32::MAX).min(30);
-    FIRST_RETRY_MS.saturating_mul(1_i64 << exp).min(MAX_RETRY_MS)
+    let exp = u32::try_from(failures.saturating_sub(1))
+        .unwrap_or(u32::MAX)
+        .min(30);
+    FIRST_RETRY_MS
+        .saturating_mul(1_i64 << exp)
+        .min(MAX_RETRY_MS)
 }
 
 /// Writes one message per endpoint that wants this event.
@@ -191,6 +195,21 @@ pub fn record_attempt(
     }
     t.put(DELIVERIES, message_id, &d)?;
     Ok(Some(d))
+}
+
+/// How long delivered and failed messages stay listable.
+pub const KEEP_CLOSED_MS: i64 = 30 * 86_400_000;
+
+/// Drops delivered and failed messages older than [`KEEP_CLOSED_MS`].
+pub fn prune(t: &Tables, now_ms: i64) -> io::Result<usize> {
+    let mut n = 0;
+    for (id, d) in t.scan::<DeliveryRecord>(DELIVERIES, "")? {
+        if d.state != "pending" && d.created_at_ms + KEEP_CLOSED_MS < now_ms {
+            t.delete(DELIVERIES, &id)?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// Pending messages due at `now_ms`.

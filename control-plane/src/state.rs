@@ -22,8 +22,8 @@ use crate::bursts::{self, BURST_DAYS, BURSTS, BurstRecord};
 use crate::ledger::{self, Allowance, LedgerDay};
 use crate::outbox::{self, AttemptRecord, DeliveryRecord, WEBHOOKS, WebhookRecord};
 use crate::plans::{self, Features};
-use crate::sharing::{self, SHARES, SNIPPETS, ShareRecord, SnippetRecord};
 use crate::sessions::{SessionRecord, TenantScope};
+use crate::sharing::{self, SHARES, SNIPPETS, ShareRecord, SnippetRecord};
 use crate::store::{Tables, View};
 
 pub const TENANTS: &str = "tenants";
@@ -101,22 +101,40 @@ impl TenantRecord {
         };
         check("display_name", self.display_name == other.display_name);
         check("plan", self.plan == other.plan);
-        check("daily_tokens", self.limits.daily_tokens == other.limits.daily_tokens);
-        check("max_concurrent", self.limits.max_concurrent == other.limits.max_concurrent);
+        check(
+            "daily_tokens",
+            self.limits.daily_tokens == other.limits.daily_tokens,
+        );
+        check(
+            "max_concurrent",
+            self.limits.max_concurrent == other.limits.max_concurrent,
+        );
         check(
             "max_request_tokens",
             self.limits.max_request_tokens == other.limits.max_request_tokens,
         );
-        check("context_window", self.limits.context_window == other.limits.context_window);
-        check("context_turns", self.limits.context_turns == other.limits.context_turns);
+        check(
+            "context_window",
+            self.limits.context_window == other.limits.context_window,
+        );
+        check(
+            "context_turns",
+            self.limits.context_turns == other.limits.context_turns,
+        );
         check("model", self.model == other.model);
         check("adapter", self.adapter == other.adapter);
         check("adapter_scale", self.adapter_scale == other.adapter_scale);
         check("system_prompt", self.system_prompt == other.system_prompt);
-        check("welcome_message", self.welcome_message == other.welcome_message);
+        check(
+            "welcome_message",
+            self.welcome_message == other.welcome_message,
+        );
         check("quick_prompts", self.quick_prompts == other.quick_prompts);
         check("time_zone", self.time_zone == other.time_zone);
-        check("knowledge_share", self.knowledge_share == other.knowledge_share);
+        check(
+            "knowledge_share",
+            self.knowledge_share == other.knowledge_share,
+        );
         check("features", self.features == other.features);
         check("overridden", self.overridden == other.overridden);
         out
@@ -339,7 +357,8 @@ pub enum Command {
         tenant_id: String,
         session_id: String,
     },
-    /// Drops turns past each tenant's plan retention.
+    /// Drops turns past each tenant's retention (`retention_days`, from its
+    /// plan unless overridden) and closed webhook deliveries past 30 days.
     PruneTurns {
         now_ms: i64,
     },
@@ -403,7 +422,9 @@ impl fmt::Display for Command {
             Command::ApplyTenants { tenants } => write!(f, "apply-tenants x{}", tenants.len()),
             Command::RequestBurst { burst } => write!(f, "request-burst {}", burst.tenant_id),
             Command::DecideBurst { burst_id, .. } => write!(f, "decide-burst {burst_id}"),
-            Command::CreateWebhook { webhook } => write!(f, "create-webhook {}", webhook.webhook_id),
+            Command::CreateWebhook { webhook } => {
+                write!(f, "create-webhook {}", webhook.webhook_id)
+            }
             Command::DeleteWebhook { webhook_id } => write!(f, "delete-webhook {webhook_id}"),
             Command::RecordAttempt { message_id, .. } => write!(f, "record-attempt {message_id}"),
             Command::PublishSnippet { snippet } => write!(f, "publish-snippet {}", snippet.name),
@@ -459,7 +480,10 @@ pub enum Reply {
     Tenant(Box<TenantRecord>),
     Key(KeyRecord),
     Allowance(AllowanceView),
-    UsageApplied { applied: u32, duplicates: u32 },
+    UsageApplied {
+        applied: u32,
+        duplicates: u32,
+    },
     Reclaimed(u32),
     Worker(WorkerRecord),
     Session(SessionRecord),
@@ -731,7 +755,7 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
             Ok(Reply::Session(session))
         }
         Command::PruneTurns { now_ms } => {
-            let mut n = 0;
+            let mut n = outbox::prune(t, now_ms)?;
             for (_, tenant) in t.scan::<TenantRecord>(TENANTS, "")? {
                 if let Some(scope) = scope(t, &tenant.id)? {
                     let days = match tenant.features.retention_days {
@@ -857,11 +881,14 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
         }
         Command::CreateWebhook { webhook } => {
             if !webhook.tenant_id.is_empty()
-                && t.get::<TenantRecord>(TENANTS, &webhook.tenant_id)?.is_none()
+                && t.get::<TenantRecord>(TENANTS, &webhook.tenant_id)?
+                    .is_none()
             {
                 return Ok(Reply::Rejected(Rejection::UnknownTenant(webhook.tenant_id)));
             }
-            if t.get::<WebhookRecord>(WEBHOOKS, &webhook.webhook_id)?.is_some() {
+            if t.get::<WebhookRecord>(WEBHOOKS, &webhook.webhook_id)?
+                .is_some()
+            {
                 return Ok(Reply::Rejected(Rejection::Conflict(format!(
                     "webhook `{}` already exists",
                     webhook.webhook_id
@@ -983,7 +1010,14 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
                         });
                         audit::append(t, &tenant_id, now_ms, &actor, "share.used", detail.clone())?;
                         if s.tenant_id != tenant_id {
-                            audit::append(t, &s.tenant_id, now_ms, &actor, "share.read_by", detail)?;
+                            audit::append(
+                                t,
+                                &s.tenant_id,
+                                now_ms,
+                                &actor,
+                                "share.read_by",
+                                detail,
+                            )?;
                         }
                         snippets.push(s);
                     }
@@ -1067,7 +1101,12 @@ fn consequences(command: &Command, reply: &Reply) -> Vec<Consequence> {
     };
     match (command, reply) {
         (Command::CreateTenant { .. }, Reply::Tenant(t)) => {
-            vec![one(&t.id, "tenant.created", tenant_detail(t), Some("tenant.created"))]
+            vec![one(
+                &t.id,
+                "tenant.created",
+                tenant_detail(t),
+                Some("tenant.created"),
+            )]
         }
         (Command::UpdateTenant { patch, .. }, Reply::Tenant(t)) => {
             let mut d = tenant_detail(t);
@@ -1082,7 +1121,11 @@ fn consequences(command: &Command, reply: &Reply) -> Vec<Consequence> {
         }
         (Command::CreateKey { .. }, Reply::Key(k)) | (Command::RevokeKey { .. }, Reply::Key(k)) => {
             let created = matches!(command, Command::CreateKey { .. });
-            let action = if created { "key.created" } else { "key.revoked" };
+            let action = if created {
+                "key.created"
+            } else {
+                "key.revoked"
+            };
             let d = serde_json::json!({
                 "tenant_id": k.tenant_id, "key_id": k.key_id, "name": k.name, "prefix": k.prefix,
             });
@@ -1135,7 +1178,8 @@ fn consequences(command: &Command, reply: &Reply) -> Vec<Consequence> {
             let d = serde_json::json!({ "snippet": s.name, "bytes": s.content.len() });
             vec![one(&s.tenant_id, action, d, None)]
         }
-        (Command::GrantShare { .. }, Reply::Share(g)) | (Command::RevokeShare { .. }, Reply::Share(g)) => {
+        (Command::GrantShare { .. }, Reply::Share(g))
+        | (Command::RevokeShare { .. }, Reply::Share(g)) => {
             let action = if matches!(command, Command::GrantShare { .. }) {
                 "share.granted"
             } else {
@@ -1339,17 +1383,37 @@ impl TenantPatch {
                 overridden.push(name);
             }
         };
-        limit("daily_tokens", m.daily_tokens, &mut tenant.limits.daily_tokens, l.daily_tokens);
+        limit(
+            "daily_tokens",
+            m.daily_tokens,
+            &mut tenant.limits.daily_tokens,
+            l.daily_tokens,
+        );
         let mut u32s = [
-            ("max_concurrent", m.max_concurrent, &mut tenant.limits.max_concurrent, l.max_concurrent),
+            (
+                "max_concurrent",
+                m.max_concurrent,
+                &mut tenant.limits.max_concurrent,
+                l.max_concurrent,
+            ),
             (
                 "max_request_tokens",
                 m.max_request_tokens,
                 &mut tenant.limits.max_request_tokens,
                 l.max_request_tokens,
             ),
-            ("context_window", m.context_window, &mut tenant.limits.context_window, l.context_window),
-            ("context_turns", m.context_turns, &mut tenant.limits.context_turns, l.context_turns),
+            (
+                "context_window",
+                m.context_window,
+                &mut tenant.limits.context_window,
+                l.context_window,
+            ),
+            (
+                "context_turns",
+                m.context_turns,
+                &mut tenant.limits.context_turns,
+                l.context_turns,
+            ),
         ];
         for (name, on, field, v) in &mut u32s {
             if *on {
@@ -1427,11 +1491,7 @@ fn grant(
     let mut l = t.get::<LedgerDay>(LEDGER, &lkey)?.unwrap_or_default();
     let used = l.used;
     let quota = quota_on(t, &tenant, &day)?;
-    let granted_tokens = tokens.min(ledger::grantable(
-        quota,
-        used,
-        others_tokens + mine.tokens,
-    ));
+    let granted_tokens = tokens.min(ledger::grantable(quota, used, others_tokens + mine.tokens));
     if tokens > granted_tokens && !l.exhausted_notified {
         // Asked for more than is left: everything is used or promised.
         quota_events(t, &tenant, &day, &mut l, quota.saturating_sub(used), now_ms)?;
