@@ -28,6 +28,7 @@ pub mod sharing;
 pub mod state;
 pub mod store;
 pub mod tenant_config;
+pub mod webhooks;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -286,8 +287,8 @@ async fn propose_anywhere(
     }
 }
 
-/// Runs the leader's loops (usage consumer, allowance reclaim) while this
-/// node leads, and stops them as soon as it does not.
+/// Runs the leader's loops (usage consumer, allowance reclaim, webhook
+/// delivery) while this node leads, and stops them as soon as it does not.
 async fn leader_loops(raft: Raft, handles: Handles, nats: Option<String>) {
     let mut metrics = raft.metrics();
     let mut running: Vec<tokio::task::JoinHandle<()>> = Vec::new();
@@ -303,6 +304,7 @@ async fn leader_loops(raft: Raft, handles: Handles, nats: Option<String>) {
                 )));
             }
             running.push(tokio::spawn(reclaim_loop(handles.clone())));
+            running.push(tokio::spawn(webhooks::run(handles.clone())));
         } else if !leading && !running.is_empty() {
             tracing::info!("this node no longer leads: stopping the leader's loops");
             for task in running.drain(..) {
