@@ -1769,3 +1769,167 @@ impl View {
                 .count())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{StateMachine, with_tables};
+
+    const DAY_MS: i64 = 86_400_000;
+    // 2026-11-26T12:00:00Z
+    const NOW: i64 = 1_795_694_400_000;
+
+    fn open() -> (tempfile::TempDir, StateMachine) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (_, sm) = crate::store::open(&dir.path().join("cp.redb")).expect("open");
+        (dir, sm)
+    }
+
+    fn run(sm: &StateMachine, command: Command) -> Reply {
+        with_tables(sm, |t| apply(t, command)).expect("apply")
+    }
+
+    fn admin(command: Command) -> Command {
+        Command::Audited {
+            actor: "admin".into(),
+            now_ms: NOW,
+            command: Box::new(command),
+        }
+    }
+
+    fn tenant(id: &str, plan: &str, daily: u64) -> TenantRecord {
+        let mut t = TenantRecord {
+            id: id.into(),
+            plan: plan.into(),
+            ..Default::default()
+        };
+        t.limits.daily_tokens = daily;
+        t.overridden.insert("daily_tokens".into());
+        plans::follow_plan(plan, &t.overridden.clone(), &mut t.limits, &mut t.features);
+        t
+    }
+
+    fn usage(id: &str, tenant: &str, tokens: u64) -> UsageRecord {
+        UsageRecord {
+            event_id: id.into(),
+            tenant_id: tenant.into(),
+            completion_tokens: tokens,
+            finished_at_ms: NOW,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn turns_are_kept_for_the_tenants_retention() {
+        let (_dir, sm) = open();
+        let mut short = tenant("short", "enterprise", 1_000);
+        short.features.retention_days = 1;
+        run(&sm, Command::CreateTenant { tenant: short });
+        run(
+            &sm,
+            Command::CreateTenant {
+                tenant: tenant("long", "basic", 1_000),
+            },
+        );
+        for id in ["short", "long"] {
+            run(
+                &sm,
+                Command::AppendTurns {
+                    tenant_id: id.into(),
+                    session_id: "s1".into(),
+                    user_id: String::new(),
+                    turns: vec![("user".into(), "hello".into())],
+                    now_ms: NOW - 2 * DAY_MS,
+                },
+            );
+        }
+        run(&sm, Command::PruneTurns { now_ms: NOW });
+        let view = sm.view().expect("view");
+        let turns = |id: &str| {
+            let tid = TenantId::new(id).expect("id");
+            crate::sessions::TenantView::new(&view, &tid)
+                .turns("s1", 0)
+                .expect("turns")
+                .len()
+        };
+        assert_eq!(
+            turns("short"),
+            0,
+            "1 day of retention drops a 2-day-old turn"
+        );
+        assert_eq!(turns("long"), 1, "basic keeps 30 days");
+    }
+
+    #[test]
+    fn quota_low_and_exhausted_fire_once_a_day_and_the_audit_chain_holds() {
+        let (_dir, sm) = open();
+        run(
+            &sm,
+            admin(Command::CreateTenant {
+                tenant: tenant("acme", "pro", 1_000),
+            }),
+        );
+        run(
+            &sm,
+            admin(Command::CreateWebhook {
+                webhook: WebhookRecord {
+                    webhook_id: "wh_1".into(),
+                    url: "http://127.0.0.1:9/hook".into(),
+                    secret: "whsec_x".into(),
+                    source: "admin".into(),
+                    ..Default::default()
+                },
+            }),
+        );
+        let batches = [
+            vec![usage("e1", "acme", 500)],
+            vec![usage("e2", "acme", 420), usage("e1", "acme", 500)],
+            vec![usage("e3", "acme", 10)],
+            vec![usage("e4", "acme", 200), usage("e5", "acme", 1)],
+        ];
+        for b in batches {
+            run(&sm, Command::ApplyUsage { events: b });
+        }
+        let view = sm.view().expect("view");
+        let types: Vec<String> = outbox::deliveries(&view, "acme", "", 100)
+            .expect("deliveries")
+            .into_iter()
+            .rev()
+            .map(|d| d.event_type)
+            .collect();
+        // (tenant.created came before the endpoint existed.)
+        assert_eq!(types, ["quota.low", "quota.exhausted"]);
+        let v = audit::verify(&view, None).expect("verify");
+        assert!(v.broken.is_none(), "{v:?}");
+        assert_eq!(v.chains, 2, "acme and the cluster chain (global webhook)");
+    }
+
+    #[test]
+    fn a_config_apply_twice_changes_nothing_the_second_time() {
+        let (_dir, sm) = open();
+        let apply = |daily| Command::ApplyTenants {
+            tenants: vec![TenantApply {
+                source: "tenants/acme/config.yaml".into(),
+                tenant: tenant("acme", "pro", daily),
+                webhooks: Vec::new(),
+            }],
+        };
+        let first = run(&sm, apply(5_000));
+        let second = run(&sm, apply(5_000));
+        let third = run(&sm, apply(6_000));
+        let actions = |r: Reply| match r {
+            Reply::Applied(o) => (o[0].action.clone(), o[0].changed.clone()),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(actions(first).0, "created");
+        assert_eq!(actions(second), ("unchanged".to_owned(), Vec::new()));
+        // The plan's request limit (16,384) is capped by the daily quota, so it follows it.
+        assert_eq!(
+            actions(third),
+            (
+                "updated".to_owned(),
+                vec!["daily_tokens".to_owned(), "max_request_tokens".to_owned()]
+            )
+        );
+    }
+}

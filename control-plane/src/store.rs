@@ -591,6 +591,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
+/// Runs `f` on the application tables in one committed write (for unit
+/// tests of `state::apply`).
+#[cfg(test)]
+pub(crate) fn with_tables<R>(
+    sm: &StateMachine,
+    f: impl FnOnce(&Tables) -> io::Result<R>,
+) -> io::Result<R> {
+    let wtx = sm.db.begin_write().map_err(io_err)?;
+    let out = f(&Tables { wtx: &wtx })?;
+    wtx.commit().map_err(io_err)?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use openraft::StorageError;
