@@ -174,8 +174,8 @@ pub fn new_webhook_secret() -> String {
 
 /// Checks an endpoint's URL, events and secret.
 pub fn validate_webhook(url: &str, events: &[String], secret: &str) -> Result<()> {
-    let parsed = reqwest::Url::parse(url)
-        .map_err(|e| invalid(format!("url: {url:?} is not a URL: {e}")))?;
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| invalid(format!("url: {url:?} is not a URL: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none_or(str::is_empty) {
         return Err(invalid(format!(
             "url: a webhook URL must be http:// or https:// with a host, got {url:?}"
@@ -208,7 +208,12 @@ pub fn validate_webhook(url: &str, events: &[String], secret: &str) -> Result<()
 
 /// Writes everything of a tenant to one JSON Lines file under
 /// `<data_dir>/archives/`, fsynced, and returns its path.
-pub fn write_archive(data_dir: &Path, view: &View, tenant: &TenantRecord, now_ms: i64) -> Result<PathBuf> {
+pub fn write_archive(
+    data_dir: &Path,
+    view: &View,
+    tenant: &TenantRecord,
+    now_ms: i64,
+) -> Result<PathBuf> {
     let dir = data_dir.join("archives");
     std::fs::create_dir_all(&dir)?;
     let stamp = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(now_ms)

@@ -84,10 +84,9 @@ pub fn follow_plan(
     }
     if !keep("max_request_tokens") {
         // A plan's request limit never exceeds the tenant's daily quota.
-        limits.max_request_tokens = u32::try_from(
-            u64::from(l.max_request_tokens).min(limits.daily_tokens.max(1)),
-        )
-        .unwrap_or(l.max_request_tokens);
+        limits.max_request_tokens =
+            u32::try_from(u64::from(l.max_request_tokens).min(limits.daily_tokens.max(1)))
+                .unwrap_or(l.max_request_tokens);
     }
     if !keep("context_window") {
         limits.context_window = l.context_window;

@@ -216,7 +216,9 @@ impl ControlPlaneService {
             .get(ACTOR_METADATA)
             .and_then(|v| v.to_str().ok())
         {
-            Some(via) if !via.is_empty() => format!("admin ({})", via.chars().take(200).collect::<String>()),
+            Some(via) if !via.is_empty() => {
+                format!("admin ({})", via.chars().take(200).collect::<String>())
+            }
             _ => "admin".to_owned(),
         }
     }
@@ -1104,7 +1106,9 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
         let actor = Self::actor(&req);
         let configs = req.into_inner().configs;
         if configs.is_empty() {
-            return Err(ControlPlaneError::InvalidArgument("no tenant configs given".into()).into());
+            return Err(
+                ControlPlaneError::InvalidArgument("no tenant configs given".into()).into(),
+            );
         }
         let view = self.read().await?;
         let now = now_ms();
@@ -1321,7 +1325,10 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
             created_at_ms: now_ms(),
             source: "admin".into(),
         };
-        match self.audited(actor, Command::CreateWebhook { webhook }).await? {
+        match self
+            .audited(actor, Command::CreateWebhook { webhook })
+            .await?
+        {
             Reply::Webhook(w) => Ok(Response::new(pb::CreatedWebhook {
                 webhook: Some(adm::webhook_to_pb(&w)),
                 secret: w.secret,
@@ -1356,13 +1363,22 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
     ) -> R<pb::DeliveryList> {
         self.authorize(&req)?;
         let r = req.into_inner();
-        let limit = if r.limit == 0 { 100 } else { r.limit.min(10_000) };
+        let limit = if r.limit == 0 {
+            100
+        } else {
+            r.limit.min(10_000)
+        };
         let view = self.read().await?;
         Ok(Response::new(pb::DeliveryList {
-            deliveries: crate::outbox::deliveries(&view, &r.tenant_id, &r.webhook_id, limit as usize)?
-                .into_iter()
-                .map(adm::delivery_to_pb)
-                .collect(),
+            deliveries: crate::outbox::deliveries(
+                &view,
+                &r.tenant_id,
+                &r.webhook_id,
+                limit as usize,
+            )?
+            .into_iter()
+            .map(adm::delivery_to_pb)
+            .collect(),
         }))
     }
 
@@ -1386,7 +1402,10 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
             content: r.content,
             updated_at_ms: now_ms(),
         };
-        match self.audited(actor, Command::PublishSnippet { snippet }).await? {
+        match self
+            .audited(actor, Command::PublishSnippet { snippet })
+            .await?
+        {
             Reply::Snippet(s) => Ok(Response::new(adm::snippet_to_pb(s))),
             other => Err(unexpected(&other).into()),
         }
@@ -1498,7 +1517,10 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
         let actor = if r.user_id.is_empty() {
             via
         } else {
-            format!("{via} user {}", r.user_id.chars().take(128).collect::<String>())
+            format!(
+                "{via} user {}",
+                r.user_id.chars().take(128).collect::<String>()
+            )
         };
         match self
             .write(Command::UseShared {
@@ -1544,10 +1566,7 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
         }))
     }
 
-    async fn verify_audit(
-        &self,
-        req: Request<pb::VerifyAuditRequest>,
-    ) -> R<pb::AuditVerification> {
+    async fn verify_audit(&self, req: Request<pb::VerifyAuditRequest>) -> R<pb::AuditVerification> {
         self.authorize(&req)?;
         let r = req.into_inner();
         let view = self.read().await?;

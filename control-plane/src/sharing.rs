@@ -74,7 +74,11 @@ pub fn references(text: &str) -> Vec<String> {
 }
 
 /// Whether `grantee` may read `snippet`, and if not, why.
-pub fn may_read(db: &impl Lookup, grantee: &str, name: &str) -> io::Result<Result<SnippetRecord, String>> {
+pub fn may_read(
+    db: &impl Lookup,
+    grantee: &str,
+    name: &str,
+) -> io::Result<Result<SnippetRecord, String>> {
     let Some(s) = db.get::<SnippetRecord>(SNIPPETS, name)? else {
         return Ok(Err(format!("there is no shared snippet `{name}`")));
     };
@@ -113,7 +117,9 @@ pub fn shares(db: &impl Lookup, tenant_id: &str) -> io::Result<Vec<ShareRecord>>
         .into_iter()
         .map(|(_, s)| s)
         .filter(|s| {
-            tenant_id.is_empty() || s.owner_tenant_id == tenant_id || s.grantee_tenant_id == tenant_id
+            tenant_id.is_empty()
+                || s.owner_tenant_id == tenant_id
+                || s.grantee_tenant_id == tenant_id
         })
         .collect())
 }
