@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bulkhead_proto::ClusterSecret;
@@ -25,8 +25,8 @@ pub struct ControlPlaneClient {
     /// The address that answered last (usually the leader).
     current: Mutex<String>,
     /// One connection per address, reused by every call (tonic channels
-    /// reconnect by themselves).
-    channels: Mutex<HashMap<String, Channel>>,
+    /// reconnect by themselves) and by the clients [`Self::with_token`] makes.
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
     token: Option<String>,
     secret: Option<ClusterSecret>,
 }
@@ -49,8 +49,23 @@ impl ControlPlaneClient {
         Self {
             addrs,
             current: Mutex::new(first),
-            channels: Mutex::new(HashMap::new()),
+            channels: Arc::new(Mutex::new(HashMap::new())),
             token,
+            secret: None,
+        }
+    }
+
+    /// A client that acts for an administrator who presented `token` (the
+    /// gateway's admin API): it shares this client's connections and sends
+    /// the token but never the cluster secret, so the control plane judges
+    /// the token alone.
+    #[must_use]
+    pub fn with_token(&self, token: String) -> Self {
+        Self {
+            addrs: self.addrs.clone(),
+            current: Mutex::new(self.current()),
+            channels: Arc::clone(&self.channels),
+            token: Some(token),
             secret: None,
         }
     }

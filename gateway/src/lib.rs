@@ -4,12 +4,14 @@
 //! Layout: [`directory`] (tenants, keys and workers from the control plane's
 //! watch stream), [`quota`] (allowances leased from the control plane and
 //! the reservations made from them), [`route`] (rendezvous hashing over
-//! workers and the worker connections), [`http`] (the API), [`metrics`],
+//! workers and the worker connections), [`http`] (the API), [`admin`] (the
+//! admin API, `/admin/v1/...`, forwarded to the control plane), [`metrics`],
 //! [`error`] (statuses and OpenAI error bodies).
 //!
 //! A gateway keeps nothing that cannot be rebuilt: if it dies, its clients
 //! retry on another and its allowance returns to the pool after its lease.
 
+pub mod admin;
 pub mod directory;
 pub mod error;
 pub mod http;
@@ -89,9 +91,19 @@ pub async fn run(
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let served = axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let admin = admin::AdminState {
+        gateway_id: config.gateway_id.clone(),
+        client: Arc::clone(&state.client),
+        max_body_bytes: config.max_body_bytes,
+    };
+    // The client's address goes into the admin API's audit actor.
+    let app = http::router(state).merge(admin::router(admin));
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
     // Streams have finished: give the allowances back, stop following.
     let _ = stop_tx.send(true);
     let _ = maintain.await;
