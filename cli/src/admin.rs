@@ -1,5 +1,9 @@
-//! Admin commands: `cluster`, `tenant`, `key`, `usage`. Each talks to the
-//! control plane through the leader-following client with the admin token.
+//! Admin commands: `cluster`, `tenant`, `key`, `usage`, `plan`. Each talks to
+//! the control plane through the leader-following client with the admin token
+//! (the business records have their own files: `apply`, `burst`, `webhook`,
+//! `share`, `audit`).
+
+use std::path::PathBuf;
 
 use anyhow::{anyhow, bail};
 use bulkhead_control_plane::ControlPlaneClient;
@@ -20,13 +24,13 @@ pub struct Connect {
 }
 
 impl Connect {
-    fn client(&self) -> ControlPlaneClient {
+    pub(crate) fn client(&self) -> ControlPlaneClient {
         ControlPlaneClient::new(self.control_plane.clone(), self.admin_token.clone())
     }
 }
 
 /// A gRPC failure as the operator should read it.
-fn status(s: tonic::Status) -> anyhow::Error {
+pub(crate) fn status(s: tonic::Status) -> anyhow::Error {
     match s.code() {
         tonic::Code::Unauthenticated => anyhow!("refused: {}", s.message()),
         tonic::Code::Unavailable => anyhow!("control plane unavailable: {}", s.message()),
@@ -145,6 +149,17 @@ pub enum TenantCommand {
     Delete {
         id: String,
     },
+    /// Create or update tenants from config files (a file, or a directory of
+    /// <id>/config.yaml and *.yaml), all or nothing.
+    Apply {
+        path: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PlanCommand {
+    /// The plans with their default limits and features.
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -177,7 +192,7 @@ pub struct UsageArgs {
     csv: bool,
 }
 
-fn ms_to_text(ms: i64) -> String {
+pub(crate) fn ms_to_text(ms: i64) -> String {
     if ms == 0 {
         return "-".into();
     }
@@ -211,14 +226,43 @@ fn print_status(s: &pb::ClusterState) {
 
 fn print_tenant(t: &pb::Tenant) {
     let l = t.limits.unwrap_or_default();
+    let f = t.features.unwrap_or_default();
+    // A value set for this tenant rather than taken from its plan.
+    let mark = |name: &str| {
+        if t.overridden.iter().any(|o| o == name) {
+            " (overridden)"
+        } else {
+            ""
+        }
+    };
     println!("id:                 {}", t.id);
     println!("name:               {}", t.display_name);
     println!("plan:               {}", t.plan);
-    println!("daily_tokens:       {}", l.daily_tokens);
-    println!("max_concurrent:     {}", l.max_concurrent);
-    println!("max_request_tokens: {}", l.max_request_tokens);
-    println!("context_window:     {}", l.context_window);
-    println!("context_turns:      {}", l.context_turns);
+    println!(
+        "daily_tokens:       {}{}",
+        l.daily_tokens,
+        mark("daily_tokens")
+    );
+    println!(
+        "max_concurrent:     {}{}",
+        l.max_concurrent,
+        mark("max_concurrent")
+    );
+    println!(
+        "max_request_tokens: {}{}",
+        l.max_request_tokens,
+        mark("max_request_tokens")
+    );
+    println!(
+        "context_window:     {}{}",
+        l.context_window,
+        mark("context_window")
+    );
+    println!(
+        "context_turns:      {}{}",
+        l.context_turns,
+        mark("context_turns")
+    );
     println!("model:              {}", t.model);
     if !t.adapter.is_empty() {
         println!(
@@ -244,6 +288,32 @@ fn print_tenant(t: &pb::Tenant) {
     for p in &t.quick_prompts {
         println!("quick_prompt:       {p}");
     }
+    println!("features:");
+    println!("  burst:             {}{}", f.burst, mark("burst"));
+    println!(
+        "  burst_percent:     {}{}",
+        f.burst_percent,
+        mark("burst_percent")
+    );
+    println!(
+        "  knowledge_sharing: {}{}",
+        f.knowledge_sharing,
+        mark("knowledge_sharing")
+    );
+    println!("  max_keys:          {}{}", f.max_keys, mark("max_keys"));
+    println!(
+        "  retention_days:    {}{}",
+        f.retention_days,
+        mark("retention_days")
+    );
+    println!(
+        "overridden:         {}",
+        if t.overridden.is_empty() {
+            "none (everything follows the plan)".to_owned()
+        } else {
+            t.overridden.join(", ")
+        }
+    );
     println!("version:            {}", t.version);
 }
 
@@ -397,6 +467,10 @@ pub async fn tenant(connect: Connect, command: TenantCommand) -> anyhow::Result<
                 .map_err(status)?;
             print_tenant(&t);
         }
+        TenantCommand::Apply { path } => {
+            let loaded = crate::apply::load(&path)?;
+            crate::apply::apply(&client, loaded).await?;
+        }
         TenantCommand::Delete { id } => {
             let t = client
                 .send(pb::TenantRef { id: id.clone() }, |mut c, req| async move {
@@ -539,6 +613,53 @@ pub async fn usage(connect: Connect, args: UsageArgs) -> anyhow::Result<()> {
         println!("{:<32} {:>10} {:>8}", "USER", "TOKENS", "REQS");
         for u in &report.users {
             println!("{:<32} {:>10} {:>8}", u.user_id, u.tokens, u.requests);
+        }
+    }
+    Ok(())
+}
+
+pub async fn plan(connect: Connect, command: PlanCommand) -> anyhow::Result<()> {
+    let client = connect.client();
+    match command {
+        PlanCommand::List => {
+            let list = client
+                .send(pb::ListPlansRequest {}, |mut c, req| async move {
+                    c.list_plans(req).await
+                })
+                .await
+                .map_err(status)?;
+            println!(
+                "{:<11} {:>12} {:>5} {:>8} {:>8} {:>6} {:<6} {:>7} {:<8} {:>5} {:>9}",
+                "PLAN",
+                "DAILY",
+                "CONC",
+                "REQUEST",
+                "CONTEXT",
+                "TURNS",
+                "BURST",
+                "BURST %",
+                "SHARING",
+                "KEYS",
+                "RETENTION"
+            );
+            for p in list.plans {
+                let l = p.limits.unwrap_or_default();
+                let f = p.features.unwrap_or_default();
+                println!(
+                    "{:<11} {:>12} {:>5} {:>8} {:>8} {:>6} {:<6} {:>7} {:<8} {:>5} {:>9}",
+                    p.name,
+                    l.daily_tokens,
+                    l.max_concurrent,
+                    l.max_request_tokens,
+                    l.context_window,
+                    l.context_turns,
+                    if f.burst { "yes" } else { "no" },
+                    f.burst_percent,
+                    if f.knowledge_sharing { "yes" } else { "no" },
+                    f.max_keys,
+                    format!("{}d", f.retention_days)
+                );
+            }
         }
     }
     Ok(())

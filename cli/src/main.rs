@@ -2,13 +2,18 @@
 //! flags, sets up tracing and calls the role crate's `run`.
 
 mod admin;
+mod apply;
+mod audit;
 mod bench_cp;
 mod bench_gw;
+mod burst;
 mod control_plane;
 mod env;
 mod gateway;
 mod scripted_engine;
+mod share;
 mod up;
+mod webhook;
 mod worker;
 
 use clap::{Parser, Subcommand};
@@ -41,7 +46,7 @@ enum Command {
         #[command(flatten)]
         connect: admin::Connect,
     },
-    /// Create, list, show, update and delete tenants.
+    /// Create, list, show, update and delete tenants, or apply tenant config files.
     Tenant {
         #[command(subcommand)]
         command: admin::TenantCommand,
@@ -59,6 +64,48 @@ enum Command {
     Usage {
         #[command(flatten)]
         args: admin::UsageArgs,
+        #[command(flatten)]
+        connect: admin::Connect,
+    },
+    /// The plans and what they give a tenant.
+    Plan {
+        #[command(subcommand)]
+        command: admin::PlanCommand,
+        #[command(flatten)]
+        connect: admin::Connect,
+    },
+    /// Ask for, approve, deny and list burst quota.
+    Burst {
+        #[command(subcommand)]
+        command: burst::BurstCommand,
+        #[command(flatten)]
+        connect: admin::Connect,
+    },
+    /// Webhook endpoints and their deliveries.
+    Webhook {
+        #[command(subcommand)]
+        command: webhook::WebhookCommand,
+        #[command(flatten)]
+        connect: admin::Connect,
+    },
+    /// Publish, delete and list a tenant's shared snippets.
+    Snippet {
+        #[command(subcommand)]
+        command: share::SnippetCommand,
+        #[command(flatten)]
+        connect: admin::Connect,
+    },
+    /// Grant, revoke and list access to another tenant's snippets.
+    Share {
+        #[command(subcommand)]
+        command: share::ShareCommand,
+        #[command(flatten)]
+        connect: admin::Connect,
+    },
+    /// The per-tenant, hash-chained audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
         #[command(flatten)]
         connect: admin::Connect,
     },
@@ -136,6 +183,14 @@ fn run() -> anyhow::Result<()> {
         Command::Tenant { command, connect } => runtime.block_on(admin::tenant(connect, command)),
         Command::Key { command, connect } => runtime.block_on(admin::key(connect, command)),
         Command::Usage { args, connect } => runtime.block_on(admin::usage(connect, args)),
+        Command::Plan { command, connect } => runtime.block_on(admin::plan(connect, command)),
+        Command::Burst { command, connect } => runtime.block_on(burst::burst(connect, command)),
+        Command::Webhook { command, connect } => {
+            runtime.block_on(webhook::webhook(connect, command))
+        }
+        Command::Snippet { command, connect } => runtime.block_on(share::snippet(connect, command)),
+        Command::Share { command, connect } => runtime.block_on(share::share(connect, command)),
+        Command::Audit { command, connect } => runtime.block_on(audit::audit(connect, command)),
         Command::Bench(BenchCommand::Worker(args)) => runtime.block_on(worker::bench(args)),
         Command::Bench(BenchCommand::ControlPlane(args)) => runtime.block_on(bench_cp::run(args)),
         Command::Bench(BenchCommand::Gateway(args)) => runtime.block_on(bench_gw::run(args)),

@@ -1,0 +1,95 @@
+//! `bulkhead audit`: a tenant's hash-chained audit trail, and a check that
+//! every chain is intact (exit code 1 when one is not).
+
+use anyhow::bail;
+use bulkhead_proto::control as pb;
+use clap::Subcommand;
+
+use crate::admin::{Connect, ms_to_text, status};
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// A tenant's records, oldest first.
+    List {
+        /// The tenant (`_cluster` for changes that belong to none).
+        #[arg(long)]
+        tenant: String,
+        /// The last N records (default 100).
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+        /// Also print each record's previous hash and hash.
+        #[arg(long)]
+        hashes: bool,
+    },
+    /// Recompute the chains (a tenant's, or every one); exit code 1 when one is broken.
+    Verify {
+        #[arg(long, default_value = "")]
+        tenant: String,
+    },
+}
+
+pub async fn audit(connect: Connect, command: AuditCommand) -> anyhow::Result<()> {
+    let client = connect.client();
+    match command {
+        AuditCommand::List {
+            tenant,
+            limit,
+            hashes,
+        } => {
+            let list = client
+                .send(
+                    pb::ListAuditRequest {
+                        tenant_id: tenant,
+                        limit,
+                    },
+                    |mut c, req| async move { c.list_audit(req).await },
+                )
+                .await
+                .map_err(status)?;
+            println!(
+                "{:>6} {:<21} {:<20} {:<18} DETAIL",
+                "SEQ", "TIME", "ACTOR", "ACTION"
+            );
+            for r in list.records {
+                println!(
+                    "{:>6} {:<21} {:<20} {:<18} {}",
+                    r.seq,
+                    ms_to_text(r.at_ms),
+                    r.actor,
+                    r.action,
+                    r.detail
+                );
+                if hashes {
+                    println!(
+                        "{:>6} prev_hash {} hash {}",
+                        "",
+                        if r.prev_hash.is_empty() {
+                            "-"
+                        } else {
+                            &r.prev_hash
+                        },
+                        r.hash
+                    );
+                }
+            }
+        }
+        AuditCommand::Verify { tenant } => {
+            let v = client
+                .send(
+                    pb::VerifyAuditRequest { tenant_id: tenant },
+                    |mut c, req| async move { c.verify_audit(req).await },
+                )
+                .await
+                .map_err(status)?;
+            if !v.ok {
+                println!(
+                    "broken: tenant {} record {}: {}",
+                    v.broken_tenant, v.broken_seq, v.reason
+                );
+                bail!("the audit trail does not verify");
+            }
+            println!("ok: {} chains, {} records verified", v.chains, v.records);
+        }
+    }
+    Ok(())
+}
