@@ -1,7 +1,10 @@
 //! `bulkhead up`: the whole system in one process on one machine: a one-node
 //! control plane, a worker with the demo model, and a gateway, with usage
 //! going from the worker to the control plane over an in-process channel
-//! (or through NATS with `--nats`).
+//! (or through NATS with `--nats`). With `--tenants DIR` it also serves the
+//! model files the tenant configs name and applies the configs once the
+//! control plane is up, as `bulkhead tenant apply` would; a config that cannot
+//! be read or applied stops it with the file, the field and the reason.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -10,9 +13,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use bulkhead_control_plane::ControlPlaneConfig;
+use bulkhead_control_plane::tenant_config::LoadedConfig;
 use bulkhead_gateway::GatewayConfig;
 use bulkhead_proto::{ClusterSecret, GatewayId, WorkerId};
-use bulkhead_worker::{ControlPlaneRegistration, ModelSpec, UsageSink, WorkerConfig};
+use bulkhead_worker::{AdapterSpec, ControlPlaneRegistration, ModelSpec, UsageSink, WorkerConfig};
 use clap::Args;
 
 use crate::env;
@@ -37,6 +41,11 @@ pub struct UpArgs {
     /// model of tenants that name none. Default: the demo model (scripts/setup.sh fetches it).
     #[arg(long = "model")]
     models: Vec<ModelSpec>,
+    /// Tenant configs to apply once the cluster is up: a file, or a directory of <id>/config.yaml
+    /// and *.yaml (as `bulkhead tenant apply`). Model files they name by `model_path` are served
+    /// too, under their file stem.
+    #[arg(long)]
+    tenants: Option<PathBuf>,
     /// Send usage events through this NATS server instead of the in-process channel.
     #[arg(long, env = env::NATS_URL)]
     nats: Option<String>,
@@ -76,23 +85,32 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         ClusterSecret::generate().expose().to_owned()
     })?;
     let secret = ClusterSecret::new(&secret_text).map_err(anyhow::Error::msg)?;
-    let models = if args.models.is_empty() {
+    // Read before anything starts: a config that cannot be read stops `up` here.
+    let tenant_configs = args
+        .tenants
+        .as_deref()
+        .map(crate::apply::load)
+        .transpose()?;
+    let configs = tenant_configs.as_deref().unwrap_or_default();
+    let mut models = args.models;
+    if models.is_empty() {
         let path = bulkhead_worker::demo_model_path();
-        if !path.exists() {
+        if path.exists() {
+            models.push(
+                format!("smollm2={}", path.display())
+                    .parse::<ModelSpec>()
+                    .map_err(anyhow::Error::msg)?,
+            );
+        } else if configs.iter().all(|c| c.model_path.is_none()) {
             anyhow::bail!(
                 "the demo model is not at {}; run scripts/setup.sh, or pass --model NAME=PATH",
                 path.display()
             );
         }
-        vec![
-            format!("smollm2={}", path.display())
-                .parse::<ModelSpec>()
-                .map_err(anyhow::Error::msg)?,
-        ]
-    } else {
-        args.models
-    };
+    }
+    serve_tenant_models(configs, &mut models)?;
     let default_model = models.first().map(|m| m.name.clone());
+    let adapters = tenant_adapters(configs, default_model.as_deref().unwrap_or_default())?;
 
     let cp_listener = tokio::net::TcpListener::bind(args.control_plane)
         .await
@@ -134,7 +152,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let worker_config = WorkerConfig {
         worker_id: WorkerId::new("worker-1")?,
         models,
-        adapters: Vec::new(),
+        adapters,
         engine: args.engine.config(),
         gpu_layers: 0,
         usage,
@@ -189,24 +207,45 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         waited += 1;
     };
-    println!("bulkhead is up");
-    println!("API: http://{api_addr}/v1");
-    println!("control plane: {cp_addr}");
-    println!(
-        "metrics: http://{api_addr}/metrics http://{cp_addr}/metrics http://{worker_addr}/metrics"
-    );
-    println!("admin token: {token}");
-    println!(
-        "  (saved in {}; the admin commands take it as --admin-token or BULKHEAD_ADMIN_TOKEN)",
-        token_path.display()
-    );
-    let _ = std::io::stdout().flush();
+    // The tenant configs go in before `up` says it is up; if the control plane
+    // refuses them, everything stops again.
+    let applied = match &tenant_configs {
+        Some(configs) if token.is_empty() => Err(anyhow::anyhow!(
+            "the control plane did not initialize, so the {} tenant configs were not applied",
+            configs.len()
+        )),
+        Some(configs) => {
+            let client = bulkhead_control_plane::ControlPlaneClient::new(
+                vec![cp_addr.clone()],
+                Some(token.clone()),
+            );
+            crate::apply::apply(&client, configs.clone()).await
+        }
+        None => Ok(()),
+    };
+    if applied.is_ok() {
+        println!("bulkhead is up");
+        println!("API: http://{api_addr}/v1");
+        println!("control plane: {cp_addr}");
+        println!(
+            "metrics: http://{api_addr}/metrics http://{cp_addr}/metrics http://{worker_addr}/metrics"
+        );
+        println!("admin token: {token}");
+        println!(
+            "  (saved in {}; the admin commands take it as --admin-token or BULKHEAD_ADMIN_TOKEN)",
+            token_path.display()
+        );
+        let _ = std::io::stdout().flush();
+    }
 
-    let failed = tokio::select! {
-        () = crate::shutdown_signal() => None,
+    let failed = match applied {
+        Err(e) => Some(("tenant configs", Ok(Err(e)))),
+        Ok(()) => tokio::select! {
+            () = crate::shutdown_signal() => None,
         r = &mut control_plane => Some(("control plane", r.map(|r| r.map_err(anyhow::Error::from)))),
         r = &mut worker => Some(("worker", r.map(|r| r.map_err(anyhow::Error::from)))),
         r = &mut gateway => Some(("gateway", r.map(|r| r.map_err(anyhow::Error::from)))),
+        },
     };
     let _ = stop_gateway.send(());
     if failed.as_ref().is_none_or(|(role, _)| *role != "gateway") {
@@ -228,8 +267,106 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             eprintln!("bulkhead stopped");
             Ok(())
         }
+        Some(("tenant configs", Ok(Err(e)))) => Err(e.context(format!(
+            "applying the tenant configs of {}",
+            args.tenants.as_deref().unwrap_or(Path::new("")).display()
+        ))),
         Some((role, Ok(Ok(())))) => anyhow::bail!("the {role} stopped unexpectedly"),
         Some((role, Ok(Err(e)))) => Err(e.context(format!("the {role} failed"))),
         Some((role, Err(e))) => anyhow::bail!("the {role} panicked: {e}"),
     }
+}
+
+/// Adds the model files that tenant configs name by `model_path` to
+/// `models`, under their file stem (the name the config gives the tenant),
+/// unless that name already serves that file.
+fn serve_tenant_models(
+    configs: &[LoadedConfig],
+    models: &mut Vec<ModelSpec>,
+) -> anyhow::Result<()> {
+    for c in configs {
+        let Some(path) = &c.model_path else {
+            continue;
+        };
+        let source = &c.config.source;
+        if !path.is_file() {
+            anyhow::bail!(
+                "{source}: model_path: {} does not exist (or is not a file)",
+                path.display()
+            );
+        }
+        let name = c.model();
+        let wanted = std::path::absolute(path)?;
+        if let Some(served) = models.iter().find(|m| m.name == name) {
+            if std::path::absolute(&served.path)? == wanted {
+                continue;
+            }
+            anyhow::bail!(
+                "{source}: model_path: {} would be served as `{name}`, but `{name}` is already served from {}",
+                path.display(),
+                served.path.display()
+            );
+        }
+        if let Some(served) = models
+            .iter()
+            .find(|m| std::path::absolute(&m.path).is_ok_and(|p| p == wanted))
+        {
+            anyhow::bail!(
+                "{source}: model_path: {} is already served as `{}`; write `model: {}` instead",
+                path.display(),
+                served.name,
+                served.name
+            );
+        }
+        models.push(ModelSpec {
+            name: name.to_owned(),
+            path: path.clone(),
+            chat_template: None,
+        });
+    }
+    Ok(())
+}
+
+/// The LoRA adapter files that tenant configs name by `adapter_path`, for
+/// the tenant's model (or the default model).
+fn tenant_adapters(
+    configs: &[LoadedConfig],
+    default_model: &str,
+) -> anyhow::Result<Vec<AdapterSpec>> {
+    let mut adapters: Vec<AdapterSpec> = Vec::new();
+    for c in configs {
+        let (Some(path), Some(t)) = (&c.adapter_path, &c.config.tenant) else {
+            continue;
+        };
+        let source = &c.config.source;
+        if !path.is_file() {
+            anyhow::bail!(
+                "{source}: adapter_path: {} does not exist (or is not a file)",
+                path.display()
+            );
+        }
+        let model = if t.model.is_empty() {
+            default_model
+        } else {
+            &t.model
+        };
+        match adapters
+            .iter()
+            .find(|a| a.model == model && a.name == t.adapter)
+        {
+            Some(a) if std::path::absolute(&a.path)? == std::path::absolute(path)? => {}
+            Some(a) => anyhow::bail!(
+                "{source}: adapter_path: {} would be served as `{model}:{}`, which another config serves from {}",
+                path.display(),
+                t.adapter,
+                a.path.display()
+            ),
+            None => adapters.push(AdapterSpec {
+                model: model.to_owned(),
+                name: t.adapter.clone(),
+                path: path.clone(),
+            }),
+        }
+    }
+    Ok(adapters)
 }
