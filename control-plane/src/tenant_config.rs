@@ -113,12 +113,30 @@ impl fmt::Debug for RawWebhookConfig {
 
 /// A config as read from a file: the message for `ApplyTenants`, and the
 /// files it names (resolved against the file's directory), for `bulkhead up`
-/// to serve.
-#[derive(Debug, Clone)]
+/// to serve. `Debug` leaves out webhook secrets.
+#[derive(Clone)]
 pub struct LoadedConfig {
     pub config: pb::TenantConfig,
     pub model_path: Option<PathBuf>,
     pub adapter_path: Option<PathBuf>,
+}
+
+impl fmt::Debug for LoadedConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let urls: Vec<&str> = self
+            .config
+            .webhooks
+            .iter()
+            .map(|w| w.url.as_str())
+            .collect();
+        f.debug_struct("LoadedConfig")
+            .field("source", &self.config.source)
+            .field("tenant", &self.config.tenant)
+            .field("webhooks", &urls)
+            .field("model_path", &self.model_path)
+            .field("adapter_path", &self.adapter_path)
+            .finish()
+    }
 }
 
 impl LoadedConfig {
@@ -642,6 +660,17 @@ webhooks:
         assert!(
             e.starts_with(&format!("{file}: tenant_id: `sales` does not match")),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn debug_output_keeps_webhook_secrets_out() {
+        let text = "tenant_id: a\nwebhooks:\n  - url: http://x/h\n    secret: whsec_topsecret\n";
+        let loaded = parse_documents("t.yaml", text, None).unwrap();
+        let shown = format!("{loaded:?}");
+        assert!(
+            shown.contains("http://x/h") && !shown.contains("topsecret"),
+            "{shown}"
         );
     }
 
