@@ -41,7 +41,7 @@ pub const MAX_RETRY_MS: i64 = 3_600_000;
 /// After this many failed attempts a message is given up (`failed`).
 pub const MAX_ATTEMPTS: usize = 15;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebhookRecord {
     pub webhook_id: String,
     /// Empty for a global endpoint.
@@ -83,7 +83,7 @@ impl AttemptRecord {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryRecord {
     /// The `webhook-id` header, the same on every attempt.
     pub message_id: String,
@@ -103,6 +103,37 @@ pub struct DeliveryRecord {
     /// shown.
     #[serde(default)]
     pub secret: String,
+}
+
+// The secret prints as <redacted>.
+impl std::fmt::Debug for WebhookRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookRecord")
+            .field("webhook_id", &self.webhook_id)
+            .field("tenant_id", &self.tenant_id)
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("secret", &"<redacted>")
+            .field("created_at_ms", &self.created_at_ms)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for DeliveryRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeliveryRecord")
+            .field("message_id", &self.message_id)
+            .field("webhook_id", &self.webhook_id)
+            .field("tenant_id", &self.tenant_id)
+            .field("event_type", &self.event_type)
+            .field("url", &self.url)
+            .field("state", &self.state)
+            .field("next_attempt_at_ms", &self.next_attempt_at_ms)
+            .field("attempts", &self.attempts)
+            .field("secret", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 /// How long to wait after `failures` failed attempts.

@@ -1204,7 +1204,7 @@ fn apply_tenants(t: &Tables, tenants: Vec<TenantApply>) -> io::Result<Reply> {
             && t.get::<serde_json::Value>(DELETED, id)?.is_some()
         {
             return Ok(Reply::Rejected(Rejection::NotAllowed(format!(
-                "{}: tenant `{id}` was deleted; its id is reused only by an explicit `bulkhead tenant create --id {id}`",
+                "{}: tenant `{id}` was deleted; its id is reused only by an explicit `bulkhead tenant create {id}`",
                 a.source
             ))));
         }

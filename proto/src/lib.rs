@@ -40,3 +40,71 @@ pub use ids::{EventId, GatewayId, IdError, RequestId, SessionId, TenantId, UserI
 pub const USAGE_STREAM: &str = "BULKHEAD_USAGE";
 /// Subject prefix of usage events; the tenant id follows.
 pub const USAGE_SUBJECT_PREFIX: &str = "bulkhead.usage";
+
+/// `Debug` of the messages that carry a secret: the secret prints as
+/// `<redacted>`.
+mod redacted {
+    use std::fmt;
+
+    use crate::control::{AuthenticateRequest, CreatedKey, CreatedWebhook, WebhookSpec};
+
+    const REDACTED: &str = "<redacted>";
+
+    impl fmt::Debug for CreatedKey {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("CreatedKey")
+                .field("key", &self.key)
+                .field("plaintext", &REDACTED)
+                .finish()
+        }
+    }
+
+    impl fmt::Debug for AuthenticateRequest {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("AuthenticateRequest")
+                .field("plaintext", &REDACTED)
+                .finish()
+        }
+    }
+
+    impl fmt::Debug for CreatedWebhook {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("CreatedWebhook")
+                .field("webhook", &self.webhook)
+                .field("secret", &REDACTED)
+                .finish()
+        }
+    }
+
+    impl fmt::Debug for WebhookSpec {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("WebhookSpec")
+                .field("url", &self.url)
+                .field("events", &self.events)
+                .field("secret", &REDACTED)
+                .finish()
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn secrets_do_not_print() {
+            let k = CreatedKey {
+                key: None,
+                plaintext: "bk_secret".into(),
+            };
+            let w = WebhookSpec {
+                url: "https://x".into(),
+                events: vec![],
+                secret: "whsec_secret".into(),
+            };
+            for text in [format!("{k:?}"), format!("{w:?}")] {
+                assert!(!text.contains("secret\""), "{text}");
+                assert!(text.contains("<redacted>"), "{text}");
+            }
+        }
+    }
+}
