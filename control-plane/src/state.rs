@@ -1289,12 +1289,11 @@ fn quota_on(t: &impl crate::store::Lookup, tenant: &TenantRecord, day: &str) -> 
 fn quota_events(
     t: &Tables,
     tenant: &TenantRecord,
-    day: &str,
+    (day, quota): (&str, u64),
     l: &mut LedgerDay,
     outstanding: u64,
     now_ms: i64,
 ) -> io::Result<()> {
-    let quota = quota_on(t, tenant, day)?;
     let committed = l.used.saturating_add(outstanding);
     let remaining = quota.saturating_sub(l.used);
     let data = || {
@@ -1494,7 +1493,14 @@ fn grant(
     let granted_tokens = tokens.min(ledger::grantable(quota, used, others_tokens + mine.tokens));
     if tokens > granted_tokens && !l.exhausted_notified {
         // Asked for more than is left: everything is used or promised.
-        quota_events(t, &tenant, &day, &mut l, quota.saturating_sub(used), now_ms)?;
+        quota_events(
+            t,
+            &tenant,
+            (&day, quota),
+            &mut l,
+            quota.saturating_sub(used),
+            now_ms,
+        )?;
         t.put(LEDGER, &lkey, &l)?;
     }
     let granted_slots = slots.min(ledger::grantable_slots(
@@ -1550,6 +1556,8 @@ fn view_allowance(
 fn apply_usage(t: &Tables, events: Vec<UsageRecord>) -> io::Result<Reply> {
     let (mut applied, mut duplicates) = (0, 0);
     let mut tenants: BTreeMap<String, Option<TenantRecord>> = BTreeMap::new();
+    // Each tenant's quota per day, read once per batch.
+    let mut quotas: BTreeMap<(String, String), u64> = BTreeMap::new();
     for e in events {
         if e.event_id.is_empty() || t.get::<String>(EVENTS, &e.event_id)?.is_some() {
             duplicates += 1;
@@ -1583,7 +1591,15 @@ fn apply_usage(t: &Tables, events: Vec<UsageRecord>) -> io::Result<Reply> {
         l.total_latency_ms += e.duration_ms;
         l.max_latency_ms = l.max_latency_ms.max(e.duration_ms);
         if !(l.low_notified && l.exhausted_notified) {
-            quota_events(t, &tenant, &day, &mut l, 0, e.finished_at_ms)?;
+            let quota = match quotas.get(&(tenant.id.clone(), day.clone())) {
+                Some(q) => *q,
+                None => {
+                    let q = quota_on(t, &tenant, &day)?;
+                    quotas.insert((tenant.id.clone(), day.clone()), q);
+                    q
+                }
+            };
+            quota_events(t, &tenant, (&day, quota), &mut l, 0, e.finished_at_ms)?;
         }
         t.put(LEDGER, &lkey, &l)?;
         if !e.gateway_id.is_empty() {
