@@ -1563,15 +1563,11 @@ fn apply_usage(t: &Tables, events: Vec<UsageRecord>) -> io::Result<Reply> {
             duplicates += 1;
             continue;
         }
-        let tenant = match tenants.get(&e.tenant_id) {
-            Some(r) => r.clone(),
-            None => {
-                let r = t.get::<TenantRecord>(TENANTS, &e.tenant_id)?;
-                tenants.insert(e.tenant_id.clone(), r.clone());
-                r
-            }
-        };
-        let Some(tenant) = tenant else {
+        if !tenants.contains_key(&e.tenant_id) {
+            let r = t.get::<TenantRecord>(TENANTS, &e.tenant_id)?;
+            tenants.insert(e.tenant_id.clone(), r);
+        }
+        let Some(tenant) = tenants.get(&e.tenant_id).and_then(Option::as_ref) else {
             // A deleted tenant's late usage: remembered, so it is not
             // counted if the id is created again, but charged to no one.
             t.put(EVENTS, &e.event_id, &String::new())?;
@@ -1594,12 +1590,12 @@ fn apply_usage(t: &Tables, events: Vec<UsageRecord>) -> io::Result<Reply> {
             let quota = match quotas.get(&(tenant.id.clone(), day.clone())) {
                 Some(q) => *q,
                 None => {
-                    let q = quota_on(t, &tenant, &day)?;
+                    let q = quota_on(t, tenant, &day)?;
                     quotas.insert((tenant.id.clone(), day.clone()), q);
                     q
                 }
             };
-            quota_events(t, &tenant, (&day, quota), &mut l, 0, e.finished_at_ms)?;
+            quota_events(t, tenant, (&day, quota), &mut l, 0, e.finished_at_ms)?;
         }
         t.put(LEDGER, &lkey, &l)?;
         if !e.gateway_id.is_empty() {
