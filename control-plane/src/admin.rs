@@ -95,9 +95,12 @@ pub fn build_tenant(
     validate_plan(&plan)?;
     validate_time_zone(&t.time_zone)?;
     let given = t.limits.unwrap_or_default();
+    // A limit counts as set when it is not 0, or when the caller names it in
+    // `overridden` (a config file's `context_turns: 0`).
+    let named: BTreeSet<String> = t.overridden.into_iter().collect();
     let mut overridden = BTreeSet::new();
     let mut mark = |name: &str, set: bool| {
-        if set {
+        if set || named.contains(name) {
             overridden.insert(name.to_owned());
         }
     };

@@ -340,14 +340,13 @@ fn convert(
             "must not be empty",
         ));
     }
-    // On the wire 0 means "the plan's default"; an explicit 0 in a file is a
-    // limit that cannot work, not a request for the default.
+    // An explicit 0 in a file is a limit that cannot work, not a request for
+    // the plan's default (context_turns: 0, no history, is a real value).
     for (field, value) in [
         ("daily_quota", raw.daily_quota),
         ("max_concurrent", raw.max_concurrent.map(u64::from)),
         ("max_request_tokens", raw.max_request_tokens.map(u64::from)),
         ("context_window", raw.context_window.map(u64::from)),
-        ("context_turns", raw.context_turns.map(u64::from)),
     ] {
         if value == Some(0) {
             return Err(ConfigError::invalid(
@@ -381,8 +380,21 @@ fn convert(
         (None, Some(p)) => (stem(source, "adapter_path", &p)?, Some(resolve(p))),
         (None, None) => (String::new(), None),
     };
+    // The limits the file sets, so that a set 0 is not read as "the plan's".
+    let overridden = [
+        ("daily_tokens", raw.daily_quota.is_some()),
+        ("max_concurrent", raw.max_concurrent.is_some()),
+        ("max_request_tokens", raw.max_request_tokens.is_some()),
+        ("context_window", raw.context_window.is_some()),
+        ("context_turns", raw.context_turns.is_some()),
+    ]
+    .into_iter()
+    .filter(|(_, set)| *set)
+    .map(|(name, _)| name.to_owned())
+    .collect();
     let tenant = pb::Tenant {
         id: raw.tenant_id,
+        overridden,
         display_name: raw.display_name.unwrap_or_default(),
         plan: raw.plan.unwrap_or_default(),
         limits: Some(pb::Limits {
@@ -615,6 +627,12 @@ webhooks:
             e.starts_with("t.yaml: context_window: invalid limit"),
             "{e}"
         );
+        // No history is a real setting, sent as set rather than as "the plan's".
+        let c = parse("t.yaml", "tenant_id: a\ncontext_turns: 0\n").unwrap();
+        assert_eq!(tenant(&c[0]).overridden, ["context_turns"]);
+        let record = crate::admin::build_tenant(tenant(&c[0]).clone(), None, 0).unwrap();
+        assert_eq!(record.limits.context_turns, 0);
+        assert!(record.overridden.contains("context_turns"));
     }
 
     #[test]

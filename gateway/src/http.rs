@@ -321,7 +321,7 @@ async fn prepare(
             content: tenant.system_prompt.clone(),
         });
     }
-    if let Some(session) = &session {
+    if let Some(session) = session.as_ref().filter(|_| limits.context_turns > 0) {
         let msg = cp::GetTurnsRequest {
             tenant_id: tenant.id.clone(),
             session_id: session.to_string(),
