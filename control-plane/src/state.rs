@@ -1917,6 +1917,57 @@ mod tests {
     }
 
     #[test]
+    fn a_deleted_tenants_own_endpoint_still_hears_of_the_deletion() {
+        let (_dir, sm) = open();
+        run(
+            &sm,
+            admin(Command::CreateTenant {
+                tenant: tenant("acme", "pro", 1_000),
+            }),
+        );
+        run(
+            &sm,
+            admin(Command::CreateWebhook {
+                webhook: WebhookRecord {
+                    webhook_id: "wh_acme".into(),
+                    tenant_id: "acme".into(),
+                    url: "http://127.0.0.1:9/hook".into(),
+                    secret: "whsec_acme".into(),
+                    source: "admin".into(),
+                    ..Default::default()
+                },
+            }),
+        );
+        run(
+            &sm,
+            admin(Command::DeleteTenant {
+                id: "acme".into(),
+                archive: "/data/archives/acme.jsonl".into(),
+                now_ms: NOW,
+            }),
+        );
+        let view = sm.view().expect("view");
+        assert!(
+            outbox::webhooks(&view, "acme")
+                .expect("webhooks")
+                .is_empty()
+        );
+        let sent = outbox::deliveries(&view, "acme", "", 10).expect("deliveries");
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(sent[0].event_type, "tenant.deleted");
+        assert_eq!(
+            sent[0].secret, "whsec_acme",
+            "signed with the endpoint's secret"
+        );
+        let trail = audit::records(&view, "acme").expect("trail");
+        let actions: Vec<&str> = trail.iter().map(|r| r.action.as_str()).collect();
+        assert_eq!(
+            actions,
+            ["tenant.created", "webhook.created", "tenant.deleted"]
+        );
+    }
+
+    #[test]
     fn a_config_apply_twice_changes_nothing_the_second_time() {
         let (_dir, sm) = open();
         let apply = |daily| Command::ApplyTenants {
