@@ -85,6 +85,16 @@ pub fn may_read(
     if s.tenant_id == grantee {
         return Ok(Ok(s));
     }
+    // A tenant that stopped sharing shares nothing, grants or not.
+    let sharing = db
+        .get::<crate::state::TenantRecord>(crate::state::TENANTS, &s.tenant_id)?
+        .is_some_and(|owner| owner.knowledge_share);
+    if !sharing {
+        return Ok(Err(format!(
+            "tenant `{}` does not share knowledge now, so shared snippet `{name}` cannot be read",
+            s.tenant_id
+        )));
+    }
     let granted = db
         .get::<ShareRecord>(SHARES, &share_key(&s.tenant_id, name, grantee))?
         .is_some()

@@ -229,6 +229,26 @@ async fn a_granted_tenant_reads_a_shared_snippet_and_nothing_else() -> anyhow::R
         gamma_trail.contains(&"share.refused".to_owned()),
         "{gamma_trail:?}"
     );
+
+    // When acme stops sharing, its grants no longer open anything.
+    up.admin(&["tenant", "update", "acme", "--knowledge-share", "false"])?;
+    let a = up
+        .api
+        .ask(
+            &beta,
+            "What does the travel policy say? @shared:policy_2026_q1",
+            4,
+        )
+        .await?;
+    assert_eq!(a.status, 403, "{:?}", a.body);
+    assert!(
+        a.body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("does not share knowledge"),
+        "{:?}",
+        a.body
+    );
     Ok(())
 }
 
