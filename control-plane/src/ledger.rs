@@ -34,6 +34,90 @@ pub struct LedgerDay {
     /// `quota.exhausted` was sent for this day.
     #[serde(default)]
     pub exhausted_notified: bool,
+    /// Requests per latency bucket: entry `i` counts requests that took at
+    /// most [`LATENCY_BUCKETS_MS`]`[i]`, the last entry those that took
+    /// longer than every bound. Empty for days recorded before it existed.
+    #[serde(default)]
+    pub latency_buckets: Vec<u64>,
+}
+
+/// Upper bounds (ms) of the latency histogram's buckets, doubling from 25 ms
+/// to about 100 s; one more bucket holds everything slower.
+pub const LATENCY_BUCKETS_MS: [u64; 13] = [
+    25, 50, 100, 200, 400, 800, 1_600, 3_200, 6_400, 12_800, 25_600, 51_200, 102_400,
+];
+
+impl LedgerDay {
+    /// Counts one request's latency in the histogram.
+    pub fn record_latency(&mut self, ms: u64) {
+        if self.latency_buckets.len() != LATENCY_BUCKETS_MS.len() + 1 {
+            self.latency_buckets.resize(LATENCY_BUCKETS_MS.len() + 1, 0);
+        }
+        let i = LATENCY_BUCKETS_MS
+            .iter()
+            .position(|&bound| ms <= bound)
+            .unwrap_or(LATENCY_BUCKETS_MS.len());
+        self.latency_buckets[i] += 1;
+    }
+
+    /// The 95th percentile latency: the upper bound of the bucket that holds
+    /// it (the slowest request's latency when that is the overflow bucket);
+    /// 0 without any recorded request.
+    pub fn p95_latency_ms(&self) -> u64 {
+        let total: u64 = self.latency_buckets.iter().sum();
+        if total == 0 {
+            return 0;
+        }
+        // The rank of the 95th percentile, rounded up: ceil(0.95 * total).
+        let rank = (total * 95).div_ceil(100);
+        let mut seen = 0;
+        for (i, n) in self.latency_buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return LATENCY_BUCKETS_MS
+                    .get(i)
+                    .copied()
+                    .unwrap_or(self.max_latency_ms);
+            }
+        }
+        self.max_latency_ms
+    }
+
+    /// Mean latency of the day's requests; 0 without any.
+    pub fn avg_latency_ms(&self) -> u64 {
+        self.total_latency_ms
+            .checked_div(self.requests)
+            .unwrap_or(0)
+    }
+}
+
+/// The longest range of days a usage report or export covers.
+pub const MAX_RANGE_DAYS: i64 = 366;
+
+/// The days from `from` to `to` (`YYYY-MM-DD`, both inclusive), oldest first.
+/// The error names the field at fault, as `from_day: ...` or `to_day: ...`.
+pub fn day_range(from: &str, to: &str) -> Result<Vec<String>, String> {
+    let parse = |field: &str, s: &str| {
+        chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+            .ok()
+            .filter(|_| s.len() == 10)
+            .ok_or_else(|| format!("{field}: {s:?} is not a day in the form YYYY-MM-DD"))
+    };
+    let (start, end) = (parse("from_day", from)?, parse("to_day", to)?);
+    if start > end {
+        return Err(format!("to_day: {to} is before from_day {from}"));
+    }
+    let len = (end - start).num_days() + 1;
+    if len > MAX_RANGE_DAYS {
+        return Err(format!(
+            "to_day: the range covers {len} days, at most {MAX_RANGE_DAYS} are allowed"
+        ));
+    }
+    Ok(start
+        .iter_days()
+        .take_while(|d| *d <= end)
+        .map(|d| d.format("%Y-%m-%d").to_string())
+        .collect())
 }
 
 /// What one gateway holds of one tenant's quota.
@@ -114,6 +198,71 @@ mod tests {
         assert_eq!(resets, 1_795_737_600_000 + 15 * 3_600_000);
         // An unknown zone falls back to UTC.
         assert_eq!(day_of(at, "Mars/Olympus").0, "2026-11-26");
+    }
+
+    #[test]
+    fn p95_is_the_upper_bound_of_the_bucket_holding_it() {
+        let mut l = LedgerDay::default();
+        assert_eq!(l.p95_latency_ms(), 0);
+        // 19 fast requests and one slow one: the 95th percentile (the 19th
+        // of 20) is still fast.
+        for _ in 0..19 {
+            l.record_latency(30);
+        }
+        l.record_latency(5_000);
+        assert_eq!(l.p95_latency_ms(), 50);
+        // A second slow one moves it into the slow bucket.
+        l.record_latency(5_000);
+        assert_eq!(l.p95_latency_ms(), 6_400);
+        // Bounds are inclusive.
+        let mut l = LedgerDay::default();
+        l.record_latency(25);
+        assert_eq!(l.p95_latency_ms(), 25);
+        l.record_latency(0);
+        assert_eq!(l.latency_buckets[0], 2);
+        // Slower than every bound: the slowest request's latency.
+        let mut l = LedgerDay {
+            max_latency_ms: 300_000,
+            ..Default::default()
+        };
+        l.record_latency(300_000);
+        assert_eq!(l.p95_latency_ms(), 300_000);
+        assert_eq!(l.latency_buckets.len(), LATENCY_BUCKETS_MS.len() + 1);
+    }
+
+    #[test]
+    fn day_ranges_are_inclusive_and_bounded() {
+        assert_eq!(
+            day_range("2026-02-27", "2026-03-01").unwrap(),
+            ["2026-02-27", "2026-02-28", "2026-03-01"]
+        );
+        assert_eq!(day_range("2026-11-26", "2026-11-26").unwrap().len(), 1);
+        assert!(
+            day_range("2026-1-5", "2026-11-26")
+                .unwrap_err()
+                .starts_with("from_day:")
+        );
+        assert!(
+            day_range("yesterday", "2026-11-26")
+                .unwrap_err()
+                .starts_with("from_day:")
+        );
+        assert!(
+            day_range("2026-11-26", "2026-13-01")
+                .unwrap_err()
+                .starts_with("to_day:")
+        );
+        assert!(
+            day_range("2026-11-27", "2026-11-26")
+                .unwrap_err()
+                .starts_with("to_day:")
+        );
+        assert_eq!(day_range("2025-01-01", "2026-01-01").unwrap().len(), 366);
+        assert!(
+            day_range("2025-01-01", "2026-01-02")
+                .unwrap_err()
+                .starts_with("to_day:")
+        );
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod sharing;
 pub mod state;
 pub mod store;
 pub mod tenant_config;
+pub mod usage_export;
 pub mod webhooks;
 
 use std::collections::BTreeMap;

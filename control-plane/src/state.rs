@@ -48,6 +48,14 @@ pub const OPS: &str = "gateway_ops";
 /// How long an operation id is remembered.
 const OP_MEMORY_MS: i64 = 3_600_000;
 
+/// Prompt counts per tenant and day, keyed `tenant/day/<sha256 of the
+/// preview>`: operator-only, never shown to a tenant.
+pub const PROMPTS: &str = "usage_prompts";
+/// The longest prompt preview kept, in characters.
+pub const PROMPT_PREVIEW_CHARS: usize = 80;
+/// The export key (hex) under which user ids are hashed for usage exports.
+const EXPORT_KEY: &str = "usage_export_key";
+
 /// Deleted tenant ids: their name is reused only by an explicit create.
 pub const DELETED: &str = "deleted_tenants";
 
@@ -166,6 +174,10 @@ pub struct UsageRecord {
     pub cached_tokens: u64,
     pub duration_ms: u64,
     pub finished_at_ms: i64,
+    /// The request's last user message, cut to [`PROMPT_PREVIEW_CHARS`];
+    /// counted in [`PROMPTS`], not kept with the recent requests.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prompt_preview: String,
 }
 
 impl From<&bulkhead_proto::worker::UsageEvent> for UsageRecord {
@@ -180,8 +192,20 @@ impl From<&bulkhead_proto::worker::UsageEvent> for UsageRecord {
             cached_tokens: e.cached_tokens.into(),
             duration_ms: e.duration_ms,
             finished_at_ms: e.finished_at_ms,
+            prompt_preview: e
+                .prompt_preview
+                .chars()
+                .take(PROMPT_PREVIEW_CHARS)
+                .collect(),
         }
     }
+}
+
+/// How often one prompt (preview) was asked on one day.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptCount {
+    pub text: String,
+    pub count: u64,
 }
 
 /// Per user and day totals.
@@ -363,6 +387,11 @@ pub enum Command {
         now_ms: i64,
     },
     /// Records when a key was last used.
+    /// Stores the usage export key unless one is stored already; answers
+    /// the stored key.
+    SetExportKey {
+        key_hex: String,
+    },
     TouchKey {
         key_id: String,
         now_ms: i64,
@@ -444,6 +473,7 @@ impl fmt::Display for Command {
             Command::DeleteSession { tenant_id, .. } => write!(f, "delete-session {tenant_id}"),
             Command::PruneTurns { .. } => write!(f, "prune-turns"),
             Command::TouchKey { key_id, .. } => write!(f, "touch-key {key_id}"),
+            Command::SetExportKey { .. } => write!(f, "set-export-key"),
         }
     }
 }
@@ -485,6 +515,8 @@ pub enum Reply {
         duplicates: u32,
     },
     Reclaimed(u32),
+    /// The stored usage export key (hex).
+    ExportKey(String),
     Worker(WorkerRecord),
     Session(SessionRecord),
     Applied(Vec<ApplyOutcome>),
@@ -617,7 +649,7 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
                 TenantScope::new(t, &tenant_id).drop_all()?;
             }
             let prefix = format!("{id}/");
-            for table in [ALLOWANCES, LEDGER, USERS, RECENT, BURST_DAYS] {
+            for table in [ALLOWANCES, LEDGER, USERS, RECENT, BURST_DAYS, PROMPTS] {
                 t.delete_prefix(table, &prefix)?;
             }
             record_change(t, Change::TenantDeleted(id))?;
@@ -702,6 +734,13 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
             )?))
         }),
         Command::ApplyUsage { events } => apply_usage(t, events),
+        Command::SetExportKey { key_hex } => {
+            if let Some(stored) = t.get::<String>(META, EXPORT_KEY)? {
+                return Ok(Reply::ExportKey(stored));
+            }
+            t.put(META, EXPORT_KEY, &key_hex)?;
+            Ok(Reply::ExportKey(key_hex))
+        }
         Command::CreateSession { tenant_id, session } => {
             let Some(scope) = scope(t, &tenant_id)? else {
                 return Ok(Reply::Rejected(Rejection::UnknownTenant(tenant_id)));
@@ -1586,6 +1625,7 @@ fn apply_usage(t: &Tables, events: Vec<UsageRecord>) -> io::Result<Reply> {
         l.requests += 1;
         l.total_latency_ms += e.duration_ms;
         l.max_latency_ms = l.max_latency_ms.max(e.duration_ms);
+        l.record_latency(e.duration_ms);
         if !(l.low_notified && l.exhausted_notified) {
             let quota = match quotas.get(&(tenant.id.clone(), day.clone())) {
                 Some(q) => *q,
@@ -1611,7 +1651,26 @@ fn apply_usage(t: &Tables, events: Vec<UsageRecord>) -> io::Result<Reply> {
         let seq_key = format!("recent_seq/{}", e.tenant_id);
         let seq = t.get::<u64>(META, &seq_key)?.unwrap_or(0) + 1;
         t.put(META, &seq_key, &seq)?;
-        t.put(RECENT, &format!("{}/{seq:012}", e.tenant_id), &e)?;
+        if !e.prompt_preview.is_empty() {
+            let pkey = format!(
+                "{}/{day}/{}",
+                e.tenant_id,
+                crate::service::hash_secret(&e.prompt_preview)
+            );
+            let mut p = t
+                .get::<PromptCount>(PROMPTS, &pkey)?
+                .unwrap_or_else(|| PromptCount {
+                    text: e.prompt_preview.clone(),
+                    count: 0,
+                });
+            p.count += 1;
+            t.put(PROMPTS, &pkey, &p)?;
+        }
+        let kept = UsageRecord {
+            prompt_preview: String::new(),
+            ..e.clone()
+        };
+        t.put(RECENT, &format!("{}/{seq:012}", e.tenant_id), &kept)?;
         if seq > RECENT_KEPT {
             t.delete(
                 RECENT,
@@ -1723,6 +1782,34 @@ impl View {
             }
         }
         Ok(totals.into_iter().collect())
+    }
+
+    /// The `limit` most frequent prompts of a tenant over the given days,
+    /// most frequent first (ties by text). Operator-only.
+    pub fn top_prompts(
+        &self,
+        tenant_id: &str,
+        days: &[String],
+        limit: usize,
+    ) -> io::Result<Vec<PromptCount>> {
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for day in days {
+            for (_, p) in self.scan::<PromptCount>(PROMPTS, &format!("{tenant_id}/{day}/"))? {
+                *counts.entry(p.text).or_default() += p.count;
+            }
+        }
+        let mut all: Vec<PromptCount> = counts
+            .into_iter()
+            .map(|(text, count)| PromptCount { text, count })
+            .collect();
+        all.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.text.cmp(&b.text)));
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    /// The usage export key (hex), once one is stored.
+    pub fn export_key(&self) -> io::Result<Option<String>> {
+        self.get(META, EXPORT_KEY)
     }
 
     /// The version of the last change.
@@ -1914,6 +2001,83 @@ mod tests {
         let v = audit::verify(&view, None).expect("verify");
         assert!(v.broken.is_none(), "{v:?}");
         assert_eq!(v.chains, 2, "acme and the cluster chain (global webhook)");
+    }
+
+    #[test]
+    fn prompts_and_latency_are_counted_per_day_and_go_with_the_tenant() {
+        let (_dir, sm) = open();
+        for id in ["acme", "beta"] {
+            run(
+                &sm,
+                admin(Command::CreateTenant {
+                    tenant: tenant(id, "pro", 100_000),
+                }),
+            );
+        }
+        let asked = |id: &str, tenant: &str, prompt: &str, ms: u64| UsageRecord {
+            prompt_preview: prompt.into(),
+            duration_ms: ms,
+            ..usage(id, tenant, 10)
+        };
+        let events = vec![
+            asked("e1", "acme", "hello", 30),
+            asked("e2", "acme", "hello", 40),
+            asked("e3", "acme", "other", 3_000),
+            asked("e4", "beta", "hello", 30),
+            // A replay counts nothing.
+            asked("e1", "acme", "hello", 30),
+        ];
+        run(&sm, Command::ApplyUsage { events });
+        let view = sm.view().expect("view");
+        let days = ["2026-11-26".to_owned()];
+        let top = view.top_prompts("acme", &days, 5).expect("top");
+        let top: Vec<(&str, u64)> = top.iter().map(|p| (p.text.as_str(), p.count)).collect();
+        assert_eq!(top, [("hello", 2), ("other", 1)]);
+        assert_eq!(view.top_prompts("acme", &days, 1).expect("top").len(), 1);
+        let l = view
+            .ledger_day("acme", &days[0])
+            .expect("day")
+            .expect("day");
+        assert_eq!(l.p95_latency_ms(), 3_200);
+        // Recent requests do not keep the prompt.
+        assert!(
+            view.recent("acme")
+                .expect("recent")
+                .iter()
+                .all(|r| r.prompt_preview.is_empty())
+        );
+        run(
+            &sm,
+            admin(Command::DeleteTenant {
+                id: "acme".into(),
+                archive: String::new(),
+                now_ms: NOW,
+            }),
+        );
+        let view = sm.view().expect("view");
+        assert!(view.top_prompts("acme", &days, 5).expect("top").is_empty());
+        assert_eq!(view.top_prompts("beta", &days, 5).expect("top").len(), 1);
+    }
+
+    #[test]
+    fn the_export_key_is_stored_once() {
+        let (_dir, sm) = open();
+        let first = run(
+            &sm,
+            Command::SetExportKey {
+                key_hex: "aa".repeat(32),
+            },
+        );
+        let second = run(
+            &sm,
+            Command::SetExportKey {
+                key_hex: "bb".repeat(32),
+            },
+        );
+        assert!(matches!(first, Reply::ExportKey(ref k) if *k == "aa".repeat(32)));
+        assert!(matches!(second, Reply::ExportKey(ref k) if *k == "aa".repeat(32)));
+        let view = sm.view().expect("view");
+        assert_eq!(view.export_key().expect("key"), Some("aa".repeat(32)));
     }
 
     #[test]

@@ -82,6 +82,7 @@ admin_routes! {
     POST "/admin/v1/tenants/{id}/keys" => create_key;
     DELETE "/admin/v1/keys/{key_id}" => revoke_key;
     GET "/admin/v1/tenants/{id}/usage" => usage;
+    GET "/admin/v1/tenants/{id}/usage/export" => export_usage;
     GET "/admin/v1/bursts" => list_bursts;
     POST "/admin/v1/tenants/{id}/bursts" => request_burst;
     POST "/admin/v1/bursts/{id}/approve" => approve_burst;
@@ -532,6 +533,16 @@ struct NewKey {
 struct UsageQuery {
     days: Option<u32>,
     format: Option<String>,
+    /// First day (YYYY-MM-DD); with `to`, replaces `days`.
+    from: Option<String>,
+    to: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ExportQuery {
+    from: Option<String>,
+    to: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -893,12 +904,30 @@ async fn usage(
             ));
         }
     };
-    let u = admin
-        .send(
-            pb::UsageRequest { tenant_id, days },
-            |mut c, r| async move { c.usage(r).await },
-        )
-        .await?;
+    let u = match (q.from, q.to) {
+        (None, None) => {
+            admin
+                .send(
+                    pb::UsageRequest { tenant_id, days },
+                    |mut c, r| async move { c.usage(r).await },
+                )
+                .await?
+        }
+        (from, to) => {
+            let (from_day, to_day) = range_of(from, to);
+            admin
+                .send(
+                    pb::UsageRangeRequest {
+                        tenant_id,
+                        from_day,
+                        to_day,
+                    },
+                    |mut c, r| async move { c.usage_range(r).await },
+                )
+                .await
+                .map_err(range_param)?
+        }
+    };
     if csv {
         let mut out = String::from(USAGE_CSV_HEADER);
         out.push('\n');
@@ -930,6 +959,8 @@ async fn usage(
                 "outstanding": d.outstanding,
                 "total_latency_ms": d.total_latency_ms,
                 "max_latency_ms": d.max_latency_ms,
+                "avg_latency_ms": d.avg_latency_ms,
+                "p95_latency_ms": d.p95_latency_ms,
             })
         })
         .collect();
@@ -953,12 +984,88 @@ async fn usage(
             })
         })
         .collect();
+    let top_prompts: Vec<Value> = u
+        .top_prompts
+        .iter()
+        .map(|p| json!({"text": p.text, "count": p.count}))
+        .collect();
     ok(json!({
         "tenant_id": u.tenant_id,
         "days": days,
         "users": users,
         "recent": recent,
+        "top_prompts": top_prompts,
     }))
+}
+
+/// Both ends of a day range; a missing one is empty, which the control
+/// plane refuses (after checking the token) naming the field.
+fn range_of(from: Option<String>, to: Option<String>) -> (String, String) {
+    (from.unwrap_or_default(), to.unwrap_or_default())
+}
+
+/// The control plane names the range fields `from_day`/`to_day`; over HTTP
+/// they are the `from`/`to` query parameters.
+fn range_param(e: AdminError) -> AdminError {
+    match e {
+        AdminError::BadRequest {
+            message,
+            param,
+            code,
+        } => AdminError::BadRequest {
+            param: match param.as_deref() {
+                Some("from_day") => Some("from".into()),
+                Some("to_day") => Some("to".into()),
+                _ => param,
+            },
+            message,
+            code,
+        },
+        other => other,
+    }
+}
+
+/// The CSV columns of `GET .../usage/export`, one row per day and user.
+pub const USAGE_EXPORT_CSV_HEADER: &str = "day,user,tokens,requests";
+
+/// De-identified usage as CSV: users are keyed hashes, no text of any
+/// prompt or answer.
+async fn export_usage(
+    admin: Admin,
+    PathOf(tenant_id): PathOf<String>,
+    QueryOf(q): QueryOf<ExportQuery>,
+) -> Answer {
+    let (from_day, to_day) = range_of(q.from, q.to);
+    let filename = format!("usage-{tenant_id}-{from_day}-{to_day}.csv");
+    let export = admin
+        .send(
+            pb::UsageExportRequest {
+                tenant_id,
+                from_day,
+                to_day,
+            },
+            |mut c, r| async move { c.export_usage(r).await },
+        )
+        .await
+        .map_err(range_param)?;
+    let mut out = String::from(USAGE_EXPORT_CSV_HEADER);
+    out.push('\n');
+    for r in &export.rows {
+        out.push_str(&format!(
+            "{},{},{},{}\n",
+            r.day, r.user, r.tokens, r.requests
+        ));
+    }
+    let disposition = format!("attachment; filename=\"{filename}\"");
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        out,
+    )
+        .into_response())
 }
 
 async fn list_bursts(admin: Admin, QueryOf(q): QueryOf<BurstFilter>) -> Answer {

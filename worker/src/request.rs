@@ -147,6 +147,26 @@ impl Sampling {
     }
 }
 
+/// Characters of the last user message that a usage event carries.
+pub const PROMPT_PREVIEW_CHARS: usize = 80;
+
+/// The text of the last user message, cut to [`PROMPT_PREVIEW_CHARS`]
+/// characters (never inside a character); empty without a user message.
+pub fn prompt_preview(messages: &[ChatMessage]) -> String {
+    messages
+        .iter()
+        .rev()
+        .find(|m| m.role == Role::User)
+        .map(|m| {
+            m.content
+                .trim()
+                .chars()
+                .take(PROMPT_PREVIEW_CHARS)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A validated generation request.
 #[derive(Debug, Clone)]
 pub struct GenerateParams {
@@ -313,5 +333,28 @@ impl From<Finished> for pb::Finished {
             event_id: f.event_id.to_string(),
             time_to_first_token_ms: f.time_to_first_token_ms,
         }
+    }
+}
+
+#[cfg(test)]
+mod preview_tests {
+    use super::*;
+
+    #[test]
+    fn the_preview_is_the_last_user_message_cut_on_a_char_boundary() {
+        let msg = |role: &str, text: &str| ChatMessage::new(role, text).unwrap();
+        let messages = vec![
+            msg("system", "be brief"),
+            msg("user", "first question"),
+            msg("assistant", "an answer"),
+            msg("user", "  second question "),
+            msg("assistant", "another"),
+        ];
+        assert_eq!(prompt_preview(&messages), "second question");
+        assert_eq!(prompt_preview(&[msg("system", "only")]), "");
+        let long = "é".repeat(100);
+        let cut = prompt_preview(&[msg("user", &long)]);
+        assert_eq!(cut.chars().count(), PROMPT_PREVIEW_CHARS);
+        assert_eq!(cut, "é".repeat(PROMPT_PREVIEW_CHARS));
     }
 }
