@@ -166,7 +166,8 @@ impl ControlPlaneClient {
         .await
     }
 
-    /// Like [`Self::call`], retrying `Unavailable` for up to `retry_for`
+    /// Like [`Self::call`], retrying `Unavailable` (and a broken connection)
+    /// for up to `retry_for`
     /// (a gateway's admission path cannot wait long).
     pub async fn call_for<T, F, Fut>(&self, retry_for: Duration, f: F) -> Result<T, Status>
     where
@@ -193,9 +194,17 @@ impl ControlPlaneClient {
                     self.set_current(addr);
                     return Ok(response.into_inner());
                 }
-                Err(status) if status.code() == Code::Unavailable => {
+                Err(status) if status.code() == Code::Unavailable || is_transport(&status) => {
                     if Instant::now() >= deadline {
                         return Err(status);
+                    }
+                    if is_transport(&status) {
+                        // A kept connection to a node that died: forget it,
+                        // so the next try to that address connects afresh.
+                        self.channels
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&addr);
                     }
                     let leader = status
                         .metadata()
@@ -216,4 +225,12 @@ impl ControlPlaneClient {
             }
         }
     }
+}
+
+/// Whether a call failed in the connection itself (a kept connection to a
+/// node that died answers "transport error" rather than `Unavailable`).
+fn is_transport(status: &Status) -> bool {
+    status.code() == Code::Unknown
+        && std::error::Error::source(status)
+            .is_some_and(|s| s.downcast_ref::<tonic::transport::Error>().is_some())
 }
