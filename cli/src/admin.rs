@@ -569,12 +569,12 @@ pub async fn usage(connect: Connect, args: UsageArgs) -> anyhow::Result<()> {
         .map_err(status)?;
     if args.csv {
         println!(
-            "tenant,day,prompt_tokens,completion_tokens,total_tokens,cached_tokens,requests,quota,avg_latency_ms,max_latency_ms"
+            "tenant,day,prompt_tokens,completion_tokens,total_tokens,cached_tokens,requests,quota,avg_latency_ms,max_latency_ms,p95_latency_ms"
         );
     } else {
         println!(
-            "{:<10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>12} {:>8}",
-            "DAY", "PROMPT", "COMPLETION", "TOTAL", "CACHED", "REQS", "QUOTA", "AVG MS"
+            "{:<10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>12} {:>8} {:>8}",
+            "DAY", "PROMPT", "COMPLETION", "TOTAL", "CACHED", "REQS", "QUOTA", "AVG MS", "P95 MS"
         );
     }
     for d in &report.days {
@@ -582,7 +582,7 @@ pub async fn usage(connect: Connect, args: UsageArgs) -> anyhow::Result<()> {
         let total = d.prompt_tokens + d.completion_tokens;
         if args.csv {
             println!(
-                "{},{},{},{},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{},{}",
                 report.tenant_id,
                 d.day,
                 d.prompt_tokens,
@@ -592,11 +592,12 @@ pub async fn usage(connect: Connect, args: UsageArgs) -> anyhow::Result<()> {
                 d.requests,
                 d.quota,
                 avg,
-                d.max_latency_ms
+                d.max_latency_ms,
+                d.p95_latency_ms
             );
         } else {
             println!(
-                "{:<10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>12} {:>8}",
+                "{:<10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>12} {:>8} {:>8}",
                 d.day,
                 d.prompt_tokens,
                 d.completion_tokens,
@@ -604,7 +605,8 @@ pub async fn usage(connect: Connect, args: UsageArgs) -> anyhow::Result<()> {
                 d.cached_tokens,
                 d.requests,
                 d.quota,
-                avg
+                avg,
+                d.p95_latency_ms
             );
         }
     }
@@ -613,6 +615,13 @@ pub async fn usage(connect: Connect, args: UsageArgs) -> anyhow::Result<()> {
         println!("{:<32} {:>10} {:>8}", "USER", "TOKENS", "REQS");
         for u in &report.users {
             println!("{:<32} {:>10} {:>8}", u.user_id, u.tokens, u.requests);
+        }
+    }
+    if !args.csv && !report.top_prompts.is_empty() {
+        println!();
+        println!("{:>6}  TOP PROMPTS (first 80 characters)", "COUNT");
+        for p in &report.top_prompts {
+            println!("{:>6}  {}", p.count, p.text);
         }
     }
     Ok(())

@@ -87,6 +87,20 @@ async fn usage_reports_latency_top_prompts_and_a_deidentified_export() {
     assert_eq!(top[0], json!({"text": REPEATED, "count": 2}), "{report}");
     assert_eq!(top[1], json!({"text": ONCE, "count": 1}), "{report}");
     assert_eq!(top.len(), 2, "{report}");
+    // The operator's CLI shows the same, and the p95 column.
+    let shown = up
+        .admin(&["usage", "--tenant", "analytics", "--days", "1"])
+        .unwrap();
+    assert!(
+        shown.contains("P95 MS") && shown.contains(&p95.to_string()),
+        "{shown}"
+    );
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.trim_start().starts_with('2') && l.ends_with(REPEATED)),
+        "{shown}"
+    );
 
     // The same day as a range answers the same counts.
     let ranged = admin_json(
