@@ -29,6 +29,11 @@ pub struct BurstRecord {
     pub note: String,
 }
 
+/// What a burst of `percent` adds to a daily quota.
+pub fn extra_tokens(daily_tokens: u64, percent: u32) -> u64 {
+    daily_tokens * u64::from(percent) / 100
+}
+
 /// Tokens an approved burst adds to `day`'s quota of a tenant.
 pub fn extra_on(db: &impl Lookup, tenant_id: &str, day: &str) -> io::Result<u64> {
     let Some(id) = db.get::<String>(BURST_DAYS, &format!("{tenant_id}/{day}"))? else {

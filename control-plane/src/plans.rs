@@ -49,22 +49,6 @@ pub fn default_features(plan: &str) -> Option<Features> {
     })
 }
 
-/// The names of the limits and features a tenant can override.
-pub const LIMIT_NAMES: [&str; 5] = [
-    "daily_tokens",
-    "max_concurrent",
-    "max_request_tokens",
-    "context_window",
-    "context_turns",
-];
-pub const FEATURE_NAMES: [&str; 5] = [
-    "burst",
-    "burst_percent",
-    "knowledge_sharing",
-    "max_keys",
-    "retention_days",
-];
-
 /// Puts the plan's value into every limit and feature not in `overridden`.
 pub fn follow_plan(
     plan: &str,
@@ -75,39 +59,66 @@ pub fn follow_plan(
     let (Some(l), Some(f)) = (default_limits(plan), default_features(plan)) else {
         return;
     };
-    let keep = |name: &str| overridden.contains(name);
-    if !keep("daily_tokens") {
-        limits.daily_tokens = l.daily_tokens;
-    }
-    if !keep("max_concurrent") {
-        limits.max_concurrent = l.max_concurrent;
-    }
-    if !keep("max_request_tokens") {
-        // A plan's request limit never exceeds the tenant's daily quota.
-        limits.max_request_tokens =
-            u32::try_from(u64::from(l.max_request_tokens).min(limits.daily_tokens.max(1)))
-                .unwrap_or(l.max_request_tokens);
-    }
-    if !keep("context_window") {
-        limits.context_window = l.context_window;
-    }
-    if !keep("context_turns") {
-        limits.context_turns = l.context_turns;
-    }
-    if !keep("burst") {
-        features.burst = f.burst;
-    }
-    if !keep("burst_percent") {
-        features.burst_percent = f.burst_percent;
-    }
-    if !keep("knowledge_sharing") {
-        features.knowledge_sharing = f.knowledge_sharing;
-    }
-    if !keep("max_keys") {
-        features.max_keys = f.max_keys;
-    }
-    if !keep("retention_days") {
-        features.retention_days = f.retention_days;
+    // A plan's request limit never exceeds the tenant's daily quota.
+    let daily = if overridden.contains("daily_tokens") {
+        limits.daily_tokens
+    } else {
+        l.daily_tokens
+    };
+    let request = u32::try_from(u64::from(l.max_request_tokens).min(daily.max(1)))
+        .unwrap_or(l.max_request_tokens);
+    let o = overridden;
+    fill(o, "daily_tokens", &mut limits.daily_tokens, l.daily_tokens);
+    fill(
+        o,
+        "max_concurrent",
+        &mut limits.max_concurrent,
+        l.max_concurrent,
+    );
+    fill(
+        o,
+        "max_request_tokens",
+        &mut limits.max_request_tokens,
+        request,
+    );
+    fill(
+        o,
+        "context_window",
+        &mut limits.context_window,
+        l.context_window,
+    );
+    fill(
+        o,
+        "context_turns",
+        &mut limits.context_turns,
+        l.context_turns,
+    );
+    fill(o, "burst", &mut features.burst, f.burst);
+    fill(
+        o,
+        "burst_percent",
+        &mut features.burst_percent,
+        f.burst_percent,
+    );
+    fill(
+        o,
+        "knowledge_sharing",
+        &mut features.knowledge_sharing,
+        f.knowledge_sharing,
+    );
+    fill(o, "max_keys", &mut features.max_keys, f.max_keys);
+    fill(
+        o,
+        "retention_days",
+        &mut features.retention_days,
+        f.retention_days,
+    );
+}
+
+/// Sets `field` to the plan's value unless the tenant overrides `name`.
+fn fill<T>(overridden: &std::collections::BTreeSet<String>, name: &str, field: &mut T, plan: T) {
+    if !overridden.contains(name) {
+        *field = plan;
     }
 }
 

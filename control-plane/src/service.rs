@@ -864,7 +864,7 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
         tenant_id(&r.tenant_id)?;
         let plaintext = new_secret("bk_");
         let key = KeyRecord {
-            key_id: format!("key_{}", &uuid::Uuid::new_v4().simple().to_string()[..16]),
+            key_id: new_id("key_"),
             tenant_id: r.tenant_id,
             name: r.name,
             prefix: plaintext[..11].to_owned(),
@@ -1167,7 +1167,7 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
                 }
                 let same = current.iter().find(|w| w.url == spec.url);
                 webhooks.push(crate::outbox::WebhookRecord {
-                    webhook_id: same.map_or_else(new_webhook_id, |w| w.webhook_id.clone()),
+                    webhook_id: same.map_or_else(|| new_id("wh_"), |w| w.webhook_id.clone()),
                     tenant_id: record.id.clone(),
                     url: spec.url,
                     events: spec.events,
@@ -1256,14 +1256,16 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
         };
         let now = now_ms();
         let burst = crate::bursts::BurstRecord {
-            burst_id: format!("burst_{}", &uuid::Uuid::new_v4().simple().to_string()[..16]),
+            burst_id: new_id("burst_"),
             tenant_id: tenant.id.clone(),
             day: ledger::day_of(now, &tenant.time_zone).0,
             reason,
             status: "pending".into(),
             percent: tenant.features.burst_percent,
-            extra_tokens: tenant.limits.daily_tokens * u64::from(tenant.features.burst_percent)
-                / 100,
+            extra_tokens: crate::bursts::extra_tokens(
+                tenant.limits.daily_tokens,
+                tenant.features.burst_percent,
+            ),
             requested_at_ms: now,
             requested_by: actor.clone(),
             ..Default::default()
@@ -1322,7 +1324,7 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
         }
         adm::validate_webhook(&r.url, &r.events, &r.secret)?;
         let webhook = crate::outbox::WebhookRecord {
-            webhook_id: new_webhook_id(),
+            webhook_id: new_id("wh_"),
             tenant_id: r.tenant_id,
             url: r.url,
             events: r.events,
@@ -1595,8 +1597,12 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
     }
 }
 
-fn new_webhook_id() -> String {
-    format!("wh_{}", &uuid::Uuid::new_v4().simple().to_string()[..16])
+/// A fresh record id: a prefix (`key_`, `burst_`, `wh_`) and 16 hex digits.
+fn new_id(prefix: &str) -> String {
+    format!(
+        "{prefix}{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..16]
+    )
 }
 
 /// Names the config field an error is about.
@@ -1642,7 +1648,7 @@ fn usage_report(
             completion_tokens: l.completion_tokens,
             cached_tokens: l.cached_tokens,
             requests: l.requests,
-            quota: tenant.limits.daily_tokens + crate::bursts::extra_on(view, &tenant.id, day)?,
+            quota: crate::state::quota_on(view, &tenant, day)?,
             outstanding,
             total_latency_ms: l.total_latency_ms,
             max_latency_ms: l.max_latency_ms,

@@ -903,7 +903,7 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
             b.decided_by = decided_by;
             b.note = note;
             if approve {
-                b.extra_tokens = tenant.limits.daily_tokens * u64::from(b.percent) / 100;
+                b.extra_tokens = bursts::extra_tokens(tenant.limits.daily_tokens, b.percent);
             } else {
                 // A denied burst does not hold the day: the tenant may ask again.
                 t.delete(BURST_DAYS, &key2(&b.tenant_id, &b.day))?;
@@ -1259,6 +1259,7 @@ fn apply_tenants(t: &Tables, tenants: Vec<TenantApply>) -> io::Result<Reply> {
                 .collect(),
             None => Vec::new(),
         };
+        let tenant_changed = existing.is_none() || !changed.is_empty();
         // Endpoints this file manages, matched by URL.
         let current: Vec<WebhookRecord> = outbox::webhooks(t, &a.tenant.id)?
             .into_iter()
@@ -1293,9 +1294,6 @@ fn apply_tenants(t: &Tables, tenants: Vec<TenantApply>) -> io::Result<Reply> {
             Some(_) if changed.is_empty() => "unchanged",
             Some(_) => "updated",
         };
-        let tenant_changed = existing
-            .as_ref()
-            .is_none_or(|e| !e.differences(&a.tenant).is_empty());
         if tenant_changed {
             let mut record = a.tenant.clone();
             if let Some(e) = &existing {
@@ -1318,7 +1316,11 @@ fn apply_tenants(t: &Tables, tenants: Vec<TenantApply>) -> io::Result<Reply> {
 }
 
 /// A tenant's quota on `day`: its daily tokens plus an approved burst's.
-fn quota_on(t: &impl crate::store::Lookup, tenant: &TenantRecord, day: &str) -> io::Result<u64> {
+pub(crate) fn quota_on(
+    t: &impl crate::store::Lookup,
+    tenant: &TenantRecord,
+    day: &str,
+) -> io::Result<u64> {
     Ok(tenant.limits.daily_tokens + bursts::extra_on(t, &tenant.id, day)?)
 }
 
@@ -1413,76 +1415,63 @@ impl TenantPatch {
         set(&mut tenant.quick_prompts, &self.quick_prompts);
         set(&mut tenant.time_zone, &self.time_zone);
         set(&mut tenant.knowledge_share, &self.knowledge_share);
-        let (l, m) = (&self.limits, &self.set_limits);
-        let mut overridden = Vec::new();
-        let mut limit = |name: &'static str, on: bool, field: &mut u64, v: u64| {
-            if on {
-                *field = v;
-                overridden.push(name);
-            }
-        };
-        limit(
-            "daily_tokens",
-            m.daily_tokens,
-            &mut tenant.limits.daily_tokens,
-            l.daily_tokens,
+        // A value set here becomes the tenant's own (overridden).
+        let (l, m, f) = (&self.limits, &self.set_limits, &self.features);
+        let (limits, features, o) = (
+            &mut tenant.limits,
+            &mut tenant.features,
+            &mut tenant.overridden,
         );
-        let mut u32s = [
-            (
-                "max_concurrent",
-                m.max_concurrent,
-                &mut tenant.limits.max_concurrent,
-                l.max_concurrent,
-            ),
-            (
-                "max_request_tokens",
-                m.max_request_tokens,
-                &mut tenant.limits.max_request_tokens,
-                l.max_request_tokens,
-            ),
-            (
-                "context_window",
-                m.context_window,
-                &mut tenant.limits.context_window,
-                l.context_window,
-            ),
-            (
-                "context_turns",
-                m.context_turns,
-                &mut tenant.limits.context_turns,
-                l.context_turns,
-            ),
-        ];
-        for (name, on, field, v) in &mut u32s {
-            if *on {
-                **field = *v;
-                overridden.push(name);
-            }
-        }
-        let f = &self.features;
-        if let Some(v) = f.burst {
-            tenant.features.burst = v;
-            overridden.push("burst");
-        }
-        if let Some(v) = f.burst_percent {
-            tenant.features.burst_percent = v;
-            overridden.push("burst_percent");
-        }
-        if let Some(v) = f.knowledge_sharing {
-            tenant.features.knowledge_sharing = v;
-            overridden.push("knowledge_sharing");
-        }
-        if let Some(v) = f.max_keys {
-            tenant.features.max_keys = v;
-            overridden.push("max_keys");
-        }
-        if let Some(v) = f.retention_days {
-            tenant.features.retention_days = v;
-            overridden.push("retention_days");
-        }
-        tenant
-            .overridden
-            .extend(overridden.into_iter().map(str::to_owned));
+        own(
+            o,
+            "daily_tokens",
+            &mut limits.daily_tokens,
+            m.daily_tokens.then_some(l.daily_tokens),
+        );
+        own(
+            o,
+            "max_concurrent",
+            &mut limits.max_concurrent,
+            m.max_concurrent.then_some(l.max_concurrent),
+        );
+        own(
+            o,
+            "max_request_tokens",
+            &mut limits.max_request_tokens,
+            m.max_request_tokens.then_some(l.max_request_tokens),
+        );
+        own(
+            o,
+            "context_window",
+            &mut limits.context_window,
+            m.context_window.then_some(l.context_window),
+        );
+        own(
+            o,
+            "context_turns",
+            &mut limits.context_turns,
+            m.context_turns.then_some(l.context_turns),
+        );
+        own(o, "burst", &mut features.burst, f.burst);
+        own(
+            o,
+            "burst_percent",
+            &mut features.burst_percent,
+            f.burst_percent,
+        );
+        own(
+            o,
+            "knowledge_sharing",
+            &mut features.knowledge_sharing,
+            f.knowledge_sharing,
+        );
+        own(o, "max_keys", &mut features.max_keys, f.max_keys);
+        own(
+            o,
+            "retention_days",
+            &mut features.retention_days,
+            f.retention_days,
+        );
         // The limits and features not set for this tenant follow its plan.
         plans::follow_plan(
             &tenant.plan,
@@ -1490,6 +1479,14 @@ impl TenantPatch {
             &mut tenant.limits,
             &mut tenant.features,
         );
+    }
+}
+
+/// Sets a tenant's own value of `name`, when one is given.
+fn own<T>(overridden: &mut BTreeSet<String>, name: &str, field: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *field = v;
+        overridden.insert(name.to_owned());
     }
 }
 
