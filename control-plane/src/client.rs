@@ -227,10 +227,11 @@ impl ControlPlaneClient {
     }
 }
 
-/// Whether a call failed in the connection itself (a kept connection to a
-/// node that died answers "transport error" rather than `Unavailable`).
+/// Whether a call failed in the connection itself: a kept connection to a
+/// node that died answers with a transport error (as `Unknown` when the
+/// write breaks, `Cancelled` when the connection closes under the call)
+/// rather than `Unavailable`.
 fn is_transport(status: &Status) -> bool {
-    status.code() == Code::Unknown
-        && std::error::Error::source(status)
-            .is_some_and(|s| s.downcast_ref::<tonic::transport::Error>().is_some())
+    std::error::Error::source(status)
+        .is_some_and(|s| s.downcast_ref::<tonic::transport::Error>().is_some())
 }
