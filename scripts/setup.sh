@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks to build, test and run bulkhead:
-# the build tools for llama.cpp, nats-server, the demo model, and a Python
+# the build tools for llama.cpp, nats-server, Chromium and chromedriver (the
+# console's browser tests), the demo model, and a Python
 # virtual environment with the official `openai` package (the SDK-compatibility
 # test drives the gateway with it). Safe to run again: it skips what is
 # already there.
@@ -21,6 +22,10 @@ command -v cmake >/dev/null || need_apt+=(cmake)
 command -v clang >/dev/null || need_apt+=(clang)
 command -v nats-server >/dev/null || need_apt+=(nats-server)
 command -v unzip >/dev/null || need_apt+=(unzip)
+# The console's browser tests drive Debian's headless Chromium through chromedriver.
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 # Debian and Ubuntu ship `venv` without `ensurepip`; python3-venv adds it.
 [ -x "$VENV_DIR/bin/python" ] || python3 -c 'import ensurepip' 2>/dev/null || need_apt+=(python3-venv)

@@ -392,14 +392,14 @@ pub async fn run(args: BenchGatewayArgs) -> anyhow::Result<()> {
     let registration = tokio::spawn(bulkhead_worker::registration::register_loop(
         ControlPlaneRegistration::new(vec![cp_addr.clone()], worker_addr.clone()),
         secret.clone(),
-        cp::WorkerInfo {
+        tokio::sync::watch::channel(cp::WorkerInfo {
             worker_id: "scripted-1".into(),
             addr: worker_addr.clone(),
             models: vec![SCRIPTED_MODEL.into()],
-            adapters: Vec::new(),
             slots: 1024,
-            expires_at_ms: 0,
-        },
+            ..cp::WorkerInfo::default()
+        })
+        .1,
         worker_stopped(),
     ));
     let gateway = tokio::spawn(bulkhead_gateway::run(
@@ -411,6 +411,7 @@ pub async fn run(args: BenchGatewayArgs) -> anyhow::Result<()> {
             max_body_bytes: bulkhead_gateway::DEFAULT_MAX_BODY_BYTES,
         },
         api_listener,
+        None,
         async {
             let _ = gateway_stop.await;
         },

@@ -15,6 +15,9 @@ pub struct GatewayArgs {
     /// Address of the OpenAI-compatible API (and /metrics).
     #[arg(long, default_value = "127.0.0.1:18789")]
     listen: SocketAddr,
+    /// Also serve the web console (with the same API) on this address, such as 0.0.0.0:8080.
+    #[arg(long)]
+    console: Option<SocketAddr>,
     /// Control-plane node addresses, comma-separated (any subset; the leader is followed).
     #[arg(long = "control-plane", env = env::CONTROL_PLANE, value_delimiter = ',', required = true)]
     control_plane: Vec<String>,
@@ -46,6 +49,16 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.listen))?;
     let bound = listener.local_addr()?;
     eprintln!("bulkhead gateway {gateway_id}: API on http://{bound}/v1");
+    let console = match args.console {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the console to {addr}"))?;
+            eprintln!("console: http://{}/", listener.local_addr()?);
+            Some(listener)
+        }
+        None => None,
+    };
     let config = GatewayConfig {
         gateway_id,
         control_plane: args
@@ -58,6 +71,6 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         default_model: args.default_model,
         max_body_bytes: args.max_body_bytes,
     };
-    bulkhead_gateway::run(config, listener, crate::shutdown_signal()).await?;
+    bulkhead_gateway::run(config, listener, console, crate::shutdown_signal()).await?;
     Ok(())
 }

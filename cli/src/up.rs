@@ -31,6 +31,12 @@ pub struct UpArgs {
     /// Address of the OpenAI-compatible API.
     #[arg(long, default_value = "127.0.0.1:18789")]
     api: SocketAddr,
+    /// Address of the web console (chat for tenants' users, dashboard for operators).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    console: SocketAddr,
+    /// Do not serve the web console.
+    #[arg(long)]
+    no_console: bool,
     /// Address of the control plane's gRPC API (what the admin commands reach by default).
     #[arg(long, default_value = "127.0.0.1:7100")]
     control_plane: SocketAddr,
@@ -121,6 +127,24 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let api_listener = tokio::net::TcpListener::bind(args.api)
         .await
         .with_context(|| format!("binding the API to {}", args.api))?;
+    let console_listener = if args.no_console {
+        None
+    } else {
+        Some(
+            tokio::net::TcpListener::bind(args.console)
+                .await
+                .with_context(|| {
+                    format!(
+                        "binding the console to {} (--console ADDR, or --no-console)",
+                        args.console
+                    )
+                })?,
+        )
+    };
+    let console_addr = console_listener
+        .as_ref()
+        .map(tokio::net::TcpListener::local_addr)
+        .transpose()?;
     let cp_addr = cp_listener.local_addr()?.to_string();
     let worker_addr = worker_listener.local_addr()?.to_string();
     let api_addr = api_listener.local_addr()?;
@@ -189,9 +213,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             let _ = worker_stop.await;
         },
     ));
-    let mut gateway = tokio::spawn(bulkhead_gateway::run(gateway_config, api_listener, async {
-        let _ = gateway_stop.await;
-    }));
+    let mut gateway = tokio::spawn(bulkhead_gateway::run(
+        gateway_config,
+        api_listener,
+        console_listener,
+        async {
+            let _ = gateway_stop.await;
+        },
+    ));
 
     // The admin token exists once the control plane has initialized.
     let mut waited = 0;
@@ -226,6 +255,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if applied.is_ok() {
         println!("bulkhead is up");
         println!("API: http://{api_addr}/v1");
+        if let Some(addr) = console_addr {
+            println!("console: http://{addr}/");
+        }
         println!("control plane: {cp_addr}");
         println!(
             "metrics: http://{api_addr}/metrics http://{cp_addr}/metrics http://{worker_addr}/metrics"

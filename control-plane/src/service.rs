@@ -356,6 +356,17 @@ fn allowance_to_pb(a: crate::state::AllowanceView) -> pb::Allowance {
     }
 }
 
+/// A load fraction (0.0 to 1.0; anything else is clamped) in thousandths.
+fn permille(progress: f32) -> u16 {
+    if progress.is_nan() {
+        return 0;
+    }
+    // In 0..=1000 after the clamp, so the cast cannot truncate.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let p = (progress.clamp(0.0, 1.0) * 1000.0).round() as u16;
+    p
+}
+
 fn worker_to_pb(w: WorkerRecord) -> pb::WorkerInfo {
     pb::WorkerInfo {
         worker_id: w.worker_id,
@@ -364,6 +375,14 @@ fn worker_to_pb(w: WorkerRecord) -> pb::WorkerInfo {
         adapters: w.adapters,
         slots: w.slots,
         expires_at_ms: w.expires_at_ms,
+        loading: w
+            .loading
+            .into_iter()
+            .map(|(model, permille)| pb::ModelLoad {
+                model,
+                progress: f32::from(permille) / 1000.0,
+            })
+            .collect(),
     }
 }
 
@@ -632,9 +651,10 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
         let w = r.worker.unwrap_or_default();
         bulkhead_proto::WorkerId::new(w.worker_id.as_str())
             .map_err(|e| ControlPlaneError::InvalidArgument(e.to_string()))?;
-        if w.addr.is_empty() || w.models.is_empty() {
+        if w.addr.is_empty() || (w.models.is_empty() && w.loading.is_empty()) {
             return Err(ControlPlaneError::InvalidArgument(
-                "a worker registers with its address and at least one model".into(),
+                "a worker registers with its address and at least one model, loaded or loading"
+                    .into(),
             )
             .into());
         }
@@ -646,6 +666,11 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
             adapters: w.adapters,
             slots: w.slots,
             expires_at_ms: now_ms() + lease,
+            loading: w
+                .loading
+                .into_iter()
+                .map(|l| (l.model, permille(l.progress)))
+                .collect(),
         };
         match self.write(Command::RegisterWorker { worker }).await? {
             Reply::Worker(w) => Ok(Response::new(worker_to_pb(w))),

@@ -427,6 +427,9 @@ pub struct WorkerRecord {
     pub adapters: Vec<String>,
     pub slots: u32,
     pub expires_at_ms: i64,
+    /// Models still loading, with their progress in thousandths.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loading: Vec<(String, u16)>,
 }
 
 /// One entry of the watch stream.

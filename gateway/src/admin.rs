@@ -27,7 +27,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{
-    ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request,
+    ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State,
 };
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
@@ -45,12 +45,19 @@ use tonic::Code;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::transport::Channel;
 
-/// What the admin routes need: who this gateway is and a client of the
-/// control plane whose connections the per-request clients share.
+use crate::directory::Directory;
+use crate::route::Workers;
+
+/// What the admin routes need: who this gateway is, a client of the control
+/// plane whose connections the per-request clients share, and (for the live
+/// monitor) the gateway's view of the workers.
 pub struct AdminState {
     pub gateway_id: GatewayId,
     pub client: Arc<ControlPlaneClient>,
     pub max_body_bytes: usize,
+    /// Workers and tenants as this gateway follows them, for the monitor.
+    pub directory: Arc<Directory>,
+    pub workers: Arc<Workers>,
 }
 
 type Answer = Result<Response, AdminError>;
@@ -99,6 +106,7 @@ admin_routes! {
     DELETE "/admin/v1/shares" => revoke_share;
     GET "/admin/v1/tenants/{id}/audit" => list_audit;
     GET "/admin/v1/audit/verify" => verify_audit;
+    GET "/admin/v1/monitor" => monitor;
 }
 
 /// The admin API's router, to merge with the OpenAI-style API's. The client
@@ -693,6 +701,104 @@ async fn list_tenants(admin: Admin) -> Answer {
         .await?;
     let tenants: Vec<Value> = l.tenants.iter().map(tenant_json).collect();
     ok(json!({ "tenants": tenants }))
+}
+
+/// The live monitor: every worker's numbers as it reports them now, and per
+/// tenant the sessions whose KV is held on workers, the requests generating,
+/// their KV memory and whether the tenant's model is ready.
+async fn monitor(admin: Admin, State(state): State<Arc<AdminState>>) -> Answer {
+    let l = admin
+        .send(pb::ListTenantsRequest {}, |mut c, r| async move {
+            c.list_tenants(r).await
+        })
+        .await?;
+    let registered = state.directory.workers();
+    let stats = futures::future::join_all(registered.iter().map(|w| async {
+        if w.models.is_empty() {
+            return Err("loading its models".to_owned());
+        }
+        state
+            .workers
+            .stats(w)
+            .await
+            .map_err(|e| e.message().to_owned())
+    }))
+    .await;
+    let mut per_tenant: std::collections::HashMap<&str, [u64; 4]> = Default::default();
+    let mut workers = Vec::new();
+    for (w, s) in registered.iter().zip(&stats) {
+        let loading: Vec<Value> = w
+            .loading
+            .iter()
+            .map(|l| json!({"model": l.model, "progress": l.progress}))
+            .collect();
+        let mut entry = json!({
+            "worker_id": w.worker_id,
+            "addr": w.addr,
+            "models": w.models,
+            "loading": loading,
+            "slots": w.slots,
+        });
+        match s {
+            Ok(s) => {
+                for t in &s.tenants {
+                    let sums = per_tenant.entry(t.tenant_id.as_str()).or_default();
+                    sums[0] += u64::from(t.device_slots + t.host_slots);
+                    sums[1] += u64::from(t.active);
+                    sums[2] += t.device_bytes;
+                    sums[3] += t.host_bytes;
+                }
+                entry["reachable"] = json!(true);
+                entry["tokens_per_second"] = json!(s.decode_tokens_per_second);
+                entry["generated_tokens_total"] = json!(s.generated_tokens_total);
+                entry["active_requests"] = json!(s.active_requests);
+                entry["queued_requests"] = json!(s.queued_requests);
+                entry["device_slots_used"] = json!(s.device_slots_used);
+                entry["device_slots_total"] = json!(s.device_slots_total);
+                entry["host_slots"] = json!(s.host_slots);
+                entry["host_bytes"] = json!(s.host_bytes);
+            }
+            Err(e) => {
+                entry["reachable"] = json!(false);
+                entry["error"] = json!(e);
+            }
+        }
+        workers.push(entry);
+    }
+    let tenants: Vec<Value> = l
+        .tenants
+        .iter()
+        .map(|t| {
+            let [sessions, in_flight, device, host] =
+                per_tenant.get(t.id.as_str()).copied().unwrap_or_default();
+            let model = if t.model.is_empty() {
+                state
+                    .directory
+                    .models_served()
+                    .into_iter()
+                    .next()
+                    .unwrap_or_default()
+            } else {
+                t.model.clone()
+            };
+            json!({
+                "tenant_id": t.id,
+                "display_name": t.display_name,
+                "model": model,
+                "model_status": crate::http::model_status_json(&state.directory, &model),
+                "active_sessions": sessions,
+                "in_flight": in_flight,
+                "kv_device_bytes": device,
+                "kv_host_bytes": host,
+            })
+        })
+        .collect();
+    ok(json!({
+        "gateway_id": state.gateway_id.to_string(),
+        "at_ms": crate::now_ms(),
+        "tenants": tenants,
+        "workers": workers,
+    }))
 }
 
 async fn create_tenant(admin: Admin, JsonBody(b): JsonBody<NewTenant>) -> Answer {
@@ -1564,6 +1670,8 @@ mod tests {
             // No control plane: only what the gateway answers itself is tested.
             client: Arc::new(ControlPlaneClient::new(Vec::new(), None)),
             max_body_bytes: 1 << 16,
+            directory: Arc::new(Directory::default()),
+            workers: Arc::new(Workers::new(bulkhead_proto::ClusterSecret::generate())),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

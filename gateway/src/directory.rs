@@ -96,6 +96,44 @@ impl Directory {
             .collect()
     }
 
+    /// How far the furthest worker that is loading `model` has got (0.0 to
+    /// 1.0), if one is.
+    pub fn loading(&self, model: &str) -> Option<f32> {
+        self.read()
+            .workers
+            .values()
+            .flat_map(|w| &w.loading)
+            .filter(|l| l.model == model)
+            .map(|l| l.progress)
+            .reduce(f32::max)
+    }
+
+    /// Whether `model` can take requests: `ready` (a worker serves it),
+    /// `loading` (with the furthest worker's progress) or `unavailable`.
+    pub fn model_status(&self, model: &str) -> (&'static str, f32) {
+        if !self.workers_for(model, "").is_empty() {
+            ("ready", 1.0)
+        } else if let Some(progress) = self.loading(model) {
+            ("loading", progress)
+        } else {
+            ("unavailable", 0.0)
+        }
+    }
+
+    /// Every registered worker, loaded or loading, by id.
+    pub fn workers(&self) -> Vec<pb::WorkerInfo> {
+        let mut all: Vec<_> = self.read().workers.values().cloned().collect();
+        all.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        all
+    }
+
+    /// Every tenant, by id.
+    pub fn tenants(&self) -> Vec<Arc<pb::Tenant>> {
+        let mut all: Vec<_> = self.read().tenants.values().cloned().collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
     /// Every model some live worker serves.
     pub fn models_served(&self) -> BTreeSet<String> {
         self.read()

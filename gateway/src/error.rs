@@ -2,7 +2,7 @@
 //! status and one OpenAI-style error body. A refusal by quota carries what
 //! the caller needs to act on it (which limit, what is left, when it resets).
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tonic::Code;
 
@@ -49,6 +49,12 @@ pub enum GatewayError {
     RateLimited(Box<Refusal>),
     #[error("{0}")]
     Unavailable(String),
+    /// No worker serves the model yet, but one is loading it.
+    #[error(
+        "the model `{model}` is loading on a worker ({:.0}% done); retry in a few seconds",
+        progress * 100.0
+    )]
+    ModelLoading { model: String, progress: f32 },
     /// A worker failed while serving the request.
     #[error("{0}")]
     Upstream(String),
@@ -71,7 +77,7 @@ impl GatewayError {
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::ModelLoading { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -85,7 +91,7 @@ impl GatewayError {
             }
             Self::RateLimited(_) => "rate_limit_error",
             Self::Denied { .. } => "permission_error",
-            Self::Unavailable(_) => "service_unavailable",
+            Self::Unavailable(_) | Self::ModelLoading { .. } => "service_unavailable",
             Self::Upstream(_) => "server_error",
         }
     }
@@ -103,6 +109,7 @@ impl GatewayError {
                 Some("concurrency_limit_exceeded")
             }
             Self::RateLimited(_) => Some("daily_quota_exceeded"),
+            Self::ModelLoading { .. } => Some("model_loading"),
             Self::Unavailable(_) | Self::Upstream(_) => None,
         }
     }
@@ -117,7 +124,16 @@ impl GatewayError {
 
     /// The OpenAI-style error body.
     pub fn body(&self) -> serde_json::Value {
-        bulkhead_proto::openai::error(&self.to_string(), self.kind(), self.param(), self.code())
+        let mut body = bulkhead_proto::openai::error(
+            &self.to_string(),
+            self.kind(),
+            self.param(),
+            self.code(),
+        );
+        if let Self::ModelLoading { progress, .. } = self {
+            body["error"]["progress"] = serde_json::json!(progress);
+        }
+        body
     }
 
     /// A worker's gRPC error, as the caller should see it.
@@ -205,6 +221,11 @@ pub fn rate_limit_headers(
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
         let mut response = (self.status(), axum::Json(self.body())).into_response();
+        if let Self::ModelLoading { .. } = &self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+        }
         if let Self::RateLimited(r) = &self {
             let reset_s =
                 u64::try_from((r.resets_at_ms - crate::now_ms()).max(0) / 1000).unwrap_or(0);

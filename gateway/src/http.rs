@@ -3,7 +3,9 @@
 //! limits, route to the worker that holds the session's KV slot, stream the
 //! answer, settle.
 //!
-//! Routes: `POST /v1/chat/completions`, `GET /v1/models`, `POST|GET
+//! Routes: `POST /v1/chat/completions`, `GET /v1/models`, `GET /v1/tenant`
+//! (what a chat front end shows: name, welcome message, quick prompts,
+//! limits, whether the model is ready), `POST|GET
 //! /v1/sessions`, `GET /v1/sessions/{id}/messages`, `DELETE
 //! /v1/sessions/{id}`, `GET /health`, `GET /metrics`.
 
@@ -65,6 +67,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
+        .route("/v1/tenant", get(tenant_profile))
         .route("/v1/sessions", post(create_session).get(list_sessions))
         .route("/v1/sessions/{id}", delete(delete_session))
         .route("/v1/sessions/{id}/messages", get(session_messages))
@@ -207,6 +210,42 @@ async fn models(State(state): S, headers: HeaderMap) -> Response {
             "id": model, "object": "model", "created": caller.tenant.created_at_ms / 1000,
             "owned_by": "bulkhead", "adapter": caller.tenant.adapter,
         }]}))
+    })();
+    match result {
+        Ok(body) => axum::Json(body).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// [`Directory::model_status`] as `{"state", "progress"}`.
+pub fn model_status_json(directory: &Directory, model: &str) -> serde_json::Value {
+    let (state, progress) = directory.model_status(model);
+    json!({"state": state, "progress": progress})
+}
+
+/// The caller's tenant as its users see it.
+async fn tenant_profile(State(state): S, headers: HeaderMap) -> Response {
+    let result = (|| {
+        let caller = authenticate(&state, &headers)?;
+        let t = &caller.tenant;
+        let model = tenant_model(&state, t).unwrap_or_default();
+        let limits = t.limits.unwrap_or_default();
+        Ok::<_, GatewayError>(json!({
+            "object": "tenant",
+            "id": t.id,
+            "display_name": if t.display_name.is_empty() { &t.id } else { &t.display_name },
+            "plan": t.plan,
+            "welcome_message": t.welcome_message,
+            "quick_prompts": t.quick_prompts,
+            "model": model,
+            "model_status": model_status_json(&state.directory, &model),
+            "limits": {
+                "daily_tokens": limits.daily_tokens,
+                "max_concurrent": limits.max_concurrent,
+                "max_request_tokens": limits.max_request_tokens,
+                "context_turns": limits.context_turns,
+            },
+        }))
     })();
     match result {
         Ok(body) => axum::Json(body).into_response(),
@@ -574,10 +613,13 @@ async fn admit_and_generate(
             .workers_for(&p.request.model, &p.request.adapter),
     );
     if ranked.is_empty() {
-        return Err(GatewayError::Unavailable(format!(
-            "no worker serves the model `{}` right now; retry shortly",
-            p.request.model
-        )));
+        let model = p.request.model.clone();
+        return Err(match state.directory.loading(&model) {
+            Some(progress) => GatewayError::ModelLoading { model, progress },
+            None => GatewayError::Unavailable(format!(
+                "no worker serves the model `{model}` right now; retry shortly"
+            )),
+        });
     }
     let need = fit_request(state, &mut p, &ranked).await?;
     let permit = state.quotas.admit(&tenant, need).await?;

@@ -12,6 +12,7 @@
 //! retry on another and its allowance returns to the pool after its lease.
 
 pub mod admin;
+pub mod console;
 pub mod directory;
 pub mod error;
 pub mod http;
@@ -49,12 +50,14 @@ pub(crate) fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Serves the API on `listener` until `shutdown` resolves, then drains: it
-/// stops accepting, lets running requests and streams finish, and returns
-/// its allowances to the control plane.
+/// Serves the API on `listener` (and the web console, with the same API, on
+/// `console` when given) until `shutdown` resolves, then drains: it stops
+/// accepting, lets running requests and streams finish, and returns its
+/// allowances to the control plane.
 pub async fn run(
     config: GatewayConfig,
     listener: TcpListener,
+    console: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
     let client = Arc::new(
@@ -87,27 +90,51 @@ pub async fn run(
         control_plane = ?config.control_plane,
         "gateway serving"
     );
-    // Tokens are small writes: without TCP_NODELAY, Nagle holds them back.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     let admin = admin::AdminState {
         gateway_id: config.gateway_id.clone(),
         client: Arc::clone(&state.client),
         max_body_bytes: config.max_body_bytes,
+        directory: Arc::clone(&state.directory),
+        workers: Arc::clone(&state.workers),
     };
-    // The client's address goes into the admin API's audit actor.
     let app = http::router(state).merge(admin::router(admin));
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
+    let shutdown = futures::FutureExt::shared(shutdown);
+    let console_app = console::router().merge(app.clone());
+    let api = serve(listener, app, shutdown.clone());
+    let console = async {
+        match console {
+            Some(listener) => {
+                tracing::info!(listen = ?listener.local_addr().ok(), "console serving");
+                serve(listener, console_app, shutdown).await
+            }
+            None => Ok(()),
+        }
+    };
+    let (served, console_served) = tokio::join!(api, console);
     // Streams have finished: give the allowances back, stop following.
     let _ = stop_tx.send(true);
     let _ = maintain.await;
     follow.abort();
     tracing::info!("gateway stopped");
-    served.map_err(|e| GatewayError::Unavailable(format!("the API server failed: {e}")))
+    served.map_err(|e| GatewayError::Unavailable(format!("the API server failed: {e}")))?;
+    console_served.map_err(|e| GatewayError::Unavailable(format!("the console server failed: {e}")))
+}
+
+/// Serves `app` on `listener` until `shutdown`, with the client's address
+/// available to handlers (the admin API's audit actor uses it).
+async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    // Tokens are small writes: without TCP_NODELAY, Nagle holds them back.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

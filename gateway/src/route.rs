@@ -112,6 +112,14 @@ impl Workers {
         Err(last)
     }
 
+    /// One worker's live numbers (slots, KV memory per tenant, tokens/s).
+    pub async fn stats(&self, worker: &cp::WorkerInfo) -> Result<pb::StatsResponse, Status> {
+        let mut client = self.client(&worker.addr)?;
+        let mut req = self.request(pb::StatsRequest {});
+        req.set_timeout(Duration::from_secs(2));
+        Ok(client.stats(req).await?.into_inner())
+    }
+
     /// The exact prompt token count, from the first worker that answers.
     pub async fn count_tokens(
         &self,

@@ -230,7 +230,9 @@ pub struct Up {
     pub control_plane: String,
     pub admin_token: String,
     pub dir: PathBuf,
-    ports: (u16, u16, u16),
+    /// Base URL of the web console (`http://127.0.0.1:PORT`).
+    pub console: String,
+    ports: (u16, u16, u16, u16),
     extra: Vec<String>,
 }
 
@@ -242,12 +244,13 @@ impl Up {
     /// Starts with more arguments for `bulkhead up` (such as `--tenants DIR`).
     pub async fn start_with(dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
         let extra = extra.iter().map(|s| (*s).to_owned()).collect();
-        Self::start_on(dir, (free_port(), free_port(), free_port()), extra).await
+        let ports = (free_port(), free_port(), free_port(), free_port());
+        Self::start_on(dir, ports, extra).await
     }
 
     async fn start_on(
         dir: &Path,
-        ports: (u16, u16, u16),
+        ports: (u16, u16, u16, u16),
         extra: Vec<String>,
     ) -> anyhow::Result<Self> {
         let model = format!("{MODEL}={}", demo_model().display());
@@ -261,6 +264,8 @@ impl Up {
             format!("127.0.0.1:{}", ports.1),
             "--worker".into(),
             format!("127.0.0.1:{}", ports.2),
+            "--console".into(),
+            format!("127.0.0.1:{}", ports.3),
             "--model".into(),
             model,
             "--slots".into(),
@@ -279,6 +284,7 @@ impl Up {
             control_plane: format!("127.0.0.1:{}", ports.1),
             admin_token,
             dir: dir.to_path_buf(),
+            console: format!("http://127.0.0.1:{}", ports.3),
             ports,
             extra,
         })

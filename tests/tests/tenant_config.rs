@@ -374,6 +374,7 @@ fn up_fails(data: &Path, extra: &[&str]) -> anyhow::Result<Output> {
         "2".into(),
         "--context".into(),
         "512".into(),
+        "--no-console".into(),
     ];
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     let mut child = std::process::Command::new(bulkhead_bin()?)

@@ -8,7 +8,7 @@
 //! engine thread alone.
 
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -31,6 +31,33 @@ pub fn demo_model_path() -> PathBuf {
                 .join(".cache/bulkhead/models")
         })
         .join(DEMO_MODEL_FILE)
+}
+
+/// How far each model has loaded (0.0 to 1.0), as llama.cpp reports it while
+/// it reads the weights; the registration publishes it so that gateways can
+/// tell a caller the model is coming rather than missing.
+#[derive(Debug, Clone, Default)]
+pub struct LoadProgress(Arc<Mutex<Vec<(String, f32)>>>);
+
+impl LoadProgress {
+    /// Every model of `models` at 0.
+    pub fn new(models: &[ModelSpec]) -> Self {
+        Self(Arc::new(Mutex::new(
+            models.iter().map(|m| (m.name.clone(), 0.0)).collect(),
+        )))
+    }
+
+    fn set(&self, model: &str, progress: f32) {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = all.iter_mut().find(|(name, _)| name == model) {
+            entry.1 = progress.clamp(0.0, 1.0);
+        }
+    }
+
+    /// Each model with its progress.
+    pub fn snapshot(&self) -> Vec<(String, f32)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// `NAME=PATH` of a model to serve.
@@ -141,11 +168,13 @@ pub type Adapters = Vec<Vec<LlamaLoraAdapter>>;
 impl Catalog {
     /// Loads every model and adapter. `context_window` caps each model's
     /// per-request window (it never exceeds the model's training context).
+    /// `progress` hears how far each model is.
     pub fn load(
         models: &[ModelSpec],
         adapters: &[AdapterSpec],
         context_window: u32,
         gpu_layers: u32,
+        progress: &LoadProgress,
     ) -> Result<(Self, Adapters), WorkerError> {
         if models.is_empty() {
             return Err(WorkerError::invalid("at least one --model is needed", None));
@@ -166,7 +195,13 @@ impl Catalog {
                     None,
                 ));
             }
-            let params = LlamaModelParams::default().with_n_gpu_layers(gpu_layers);
+            let (report, name) = (progress.clone(), spec.name.clone());
+            let params = LlamaModelParams::default()
+                .with_n_gpu_layers(gpu_layers)
+                .with_progress_callback(move |p| {
+                    report.set(&name, p);
+                    true
+                });
             let mut model =
                 LlamaModel::load_from_file(backend, &spec.path, &params).map_err(|e| {
                     WorkerError::Engine(format!("loading {}: {e}", spec.path.display()))
@@ -206,6 +241,7 @@ impl Catalog {
             let head_dim = u64::try_from(model.n_embd()).unwrap_or(0) / n_head;
             let kv_bytes_per_token =
                 2 * u64::from(model.n_layer()) * u64::from(model.n_head_kv()) * head_dim * 2;
+            progress.set(&spec.name, 1.0);
             loaded.push(CatalogModel {
                 name: spec.name.clone(),
                 context_window: context_window.min(model.n_ctx_train()),

@@ -77,15 +77,6 @@ pub async fn run(
     http: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
-    let models = config.models.clone();
-    let adapters = config.adapters.clone();
-    let window = config.engine.context_window;
-    let gpu_layers = config.gpu_layers;
-    let (catalog, loras) = tokio::task::spawn_blocking(move || {
-        catalog::Catalog::load(&models, &adapters, window, gpu_layers)
-    })
-    .await
-    .map_err(|e| WorkerError::Engine(format!("model loading panicked: {e}")))??;
     let metrics = Arc::new(metrics::Metrics::new());
     let (usage_tx, publisher) = match &config.usage {
         UsageSink::None => {
@@ -113,14 +104,6 @@ pub async fn run(
         );
         ClusterSecret::generate()
     });
-    let engine = Arc::new(engine::Engine::start(
-        Arc::new(catalog),
-        loras,
-        config.engine.clone(),
-        config.worker_id.clone(),
-        usage_tx,
-        Arc::clone(&metrics),
-    )?);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -129,26 +112,85 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    // Registered (as loading, with progress) before the models load, so a
+    // caller hears that its model is coming instead of that nobody serves it.
+    let progress = catalog::LoadProgress::new(&config.models);
+    let advertise = config
+        .control_plane
+        .as_ref()
+        .map_or_else(String::new, |cp| cp.advertise.clone());
+    let loading_info = || {
+        registration::loading_info(
+            &config.worker_id,
+            &advertise,
+            config.engine.slots,
+            &progress,
+        )
+    };
+    let (info_tx, info_rx) = tokio::sync::watch::channel(loading_info());
+    let registration = config.control_plane.clone().map(|cp| {
+        tokio::spawn(registration::register_loop(
+            cp,
+            secret.clone(),
+            info_rx,
+            stopped(stop_rx.clone()),
+        ))
+    });
+    let models = config.models.clone();
+    let adapters = config.adapters.clone();
+    let window = config.engine.context_window;
+    let gpu_layers = config.gpu_layers;
+    let loader_progress = progress.clone();
+    let mut loading = tokio::task::spawn_blocking(move || {
+        catalog::Catalog::load(&models, &adapters, window, gpu_layers, &loader_progress)
+    });
+    let loaded = loop {
+        tokio::select! {
+            done = &mut loading => break done,
+            () = tokio::time::sleep(std::time::Duration::from_millis(250)) => {
+                let now = loading_info();
+                info_tx.send_if_modified(|info| {
+                    let changed = *info != now;
+                    *info = now;
+                    changed
+                });
+            }
+        }
+    };
+    let (catalog, loras) = match loaded
+        .map_err(|e| WorkerError::Engine(format!("model loading panicked: {e}")))
+        .and_then(|r| r)
+    {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            if let Some(task) = registration {
+                task.abort();
+            }
+            return Err(e);
+        }
+    };
+    let engine = Arc::new(engine::Engine::start(
+        Arc::new(catalog),
+        loras,
+        config.engine.clone(),
+        config.worker_id.clone(),
+        usage_tx,
+        Arc::clone(&metrics),
+    )?);
     tracing::info!(
         worker = %config.worker_id,
         grpc = ?grpc.local_addr().ok(),
         http = ?http.as_ref().and_then(|l| l.local_addr().ok()),
         "worker serving"
     );
-    let registration = config.control_plane.clone().map(|cp| {
-        let info = registration::worker_info(
+    if let Some(cp) = &config.control_plane {
+        info_tx.send_replace(registration::worker_info(
             &engine,
             &config.worker_id,
             &cp.advertise,
             config.engine.slots,
-        );
-        tokio::spawn(registration::register_loop(
-            cp,
-            secret.clone(),
-            info,
-            stopped(stop_rx.clone()),
-        ))
-    });
+        ));
+    }
     let service = grpc::WorkerService {
         engine: Arc::clone(&engine),
         worker_id: config.worker_id.clone(),

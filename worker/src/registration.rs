@@ -1,4 +1,5 @@
-//! The worker's entry in the control plane's registry: once its models are
+//! The worker's entry in the control plane's registry: while its models load
+//! it registers their progress (nothing is routed to it yet); once they are
 //! loaded, the worker registers its gRPC address, models, adapters and slots
 //! with a lease, and renews it every third of the lease until it stops.
 //! Gateways route only to registered workers whose lease is live. This module
@@ -11,6 +12,9 @@ use bulkhead_control_plane::ControlPlaneClient;
 use bulkhead_proto::control as pb;
 use bulkhead_proto::{ClusterSecret, WorkerId};
 
+use tokio::sync::watch;
+
+use crate::catalog::LoadProgress;
 use crate::engine::Engine;
 
 /// Default lease of a worker's registration.
@@ -37,8 +41,8 @@ impl ControlPlaneRegistration {
     }
 }
 
-/// What the worker registers: its loaded models, their adapters as
-/// `MODEL:ADAPTER`, and its device slots per model variant.
+/// What the worker registers once its models are loaded: the models, their
+/// adapters as `MODEL:ADAPTER`, and its device slots per model variant.
 pub fn worker_info(
     engine: &Engine,
     worker_id: &WorkerId,
@@ -56,14 +60,37 @@ pub fn worker_info(
             .collect(),
         slots,
         expires_at_ms: 0,
+        loading: Vec::new(),
     }
 }
 
-/// Registers `info` and renews it every `lease / 3` until `stop` resolves.
+/// What the worker registers while its models load: no model to route to
+/// yet, each model's progress.
+pub fn loading_info(
+    worker_id: &WorkerId,
+    advertise: &str,
+    slots: u32,
+    progress: &LoadProgress,
+) -> pb::WorkerInfo {
+    pb::WorkerInfo {
+        worker_id: worker_id.to_string(),
+        addr: advertise.to_owned(),
+        slots,
+        loading: progress
+            .snapshot()
+            .into_iter()
+            .map(|(model, progress)| pb::ModelLoad { model, progress })
+            .collect(),
+        ..pb::WorkerInfo::default()
+    }
+}
+
+/// Registers what `info` holds, again whenever it changes (at most every
+/// 200 ms), and renews it every `lease / 3`, until `stop` resolves.
 pub async fn register_loop(
     registration: ControlPlaneRegistration,
     secret: ClusterSecret,
-    info: pb::WorkerInfo,
+    mut info: watch::Receiver<pb::WorkerInfo>,
     stop: impl Future<Output = ()>,
 ) {
     let client =
@@ -74,28 +101,39 @@ pub async fn register_loop(
     let renew = async {
         let mut registered = false;
         loop {
+            let current = info.borrow_and_update().clone();
             let result = client
                 .send_for(
                     every,
                     pb::RegisterWorkerRequest {
-                        worker: Some(info.clone()),
+                        worker: Some(current.clone()),
                         lease_ms,
                     },
                     |mut c, req| async move { c.register_worker(req).await },
                 )
                 .await;
             match result {
-                Ok(_) if !registered => {
+                Ok(_) if !registered || !current.loading.is_empty() => {
                     registered = true;
-                    tracing::info!(worker = %info.worker_id, addr = %info.addr, models = ?info.models, "registered with the control plane");
+                    tracing::info!(worker = %current.worker_id, addr = %current.addr, models = ?current.models, loading = ?current.loading, "registered with the control plane");
                 }
                 Ok(_) => {}
                 Err(status) => {
                     registered = false;
-                    tracing::warn!(worker = %info.worker_id, code = ?status.code(), error = %status.message(), "registration with the control plane failed; retrying");
+                    tracing::warn!(worker = %current.worker_id, code = ?status.code(), error = %status.message(), "registration with the control plane failed; retrying");
                 }
             }
-            tokio::time::sleep(every).await;
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                changed = info.changed() => {
+                    if changed.is_err() {
+                        // The sender is gone: nothing new will come, keep renewing.
+                        tokio::time::sleep(every).await;
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
         }
     };
     tokio::select! {
