@@ -486,9 +486,12 @@ async function send(text) {
   } finally {
     chat.busy = false;
     chat.controller = null;
-    $('#send').disabled = false;
-    $('#stop').hidden = true;
-    loadSessions();
+    // Gone when a refused key sent the user back to the sign-in page.
+    if ($('#composer')) {
+      $('#send').disabled = false;
+      $('#stop').hidden = true;
+      loadSessions();
+    }
   }
 }
 

@@ -253,6 +253,24 @@ mod tests {
     }
 
     #[test]
+    fn a_loading_model_says_how_far_and_when_to_retry() {
+        let e = GatewayError::ModelLoading {
+            model: "big".into(),
+            progress: 0.4,
+        };
+        let response = e.clone().into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        let body = e.body();
+        assert_eq!(body["error"]["code"], "model_loading");
+        assert_eq!(body["error"]["progress"], serde_json::json!(0.4_f32));
+        assert_eq!(
+            body["error"]["message"],
+            "the model `big` is loading on a worker (40% done); retry in a few seconds"
+        );
+    }
+
+    #[test]
     fn a_worker_context_error_keeps_its_code() {
         let e = GatewayError::from_worker(&tonic::Status::invalid_argument(
             "this model's maximum context length is 8 tokens",
