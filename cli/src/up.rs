@@ -22,6 +22,9 @@ use clap::Args;
 use crate::env;
 use crate::worker::EngineArgs;
 
+/// Where the console listens unless `--console` says otherwise.
+const DEFAULT_CONSOLE: &str = "127.0.0.1:8080";
+
 #[derive(Args, Debug)]
 pub struct UpArgs {
     /// Where everything is kept: the control plane's database, the usage spool, the admin token
@@ -31,9 +34,10 @@ pub struct UpArgs {
     /// Address of the OpenAI-compatible API.
     #[arg(long, default_value = "127.0.0.1:18789")]
     api: SocketAddr,
-    /// Address of the web console (chat for tenants' users, dashboard for operators).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    console: SocketAddr,
+    /// Address of the web console (chat for tenants' users, dashboard for operators). Default:
+    /// 127.0.0.1:8080, or no console (with a warning) when that port is taken.
+    #[arg(long)]
+    console: Option<SocketAddr>,
     /// Do not serve the web console.
     #[arg(long)]
     no_console: bool,
@@ -127,19 +131,22 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let api_listener = tokio::net::TcpListener::bind(args.api)
         .await
         .with_context(|| format!("binding the API to {}", args.api))?;
-    let console_listener = if args.no_console {
-        None
-    } else {
-        Some(
-            tokio::net::TcpListener::bind(args.console)
+    let console_listener = match (args.no_console, args.console) {
+        (true, _) => None,
+        (false, Some(addr)) => Some(
+            tokio::net::TcpListener::bind(addr)
                 .await
-                .with_context(|| {
-                    format!(
-                        "binding the console to {} (--console ADDR, or --no-console)",
-                        args.console
-                    )
-                })?,
-        )
+                .with_context(|| format!("binding the console to {addr}"))?,
+        ),
+        (false, None) => match tokio::net::TcpListener::bind(DEFAULT_CONSOLE).await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                eprintln!(
+                    "warning: no console: {DEFAULT_CONSOLE} is not free ({e}); pass --console ADDR"
+                );
+                None
+            }
+        },
     };
     let console_addr = console_listener
         .as_ref()

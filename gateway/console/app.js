@@ -8,7 +8,20 @@
 // Small helpers
 
 const $ = (selector, root = document) => root.querySelector(selector);
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+/** Resolves after `ms`, or rejects with an AbortError when `signal` aborts. */
+function sleep(ms, signal) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(resolve, ms);
+    signal?.addEventListener(
+      'abort',
+      () => {
+        clearTimeout(timer);
+        reject(new DOMException('Stopped', 'AbortError'));
+      },
+      { once: true },
+    );
+  });
+}
 
 /** Builds an element; text children are inserted as text, never as HTML. */
 function h(tag, attrs, ...children) {
@@ -124,9 +137,13 @@ function signOut() {
 // ---------------------------------------------------------------------------
 // Layout and routing
 
+// Each route() starts a generation; a view that awaited across a newer
+// navigation must not draw over the newer page.
+let generation = 0;
 let timers = [];
-function every(ms, fn) {
-  timers.push(setInterval(fn, ms));
+function alive() {
+  const mine = generation;
+  return () => mine === generation;
 }
 
 function setNav(items, active) {
@@ -151,14 +168,17 @@ const ADMIN_VIEWS = [
 ];
 
 async function route() {
-  timers.forEach(clearInterval);
+  generation += 1;
+  timers.forEach(clearTimeout);
   timers = [];
   const who = auth.get();
   const [view, ...rest] = location.hash.replace(/^#\/?/, '').split('/').map(decodeURIComponent);
   $('#sign-out').hidden = !who;
   $('#who').textContent = who ? (who.role === 'admin' ? 'operator' : who.name || '') : '';
   if (!who) return viewSignin();
-  if (who.role === 'tenant') return viewChat();
+  // The chat is one page: a hash change must not wipe a conversation (or
+  // an answer that is still streaming).
+  if (who.role === 'tenant') return $('#composer') ? undefined : viewChat();
   const found = ADMIN_VIEWS.find(([id]) => id === view) || ADMIN_VIEWS[0];
   setNav(ADMIN_VIEWS, found[0]);
   try {
@@ -240,12 +260,14 @@ const chat = { tenant: null, sessions: [], current: null, busy: false, controlle
 async function viewChat() {
   setNav([]);
   page(h('p', { class: 'muted' }, 'Loading…'));
+  const live = alive();
   let t;
   try {
     t = await api('/v1/tenant');
   } catch (e) {
     return chatRefused(e);
   }
+  if (!live()) return;
   chat.tenant = t;
   $('#who').textContent = t.display_name;
   const composer = h(
@@ -294,7 +316,7 @@ async function viewChat() {
     ),
   );
   modelStatus(t.model, t.model_status);
-  await loadSessions();
+  if (!(await loadSessions())) return;
   if (chat.current && chat.sessions.some((s) => s.id === chat.current)) await openSession(chat.current);
   else newSession();
 }
@@ -312,7 +334,7 @@ function modelStatus(model, status) {
       ),
     );
   } else {
-    el.replaceChildren(alertBox('error', `No worker serves the model ${model} right now. Your operator has been told by the monitor; try again later.`));
+    el.replaceChildren(alertBox('error', `No worker serves the model ${model} right now (the operators' live monitor shows it too); try again later.`));
   }
 }
 
@@ -325,14 +347,18 @@ function chatRefused(e) {
   page(alertBox('error', e.message));
 }
 
+/** Lists the sessions; false when the key was refused (and the user sent to sign in). */
 async function loadSessions() {
   try {
     const list = await api('/v1/sessions');
     chat.sessions = list.data.sort((a, b) => b.updated_at - a.updated_at);
   } catch (e) {
-    if (e.status !== 401) show('#chat-error', 'error', e.message);
-    else if (!chat.busy) chatRefused(e);
-    return;
+    if (e.status !== 401) {
+      show('#chat-error', 'error', e.message);
+      return true;
+    }
+    if (!chat.busy) chatRefused(e);
+    return false;
   }
   $('#sessions')?.replaceChildren(
     ...chat.sessions.map((s) =>
@@ -353,6 +379,7 @@ async function loadSessions() {
       ),
     ),
   );
+  return true;
 }
 
 function markActive() {
@@ -392,6 +419,7 @@ async function openSession(id) {
   $('#chat-error').replaceChildren();
   try {
     const turns = await api(`/v1/sessions/${encodeURIComponent(id)}/messages`);
+    if (chat.current !== id || chat.busy) return; // another session was opened meanwhile
     $('#messages').replaceChildren(
       ...turns.data.filter((m) => m.role === 'user' || m.role === 'assistant').map((m) => bubble(m.role, m.content)),
     );
@@ -472,8 +500,7 @@ async function send(text) {
         if (e.code !== 'model_loading') throw e;
         // The worker is still loading the model: show how far, then try again.
         modelStatus(chat.tenant.model, { state: 'loading', progress: e.progress || 0 });
-        await sleep(2000);
-        if (chat.controller.signal.aborted) throw e;
+        await sleep(2000, chat.controller.signal);
       }
     }
     answer.dataset.done = '1';
@@ -523,7 +550,9 @@ const TEXTS = [
 ];
 
 async function viewTenants([selected, panel]) {
+  const live = alive();
   const [{ tenants }, { plans }] = await Promise.all([api('/admin/v1/tenants'), api('/admin/v1/plans')]);
+  if (!live()) return;
   const detail = h('div', { id: 'tenant-detail' });
   page(
     h('div', { class: 'row' }, h('h1', { style: 'flex:1' }, 'Tenants'), h('button', { id: 'new-tenant', class: 'primary', type: 'button', onclick: () => tenantForm(detail, null, plans) }, 'New tenant')),
@@ -552,7 +581,7 @@ async function viewTenants([selected, panel]) {
                   'div',
                   { class: 'row' },
                   h('button', { type: 'button', class: 'edit', onclick: () => tenantForm(detail, t, plans) }, 'Edit'),
-                h('button', { type: 'button', class: 'keys', onclick: () => keysPanel(detail, t) }, 'Keys'),
+                h('button', { type: 'button', class: 'keys', onclick: () => keysPanel(detail, t).catch((e) => show(detail, 'error', e.message)) }, 'Keys'),
                 h('a', { class: 'button', href: `#/usage/${encodeURIComponent(t.id)}` }, 'Usage'),
                   h('button', { type: 'button', class: 'danger delete', onclick: () => deleteTenant(detail, t) }, 'Delete'),
                 ),
@@ -739,14 +768,16 @@ function bucketOf(day, granularity) {
 const usageState = { granularity: 'day', chart: null };
 
 async function viewUsage([tenantId]) {
+  const live = alive();
   const { tenants } = await api('/admin/v1/tenants');
+  if (!live()) return;
   if (!tenants.length) return page(h('h1', {}, 'Usage'), h('p', { class: 'muted' }, 'No tenants yet.'));
   const id = tenants.some((t) => t.id === tenantId) ? tenantId : tenants[0].id;
   const from = h('input', { id: 'usage-from', type: 'date', value: daysAgo(29) });
   const to = h('input', { id: 'usage-to', type: 'date', value: daysAgo(0) });
   const body = h('div', { id: 'usage-body' });
   const error = h('div', { id: 'usage-error' });
-  const refresh = () => usageBody(body, error, id, from.value, to.value);
+  const refresh = () => usageBody(body, error, id, from.value, to.value).catch((e) => show(error, 'error', e.message));
   page(
     h('h1', {}, 'Usage'),
     h(
@@ -914,13 +945,16 @@ async function exportCsv(error, id, from, to) {
 async function viewMonitor() {
   const body = h('div', { id: 'monitor-body' });
   page(h('h1', {}, 'Live monitor'), h('p', { class: 'muted' }, 'Asked of every worker every 2 seconds.'), body);
+  const live = alive();
   const draw = async () => {
     let m;
     try {
       m = await api('/admin/v1/monitor');
     } catch (e) {
-      return show(body, 'error', e.message);
+      if (live()) show(body, 'error', e.message);
+      return;
     }
+    if (!live()) return;
     const state = (s) => h('span', { class: `pill ${s.state}` }, s.state === 'loading' ? `loading ${pct(s.progress)}` : s.state);
     body.replaceChildren(
       h(
@@ -955,15 +989,22 @@ async function viewMonitor() {
       h('p', { class: 'muted', id: 'monitor-at' }, `As of ${fmtTime(m.at_ms)}, from gateway ${m.gateway_id}.`),
     );
   };
-  await draw();
-  every(2000, draw);
+  // The next poll starts 2 s after the last answer, so slow workers never
+  // pile requests up.
+  const poll = async () => {
+    await draw();
+    if (live()) timers.push(setTimeout(poll, 2000));
+  };
+  await poll();
 }
 
 // ---------------------------------------------------------------------------
 // Operator: bursts, webhooks, audit
 
 async function viewBursts() {
+  const live = alive();
   const { bursts } = await api('/admin/v1/bursts');
+  if (!live()) return;
   const error = h('div', { id: 'burst-error' });
   const decide = (b, verdict) => async () => {
     try {
@@ -1000,11 +1041,13 @@ async function viewBursts() {
 }
 
 async function viewWebhooks() {
+  const live = alive();
   const [{ webhooks }, { deliveries }, { tenants }] = await Promise.all([
     api('/admin/v1/webhooks'),
     api('/admin/v1/webhooks/deliveries?limit=100'),
     api('/admin/v1/tenants'),
   ]);
+  if (!live()) return;
   const error = h('div', { id: 'webhook-error' });
   page(
     h('h1', {}, 'Webhooks'),
@@ -1084,10 +1127,12 @@ async function viewWebhooks() {
 }
 
 async function viewAudit([tenantId]) {
+  const live = alive();
   const { tenants } = await api('/admin/v1/tenants');
   const ids = ['_cluster', ...tenants.map((t) => t.id)];
   const id = ids.includes(tenantId) ? tenantId : tenants[0]?.id || '_cluster';
   const { records } = await api(`/admin/v1/tenants/${encodeURIComponent(id)}/audit?limit=500`);
+  if (!live()) return;
   const verdict = h('div', { id: 'audit-verdict' });
   page(
     h('h1', {}, 'Audit trail'),

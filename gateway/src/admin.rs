@@ -58,6 +58,8 @@ pub struct AdminState {
     /// Workers and tenants as this gateway follows them, for the monitor.
     pub directory: Arc<Directory>,
     pub workers: Arc<Workers>,
+    /// The model of tenants that name none.
+    pub default_model: Option<String>,
 }
 
 type Answer = Result<Response, AdminError>;
@@ -771,21 +773,15 @@ async fn monitor(admin: Admin, State(state): State<Arc<AdminState>>) -> Answer {
         .map(|t| {
             let [sessions, in_flight, device, host] =
                 per_tenant.get(t.id.as_str()).copied().unwrap_or_default();
-            let model = if t.model.is_empty() {
-                state
-                    .directory
-                    .models_served()
-                    .into_iter()
-                    .next()
-                    .unwrap_or_default()
-            } else {
-                t.model.clone()
-            };
+            let model = state
+                .directory
+                .tenant_model(t, state.default_model.as_deref())
+                .unwrap_or_default();
             json!({
                 "tenant_id": t.id,
                 "display_name": t.display_name,
                 "model": model,
-                "model_status": crate::http::model_status_json(&state.directory, &model),
+                "model_status": crate::http::model_status_json(&state.directory, &model, &t.adapter),
                 "active_sessions": sessions,
                 "in_flight": in_flight,
                 "kv_device_bytes": device,
@@ -1672,6 +1668,7 @@ mod tests {
             max_body_bytes: 1 << 16,
             directory: Arc::new(Directory::default()),
             workers: Arc::new(Workers::new(bulkhead_proto::ClusterSecret::generate())),
+            default_model: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -108,10 +108,34 @@ impl Directory {
             .reduce(f32::max)
     }
 
+    /// The model `tenant` uses: its own, else `default`, else the one model
+    /// the fleet serves (or, while nothing is served yet, the one it loads).
+    pub fn tenant_model(&self, tenant: &pb::Tenant, default: Option<&str>) -> Option<String> {
+        if !tenant.model.is_empty() {
+            return Some(tenant.model.clone());
+        }
+        if let Some(model) = default {
+            return Some(model.to_owned());
+        }
+        let mut candidates = self.models_served();
+        if candidates.is_empty() {
+            candidates = self
+                .read()
+                .workers
+                .values()
+                .flat_map(|w| w.loading.iter().map(|l| l.model.clone()))
+                .collect();
+        }
+        match (candidates.len(), candidates.pop_first()) {
+            (1, Some(model)) => Some(model),
+            _ => None,
+        }
+    }
+
     /// Whether `model` can take requests: `ready` (a worker serves it),
     /// `loading` (with the furthest worker's progress) or `unavailable`.
-    pub fn model_status(&self, model: &str) -> (&'static str, f32) {
-        if !self.workers_for(model, "").is_empty() {
+    pub fn model_status(&self, model: &str, adapter: &str) -> (&'static str, f32) {
+        if !self.workers_for(model, adapter).is_empty() {
             ("ready", 1.0)
         } else if let Some(progress) = self.loading(model) {
             ("loading", progress)

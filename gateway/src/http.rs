@@ -183,23 +183,18 @@ fn session_not_found(id: &str) -> GatewayError {
     }
 }
 
-/// The model a tenant uses: its own, else the gateway's default, else the
-/// one model the fleet serves.
+/// The model a tenant uses ([`Directory::tenant_model`] with the gateway's
+/// default).
 fn tenant_model(state: &AppState, tenant: &cp::Tenant) -> Result<String, GatewayError> {
-    if !tenant.model.is_empty() {
-        return Ok(tenant.model.clone());
-    }
-    if let Some(model) = &state.default_model {
-        return Ok(model.clone());
-    }
-    let served = state.directory.models_served();
-    match (served.len(), served.first()) {
-        (1, Some(model)) => Ok(model.clone()),
-        _ => Err(GatewayError::Unavailable(format!(
-            "tenant {} has no model set and this gateway has no default; ask your administrator to set one",
-            tenant.id
-        ))),
-    }
+    state
+        .directory
+        .tenant_model(tenant, state.default_model.as_deref())
+        .ok_or_else(|| {
+            GatewayError::Unavailable(format!(
+                "tenant {} has no model set and this gateway has no default; ask your administrator to set one",
+                tenant.id
+            ))
+        })
 }
 
 async fn models(State(state): S, headers: HeaderMap) -> Response {
@@ -218,8 +213,8 @@ async fn models(State(state): S, headers: HeaderMap) -> Response {
 }
 
 /// [`Directory::model_status`] as `{"state", "progress"}`.
-pub fn model_status_json(directory: &Directory, model: &str) -> serde_json::Value {
-    let (state, progress) = directory.model_status(model);
+pub fn model_status_json(directory: &Directory, model: &str, adapter: &str) -> serde_json::Value {
+    let (state, progress) = directory.model_status(model, adapter);
     json!({"state": state, "progress": progress})
 }
 
@@ -238,7 +233,7 @@ async fn tenant_profile(State(state): S, headers: HeaderMap) -> Response {
             "welcome_message": t.welcome_message,
             "quick_prompts": t.quick_prompts,
             "model": model,
-            "model_status": model_status_json(&state.directory, &model),
+            "model_status": model_status_json(&state.directory, &model, &t.adapter),
             "limits": {
                 "daily_tokens": limits.daily_tokens,
                 "max_concurrent": limits.max_concurrent,

@@ -96,6 +96,7 @@ pub async fn run(
         max_body_bytes: config.max_body_bytes,
         directory: Arc::clone(&state.directory),
         workers: Arc::clone(&state.workers),
+        default_model: config.default_model.clone(),
     };
     let app = http::router(state).merge(admin::router(admin));
     let shutdown = futures::FutureExt::shared(shutdown);

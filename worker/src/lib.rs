@@ -157,26 +157,29 @@ pub async fn run(
             }
         }
     };
-    let (catalog, loras) = match loaded
+    let started = loaded
         .map_err(|e| WorkerError::Engine(format!("model loading panicked: {e}")))
         .and_then(|r| r)
-    {
-        Ok(loaded) => loaded,
+        .and_then(|(catalog, loras)| {
+            engine::Engine::start(
+                Arc::new(catalog),
+                loras,
+                config.engine.clone(),
+                config.worker_id.clone(),
+                usage_tx,
+                Arc::clone(&metrics),
+            )
+        });
+    let engine = match started {
+        Ok(engine) => Arc::new(engine),
         Err(e) => {
+            // Not "loading" any more: stop saying so (the entry lapses with its lease).
             if let Some(task) = registration {
                 task.abort();
             }
             return Err(e);
         }
     };
-    let engine = Arc::new(engine::Engine::start(
-        Arc::new(catalog),
-        loras,
-        config.engine.clone(),
-        config.worker_id.clone(),
-        usage_tx,
-        Arc::clone(&metrics),
-    )?);
     tracing::info!(
         worker = %config.worker_id,
         grpc = ?grpc.local_addr().ok(),

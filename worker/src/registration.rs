@@ -76,10 +76,15 @@ pub fn loading_info(
         worker_id: worker_id.to_string(),
         addr: advertise.to_owned(),
         slots,
+        // In steps of 5%: each change is a Raft write and news to every
+        // gateway, so a slow load makes at most twenty per model.
         loading: progress
             .snapshot()
             .into_iter()
-            .map(|(model, progress)| pb::ModelLoad { model, progress })
+            .map(|(model, progress)| pb::ModelLoad {
+                model,
+                progress: (progress * 20.0).floor() / 20.0,
+            })
             .collect(),
         ..pb::WorkerInfo::default()
     }
@@ -100,6 +105,7 @@ pub async fn register_loop(
     let every = lease / 3;
     let renew = async {
         let mut registered = false;
+        let mut announced_loading = false;
         loop {
             let current = info.borrow_and_update().clone();
             let result = client
@@ -112,10 +118,16 @@ pub async fn register_loop(
                     |mut c, req| async move { c.register_worker(req).await },
                 )
                 .await;
+            let loading = !current.loading.is_empty();
             match result {
-                Ok(_) if !registered || !current.loading.is_empty() => {
+                Ok(_) if loading && !announced_loading => {
+                    announced_loading = true;
+                    tracing::info!(worker = %current.worker_id, addr = %current.addr, loading = ?current.loading, "announced to the control plane while the models load");
+                }
+                Ok(_) if !loading && (!registered || announced_loading) => {
                     registered = true;
-                    tracing::info!(worker = %current.worker_id, addr = %current.addr, models = ?current.models, loading = ?current.loading, "registered with the control plane");
+                    announced_loading = false;
+                    tracing::info!(worker = %current.worker_id, addr = %current.addr, models = ?current.models, "registered with the control plane");
                 }
                 Ok(_) => {}
                 Err(status) => {
