@@ -8,6 +8,7 @@
 //! engine thread alone.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -37,18 +38,34 @@ pub fn demo_model_path() -> PathBuf {
 /// it reads the weights; the registration publishes it so that gateways can
 /// tell a caller the model is coming rather than missing.
 #[derive(Debug, Clone, Default)]
-pub struct LoadProgress(Arc<Mutex<Vec<(String, f32)>>>);
+pub struct LoadProgress {
+    models: Arc<Mutex<Vec<(String, f32)>>>,
+    /// Set when the worker is told to stop: llama.cpp gives up the load.
+    cancelled: Arc<AtomicBool>,
+}
 
 impl LoadProgress {
     /// Every model of `models` at 0.
     pub fn new(models: &[ModelSpec]) -> Self {
-        Self(Arc::new(Mutex::new(
-            models.iter().map(|m| (m.name.clone(), 0.0)).collect(),
-        )))
+        Self {
+            models: Arc::new(Mutex::new(
+                models.iter().map(|m| (m.name.clone(), 0.0)).collect(),
+            )),
+            cancelled: Arc::default(),
+        }
+    }
+
+    /// Makes the load in progress stop at llama.cpp's next progress report.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
     }
 
     fn set(&self, model: &str, progress: f32) {
-        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all = self.models.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(entry) = all.iter_mut().find(|(name, _)| name == model) {
             entry.1 = progress.clamp(0.0, 1.0);
         }
@@ -56,7 +73,10 @@ impl LoadProgress {
 
     /// Each model with its progress.
     pub fn snapshot(&self) -> Vec<(String, f32)> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.models
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -200,7 +220,8 @@ impl Catalog {
                 .with_n_gpu_layers(gpu_layers)
                 .with_progress_callback(move |p| {
                     report.set(&name, p);
-                    true
+                    // false makes llama.cpp abandon the load.
+                    !report.is_cancelled()
                 });
             let mut model =
                 LlamaModel::load_from_file(backend, &spec.path, &params).map_err(|e| {

@@ -144,9 +144,11 @@ pub async fn run(
     let mut loading = tokio::task::spawn_blocking(move || {
         catalog::Catalog::load(&models, &adapters, window, gpu_layers, &loader_progress)
     });
+    let mut stop_loading = std::pin::pin!(stopped(stop_rx.clone()));
     let loaded = loop {
         tokio::select! {
             done = &mut loading => break done,
+            () = &mut stop_loading, if !progress.is_cancelled() => progress.cancel(),
             () = tokio::time::sleep(std::time::Duration::from_millis(250)) => {
                 let now = loading_info();
                 info_tx.send_if_modified(|info| {
@@ -176,6 +178,10 @@ pub async fn run(
             // Not "loading" any more: stop saying so (the entry lapses with its lease).
             if let Some(task) = registration {
                 task.abort();
+            }
+            if progress.is_cancelled() {
+                tracing::info!("stopped while loading the models");
+                return Ok(());
             }
             return Err(e);
         }
