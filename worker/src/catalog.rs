@@ -391,3 +391,41 @@ impl Catalog {
 pub(crate) fn saturating_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demo() -> Vec<ModelSpec> {
+        let path = demo_model_path();
+        assert!(
+            path.is_file(),
+            "the demo model is missing at {}; run scripts/setup.sh",
+            path.display()
+        );
+        vec![ModelSpec {
+            name: "smollm2".into(),
+            path,
+            chat_template: None,
+        }]
+    }
+
+    #[test]
+    fn loading_reports_progress_and_a_stop_abandons_it() {
+        let models = demo();
+        let progress = LoadProgress::new(&models);
+        assert_eq!(progress.snapshot(), vec![("smollm2".to_owned(), 0.0)]);
+        Catalog::load(&models, &[], 512, 0, &progress).expect("the demo model loads");
+        assert_eq!(progress.snapshot(), vec![("smollm2".to_owned(), 1.0)]);
+
+        // Cancelled before it starts: llama.cpp asks the callback at its
+        // first report and gives up, so the callback is what llama.cpp calls.
+        let stopped = LoadProgress::new(&models);
+        stopped.cancel();
+        let Err(e) = Catalog::load(&models, &[], 512, 0, &stopped) else {
+            panic!("a cancelled load must fail");
+        };
+        assert!(e.to_string().contains("loading"), "{e}");
+        assert!(stopped.snapshot()[0].1 < 1.0, "{:?}", stopped.snapshot());
+    }
+}
