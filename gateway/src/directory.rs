@@ -25,6 +25,16 @@ struct Known {
     workers: HashMap<String, pb::WorkerInfo>,
 }
 
+/// Whether `worker` has loaded `model` (with `adapter`, when not empty).
+fn serves(worker: &pb::WorkerInfo, model: &str, adapter: &str) -> bool {
+    worker.models.iter().any(|m| m == model)
+        && (adapter.is_empty()
+            || worker
+                .adapters
+                .iter()
+                .any(|a| a.strip_prefix(model).and_then(|r| r.strip_prefix(':')) == Some(adapter)))
+}
+
 /// The caller a valid key names.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -86,12 +96,10 @@ impl Directory {
     /// empty). A worker whose lease lapses is dropped by the control plane,
     /// which tells every watcher; renewals are not news.
     pub fn workers_for(&self, model: &str, adapter: &str) -> Vec<pb::WorkerInfo> {
-        let variant = format!("{model}:{adapter}");
         self.read()
             .workers
             .values()
-            .filter(|w| w.models.iter().any(|m| m == model))
-            .filter(|w| adapter.is_empty() || w.adapters.contains(&variant))
+            .filter(|w| serves(w, model, adapter))
             .cloned()
             .collect()
     }
@@ -135,7 +143,12 @@ impl Directory {
     /// Whether `model` can take requests: `ready` (a worker serves it),
     /// `loading` (with the furthest worker's progress) or `unavailable`.
     pub fn model_status(&self, model: &str, adapter: &str) -> (&'static str, f32) {
-        if !self.workers_for(model, adapter).is_empty() {
+        if self
+            .read()
+            .workers
+            .values()
+            .any(|w| serves(w, model, adapter))
+        {
             ("ready", 1.0)
         } else if let Some(progress) = self.loading(model) {
             ("loading", progress)
