@@ -44,10 +44,16 @@ impl Drop for Kill {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// `n` different free ports: all are bound at once before any is released,
+/// so the system cannot hand out one of them twice.
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let held = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(held
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<Result<_, _>>()?)
 }
 
 async fn wait_port(port: u16) -> anyhow::Result<()> {
@@ -73,7 +79,8 @@ pub async fn run(args: BenchControlPlaneArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let mut children = Kill(Vec::new());
 
-    let nats_port = free_port()?;
+    let mut ports = free_ports(4)?;
+    let nats_port = ports.pop().context("four ports")?;
     children.0.push(
         Command::new("nats-server")
             .args([
@@ -93,7 +100,6 @@ pub async fn run(args: BenchControlPlaneArgs) -> anyhow::Result<()> {
     wait_port(nats_port).await?;
     let nats_url = format!("nats://127.0.0.1:{nats_port}");
 
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect::<Result<_, _>>()?;
     let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let init = addrs
         .iter()

@@ -43,7 +43,7 @@ pub struct ControlPlaneArgs {
 
 /// Parses `1=host:7100,2=host:7101`.
 fn parse_members(list: &str) -> anyhow::Result<BTreeMap<u64, String>> {
-    let mut members = BTreeMap::new();
+    let mut members: BTreeMap<u64, String> = BTreeMap::new();
     for item in list.split(',').filter(|s| !s.trim().is_empty()) {
         let (id, addr) = item
             .trim()
@@ -54,6 +54,9 @@ fn parse_members(list: &str) -> anyhow::Result<BTreeMap<u64, String>> {
             .with_context(|| format!("--init: node id {id:?} is not a positive integer"))?;
         if id == 0 || addr.is_empty() {
             bail!("--init: entry {item:?} needs an id above 0 and an address");
+        }
+        if let Some((other, _)) = members.iter().find(|(_, a)| a.as_str() == addr) {
+            bail!("--init gives nodes {other} and {id} the same address {addr}");
         }
         if members.insert(id, addr.to_owned()).is_some() {
             bail!("--init names node {id} twice");
@@ -120,5 +123,11 @@ mod tests {
                 .contains("not a positive integer")
         );
         assert!(parse_members("0=a").is_err());
+        assert!(
+            parse_members("1=a:1,2=a:1")
+                .unwrap_err()
+                .to_string()
+                .contains("nodes 1 and 2 the same address a:1")
+        );
     }
 }

@@ -715,6 +715,18 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
             )
             .into());
         }
+        if let Some(other) = self
+            .status()
+            .nodes
+            .iter()
+            .find(|n| n.addr == r.addr && n.id != r.id)
+        {
+            return Err(ControlPlaneError::AlreadyExists(format!(
+                "node {} already has the address {}; each node needs its own",
+                other.id, r.addr
+            ))
+            .into());
+        }
         let raft = &self.node.raft;
         raft.add_learner(r.id, Node::new(r.addr), true)
             .await

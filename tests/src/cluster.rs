@@ -16,6 +16,8 @@ use crate::{Process, bulkhead_bin, free_port};
 pub struct Node {
     pub id: u64,
     pub addr: String,
+    /// Founding nodes start with `--init`; a node that joins later without.
+    founder: bool,
     dir: PathBuf,
     process: Option<Process>,
 }
@@ -40,6 +42,7 @@ impl ControlPlanes {
             .map(|id| Node {
                 id,
                 addr: format!("127.0.0.1:{}", free_port()),
+                founder: true,
                 dir: dir.path().join(format!("node{id}")),
                 process: None,
             })
@@ -78,14 +81,33 @@ impl ControlPlanes {
             node.addr.clone(),
             "--data-dir".into(),
             node.dir.display().to_string(),
-            "--init".into(),
-            self.init.clone(),
         ];
+        if node.founder {
+            args.extend(["--init".to_owned(), self.init.clone()]);
+        }
         args.extend(self.extra.iter().cloned());
         let process =
             Process::spawn_with_env(&args, &[("BULKHEAD_CLUSTER_SECRET", self.secret.expose())])?;
         self.nodes[i].process = Some(process);
         Ok(())
+    }
+
+    /// Starts node `id` with no `--init`, as an operator starts a node that
+    /// `bulkhead cluster add-node` then adds, and returns its index.
+    pub fn start_joining(&mut self, id: u64) -> anyhow::Result<usize> {
+        let dir = self.nodes[0].dir.with_file_name(format!("node{id}"));
+        self.nodes.push(Node {
+            id,
+            addr: format!("127.0.0.1:{}", free_port()),
+            founder: false,
+            dir,
+            process: None,
+        });
+        let i = self.nodes.len() - 1;
+        self.spawn(i)?;
+        let process = self.nodes[i].process.as_mut().context("not running")?;
+        process.wait_for("control-plane node running", Duration::from_secs(30))?;
+        Ok(i)
     }
 
     /// Every node's address, comma-separated.

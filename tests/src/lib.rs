@@ -59,14 +59,6 @@ fn forward_lines(from: impl std::io::Read + Send + 'static, to: mpsc::Sender<Str
     });
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
-}
-
 /// A running `bulkhead` process whose stdout and stderr are collected line by line.
 pub struct Process {
     child: Child,
@@ -178,4 +170,5 @@ impl Drop for Process {
 
 pub mod cluster;
 pub mod nats;
+pub use nats::free_port;
 pub mod system;

@@ -5,6 +5,24 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A free TCP port on 127.0.0.1, bound and released, and never one this
+/// process handed out before: Linux may give a just-released port to the next
+/// `bind(0)`, and two nodes told the same port make a cluster that cannot form.
+pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("no free port: {e}"));
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
 pub struct Nats {
     child: Option<Child>,
     pub port: u16,
@@ -14,10 +32,7 @@ pub struct Nats {
 impl Nats {
     /// Starts a server that keeps its JetStream data in `store`.
     pub fn start(store: &Path) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap_or_else(|e| panic!("no free port: {e}"));
+        let port = free_port();
         let mut nats = Self {
             child: None,
             port,

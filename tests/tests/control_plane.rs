@@ -144,6 +144,81 @@ async fn a_write_on_the_leader_is_seen_by_a_read_on_a_follower() -> anyhow::Resu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_serves_reads_and_leaves_and_a_clashing_address_is_refused()
+-> anyhow::Result<()> {
+    let mut cp = ControlPlanes::start(3, &[])?;
+    cp.cli(&["tenant", "create", "acme", "--daily-tokens", "4321"])?;
+    let joining = cp.start_joining(4)?;
+    let (new_addr, taken) = (cp.nodes[joining].addr.clone(), cp.nodes[0].addr.clone());
+    let founders = cp.nodes[..3]
+        .iter()
+        .map(|n| n.addr.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let members = |out: &str| out.lines().filter(|l| l.starts_with("member:")).count();
+
+    // Another node's address is refused, and the membership stays as it was.
+    let out = cp.cli_at(
+        &founders,
+        &["cluster", "add-node", "--id", "4", "--addr", &taken],
+    )?;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!("node 1 already has the address {taken}")),
+        "{}",
+        stderr(&out)
+    );
+    let status = cp.cli_at(&founders, &["cluster", "status"])?;
+    assert_eq!(members(&String::from_utf8_lossy(&status.stdout)), 3);
+
+    // Added at its own address, it becomes a voter, has the data written
+    // before it joined, and serves reads by itself.
+    let out = cp.cli_at(
+        &founders,
+        &["cluster", "add-node", "--id", "4", "--addr", &new_addr],
+    )?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        shown.contains(&format!("member:      4 {new_addr} voter")),
+        "{shown}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = cp.status(joining).await;
+        if let Ok(s) = &s
+            && s.nodes.len() == 4
+            && s.leader_id != 0
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 4 never saw itself join: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = cp.cli_at(&new_addr, &["tenant", "show", "acme"])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("4321"));
+
+    // Removed, it is no longer a member; a node that never was is named.
+    let out = cp.cli_at(&founders, &["cluster", "remove-node", "--id", "4"])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(members(&String::from_utf8_lossy(&out.stdout)), 3);
+    let out = cp.cli_at(&founders, &["cluster", "remove-node", "--id", "9"])?;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("node 9 is not a member"),
+        "{}",
+        stderr(&out)
+    );
+    let out = cp.cli_at(&founders, &["tenant", "create", "after-leave"])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_calls_need_the_token_and_bad_input_changes_nothing() -> anyhow::Result<()> {
     let cp = ControlPlanes::start(1, &[])?;
     let addr = cp.addrs();
