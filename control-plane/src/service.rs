@@ -358,10 +358,7 @@ fn allowance_to_pb(a: crate::state::AllowanceView) -> pb::Allowance {
 
 /// A load fraction (0.0 to 1.0; anything else is clamped) in thousandths.
 fn permille(progress: f32) -> u16 {
-    if progress.is_nan() {
-        return 0;
-    }
-    // In 0..=1000 after the clamp, so the cast cannot truncate.
+    // In 0..=1000 after the clamp, so the cast cannot truncate; a NaN casts to 0.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let p = (progress.clamp(0.0, 1.0) * 1000.0).round() as u16;
     p
@@ -1730,4 +1727,17 @@ fn usage_report(
         recent,
         top_prompts,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::permille;
+
+    #[test]
+    fn load_progress_is_kept_in_thousandths_within_bounds() {
+        assert_eq!(permille(0.4), 400);
+        assert_eq!(permille(1.5), 1000);
+        assert_eq!(permille(-0.2), 0);
+        assert_eq!(permille(f32::NAN), 0);
+    }
 }

@@ -781,7 +781,7 @@ async fn monitor(admin: Admin, State(state): State<Arc<AdminState>>) -> Answer {
                 "tenant_id": t.id,
                 "display_name": t.display_name,
                 "model": model,
-                "model_status": crate::http::model_status_json(&state.directory, &model, &t.adapter),
+                "model_status": state.directory.model_status(&model, &t.adapter),
                 "active_sessions": sessions,
                 "in_flight": in_flight,
                 "kv_device_bytes": device,

@@ -35,6 +35,15 @@ fn serves(worker: &pb::WorkerInfo, model: &str, adapter: &str) -> bool {
                 .any(|a| a.strip_prefix(model).and_then(|r| r.strip_prefix(':')) == Some(adapter)))
 }
 
+/// Whether a model can take requests, as the API reports it.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct ModelStatus {
+    /// `ready`, `loading` or `unavailable`.
+    pub state: &'static str,
+    /// 0.0 to 1.0 (1.0 when ready).
+    pub progress: f32,
+}
+
 /// The caller a valid key names.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -142,8 +151,8 @@ impl Directory {
 
     /// Whether `model` can take requests: `ready` (a worker serves it),
     /// `loading` (with the furthest worker's progress) or `unavailable`.
-    pub fn model_status(&self, model: &str, adapter: &str) -> (&'static str, f32) {
-        if self
+    pub fn model_status(&self, model: &str, adapter: &str) -> ModelStatus {
+        let (state, progress) = if self
             .read()
             .workers
             .values()
@@ -154,20 +163,14 @@ impl Directory {
             ("loading", progress)
         } else {
             ("unavailable", 0.0)
-        }
+        };
+        ModelStatus { state, progress }
     }
 
     /// Every registered worker, loaded or loading, by id.
     pub fn workers(&self) -> Vec<pb::WorkerInfo> {
         let mut all: Vec<_> = self.read().workers.values().cloned().collect();
         all.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
-        all
-    }
-
-    /// Every tenant, by id.
-    pub fn tenants(&self) -> Vec<Arc<pb::Tenant>> {
-        let mut all: Vec<_> = self.read().tenants.values().cloned().collect();
-        all.sort_by(|a, b| a.id.cmp(&b.id));
         all
     }
 

@@ -28,7 +28,7 @@ use bulkhead_proto::worker as pb;
 use bulkhead_proto::{GatewayId, RequestId, SessionId, UserId};
 use futures::StreamExt;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::Instrument;
 
@@ -197,55 +197,40 @@ fn tenant_model(state: &AppState, tenant: &cp::Tenant) -> Result<String, Gateway
         })
 }
 
-async fn models(State(state): S, headers: HeaderMap) -> Response {
-    let result = (|| {
-        let caller = authenticate(&state, &headers)?;
-        let model = tenant_model(&state, &caller.tenant)?;
-        Ok::<_, GatewayError>(json!({"object": "list", "data": [{
-            "id": model, "object": "model", "created": caller.tenant.created_at_ms / 1000,
-            "owned_by": "bulkhead", "adapter": caller.tenant.adapter,
-        }]}))
-    })();
-    match result {
-        Ok(body) => axum::Json(body).into_response(),
-        Err(e) => e.into_response(),
-    }
-}
-
-/// [`Directory::model_status`] as `{"state", "progress"}`.
-pub fn model_status_json(directory: &Directory, model: &str, adapter: &str) -> serde_json::Value {
-    let (state, progress) = directory.model_status(model, adapter);
-    json!({"state": state, "progress": progress})
+async fn models(State(state): S, headers: HeaderMap) -> Result<axum::Json<Value>, GatewayError> {
+    let caller = authenticate(&state, &headers)?;
+    let model = tenant_model(&state, &caller.tenant)?;
+    Ok(axum::Json(json!({"object": "list", "data": [{
+        "id": model, "object": "model", "created": caller.tenant.created_at_ms / 1000,
+        "owned_by": "bulkhead", "adapter": caller.tenant.adapter,
+    }]})))
 }
 
 /// The caller's tenant as its users see it.
-async fn tenant_profile(State(state): S, headers: HeaderMap) -> Response {
-    let result = (|| {
-        let caller = authenticate(&state, &headers)?;
-        let t = &caller.tenant;
-        let model = tenant_model(&state, t).unwrap_or_default();
-        let limits = t.limits.unwrap_or_default();
-        Ok::<_, GatewayError>(json!({
-            "object": "tenant",
-            "id": t.id,
-            "display_name": if t.display_name.is_empty() { &t.id } else { &t.display_name },
-            "plan": t.plan,
-            "welcome_message": t.welcome_message,
-            "quick_prompts": t.quick_prompts,
-            "model": model,
-            "model_status": model_status_json(&state.directory, &model, &t.adapter),
-            "limits": {
-                "daily_tokens": limits.daily_tokens,
-                "max_concurrent": limits.max_concurrent,
-                "max_request_tokens": limits.max_request_tokens,
-                "context_turns": limits.context_turns,
-            },
-        }))
-    })();
-    match result {
-        Ok(body) => axum::Json(body).into_response(),
-        Err(e) => e.into_response(),
-    }
+async fn tenant_profile(
+    State(state): S,
+    headers: HeaderMap,
+) -> Result<axum::Json<Value>, GatewayError> {
+    let caller = authenticate(&state, &headers)?;
+    let t = &caller.tenant;
+    let model = tenant_model(&state, t).unwrap_or_default();
+    let limits = t.limits.unwrap_or_default();
+    Ok(axum::Json(json!({
+        "object": "tenant",
+        "id": t.id,
+        "display_name": if t.display_name.is_empty() { &t.id } else { &t.display_name },
+        "plan": t.plan,
+        "welcome_message": t.welcome_message,
+        "quick_prompts": t.quick_prompts,
+        "model": model,
+        "model_status": state.directory.model_status(&model, &t.adapter),
+        "limits": {
+            "daily_tokens": limits.daily_tokens,
+            "max_concurrent": limits.max_concurrent,
+            "max_request_tokens": limits.max_request_tokens,
+            "context_turns": limits.context_turns,
+        },
+    })))
 }
 
 /// An uploaded body, or the error that describes why there is none.

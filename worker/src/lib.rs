@@ -149,6 +149,8 @@ pub async fn run(
         tokio::select! {
             done = &mut loading => break done,
             () = &mut stop_loading, if !progress.is_cancelled() => progress.cancel(),
+            // Progress is published at most four times a second (and in 5%
+            // steps, see `loading_info`); each change is a registration.
             () = tokio::time::sleep(std::time::Duration::from_millis(250)) => {
                 let now = loading_info();
                 info_tx.send_if_modified(|info| {

@@ -90,8 +90,8 @@ pub fn loading_info(
     }
 }
 
-/// Registers what `info` holds, again whenever it changes (at most every
-/// 200 ms), and renews it every `lease / 3`, until `stop` resolves.
+/// Registers what `info` holds, again whenever it changes, and renews it
+/// every `lease / 3`, until `stop` resolves.
 pub async fn register_loop(
     registration: ControlPlaneRegistration,
     secret: ClusterSecret,
@@ -104,8 +104,9 @@ pub async fn register_loop(
     let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
     let every = lease / 3;
     let renew = async {
-        let mut registered = false;
-        let mut announced_loading = false;
+        // Whether the last registration that succeeded was of loading models:
+        // each kind is logged once, and again after a failure.
+        let mut logged: Option<bool> = None;
         loop {
             let current = info.borrow_and_update().clone();
             let result = client
@@ -120,31 +121,24 @@ pub async fn register_loop(
                 .await;
             let loading = !current.loading.is_empty();
             match result {
-                Ok(_) if loading && !announced_loading => {
-                    announced_loading = true;
+                Ok(_) if logged == Some(loading) => {}
+                Ok(_) if loading => {
+                    logged = Some(true);
                     tracing::info!(worker = %current.worker_id, addr = %current.addr, loading = ?current.loading, "announced to the control plane while the models load");
                 }
-                Ok(_) if !loading && (!registered || announced_loading) => {
-                    registered = true;
-                    announced_loading = false;
+                Ok(_) => {
+                    logged = Some(false);
                     tracing::info!(worker = %current.worker_id, addr = %current.addr, models = ?current.models, "registered with the control plane");
                 }
-                Ok(_) => {}
                 Err(status) => {
-                    registered = false;
+                    logged = None;
                     tracing::warn!(worker = %current.worker_id, code = ?status.code(), error = %status.message(), "registration with the control plane failed; retrying");
                 }
             }
+            // A change is registered at once; once the sender is gone, only renewals.
             tokio::select! {
                 () = tokio::time::sleep(every) => {}
-                changed = info.changed() => {
-                    if changed.is_err() {
-                        // The sender is gone: nothing new will come, keep renewing.
-                        tokio::time::sleep(every).await;
-                    } else {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                }
+                Ok(()) = info.changed() => {}
             }
         }
     };
