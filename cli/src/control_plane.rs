@@ -74,9 +74,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     }
     let init = args.init.as_deref().map(parse_members).transpose()?;
     let cluster_secret = env::require_cluster_secret(args.cluster_secret_file.as_deref())?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
+    let listener = crate::bind("the control plane", args.listen).await?;
     let bound = listener.local_addr()?;
     let advertise = args.advertise.unwrap_or_else(|| bound.to_string());
     eprintln!("bulkhead control-plane: node {} on {bound}", args.node_id);

@@ -44,21 +44,13 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         ))?,
     };
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
+    let listener = crate::bind("the API", args.listen).await?;
     let bound = listener.local_addr()?;
     eprintln!("bulkhead gateway {gateway_id}: API on http://{bound}/v1");
-    let console = match args.console {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the console to {addr}"))?;
-            eprintln!("console: http://{}/", listener.local_addr()?);
-            Some(listener)
-        }
-        None => None,
-    };
+    let console = crate::bind_if("the console", args.console).await?;
+    if let Some(console) = &console {
+        eprintln!("console: http://{}/", console.local_addr()?);
+    }
     let config = GatewayConfig {
         gateway_id,
         control_plane: args

@@ -219,3 +219,22 @@ pub(crate) async fn shutdown_signal() {
     let _ = ctrl_c.await;
     tracing::info!("shutting down");
 }
+
+/// Binds `addr` for `what` (such as "the API"); a failure names both.
+async fn bind(what: &str, addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    use anyhow::Context;
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {what} to {addr}"))
+}
+
+/// [`bind`] when an address is given.
+async fn bind_if(
+    what: &str,
+    addr: Option<std::net::SocketAddr>,
+) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    match addr {
+        Some(addr) => bind(what, addr).await.map(Some),
+        None => Ok(None),
+    }
+}

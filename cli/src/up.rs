@@ -39,7 +39,7 @@ pub struct UpArgs {
     #[arg(long)]
     console: Option<SocketAddr>,
     /// Do not serve the web console.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "console")]
     no_console: bool,
     /// Address of the control plane's gRPC API (what the admin commands reach by default).
     #[arg(long, default_value = "127.0.0.1:7100")]
@@ -122,22 +122,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let default_model = models.first().map(|m| m.name.clone());
     let adapters = tenant_adapters(configs, default_model.as_deref().unwrap_or_default())?;
 
-    let cp_listener = tokio::net::TcpListener::bind(args.control_plane)
-        .await
-        .with_context(|| format!("binding the control plane to {}", args.control_plane))?;
-    let worker_listener = tokio::net::TcpListener::bind(args.worker)
-        .await
-        .with_context(|| format!("binding the worker to {}", args.worker))?;
-    let api_listener = tokio::net::TcpListener::bind(args.api)
-        .await
-        .with_context(|| format!("binding the API to {}", args.api))?;
+    let cp_listener = crate::bind("the control plane", args.control_plane).await?;
+    let worker_listener = crate::bind("the worker", args.worker).await?;
+    let api_listener = crate::bind("the API", args.api).await?;
     let console_listener = match (args.no_console, args.console) {
         (true, _) => None,
-        (false, Some(addr)) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the console to {addr}"))?,
-        ),
+        (false, Some(addr)) => Some(crate::bind("the console", addr).await?),
         (false, None) => match tokio::net::TcpListener::bind(DEFAULT_CONSOLE).await {
             Ok(listener) => Some(listener),
             Err(e) => {

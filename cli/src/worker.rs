@@ -144,9 +144,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             })?;
         model.chat_template = Some(template.to_owned());
     }
-    let grpc = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding gRPC address {}", args.listen))?;
+    let grpc = crate::bind("the worker's gRPC API", args.listen).await?;
     let grpc_addr = grpc.local_addr()?;
     let registration = if control_plane.is_empty() {
         None
@@ -161,14 +159,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("worker-{}", grpc_addr.port())),
     )
     .context("--worker-id")?;
-    let http = match args.http {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding HTTP address {addr}"))?,
-        ),
-        None => None,
-    };
+    let http = crate::bind_if("the worker's HTTP API", args.http).await?;
     eprintln!("bulkhead worker: gRPC on {grpc_addr}");
     if let Some(http) = &http {
         eprintln!(

@@ -469,6 +469,14 @@ async fn up_starts_with_the_tenants_and_models_its_configs_name() -> anyhow::Res
         "{err}"
     );
     assert!(!stdout(&out).contains("bulkhead is up"), "{}", stdout(&out));
+    // So are flags that contradict each other (`up_fails` passes --no-console).
+    let out = up_fails(&work.path().join("data-bad"), &["--console", "127.0.0.1:1"])?;
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("'--no-console' cannot be used with '--console"),
+        "{err}"
+    );
 
     // Good configs: up with both tenants, and the worker serves the file
     // acme names.
