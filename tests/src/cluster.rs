@@ -30,7 +30,7 @@ pub struct ControlPlanes {
     pub secret: ClusterSecret,
     init: String,
     extra: Vec<String>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl ControlPlanes {
@@ -58,7 +58,7 @@ impl ControlPlanes {
             secret: ClusterSecret::generate(),
             init,
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
-            _dir: dir,
+            dir,
         };
         for i in 0..cluster.nodes.len() {
             cluster.spawn(i)?;
@@ -95,12 +95,11 @@ impl ControlPlanes {
     /// Starts node `id` with no `--init`, as an operator starts a node that
     /// `bulkhead cluster add-node` then adds, and returns its index.
     pub fn start_joining(&mut self, id: u64) -> anyhow::Result<usize> {
-        let dir = self.nodes[0].dir.with_file_name(format!("node{id}"));
         self.nodes.push(Node {
             id,
             addr: format!("127.0.0.1:{}", free_port()),
             founder: false,
-            dir,
+            dir: self.dir.path().join(format!("node{id}")),
             process: None,
         });
         let i = self.nodes.len() - 1;

@@ -311,6 +311,27 @@ impl Up {
     pub fn tenant_with_key(&self, id: &str, limits: &[&str]) -> anyhow::Result<String> {
         tenant_with_key(&self.control_plane, &self.admin_token, id, limits)
     }
+
+    /// The id of `tenant`'s first key, from `bulkhead key list`.
+    pub fn key_id(&self, tenant: &str) -> anyhow::Result<String> {
+        let out = self.admin(&["key", "list", "--tenant", tenant])?;
+        out.split_whitespace()
+            .find(|w| w.starts_with("key_"))
+            .map(str::to_owned)
+            .with_context(|| format!("no key id in `key list`: {out}"))
+    }
+
+    /// A client of the control plane that sends only the cluster secret
+    /// `up` generated, as gateways and workers do.
+    pub fn member_client(&self) -> anyhow::Result<bulkhead_control_plane::ControlPlaneClient> {
+        let secret = std::fs::read_to_string(self.dir.join("cluster.secret"))?;
+        let secret =
+            bulkhead_proto::ClusterSecret::new(secret.trim()).map_err(anyhow::Error::msg)?;
+        Ok(
+            bulkhead_control_plane::ControlPlaneClient::new(vec![self.control_plane.clone()], None)
+                .with_cluster_secret(secret),
+        )
+    }
 }
 
 /// A multi-process cluster: NATS, control-plane nodes, workers, gateways.

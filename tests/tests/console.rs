@@ -17,8 +17,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bulkhead_control_plane::ControlPlaneClient;
-use bulkhead_proto::ClusterSecret;
 use bulkhead_proto::control as pb;
 use bulkhead_tests::system::{MODEL, Up, eventually};
 use fantoccini::{Client, ClientBuilder, Locator, wd::Capabilities};
@@ -116,7 +114,7 @@ impl Browser {
             format!("try {{ return ({condition}) || null; }} catch (e) {{ return null; }}");
         loop {
             let v = self.js(&script).await?;
-            if !v.is_null() && v != json!(false) {
+            if !v.is_null() {
                 return Ok(v);
             }
             if started.elapsed() > WAIT {
@@ -126,8 +124,9 @@ impl Browser {
                     .collect();
                 let shot = self.shot(&format!("failed-{name}")).await;
                 let page = self
-                    .js("return document.querySelector('main').innerText")
-                    .await?;
+                    .js("return document.querySelector('main')?.innerText")
+                    .await
+                    .unwrap_or_default();
                 bail!(
                     "timed out waiting for {what} ({condition}); page: {page}; screenshot: {shot:?}"
                 );
@@ -144,9 +143,7 @@ impl Browser {
     /// Waits until the element exists and its text contains `needle`.
     async fn wait_text(&self, css: &str, needle: &str) -> anyhow::Result<String> {
         let condition = format!(
-            "(document.querySelector({css:?})?.innerText || '').includes({needle:?}) && document.querySelector({css:?}).innerText",
-            css = css,
-            needle = needle
+            "(document.querySelector({css:?})?.innerText || '').includes({needle:?}) && document.querySelector({css:?}).innerText"
         );
         let v = self
             .until(&format!("{needle:?} in {css}"), &condition)
@@ -154,23 +151,23 @@ impl Browser {
         Ok(v.as_str().unwrap_or_default().to_owned())
     }
 
-    async fn click(&self, css: &str) -> anyhow::Result<()> {
+    /// Waits until the element exists, then finds it.
+    async fn element(&self, css: &str) -> anyhow::Result<fantoccini::elements::Element> {
         self.until(
             &format!("{css} to exist"),
             &format!("document.querySelector({css:?})"),
         )
         .await?;
-        self.c.find(Locator::Css(css)).await?.click().await?;
+        Ok(self.c.find(Locator::Css(css)).await?)
+    }
+
+    async fn click(&self, css: &str) -> anyhow::Result<()> {
+        self.element(css).await?.click().await?;
         Ok(())
     }
 
     async fn fill(&self, css: &str, text: &str) -> anyhow::Result<()> {
-        self.until(
-            &format!("{css} to exist"),
-            &format!("document.querySelector({css:?})"),
-        )
-        .await?;
-        let el = self.c.find(Locator::Css(css)).await?;
+        let el = self.element(css).await?;
         el.clear().await?;
         el.send_keys(text).await?;
         Ok(())
@@ -250,22 +247,10 @@ impl Browser {
     }
 }
 
-fn key_id_of(up: &Up, tenant: &str) -> anyhow::Result<String> {
-    let out = up.admin(&["key", "list", "--tenant", tenant])?;
-    out.lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .find(|w| w.starts_with("key_"))
-        .map(str::to_owned)
-        .with_context(|| format!("no key id in `key list`: {out}"))
-}
-
 /// Registers a worker that says it is still loading `model` (to `progress`),
 /// as a worker does while llama.cpp reads a large model's weights.
 async fn register_loading_worker(up: &Up, model: &str, progress: f32) -> anyhow::Result<()> {
-    let secret = std::fs::read_to_string(up.dir.join("cluster.secret"))?;
-    let client = ControlPlaneClient::new(vec![up.control_plane.clone()], None)
-        .with_cluster_secret(ClusterSecret::new(secret.trim()).map_err(anyhow::Error::msg)?);
-    client
+    up.member_client()?
         .send(
             pb::RegisterWorkerRequest {
                 worker: Some(pb::WorkerInfo {
@@ -409,7 +394,7 @@ async fn a_tenant_chats_in_the_browser() -> anyhow::Result<()> {
     .await?;
 
     // A revoked key: the next message says so instead of failing silently.
-    let key_id = key_id_of(&up, "acme")?;
+    let key_id = up.key_id("acme")?;
     up.admin(&["key", "revoke", &key_id])?;
     refused(&up, &key).await?;
     b.fill("#prompt", "Are you there?").await?;

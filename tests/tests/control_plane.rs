@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use bulkhead_control_plane::ControlPlaneClient;
 use bulkhead_proto::control as pb;
 use bulkhead_tests::cluster::ControlPlanes;
+use bulkhead_tests::system::eventually;
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -148,13 +149,9 @@ async fn a_node_joins_serves_reads_and_leaves_and_a_clashing_address_is_refused(
 -> anyhow::Result<()> {
     let mut cp = ControlPlanes::start(3, &[])?;
     cp.cli(&["tenant", "create", "acme", "--daily-tokens", "4321"])?;
+    let founders = cp.addrs();
     let joining = cp.start_joining(4)?;
     let (new_addr, taken) = (cp.nodes[joining].addr.clone(), cp.nodes[0].addr.clone());
-    let founders = cp.nodes[..3]
-        .iter()
-        .map(|n| n.addr.as_str())
-        .collect::<Vec<_>>()
-        .join(",");
     let members = |out: &str| out.lines().filter(|l| l.starts_with("member:")).count();
 
     // Another node's address is refused, and the membership stays as it was.
@@ -183,21 +180,15 @@ async fn a_node_joins_serves_reads_and_leaves_and_a_clashing_address_is_refused(
         shown.contains(&format!("member:      4 {new_addr} voter")),
         "{shown}"
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let s = cp.status(joining).await;
-        if let Ok(s) = &s
-            && s.nodes.len() == 4
-            && s.leader_id != 0
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node 4 never saw itself join: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        "node 4 to see itself join",
+        Duration::from_secs(20),
+        || async {
+            let s = cp.status(joining).await.ok()?;
+            (s.nodes.len() == 4 && s.leader_id != 0).then_some(())
+        },
+    )
+    .await?;
     let out = cp.cli_at(&new_addr, &["tenant", "show", "acme"])?;
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("4321"));
