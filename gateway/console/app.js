@@ -68,6 +68,16 @@ function show(where, kind, ...text) {
   if (el) el.replaceChildren(text.length ? alertBox(kind, ...text) : '');
 }
 
+/** An event handler that runs `act` and shows its failure in `error`. */
+const attempt = (error, act) => async (e) => {
+  e?.preventDefault();
+  try {
+    await act();
+  } catch (err) {
+    show(error, 'error', err.message);
+  }
+};
+
 // ---------------------------------------------------------------------------
 // Signing in: the credential lives in this tab only
 
@@ -88,13 +98,11 @@ const auth = {
 };
 
 class ApiError extends Error {
-  constructor(status, body, headers, text) {
+  constructor(status, body, text) {
     super(body?.error?.message || text || `HTTP ${status}`);
     this.status = status;
     this.code = body?.error?.code || null;
-    this.param = body?.error?.param || null;
     this.progress = body?.error?.progress;
-    this.headers = headers;
   }
 }
 
@@ -117,7 +125,7 @@ async function api(path, { method = 'GET', body, token, raw = false, signal, hea
     } catch {
       /* not JSON */
     }
-    throw new ApiError(res.status, json, res.headers, text);
+    throw new ApiError(res.status, json, text);
   }
   if (raw) return res;
   const type = res.headers.get('content-type') || '';
@@ -199,7 +207,7 @@ function viewSignin(message) {
   setNav([]);
   const tenantError = h('div', { id: 'tenant-signin-error' });
   const adminError = h('div', { id: 'admin-signin-error' });
-  const tenantForm = h(
+  const tenantSignin = h(
     'form',
     {
       id: 'tenant-signin',
@@ -226,7 +234,7 @@ function viewSignin(message) {
     h('button', { id: 'tenant-signin-button', class: 'primary', type: 'submit' }, 'Sign in to chat'),
     tenantError,
   );
-  const adminForm = h(
+  const adminSignin = h(
     'form',
     {
       id: 'admin-signin',
@@ -249,7 +257,7 @@ function viewSignin(message) {
     h('button', { id: 'admin-signin-button', class: 'primary', type: 'submit' }, 'Sign in to the dashboard'),
     adminError,
   );
-  page(message ? alertBox('warn', message) : '', h('div', { class: 'signin' }, tenantForm, adminForm));
+  page(message ? alertBox('warn', message) : '', h('div', { class: 'signin' }, tenantSignin, adminSignin));
 }
 
 // ---------------------------------------------------------------------------
@@ -453,7 +461,7 @@ async function streamChat(text, onDelta, signal) {
       const data = line.slice(5).trim();
       if (data === '[DONE]') return res.headers;
       const chunk = JSON.parse(data);
-      if (chunk.error) throw new ApiError(500, chunk, res.headers);
+      if (chunk.error) throw new ApiError(500, chunk);
       const delta = chunk.choices?.[0]?.delta?.content;
       if (delta) onDelta(delta);
     }
@@ -525,9 +533,7 @@ async function send(text) {
 function chatError(e) {
   if (e.name === 'AbortError') return show('#chat-error', 'warn', 'Stopped.');
   if (e.status === 401) return chatRefused(e);
-  // The gateway's own words: which limit, when it resets, what to do.
-  if (e.status === 429) return show('#chat-error', 'error', e.message);
-  if (e.code === 'model_loading') return modelStatus(chat.tenant.model, { state: 'loading', progress: e.progress || 0 });
+  // The gateway's own words (for a 429: which limit, when it resets, what to do).
   show('#chat-error', 'error', e.message);
 }
 
@@ -581,8 +587,8 @@ async function viewTenants([selected, panel]) {
                   'div',
                   { class: 'row' },
                   h('button', { type: 'button', class: 'edit', onclick: () => tenantForm(detail, t, plans) }, 'Edit'),
-                h('button', { type: 'button', class: 'keys', onclick: () => keysPanel(detail, t).catch((e) => show(detail, 'error', e.message)) }, 'Keys'),
-                h('a', { class: 'button', href: `#/usage/${encodeURIComponent(t.id)}` }, 'Usage'),
+                  h('button', { type: 'button', class: 'keys', onclick: () => keysPanel(detail, t).catch((e) => show(detail, 'error', e.message)) }, 'Keys'),
+                  h('a', { class: 'button', href: `#/usage/${encodeURIComponent(t.id)}` }, 'Usage'),
                   h('button', { type: 'button', class: 'danger delete', onclick: () => deleteTenant(detail, t) }, 'Delete'),
                 ),
               ),
@@ -595,7 +601,7 @@ async function viewTenants([selected, panel]) {
     detail,
   );
   const t = tenants.find((x) => x.id === selected);
-  if (t && panel === 'keys') keysPanel(detail, t);
+  if (t && panel === 'keys') keysPanel(detail, t).catch((e) => show(detail, 'error', e.message));
   else if (t) tenantForm(detail, t, plans);
 }
 
@@ -608,22 +614,17 @@ function tenantForm(detail, t, plans) {
     {
       id: 'tenant-form',
       class: 'card',
-      onsubmit: async (e) => {
-        e.preventDefault();
-        try {
-          const saved = await saveTenant(t);
-          await route();
-          show('#tenant-detail', 'ok', `Saved ${saved.id} (version ${saved.version}).`);
-        } catch (err) {
-          show(error, 'error', err.message);
-        }
-      },
+      onsubmit: attempt(error, async () => {
+        const saved = await saveTenant(t);
+        await route();
+        show('#tenant-detail', 'ok', `Saved ${saved.id} (version ${saved.version}).`);
+      }),
     },
     h('h2', {}, t ? `Edit ${t.id}` : 'New tenant'),
     h(
       'div',
       { class: 'grid' },
-      t ? '' : h('label', {}, 'Tenant id', h('input', { id: 'tf-id', required: true, pattern: '[a-z0-9][a-z0-9_-]*', placeholder: 'acme' })),
+      t ? '' : h('label', {}, 'Tenant id', h('input', { id: 'tf-id', required: true, placeholder: 'acme' })),
       h('label', {}, 'Plan', h('select', { id: 'tf-plan', value: t?.plan || plans[0]?.name }, plans.map((p) => h('option', { value: p.name }, p.name)))),
       LIMITS.map(([name, label]) =>
         h('label', {}, label, h('input', { id: `tf-${name}`, type: 'number', min: '0', placeholder: 'from the plan', value: t ? String(t.limits[name]) : '' })),
@@ -664,13 +665,11 @@ async function saveTenant(t) {
 
 async function deleteTenant(detail, t) {
   if (!confirm(`Delete tenant ${t.id}? Its keys stop working at once; its records are archived first.`)) return;
-  try {
+  await attempt(detail, async () => {
     const d = await api(`/admin/v1/tenants/${encodeURIComponent(t.id)}`, { method: 'DELETE' });
     await route();
     show('#tenant-detail', 'ok', `Deleted ${t.id}; archive written to ${d.archive_path}.`);
-  } catch (e) {
-    show(detail, 'error', e.message);
-  }
+  })();
 }
 
 async function keysPanel(detail, t) {
@@ -686,19 +685,14 @@ async function keysPanel(detail, t) {
         'form',
         {
           class: 'row',
-          onsubmit: async (e) => {
-            e.preventDefault();
-            try {
-              const k = await api(`/admin/v1/tenants/${encodeURIComponent(t.id)}/keys`, { method: 'POST', body: { name: $('#key-name').value.trim() || 'console' } });
-              await keysPanel(detail, t);
-              $('#new-key').replaceChildren(
-                alertBox('ok', `Key ${k.key.key_id} created. Copy it now: it is not shown again.`),
-                h('div', { class: 'secret', id: 'new-key-secret' }, k.plaintext),
-              );
-            } catch (err) {
-              show(error, 'error', err.message);
-            }
-          },
+          onsubmit: attempt(error, async () => {
+            const k = await api(`/admin/v1/tenants/${encodeURIComponent(t.id)}/keys`, { method: 'POST', body: { name: $('#key-name').value.trim() || 'console' } });
+            await keysPanel(detail, t);
+            $('#new-key').replaceChildren(
+              alertBox('ok', `Key ${k.key.key_id} created. Copy it now: it is not shown again.`),
+              h('div', { class: 'secret', id: 'new-key-secret' }, k.plaintext),
+            );
+          }),
         },
         h('label', {}, 'Key name', h('input', { id: 'key-name', placeholder: 'support-bot' })),
         h('button', { id: 'create-key', class: 'primary', type: 'submit' }, 'Create key'),
@@ -731,14 +725,10 @@ async function keysPanel(detail, t) {
                       {
                         type: 'button',
                         class: 'danger revoke',
-                        onclick: async () => {
-                          try {
-                            await api(`/admin/v1/keys/${encodeURIComponent(k.key_id)}`, { method: 'DELETE' });
-                            await keysPanel(detail, t);
-                          } catch (err) {
-                            show(error, 'error', err.message);
-                          }
-                        },
+                        onclick: attempt(error, async () => {
+                          await api(`/admin/v1/keys/${encodeURIComponent(k.key_id)}`, { method: 'DELETE' });
+                          await keysPanel(detail, t);
+                        }),
                       },
                       'Revoke',
                     ),
@@ -813,17 +803,11 @@ async function viewUsage([tenantId]) {
 
 async function usageBody(body, error, id, from, to) {
   error.replaceChildren();
-  let range, today;
-  try {
-    const q = new URLSearchParams({ from, to });
-    [range, today] = await Promise.all([
-      api(`/admin/v1/tenants/${encodeURIComponent(id)}/usage?${q}`),
-      api(`/admin/v1/tenants/${encodeURIComponent(id)}/usage?days=1`),
-    ]);
-  } catch (e) {
-    if (e.status === 401) throw e;
-    return show(error, 'error', e.message);
-  }
+  const q = new URLSearchParams({ from, to });
+  const [range, today] = await Promise.all([
+    api(`/admin/v1/tenants/${encodeURIComponent(id)}/usage?${q}`),
+    api(`/admin/v1/tenants/${encodeURIComponent(id)}/usage?days=1`),
+  ]);
   const now = today.days[today.days.length - 1] || { prompt_tokens: 0, completion_tokens: 0, quota: 0 };
   const used = now.prompt_tokens + now.completion_tokens;
   const requests = range.days.reduce((s, d) => s + d.requests, 0);
@@ -1006,14 +990,11 @@ async function viewBursts() {
   const { bursts } = await api('/admin/v1/bursts');
   if (!live()) return;
   const error = h('div', { id: 'burst-error' });
-  const decide = (b, verdict) => async () => {
-    try {
+  const decide = (b, verdict) =>
+    attempt(error, async () => {
       await api(`/admin/v1/bursts/${encodeURIComponent(b.burst_id)}/${verdict}`, { method: 'POST', body: {} });
       await route();
-    } catch (e) {
-      show(error, 'error', e.message);
-    }
-  };
+    });
   page(
     h('h1', {}, 'Burst requests'),
     h('p', { class: 'muted' }, 'A tenant whose plan allows bursts may ask for more tokens for one day; an approval raises that day’s quota at once.'),
@@ -1056,17 +1037,12 @@ async function viewWebhooks() {
       {
         class: 'card row',
         id: 'webhook-form',
-        onsubmit: async (e) => {
-          e.preventDefault();
-          try {
-            const events = $('#wh-events').value.split(',').map((s) => s.trim()).filter(Boolean);
-            const w = await api('/admin/v1/webhooks', { method: 'POST', body: { tenant_id: $('#wh-tenant').value, url: $('#wh-url').value.trim(), events } });
-            await route();
-            show('#webhook-error', 'ok', 'Endpoint added. Its signing secret (shown once): ', h('span', { class: 'secret', id: 'webhook-secret' }, w.secret));
-          } catch (err) {
-            show(error, 'error', err.message);
-          }
-        },
+        onsubmit: attempt(error, async () => {
+          const events = $('#wh-events').value.split(',').map((s) => s.trim()).filter(Boolean);
+          const w = await api('/admin/v1/webhooks', { method: 'POST', body: { tenant_id: $('#wh-tenant').value, url: $('#wh-url').value.trim(), events } });
+          await route();
+          show('#webhook-error', 'ok', 'Endpoint added. Its signing secret (shown once): ', h('span', { class: 'secret', id: 'webhook-secret' }, w.secret));
+        }),
       },
       h('label', {}, 'Tenant', h('select', { id: 'wh-tenant' }, h('option', { value: '' }, 'all tenants'), tenants.map((t) => h('option', { value: t.id }, t.id)))),
       h('label', { style: 'flex:1' }, 'URL', h('input', { id: 'wh-url', required: true, placeholder: 'https://billing.example/hooks' })),
@@ -1092,14 +1068,10 @@ async function viewWebhooks() {
             {
               type: 'button',
               class: 'danger',
-              onclick: async () => {
-                try {
-                  await api(`/admin/v1/webhooks/${encodeURIComponent(w.webhook_id)}`, { method: 'DELETE' });
-                  await route();
-                } catch (err) {
-                  show(error, 'error', err.message);
-                }
-              },
+              onclick: attempt(error, async () => {
+                await api(`/admin/v1/webhooks/${encodeURIComponent(w.webhook_id)}`, { method: 'DELETE' });
+                await route();
+              }),
             },
             'Remove',
           ),
