@@ -224,6 +224,46 @@ fn print_status(s: &pb::ClusterState) {
     }
 }
 
+/// The window a tenant's requests really get when the workers serving its
+/// model now give less than its `context_window`, as a warning line; none
+/// when they give enough, or when no worker serves the model yet.
+pub(crate) fn window_warning(t: &pb::Tenant, workers: &[pb::WorkerInfo]) -> Option<String> {
+    let asked = t.limits.unwrap_or_default().context_window;
+    // A tenant naming no model gets the gateways' default, one of each worker's models.
+    let largest = workers
+        .iter()
+        .flat_map(|w| w.context_windows.iter())
+        .filter(|(model, _)| t.model.is_empty() || **model == t.model)
+        .map(|(_, &window)| window)
+        .max()?;
+    let model = if t.model.is_empty() {
+        "the default model".to_owned()
+    } else {
+        format!("model `{}`", t.model)
+    };
+    (asked > largest).then(|| {
+        format!(
+            "warning: tenant `{}` has a context window of {asked} tokens, but the largest any worker serving {model} gives is {largest} tokens (its KV slot size, or the model's training context); its requests are limited to {largest} tokens",
+            t.id
+        )
+    })
+}
+
+/// Prints [`window_warning`] for `t` against the workers registered now.
+pub(crate) async fn warn_window(client: &ControlPlaneClient, t: &pb::Tenant) -> anyhow::Result<()> {
+    let workers = client
+        .send(pb::ListWorkersRequest {}, |mut c, req| async move {
+            c.list_workers(req).await
+        })
+        .await
+        .map_err(status)?
+        .workers;
+    if let Some(line) = window_warning(t, &workers) {
+        println!("{line}");
+    }
+    Ok(())
+}
+
 fn print_tenant(t: &pb::Tenant) {
     let l = t.limits.unwrap_or_default();
     let f = t.features.unwrap_or_default();
@@ -406,6 +446,7 @@ pub async fn tenant(connect: Connect, command: TenantCommand) -> anyhow::Result<
                 .await
                 .map_err(status)?;
             print_tenant(&created);
+            warn_window(&client, &created).await?;
         }
         TenantCommand::List => {
             let list = client
@@ -434,6 +475,7 @@ pub async fn tenant(connect: Connect, command: TenantCommand) -> anyhow::Result<
                 .await
                 .map_err(status)?;
             print_tenant(&t);
+            warn_window(&client, &t).await?;
         }
         TenantCommand::Update { id, fields } => {
             let set_quick_prompts = !fields.quick_prompts.is_empty();
@@ -466,6 +508,7 @@ pub async fn tenant(connect: Connect, command: TenantCommand) -> anyhow::Result<
                 .await
                 .map_err(status)?;
             print_tenant(&t);
+            warn_window(&client, &t).await?;
         }
         TenantCommand::Apply { path } => {
             let loaded = crate::apply::load(&path)?;

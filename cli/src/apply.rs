@@ -29,6 +29,16 @@ pub async fn apply(client: &ControlPlaneClient, loaded: Vec<LoadedConfig>) -> an
         .map_err(crate::admin::status)?;
     for o in &reply.outcomes {
         println!("{}", outcome_line(o));
+        let tenant = client
+            .send(
+                pb::TenantRef {
+                    id: o.tenant_id.clone(),
+                },
+                |mut c, req| async move { c.get_tenant(req).await },
+            )
+            .await
+            .map_err(crate::admin::status)?;
+        crate::admin::warn_window(client, &tenant).await?;
         for w in &o.new_webhooks {
             let hook = w.webhook.clone().unwrap_or_default();
             println!(

@@ -59,6 +59,21 @@ pub struct BenchGatewayArgs {
     /// of its rate completed, and its p99 stayed under this.
     #[arg(long, default_value_t = 50)]
     max_p99_ms: u64,
+    /// Also run a real llama.cpp worker in this process with this GGUF model, keeping
+    /// --alongside-sessions requests generating while the comparison runs (not during the
+    /// highest-rate search): what the engine's threads cost the gateway on shared cores.
+    #[arg(long)]
+    generate_alongside: Option<std::path::PathBuf>,
+    /// Also find the highest sustained rate of requests that each name one of this many
+    /// sessions (context read, turns appended), beside the stateless rate.
+    #[arg(long)]
+    sessions: Option<usize>,
+    /// Sessions the real engine keeps generating with --generate-alongside.
+    #[arg(long, default_value_t = 8)]
+    alongside_sessions: u32,
+    /// The engine alongside (--generate-alongside).
+    #[command(flatten)]
+    engine: crate::worker::EngineArgs,
 }
 
 const TENANT: &str = "bench";
@@ -79,6 +94,10 @@ enum Target {
         url: String,
         authorization: String,
         body: Vec<u8>,
+        /// With sessions: each request names one of these sessions, in
+        /// turn, so its context is read and its turns appended.
+        sessions: Option<(Vec<String>, AtomicUsize)>,
+        tokens: u32,
     },
 }
 
@@ -86,7 +105,8 @@ impl Target {
     fn name(&self) -> &'static str {
         match self {
             Target::Direct { .. } => "direct",
-            Target::Gateway { .. } => "gateway",
+            Target::Gateway { sessions: None, .. } => "gateway",
+            Target::Gateway { .. } => "sessions",
         }
     }
 
@@ -131,12 +151,21 @@ impl Target {
                 url,
                 authorization,
                 body,
+                sessions,
+                tokens,
             } => {
+                let body = match sessions {
+                    None => body.clone(),
+                    Some((ids, next)) => {
+                        let session = &ids[next.fetch_add(1, Ordering::Relaxed) % ids.len()];
+                        chat_body(*tokens, Some(session))
+                    }
+                };
                 let response = http
                     .post(url.as_str())
                     .header("authorization", authorization.as_str())
                     .header("content-type", "application/json")
-                    .body(body.clone())
+                    .body(body)
                     .send()
                     .await
                     .map_err(|e| e.to_string())?;
@@ -423,33 +452,7 @@ pub async fn run(args: BenchGatewayArgs) -> anyhow::Result<()> {
         .context("the control plane stopped before it initialized")?;
     let admin = ControlPlaneClient::new(vec![cp_addr.clone()], Some(token));
     let concurrency = u32::try_from(args.concurrency_max).unwrap_or(u32::MAX);
-    admin
-        .send(
-            cp::Tenant {
-                id: TENANT.into(),
-                plan: "enterprise".into(),
-                limits: Some(cp::Limits {
-                    daily_tokens: u64::MAX / 4,
-                    max_concurrent: concurrency,
-                    max_request_tokens: 1_000_000,
-                    ..Default::default()
-                }),
-                model: SCRIPTED_MODEL.into(),
-                ..Default::default()
-            },
-            |mut c, req| async move { c.create_tenant(req).await },
-        )
-        .await?;
-    let key = admin
-        .send(
-            cp::CreateKeyRequest {
-                tenant_id: TENANT.into(),
-                name: "bench".into(),
-            },
-            |mut c, req| async move { c.create_key(req).await },
-        )
-        .await?
-        .plaintext;
+    let key = bench_tenant(&admin, TENANT, SCRIPTED_MODEL, concurrency).await?;
 
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{worker_addr}"))?
         .tcp_nodelay(true)
@@ -459,16 +462,39 @@ pub async fn run(args: BenchGatewayArgs) -> anyhow::Result<()> {
         worker: WorkerClient::with_interceptor(channel, AttachSecret(secret.clone())),
         tokens: args.tokens,
     });
-    let body = chat_body(args.tokens);
-    let through_gateway = Arc::new(Target::Gateway {
-        http: reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .pool_max_idle_per_host(args.concurrency_max)
-            .build()?,
+    let http = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(args.concurrency_max)
+        .build()?;
+    let gateway_target = |sessions: Option<Vec<String>>| Target::Gateway {
+        http: http.clone(),
         url: format!("http://{api_addr}/v1/chat/completions"),
         authorization: format!("Bearer {key}"),
-        body,
-    });
+        body: chat_body(args.tokens, None),
+        sessions: sessions.map(|ids| (ids, AtomicUsize::new(0))),
+        tokens: args.tokens,
+    };
+    let through_gateway = Arc::new(gateway_target(None));
+    let with_sessions = match args.sessions {
+        None => None,
+        Some(n) => {
+            wait_ready(&through_gateway).await?;
+            let mut ids = Vec::with_capacity(n);
+            for _ in 0..n.max(1) {
+                let created: serde_json::Value = http
+                    .post(format!("http://{api_addr}/v1/sessions"))
+                    .header("authorization", format!("Bearer {key}"))
+                    .json(&serde_json::json!({"title": "bench"}))
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json()
+                    .await?;
+                ids.push(created["id"].as_str().context("no session id")?.to_owned());
+            }
+            Some(Arc::new(gateway_target(Some(ids))))
+        }
+    };
     wait_ready(&direct).await?;
     wait_ready(&through_gateway).await?;
 
@@ -499,6 +525,28 @@ pub async fn run(args: BenchGatewayArgs) -> anyhow::Result<()> {
         args.seconds,
         warm.as_secs()
     );
+    let alongside = match &args.generate_alongside {
+        None => None,
+        Some(model) => {
+            let engine = args.engine.config();
+            println!(
+                "alongside, in this process: a real llama.cpp worker ({}) keeping {} sessions generating; OpenMP environment: {}",
+                bulkhead_worker::bench::worker_configuration(&engine),
+                args.alongside_sessions,
+                bulkhead_worker::bench::openmp_environment()
+            );
+            let worker = Arc::new(bulkhead_worker::bench::BenchWorker::start(model, engine).await?);
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let load = {
+                let worker = Arc::clone(&worker);
+                let sessions = args.alongside_sessions;
+                tokio::spawn(async move { worker.keep_generating(sessions, 64, stopped).await })
+            };
+            // Let every session reach the decode loop.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            Some((worker, stop, load, Instant::now()))
+        }
+    };
     print_header();
     open_loop(&direct, rate, warm, args.concurrency_max).await;
     let base = open_loop(&direct, rate, measured, args.concurrency_max).await;
@@ -522,6 +570,18 @@ pub async fn run(args: BenchGatewayArgs) -> anyhow::Result<()> {
         args.rate
     );
 
+    if let Some((worker, stop, load, started)) = alongside {
+        let _ = stop.send(true);
+        let tokens = load.await??;
+        println!(
+            "the real engine alongside generated {:.1} tokens/s meanwhile",
+            tokens as f64 / started.elapsed().as_secs_f64()
+        );
+        if let Ok(worker) = Arc::try_unwrap(worker) {
+            worker.stop().await;
+        }
+    }
+
     if args.step_seconds > 0 {
         let max_p99 = Duration::from_millis(args.max_p99_ms);
         println!(
@@ -531,15 +591,26 @@ pub async fn run(args: BenchGatewayArgs) -> anyhow::Result<()> {
         let direct_best = highest_rate(&direct, &args, max_p99).await;
         let gateway_best = highest_rate(&through_gateway, &args, max_p99).await;
         let show = |r: Option<f64>| r.map_or_else(|| "none".to_owned(), |r| format!("{r:.0}/s"));
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => format!("{:.2}", a / b),
+            _ => "n/a".into(),
+        };
         println!(
             "highest sustained: direct {}, gateway {}; ratio {}",
             show(direct_best),
             show(gateway_best),
-            match (direct_best, gateway_best) {
-                (Some(d), Some(g)) => format!("{:.2}", g / d),
-                _ => "n/a".into(),
-            }
+            ratio(gateway_best, direct_best)
         );
+        if let Some(target) = &with_sessions {
+            wait_ready(target).await?;
+            let sessions_best = highest_rate(target, &args, max_p99).await;
+            println!(
+                "highest sustained with sessions ({} sessions, context read and turns appended): {}; ratio to stateless {} (target >= 0.5)",
+                args.sessions.unwrap_or_default(),
+                show(sessions_best),
+                ratio(sessions_best, gateway_best)
+            );
+        }
     }
 
     let _ = stop_gateway.send(());
@@ -552,10 +623,49 @@ pub async fn run(args: BenchGatewayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The chat request the gateway path sends: one short user message.
-fn chat_body(tokens: u32) -> Vec<u8> {
+/// Creates `tenant` on `model` with no limit a benchmark would reach, and
+/// returns a new API key of it.
+pub(crate) async fn bench_tenant(
+    admin: &ControlPlaneClient,
+    tenant: &str,
+    model: &str,
+    max_concurrent: u32,
+) -> anyhow::Result<String> {
+    admin
+        .send(
+            cp::Tenant {
+                id: tenant.into(),
+                plan: "enterprise".into(),
+                limits: Some(cp::Limits {
+                    daily_tokens: u64::MAX / 4,
+                    max_concurrent,
+                    max_request_tokens: 1_000_000,
+                    ..Default::default()
+                }),
+                model: model.into(),
+                ..Default::default()
+            },
+            |mut c, req| async move { c.create_tenant(req).await },
+        )
+        .await?;
+    Ok(admin
+        .send(
+            cp::CreateKeyRequest {
+                tenant_id: tenant.into(),
+                name: "bench".into(),
+            },
+            |mut c, req| async move { c.create_key(req).await },
+        )
+        .await?
+        .plaintext)
+}
+
+/// The chat request the gateway path sends: one short user message, in a
+/// session when one is named.
+fn chat_body(tokens: u32, session: Option<&str>) -> Vec<u8> {
+    let session = session.map_or_else(String::new, |s| format!(r#","session_id":"{s}""#));
     format!(
-        r#"{{"model":"{SCRIPTED_MODEL}","messages":[{{"role":"user","content":"{PROMPT}"}}],"max_tokens":{tokens}}}"#
+        r#"{{"model":"{SCRIPTED_MODEL}","messages":[{{"role":"user","content":"{PROMPT}"}}],"max_tokens":{tokens}{session}}}"#
     )
     .into_bytes()
 }

@@ -6,6 +6,7 @@ mod apply;
 mod audit;
 mod bench_cp;
 mod bench_gw;
+mod bench_up;
 mod burst;
 mod control_plane;
 mod env;
@@ -118,47 +119,26 @@ enum Command {
 enum BenchCommand {
     /// Worker decode throughput and slot-restore time to first token.
     Worker(worker::BenchArgs),
+    /// The baseline of `bench worker` and `bench up`: a plain llama.cpp decode loop at
+    /// llama.cpp's defaults, meant to run in a process of its own; prints JSON.
+    #[command(hide = true)]
+    RawLoop(worker::RawLoopArgs),
     /// Control-plane usage events/s, grants/s and failover time (3 nodes + NATS on loopback).
     ControlPlane(bench_cp::BenchControlPlaneArgs),
     /// Latency the gateway path adds and the highest rate it sustains, against calling a
     /// scripted engine (not llama.cpp) directly.
     Gateway(bench_gw::BenchGatewayArgs),
+    /// Tokens/s end to end through `bulkhead up` (its own process, a real model, sessions)
+    /// against a plain llama.cpp decode loop.
+    Up(bench_up::BenchUpArgs),
 }
 
 fn main() -> std::process::ExitCode {
-    passive_openmp();
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-/// llama.cpp's OpenMP threads spin between decode steps by default, which
-/// starves the async runtime that streams tokens on the same cores. libgomp
-/// reads `OMP_WAIT_POLICY` when it loads, before `main`, so roles that generate
-/// re-execute themselves once with `PASSIVE` unless the operator chose a policy
-/// (`bulkhead bench worker` measured 96 -> 101 tokens/s at 8 sessions on two cores).
-fn passive_openmp() {
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::CommandExt;
-        let generates = matches!(
-            std::env::args().nth(1).as_deref(),
-            Some("worker" | "bench" | "up")
-        );
-        if generates
-            && std::env::var_os("OMP_WAIT_POLICY").is_none()
-            && let Ok(exe) = std::env::current_exe()
-        {
-            let err = std::process::Command::new(exe)
-                .args(std::env::args_os().skip(1))
-                .env("OMP_WAIT_POLICY", "PASSIVE")
-                .exec();
-            // exec returns only on failure; run as we are.
-            eprintln!("warning: could not re-execute with OMP_WAIT_POLICY=PASSIVE: {err}");
         }
     }
 }
@@ -192,8 +172,10 @@ fn run() -> anyhow::Result<()> {
         Command::Share { command, connect } => runtime.block_on(share::share(connect, command)),
         Command::Audit { command, connect } => runtime.block_on(audit::audit(connect, command)),
         Command::Bench(BenchCommand::Worker(args)) => runtime.block_on(worker::bench(args)),
+        Command::Bench(BenchCommand::RawLoop(args)) => worker::raw_loop(&args),
         Command::Bench(BenchCommand::ControlPlane(args)) => runtime.block_on(bench_cp::run(args)),
         Command::Bench(BenchCommand::Gateway(args)) => runtime.block_on(bench_gw::run(args)),
+        Command::Bench(BenchCommand::Up(args)) => runtime.block_on(bench_up::run(args)),
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use bulkhead_proto::WorkerId;
-use bulkhead_worker::bench::{BenchConfig, run_bench};
+use bulkhead_worker::bench::{BenchConfig, RawLoopReport, raw_loop_report, run_bench};
 use bulkhead_worker::{
     AdapterSpec, ControlPlaneRegistration, EngineConfig, ModelSpec, UsageSink, WorkerConfig,
 };
@@ -34,6 +34,11 @@ pub struct EngineArgs {
     /// Host memory for sessions evicted from the device cache, in MiB.
     #[arg(long, default_value_t = 1024)]
     host_cache_mib: u64,
+    /// How many nice levels below the rest of the process llama.cpp's threads run, so the
+    /// threads that stream tokens and serve requests never wait for a spinning decode
+    /// thread (0 keeps them equal).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+    decode_nice: i32,
 }
 
 impl EngineArgs {
@@ -46,6 +51,7 @@ impl EngineArgs {
             prefill_chunk: self.prefill_chunk,
             threads: self.threads.unwrap_or(defaults.threads),
             host_cache_bytes: self.host_cache_mib << 20,
+            decode_nice: self.decode_nice,
         }
     }
 }
@@ -205,17 +211,74 @@ pub struct BenchArgs {
 }
 
 pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let repeats = args.repeats.max(1);
+    let baseline = baseline(&args.model, &args.sessions, args.max_tokens, repeats).await?;
     let config = BenchConfig {
         model: args.model,
         engine: args.engine.config(),
         sessions: args.sessions,
         max_tokens: args.max_tokens,
         history_tokens: args.history_tokens,
-        repeats: args.repeats.max(1),
+        repeats,
     };
-    let report = run_bench(config).await?;
+    let report = run_bench(config, baseline).await?;
     print!("{report}");
     Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct RawLoopArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, value_delimiter = ',')]
+    sessions: Vec<u32>,
+    #[arg(long)]
+    max_tokens: u32,
+    #[arg(long)]
+    repeats: u32,
+}
+
+/// `bulkhead bench raw-loop`: the baseline, printed as one line of JSON.
+pub fn raw_loop(args: &RawLoopArgs) -> anyhow::Result<()> {
+    let report = raw_loop_report(&args.model, &args.sessions, args.max_tokens, args.repeats)?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// Runs the raw llama.cpp loop in a process of its own, with no OpenMP
+/// variables (whatever this process was given), so it runs at llama.cpp's
+/// defaults and nothing of ours applies to it. It runs alone: nothing else
+/// of the benchmark has started yet.
+pub(crate) async fn baseline(
+    model: &std::path::Path,
+    sessions: &[u32],
+    max_tokens: u32,
+    repeats: u32,
+) -> anyhow::Result<RawLoopReport> {
+    let exe = std::env::current_exe().context("finding this binary")?;
+    let sessions: Vec<String> = sessions.iter().map(u32::to_string).collect();
+    let mut command = tokio::process::Command::new(exe);
+    command
+        .args(["bench", "raw-loop", "--model"])
+        .arg(model)
+        .args(["--sessions", &sessions.join(",")])
+        .args(["--max-tokens", &max_tokens.to_string()])
+        .args(["--repeats", &repeats.to_string()])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit());
+    for (key, _) in std::env::vars_os() {
+        let name = key.to_string_lossy();
+        if name.starts_with("OMP_") || name.starts_with("GOMP_") {
+            command.env_remove(&key);
+        }
+    }
+    let output = command.output().await.context("running the raw loop")?;
+    if !output.status.success() {
+        anyhow::bail!("the raw loop failed ({})", output.status);
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text.lines().last().unwrap_or_default();
+    serde_json::from_str(line).with_context(|| format!("reading the raw loop's report {line:?}"))
 }
 
 #[cfg(test)]

@@ -380,6 +380,7 @@ fn worker_to_pb(w: WorkerRecord) -> pb::WorkerInfo {
                 progress: f32::from(permille) / 1000.0,
             })
             .collect(),
+        context_windows: w.context_windows.into_iter().collect(),
     }
 }
 
@@ -668,6 +669,7 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
                 .into_iter()
                 .map(|l| (l.model, permille(l.progress)))
                 .collect(),
+            context_windows: w.context_windows.into_iter().collect(),
         };
         match self.write(Command::RegisterWorker { worker }).await? {
             Reply::Worker(w) => Ok(Response::new(worker_to_pb(w))),

@@ -430,6 +430,9 @@ pub struct WorkerRecord {
     /// Models still loading, with their progress in thousandths.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub loading: Vec<(String, u16)>,
+    /// Per loaded model, the most tokens one request may use there.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub context_windows: BTreeMap<String, u32>,
 }
 
 /// One entry of the watch stream.

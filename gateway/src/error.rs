@@ -140,10 +140,13 @@ impl GatewayError {
     pub fn from_worker(status: &tonic::Status) -> Self {
         let message = status.message().to_owned();
         match status.code() {
-            Code::InvalidArgument | Code::OutOfRange => Self::BadRequest {
-                code: message
-                    .contains("maximum context length")
-                    .then_some("context_length_exceeded"),
+            Code::OutOfRange => Self::BadRequest {
+                code: Some("context_length_exceeded"),
+                message,
+                param: Some("messages"),
+            },
+            Code::InvalidArgument => Self::BadRequest {
+                code: None,
                 message,
                 param: None,
             },
@@ -272,10 +275,16 @@ mod tests {
 
     #[test]
     fn a_worker_context_error_keeps_its_code() {
-        let e = GatewayError::from_worker(&tonic::Status::invalid_argument(
+        let e = GatewayError::from_worker(&tonic::Status::out_of_range(
             "this model's maximum context length is 8 tokens",
         ));
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
         assert_eq!(e.body()["error"]["code"], "context_length_exceeded");
+        // Another bad request from a worker carries no such code, whatever its words.
+        let e = GatewayError::from_worker(&tonic::Status::invalid_argument(
+            "max_tokens exceeds the maximum context length",
+        ));
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert!(e.body()["error"]["code"].is_null());
     }
 }

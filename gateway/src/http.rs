@@ -385,11 +385,12 @@ async fn prepare(
         adapter_scale: (!tenant.adapter.is_empty() && tenant.adapter_scale > 0.0)
             .then_some(tenant.adapter_scale),
         messages: context,
-        max_tokens: max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+        max_tokens: max_tokens.unwrap_or_else(|| default_max_tokens(&limits, prompt_bound)),
         sampling: Some(sampling),
         stop: req.stop_sequences(),
         gateway_id: state.gateway_id.to_string(),
-        ignore_eos: false,
+        ignore_eos: req.ignore_eos,
+        context_window: limits.context_window,
     };
     Ok(Prepared {
         caller,
@@ -464,6 +465,18 @@ async fn shared_knowledge(
             ),
         })
         .collect())
+}
+
+/// The completion budget of a request that names none: [`DEFAULT_MAX_TOKENS`],
+/// or less when the tenant's context window leaves less room after the
+/// prompt's upper bound (a prompt that may not fit at all keeps the default,
+/// and the worker's exact count decides).
+fn default_max_tokens(limits: &cp::Limits, prompt_bound: u64) -> u32 {
+    let room = u64::from(limits.context_window).saturating_sub(prompt_bound);
+    if limits.context_window == 0 || room == 0 {
+        return DEFAULT_MAX_TOKENS;
+    }
+    u32::try_from(room.min(u64::from(DEFAULT_MAX_TOKENS))).unwrap_or(DEFAULT_MAX_TOKENS)
 }
 
 /// Enforces `max_request_tokens`: with the cheap upper bound when it fits,

@@ -8,7 +8,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 /// An OpenAI chat completion request, plus bulkhead's `adapter`,
-/// `adapter_scale` and `session_id`.
+/// `adapter_scale` and `session_id`, and `ignore_eos` (as vLLM and
+/// llama-server take it: generate to `max_tokens` past end-of-sequence).
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
     #[serde(default)]
@@ -28,6 +29,8 @@ pub struct ChatRequest {
     pub adapter: Option<String>,
     pub adapter_scale: Option<f32>,
     pub session_id: Option<String>,
+    #[serde(default)]
+    pub ignore_eos: bool,
 }
 
 impl ChatRequest {

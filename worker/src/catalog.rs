@@ -360,7 +360,9 @@ impl Catalog {
         };
         let prompt = self.tokenize(model, &params.messages)?;
         let prompt_tokens = saturating_u32(prompt.len());
-        let window = m.context_window;
+        // The tenant's own window binds when it is the smaller one.
+        let tenant_window = params.context_window.filter(|&w| w < m.context_window);
+        let window = tenant_window.unwrap_or(m.context_window);
         if let Some(0) = params.max_tokens {
             return Err(WorkerError::invalid(
                 "max_tokens must be at least 1",
@@ -376,6 +378,7 @@ impl Catalog {
                 requested: u64::from(prompt_tokens) + u64::from(max_tokens.max(1)),
                 prompt_tokens,
                 max_tokens: max_tokens.max(1),
+                tenant: tenant_window.map(|_| params.tenant.to_string()),
             });
         }
         Ok(Prepared {

@@ -46,6 +46,9 @@ pub struct EngineConfig {
     pub threads: i32,
     /// Budget of host memory for sessions evicted from the device.
     pub host_cache_bytes: u64,
+    /// How much lower than the rest of the process the decode threads run
+    /// (a nice increment, Linux): see [`lower_priority`].
+    pub decode_nice: i32,
 }
 
 impl Default for EngineConfig {
@@ -58,6 +61,7 @@ impl Default for EngineConfig {
             threads: std::thread::available_parallelism()
                 .map_or(2, |n| i32::try_from(n.get()).unwrap_or(2)),
             host_cache_bytes: 1 << 30,
+            decode_nice: 10,
         }
     }
 }
@@ -74,6 +78,29 @@ impl EngineConfig {
             .with_n_threads(self.threads)
             .with_n_threads_batch(self.threads)
             .with_kv_unified(false)
+    }
+}
+
+/// Lowers the calling thread's CPU priority by `nice`. llama.cpp's OpenMP
+/// threads spin for a while after each step (libgomp's default: fast steps,
+/// no sleep and wake between them), and on a machine whose cores the async
+/// runtime shares, that spinning would delay the threads that stream tokens
+/// and serve the gateway. Linux keeps a nice value per thread and new threads
+/// inherit it: the OpenMP team this thread starts at its first decode runs
+/// at the same lower priority, so a runtime thread with work gets the core
+/// at once, and when it has none the decode threads keep full speed.
+fn lower_priority(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        let tid = rustix::thread::gettid();
+        let now = rustix::process::getpriority_process(Some(tid)).unwrap_or(0);
+        match rustix::process::setpriority_process(Some(tid), now.saturating_add(nice)) {
+            Ok(()) => tracing::debug!(nice = now.saturating_add(nice), "decode threads lowered"),
+            Err(e) => tracing::warn!(error = %e, "could not lower the decode threads' priority"),
+        }
     }
 }
 
@@ -143,6 +170,7 @@ impl Engine {
         let thread = std::thread::Builder::new()
             .name("bulkhead-engine".into())
             .spawn(move || {
+                lower_priority(config.decode_nice);
                 let mut engine = EngineLoop {
                     catalog: &thread_catalog,
                     adapters,

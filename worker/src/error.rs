@@ -20,13 +20,17 @@ pub enum WorkerError {
     #[error("the adapter `{adapter}` does not exist for model `{model}` on this worker")]
     UnknownAdapter { model: String, adapter: String },
     #[error(
-        "this model's maximum context length is {context_window} tokens, but the request needs {requested} tokens ({prompt_tokens} in the messages, {max_tokens} for the completion); shorten the messages or lower max_tokens"
+        "{}, but the request needs {requested} tokens ({prompt_tokens} in the messages, {max_tokens} for the completion); shorten the messages or lower max_tokens",
+        window_words(context_window, tenant.as_deref())
     )]
     ContextExceeded {
         context_window: u32,
         requested: u64,
         prompt_tokens: u32,
         max_tokens: u32,
+        /// The tenant whose own `context_window` is the limit, when it is
+        /// smaller than the model's.
+        tenant: Option<String>,
     },
     #[error("the request body is larger than the limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
@@ -35,6 +39,16 @@ pub enum WorkerError {
     /// A failure inside the engine; not the caller's fault.
     #[error("engine failure: {0}")]
     Engine(String),
+}
+
+/// Which window a request ran into, in words.
+fn window_words(context_window: &u32, tenant: Option<&str>) -> String {
+    match tenant {
+        Some(tenant) => format!(
+            "the context window of tenant `{tenant}` is {context_window} tokens (its maximum context length)"
+        ),
+        None => format!("this model's maximum context length is {context_window} tokens"),
+    }
 }
 
 impl WorkerError {
@@ -99,9 +113,11 @@ impl From<WorkerError> for tonic::Status {
     fn from(err: WorkerError) -> Self {
         let message = err.to_string();
         match err {
-            WorkerError::InvalidRequest { .. }
-            | WorkerError::ContextExceeded { .. }
-            | WorkerError::BodyTooLarge { .. } => tonic::Status::invalid_argument(message),
+            WorkerError::InvalidRequest { .. } | WorkerError::BodyTooLarge { .. } => {
+                tonic::Status::invalid_argument(message)
+            }
+            // Its own code, so a gateway can tell it apart without reading the text.
+            WorkerError::ContextExceeded { .. } => tonic::Status::out_of_range(message),
             WorkerError::UnknownModel(_) | WorkerError::UnknownAdapter { .. } => {
                 tonic::Status::not_found(message)
             }

@@ -190,8 +190,13 @@ fn parse_request(
         adapter_scale,
         messages,
         max_tokens,
-        sampling: Sampling::new(req.temperature, req.top_p, seed)?,
+        sampling: Sampling {
+            ignore_eos: req.ignore_eos,
+            ..Sampling::new(req.temperature, req.top_p, seed)?
+        },
         stop,
+        // The worker's own API knows no tenant configs: the model's window applies.
+        context_window: None,
     };
     Ok((params, req.stream, include_usage))
 }

@@ -61,6 +61,10 @@ pub fn worker_info(
         slots,
         expires_at_ms: 0,
         loading: Vec::new(),
+        context_windows: models
+            .iter()
+            .map(|m| (m.name.clone(), m.context_window))
+            .collect(),
     }
 }
 

@@ -184,6 +184,9 @@ pub struct GenerateParams {
     pub max_tokens: Option<u32>,
     pub sampling: Sampling,
     pub stop: Vec<String>,
+    /// The tenant's own context window, when it has one; the request gets
+    /// the smaller of it and the model's.
+    pub context_window: Option<u32>,
 }
 
 /// The span every log line of a request's handling carries: tenant, user,
@@ -265,6 +268,7 @@ impl TryFrom<pb::GenerateRequest> for GenerateParams {
             max_tokens: (req.max_tokens != 0).then_some(req.max_tokens),
             sampling,
             stop: req.stop,
+            context_window: (req.context_window != 0).then_some(req.context_window),
         })
     }
 }

@@ -176,11 +176,25 @@ async fn bad_requests_get_clear_errors_and_the_worker_keeps_serving() {
         client.generate(unknown).await.err().unwrap().code(),
         tonic::Code::NotFound
     );
+    // Past the context window: its own code, which gateways turn into
+    // `context_length_exceeded`.
     let too_long = grpc_request("acme", "", "x", 100_000, false);
     assert_eq!(
         client.generate(too_long).await.err().unwrap().code(),
-        tonic::Code::InvalidArgument
+        tonic::Code::OutOfRange
     );
+    // A tenant's own window, smaller than the model's, is the one that binds.
+    let mut narrow = grpc_request("acme", "", "x", 40, false);
+    narrow.context_window = 32;
+    let err = client.generate(narrow.clone()).await.err().unwrap();
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "{err}");
+    assert!(
+        err.message()
+            .starts_with("the context window of tenant `acme` is 32 tokens"),
+        "{err}"
+    );
+    narrow.max_tokens = 4;
+    assert!(client.generate(narrow).await.is_ok());
     let no_tenant = grpc_request("", "", "x", 4, false);
     assert_eq!(
         client.generate(no_tenant).await.err().unwrap().code(),

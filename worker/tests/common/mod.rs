@@ -103,6 +103,7 @@ impl TestWorker {
                 prefill_chunk: 128,
                 threads: 2,
                 host_cache_bytes: options.host_cache_bytes,
+                ..EngineConfig::default()
             },
             gpu_layers: 0,
             usage: options.usage,
