@@ -63,9 +63,16 @@ export PATH="$TOOLKIT/bin:$PATH"
 export CMAKE_CUDA_COMPILER="$TOOLKIT/bin/nvcc"
 export CMAKE_CUDA_ARCHITECTURES="$ARCHS"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/cuda}"
-export RUSTFLAGS="${RUSTFLAGS:-} -C link-arg=-L$TOOLKIT/lib -C link-arg=-Wl,--no-as-needed -C link-arg=-lcudart -C link-arg=-lcublas -C link-arg=-lcublasLt -C link-arg=-Wl,--as-needed -C link-arg=-Wl,-rpath,\$ORIGIN:\$ORIGIN/lib"
-echo "build-cuda: cargo build --release --features cuda (CUDA architectures $ARCHS) into $CARGO_TARGET_DIR"
-cargo build --release --locked -p bulkhead --features cuda
+# The wheels carry no driver stub (libcuda.so) to link against, so ggml is
+# built without CUDA's virtual memory management (feature cuda-no-vmm): its
+# plain memory pool, and nothing but cudart and cuBLAS to link.
+echo "build-cuda: cargo rustc --release --features cuda-no-vmm (CUDA architectures $ARCHS) into $CARGO_TARGET_DIR"
+# The link flags go to the final link of the binary alone (not to build
+# scripts, which run here, where no CUDA library is on the library path).
+cargo rustc --release --locked -p bulkhead --bin bulkhead --features cuda-no-vmm -- \
+  -C link-arg=-L"$TOOLKIT/lib" -C link-arg=-Wl,--no-as-needed \
+  -C link-arg=-lcudart -C link-arg=-lcublas -C link-arg=-lcublasLt \
+  -C link-arg=-Wl,--as-needed -C link-arg='-Wl,-rpath,$ORIGIN:$ORIGIN/lib'
 
 bin="$CARGO_TARGET_DIR/release/bulkhead"
 echo "build-cuda: built $bin in $(( $(date +%s) - started )) s"

@@ -33,8 +33,8 @@ use crate::plans;
 use crate::raft::{LogId, Node, NodeId, Raft, channel, decode};
 use crate::sessions::{SessionRecord, TenantView};
 use crate::state::{
-    Change, Command, KeyRecord, Limits, LimitsMask, Reply, TenantPatch, TenantRecord, UsageRecord,
-    WorkerRecord,
+    Change, Command, KeyRecord, Limits, LimitsMask, Reply, TenantPatch, TenantRecord, TurnAppend,
+    UsageRecord, WorkerRecord,
 };
 use crate::store::{StateMachine, View};
 
@@ -364,6 +364,33 @@ fn permille(progress: f32) -> u16 {
     p
 }
 
+/// A checked request to append turns: ids valid, turns there, roles known.
+fn turn_append(r: pb::AppendTurnsRequest) -> Result<TurnAppend> {
+    tenant_id(&r.tenant_id)?;
+    session_id(&r.session_id)?;
+    if r.turns.is_empty() {
+        return Err(ControlPlaneError::InvalidArgument(
+            "no turns to append".into(),
+        ));
+    }
+    if let Some(bad) = r
+        .turns
+        .iter()
+        .find(|t| !matches!(t.role.as_str(), "user" | "assistant" | "system"))
+    {
+        return Err(ControlPlaneError::InvalidArgument(format!(
+            "turn role must be user, assistant or system, got {:?}",
+            bad.role
+        )));
+    }
+    Ok(TurnAppend {
+        tenant_id: r.tenant_id,
+        session_id: r.session_id,
+        user_id: r.user_id,
+        turns: r.turns.into_iter().map(|t| (t.role, t.content)).collect(),
+    })
+}
+
 fn worker_to_pb(w: WorkerRecord) -> pb::WorkerInfo {
     pb::WorkerInfo {
         worker_id: w.worker_id,
@@ -595,36 +622,77 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
 
     async fn append_turns(&self, req: Request<pb::AppendTurnsRequest>) -> R<pb::Session> {
         self.authorize_member(&req)?;
-        let r = req.into_inner();
-        tenant_id(&r.tenant_id)?;
-        session_id(&r.session_id)?;
-        if r.turns.is_empty() {
-            return Err(ControlPlaneError::InvalidArgument("no turns to append".into()).into());
-        }
-        if let Some(bad) = r
-            .turns
-            .iter()
-            .find(|t| !matches!(t.role.as_str(), "user" | "assistant" | "system"))
-        {
-            return Err(ControlPlaneError::InvalidArgument(format!(
-                "turn role must be user, assistant or system, got {:?}",
-                bad.role
-            ))
-            .into());
-        }
+        let a = turn_append(req.into_inner())?;
+        let tenant = a.tenant_id.clone();
         match self
             .write(Command::AppendTurns {
-                tenant_id: r.tenant_id.clone(),
-                session_id: r.session_id,
-                user_id: r.user_id,
-                turns: r.turns.into_iter().map(|t| (t.role, t.content)).collect(),
+                tenant_id: a.tenant_id,
+                session_id: a.session_id,
+                user_id: a.user_id,
+                turns: a.turns,
                 now_ms: now_ms(),
             })
             .await?
         {
-            Reply::Session(s) => Ok(Response::new(session_to_pb(&r.tenant_id, s))),
+            Reply::Session(s) => Ok(Response::new(session_to_pb(&tenant, s))),
             other => Err(unexpected(&other).into()),
         }
+    }
+
+    async fn append_turns_batch(
+        &self,
+        req: Request<pb::AppendTurnsBatchRequest>,
+    ) -> R<pb::AppendTurnsBatchReply> {
+        self.authorize_member(&req)?;
+        // Invalid appends are answered here; the valid ones go in one entry.
+        let checked: Vec<Result<TurnAppend>> = req
+            .into_inner()
+            .appends
+            .into_iter()
+            .map(turn_append)
+            .collect();
+        let valid: Vec<TurnAppend> = checked
+            .iter()
+            .filter_map(|c| c.as_ref().ok().cloned())
+            .collect();
+        let mut replies = if valid.is_empty() {
+            Vec::new()
+        } else {
+            match self
+                .write(Command::AppendTurnsBatch {
+                    appends: valid,
+                    now_ms: now_ms(),
+                })
+                .await?
+            {
+                Reply::Batch(replies) => replies,
+                other => return Err(unexpected(&other).into()),
+            }
+        }
+        .into_iter();
+        let results = checked
+            .into_iter()
+            .map(|c| {
+                let outcome = c.and_then(|a| match replies.next() {
+                    Some(Reply::Session(s)) => Ok(session_to_pb(&a.tenant_id, s)),
+                    Some(Reply::Rejected(r)) => Err(r.into()),
+                    other => Err(ControlPlaneError::Internal(format!(
+                        "a batch of appends answered {other:?}"
+                    ))),
+                });
+                match outcome {
+                    Ok(session) => pb::AppendTurnsResult {
+                        session: Some(session),
+                        error: String::new(),
+                    },
+                    Err(e) => pb::AppendTurnsResult {
+                        session: None,
+                        error: e.to_string(),
+                    },
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::AppendTurnsBatchReply { results }))
     }
 
     async fn delete_session(&self, req: Request<pb::SessionRef>) -> R<pb::Session> {

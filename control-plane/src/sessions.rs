@@ -157,10 +157,20 @@ impl<'a> TenantView<'a> {
     }
 
     /// The last `last` turns of a session (all with 0), oldest first.
+    /// Reads only those: keys are in sequence order, and the session knows
+    /// its next sequence number, so a long session costs no more to read.
     pub fn turns(&self, session_id: &str, last: usize) -> io::Result<Vec<TurnRecord>> {
+        let first = match (last, self.session(session_id)?) {
+            (0, _) | (_, None) => 0,
+            (n, Some(s)) => s.turns.saturating_sub(n as u64),
+        };
         let mut turns: Vec<TurnRecord> = self
             .view
-            .scan::<TurnRecord>(&self.turns, &format!("{session_id}/"))?
+            .scan_prefix_from::<TurnRecord>(
+                &self.turns,
+                &format!("{session_id}/"),
+                &turn_key(session_id, first),
+            )?
             .into_iter()
             .map(|(_, t)| t)
             .collect();

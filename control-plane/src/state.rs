@@ -377,6 +377,12 @@ pub enum Command {
         turns: Vec<(String, String)>,
         now_ms: i64,
     },
+    /// Many `AppendTurns` in one entry (a gateway's group commit); each
+    /// answers on its own, in order, in a `Reply::Batch`.
+    AppendTurnsBatch {
+        appends: Vec<TurnAppend>,
+        now_ms: i64,
+    },
     DeleteSession {
         tenant_id: String,
         session_id: String,
@@ -476,12 +482,24 @@ impl fmt::Display for Command {
             Command::RegisterWorker { worker } => write!(f, "register-worker {}", worker.worker_id),
             Command::CreateSession { tenant_id, .. } => write!(f, "create-session {tenant_id}"),
             Command::AppendTurns { tenant_id, .. } => write!(f, "append-turns {tenant_id}"),
+            Command::AppendTurnsBatch { appends, .. } => {
+                write!(f, "append-turns-batch of {}", appends.len())
+            }
             Command::DeleteSession { tenant_id, .. } => write!(f, "delete-session {tenant_id}"),
             Command::PruneTurns { .. } => write!(f, "prune-turns"),
             Command::TouchKey { key_id, .. } => write!(f, "touch-key {key_id}"),
             Command::SetExportKey { .. } => write!(f, "set-export-key"),
         }
     }
+}
+
+/// One session's turns in a [`Command::AppendTurnsBatch`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TurnAppend {
+    pub tenant_id: String,
+    pub session_id: String,
+    pub user_id: String,
+    pub turns: Vec<(String, String)>,
 }
 
 /// Why the state refused a command.
@@ -525,6 +543,8 @@ pub enum Reply {
     ExportKey(String),
     Worker(WorkerRecord),
     Session(SessionRecord),
+    /// One reply per command of a batch, in order.
+    Batch(Vec<Reply>),
     Applied(Vec<ApplyOutcome>),
     Burst(BurstRecord),
     Webhook(WebhookRecord),
@@ -786,6 +806,23 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
             };
             Ok(Reply::Session(scope.append(session, turns, now_ms)?))
         }
+        Command::AppendTurnsBatch { appends, now_ms } => Ok(Reply::Batch(
+            appends
+                .into_iter()
+                .map(|a| {
+                    apply(
+                        t,
+                        Command::AppendTurns {
+                            tenant_id: a.tenant_id,
+                            session_id: a.session_id,
+                            user_id: a.user_id,
+                            turns: a.turns,
+                            now_ms,
+                        },
+                    )
+                })
+                .collect::<io::Result<_>>()?,
+        )),
         Command::DeleteSession {
             tenant_id,
             session_id,
@@ -1919,6 +1956,62 @@ mod tests {
             finished_at_ms: NOW,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_batch_of_appends_answers_each_and_the_last_turns_read_back_in_order() {
+        let (_dir, sm) = open();
+        run(
+            &sm,
+            Command::CreateTenant {
+                tenant: tenant("acme", "basic", 1_000),
+            },
+        );
+        let append = |tenant: &str, session: &str, text: &str| TurnAppend {
+            tenant_id: tenant.into(),
+            session_id: session.into(),
+            user_id: String::new(),
+            turns: vec![
+                ("user".into(), format!("{text}?")),
+                ("assistant".into(), format!("{text}!")),
+            ],
+        };
+        let reply = run(
+            &sm,
+            Command::AppendTurnsBatch {
+                appends: (0..30)
+                    .map(|i| append("acme", "long", &i.to_string()))
+                    .chain([append("nobody", "s", "x"), append("acme", "short", "only")])
+                    .collect(),
+                now_ms: NOW,
+            },
+        );
+        let Reply::Batch(replies) = reply else {
+            panic!("{reply:?}");
+        };
+        assert_eq!(replies.len(), 32);
+        assert!(matches!(&replies[29], Reply::Session(s) if s.turns == 60));
+        assert_eq!(
+            replies[30],
+            Reply::Rejected(Rejection::UnknownTenant("nobody".into()))
+        );
+        assert!(matches!(&replies[31], Reply::Session(s) if s.turns == 2));
+        let view = sm.view().expect("view");
+        let acme = TenantId::new("acme").expect("id");
+        let scoped = crate::sessions::TenantView::new(&view, &acme);
+        let text = |turns: Vec<crate::sessions::TurnRecord>| -> Vec<String> {
+            turns.into_iter().map(|t| t.content).collect()
+        };
+        assert_eq!(
+            text(scoped.turns("long", 3).expect("turns")),
+            ["28!", "29?", "29!"]
+        );
+        assert_eq!(scoped.turns("long", 0).expect("turns").len(), 60);
+        assert_eq!(
+            text(scoped.turns("short", 10).expect("turns")),
+            ["only?", "only!"]
+        );
+        assert!(scoped.turns("missing", 4).expect("turns").is_empty());
     }
 
     #[test]

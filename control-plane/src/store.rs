@@ -147,7 +147,7 @@ impl<'t> Tables<'t> {
         table: &str,
         prefix: &str,
     ) -> io::Result<Vec<(String, T)>> {
-        self.with(table, |t| scan_table(t, prefix))
+        self.with(table, |t| scan_table(t, prefix, prefix))
     }
 
     /// Drops a whole table (no error if it does not exist).
@@ -176,12 +176,15 @@ impl<'t> Tables<'t> {
     }
 }
 
+/// The entries whose key starts with `prefix`, from key `from` on (at or
+/// after `prefix`), in key order.
 fn scan_table<T: DeserializeOwned>(
     t: &impl ReadableTable<&'static str, &'static str>,
     prefix: &str,
+    from: &str,
 ) -> io::Result<Vec<(String, T)>> {
     let mut out = Vec::new();
-    for item in t.range::<&str>(prefix..).map_err(io_err)? {
+    for item in t.range::<&str>(from.max(prefix)..).map_err(io_err)? {
         let (k, v) = item.map_err(io_err)?;
         if !k.value().starts_with(prefix) {
             break;
@@ -264,8 +267,18 @@ impl View {
         table: &str,
         prefix: &str,
     ) -> io::Result<Vec<(String, T)>> {
+        self.scan_prefix_from(table, prefix, prefix)
+    }
+
+    /// The entries under `prefix` from key `from` on, in key order.
+    pub fn scan_prefix_from<T: DeserializeOwned>(
+        &self,
+        table: &str,
+        prefix: &str,
+        from: &str,
+    ) -> io::Result<Vec<(String, T)>> {
         match self.rtx.open_table(app_table(table)) {
-            Ok(t) => scan_table(&t, prefix),
+            Ok(t) => scan_table(&t, prefix, from),
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(Vec::new()),
             Err(e) => Err(io_err(e)),
         }

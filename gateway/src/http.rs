@@ -46,7 +46,7 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// `max_tokens` when the request does not say.
 pub const DEFAULT_MAX_TOKENS: u32 = 512;
 /// How long a session read or write on the request path may wait.
-const CONTROL_PLANE_DEADLINE: Duration = Duration::from_secs(3);
+pub(crate) const CONTROL_PLANE_DEADLINE: Duration = Duration::from_secs(3);
 
 pub struct AppState {
     pub gateway_id: GatewayId,
@@ -54,6 +54,8 @@ pub struct AppState {
     pub quotas: Arc<Quotas>,
     pub workers: Arc<Workers>,
     pub client: Arc<ControlPlaneClient>,
+    /// Session turns, appended in batches (group commit).
+    pub turns: crate::turns::TurnWriter,
     pub metrics: Arc<Metrics>,
     /// The model of tenants that name none.
     pub default_model: Option<String>,
@@ -683,14 +685,7 @@ impl Outcome {
             user_id: self.user_id.clone(),
             turns,
         };
-        if let Err(e) = self
-            .state
-            .client
-            .send_for(CONTROL_PLANE_DEADLINE, msg, |mut c, req| async move {
-                c.append_turns(req).await
-            })
-            .await
-        {
+        if let Err(e) = self.state.turns.append(msg).await {
             tracing::warn!(error = %e, "the answer could not be saved to the session");
         }
     }

@@ -19,6 +19,7 @@ pub mod http;
 pub mod metrics;
 pub mod quota;
 pub mod route;
+pub mod turns;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -79,6 +80,7 @@ pub async fn run(
         directory,
         quotas,
         workers: Arc::new(route::Workers::new(config.cluster_secret.clone())),
+        turns: turns::TurnWriter::start(Arc::clone(&client), http::CONTROL_PLANE_DEADLINE),
         client,
         metrics,
         default_model: config.default_model.clone(),
