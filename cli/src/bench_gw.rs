@@ -535,7 +535,10 @@ pub async fn run(args: BenchGatewayArgs) -> anyhow::Result<()> {
                 args.alongside_sessions,
                 bulkhead_worker::bench::openmp_environment()
             );
-            let worker = Arc::new(bulkhead_worker::bench::BenchWorker::start(model, engine).await?);
+            let worker = Arc::new(
+                bulkhead_worker::bench::BenchWorker::start(model, engine, args.engine.gpu_layers())
+                    .await?,
+            );
             let (stop, stopped) = tokio::sync::watch::channel(false);
             let load = {
                 let worker = Arc::clone(&worker);

@@ -175,7 +175,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         models,
         adapters,
         engine: args.engine.config(),
-        gpu_layers: 0,
+        gpu_layers: args.engine.gpu_layers(),
         usage,
         spool_dir: dir.join("usage-spool"),
         max_body_bytes: bulkhead_gateway::DEFAULT_MAX_BODY_BYTES,

@@ -39,9 +39,17 @@ pub struct EngineArgs {
     /// thread (0 keeps them equal).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
     decode_nice: i32,
+    /// Model layers to run on the GPU, on a CUDA build (default: all of them; a CPU build runs
+    /// everything on the CPU whatever this says).
+    #[arg(long)]
+    gpu_layers: Option<u32>,
 }
 
 impl EngineArgs {
+    pub(crate) fn gpu_layers(&self) -> u32 {
+        self.gpu_layers.unwrap_or(u32::MAX)
+    }
+
     pub(crate) fn config(&self) -> EngineConfig {
         let defaults = EngineConfig::default();
         EngineConfig {
@@ -92,9 +100,6 @@ pub struct WorkerArgs {
     /// This worker's id (default: worker-<gRPC port>).
     #[arg(long, env = env::WORKER_ID)]
     worker_id: Option<String>,
-    /// Model layers to offload to a GPU, on a GPU build.
-    #[arg(long, default_value_t = 0)]
-    gpu_layers: u32,
     /// Largest accepted HTTP request body, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     max_body_bytes: usize,
@@ -178,7 +183,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         models,
         adapters: args.adapters,
         engine: args.engine.config(),
-        gpu_layers: args.gpu_layers,
+        gpu_layers: args.engine.gpu_layers(),
         usage: args.nats.map_or(UsageSink::None, UsageSink::Nats),
         spool_dir: args.data_dir.join("usage-spool"),
         max_body_bytes: args.max_body_bytes,
@@ -216,6 +221,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let config = BenchConfig {
         model: args.model,
         engine: args.engine.config(),
+        gpu_layers: args.engine.gpu_layers(),
         sessions: args.sessions,
         max_tokens: args.max_tokens,
         history_tokens: args.history_tokens,

@@ -408,6 +408,15 @@ fn worker_to_pb(w: WorkerRecord) -> pb::WorkerInfo {
             })
             .collect(),
         context_windows: w.context_windows.into_iter().collect(),
+        devices: w
+            .devices
+            .into_iter()
+            .map(|(name, total, free)| pb::WorkerDevice {
+                name,
+                memory_total_bytes: total,
+                memory_free_bytes: free,
+            })
+            .collect(),
     }
 }
 
@@ -738,6 +747,11 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
                 .map(|l| (l.model, permille(l.progress)))
                 .collect(),
             context_windows: w.context_windows.into_iter().collect(),
+            devices: w
+                .devices
+                .into_iter()
+                .map(|d| (d.name, d.memory_total_bytes, d.memory_free_bytes))
+                .collect(),
         };
         match self.write(Command::RegisterWorker { worker }).await? {
             Reply::Worker(w) => Ok(Response::new(worker_to_pb(w))),

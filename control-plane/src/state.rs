@@ -439,6 +439,9 @@ pub struct WorkerRecord {
     /// Per loaded model, the most tokens one request may use there.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub context_windows: BTreeMap<String, u32>,
+    /// Accelerators: (name, memory total, memory free at registration).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<(String, u64, u64)>,
 }
 
 /// One entry of the watch stream.

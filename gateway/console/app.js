@@ -957,7 +957,7 @@ async function viewMonitor() {
         h('h2', {}, 'Workers'),
         table(
           'monitor-workers',
-          ['Worker', 'Models', ['Tokens/s', 'num'], ['Slots in use', 'num'], ['Generating', 'num'], ['Queued', 'num'], ['Host KV', 'num']],
+          ['Worker', 'Models', ['Tokens/s', 'num'], ['Slots in use', 'num'], ['Generating', 'num'], ['Queued', 'num'], ['Host KV', 'num'], ['GPU memory', 'num']],
           m.workers.map((w) => [
             h('span', {}, w.worker_id, h('div', { class: 'muted' }, w.addr)),
             h('span', {}, w.models.join(', '), w.loading.map((l) => h('div', {}, `${l.model}: `, h('span', { class: 'pill loading' }, `loading ${pct(l.progress)}`)))),
@@ -966,6 +966,12 @@ async function viewMonitor() {
             [fmtInt(w.active_requests), 'num'],
             [fmtInt(w.queued_requests), 'num'],
             [fmtBytes(w.host_bytes), 'num'],
+            [
+              w.devices && w.devices.length
+                ? h('span', { title: w.devices.map((d) => `${d.name}: ${d.description}`).join('\n') }, `${fmtBytes(w.vram_used_bytes)} / ${fmtBytes(w.vram_total_bytes)}`)
+                : w.reachable ? 'CPU' : '—',
+              'num',
+            ],
           ]),
         ),
         m.workers.length ? '' : h('p', { class: 'muted' }, 'No worker is registered.'),

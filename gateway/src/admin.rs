@@ -759,6 +759,27 @@ async fn monitor(admin: Admin, State(state): State<Arc<AdminState>>) -> Answer {
                 entry["device_slots_total"] = json!(s.device_slots_total);
                 entry["host_slots"] = json!(s.host_slots);
                 entry["host_bytes"] = json!(s.host_bytes);
+                let devices: Vec<Value> = s
+                    .devices
+                    .iter()
+                    .map(|d| {
+                        json!({
+                            "name": d.name,
+                            "description": d.description,
+                            "memory_total_bytes": d.memory_total_bytes,
+                            "memory_used_bytes": d.memory_total_bytes.saturating_sub(d.memory_free_bytes),
+                        })
+                    })
+                    .collect();
+                entry["vram_total_bytes"] =
+                    json!(s.devices.iter().map(|d| d.memory_total_bytes).sum::<u64>());
+                entry["vram_used_bytes"] = json!(
+                    s.devices
+                        .iter()
+                        .map(|d| d.memory_total_bytes.saturating_sub(d.memory_free_bytes))
+                        .sum::<u64>()
+                );
+                entry["devices"] = json!(devices);
             }
             Err(e) => {
                 entry["reachable"] = json!(false);

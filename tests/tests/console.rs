@@ -640,6 +640,8 @@ async fn an_operator_manages_tenants_and_exports_usage_in_the_browser() -> anyho
     b.c.goto(&format!("{}/#/monitor", up.console)).await?;
     b.wait_text("#monitor-workers", "worker-1").await?;
     assert!(b.text("#monitor-workers").await?.contains(MODEL));
+    // No GPU on a CPU build: the GPU memory column says where it runs.
+    assert!(b.text("#monitor-workers").await?.contains("CPU"));
     b.wait_text("#monitor-tenants", "Globex Corp").await?;
     assert!(b.text("#monitor-tenants").await?.contains("ready"));
     b.shot("monitor").await?;

@@ -32,6 +32,7 @@ use crate::{WorkerConfig, run};
 pub struct BenchConfig {
     pub model: PathBuf,
     pub engine: EngineConfig,
+    pub gpu_layers: u32,
     pub sessions: Vec<u32>,
     pub max_tokens: u32,
     /// Approximate prompt tokens of the returning session's history.
@@ -357,7 +358,11 @@ pub struct BenchWorker {
 }
 
 impl BenchWorker {
-    pub async fn start(model: &std::path::Path, engine: EngineConfig) -> Result<Self, WorkerError> {
+    pub async fn start(
+        model: &std::path::Path,
+        engine: EngineConfig,
+        gpu_layers: u32,
+    ) -> Result<Self, WorkerError> {
         let grpc = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| engine_error("bind")(e.to_string()))?;
@@ -375,7 +380,7 @@ impl BenchWorker {
             }],
             adapters: Vec::new(),
             engine,
-            gpu_layers: 0,
+            gpu_layers,
             usage: crate::UsageSink::None,
             spool_dir: std::env::temp_dir().join("bulkhead-bench-spool"),
             max_body_bytes: 1 << 20,
@@ -455,7 +460,8 @@ pub async fn run_bench(
     config: BenchConfig,
     baseline: RawLoopReport,
 ) -> Result<BenchReport, WorkerError> {
-    let worker = BenchWorker::start(&config.model, config.engine.clone()).await?;
+    let worker =
+        BenchWorker::start(&config.model, config.engine.clone(), config.gpu_layers).await?;
     let mut client = worker.client.clone();
 
     let mut throughput = Vec::new();

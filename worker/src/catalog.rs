@@ -155,6 +155,30 @@ pub fn backend() -> Result<&'static LlamaBackend, WorkerError> {
     Ok(BACKEND.get_or_init(|| backend))
 }
 
+/// The accelerators llama.cpp sees (GPUs and the like, not the CPU), with
+/// their memory now.
+pub fn devices() -> Vec<bulkhead_proto::worker::Device> {
+    use llama_cpp_2::LlamaBackendDeviceType as Kind;
+    if backend().is_err() {
+        return Vec::new();
+    }
+    llama_cpp_2::list_llama_ggml_backend_devices()
+        .into_iter()
+        .filter(|d| {
+            matches!(
+                d.device_type,
+                Kind::Gpu | Kind::IntegratedGpu | Kind::Accelerator
+            )
+        })
+        .map(|d| bulkhead_proto::worker::Device {
+            name: d.name,
+            description: d.description,
+            memory_total_bytes: d.memory_total as u64,
+            memory_free_bytes: d.memory_free as u64,
+        })
+        .collect()
+}
+
 pub struct CatalogModel {
     pub name: String,
     pub(crate) model: LlamaModel,

@@ -123,6 +123,7 @@ impl pb::worker_server::Worker for WorkerService {
             generated_tokens_total: s.generated_tokens_total,
             decode_tokens_per_second: s.decode_tokens_per_second,
             tenants,
+            devices: crate::catalog::devices(),
         }))
     }
 }
