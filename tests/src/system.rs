@@ -276,6 +276,13 @@ impl Up {
         args.extend(extra.iter().cloned());
         let mut process = Process::spawn(&args)?;
         let admin_token = process.wait_for("admin token:", Duration::from_secs(60))?;
+        // After a restart the control plane still holds the last run's
+        // registration of the worker: wait for this run's, with its models
+        // loaded, so that a gateway does not route to it while it loads.
+        const REGISTERED: &str = "registered with the control plane";
+        if !process.output().contains(REGISTERED) {
+            process.wait_for(REGISTERED, Duration::from_secs(120))?;
+        }
         let api = Api::new(&format!("127.0.0.1:{}", ports.0));
         api.ready().await?;
         Ok(Self {
@@ -418,8 +425,22 @@ impl Cluster {
         Ok(cluster)
     }
 
-    pub fn tenant_with_key(&self, id: &str, limits: &[&str]) -> anyhow::Result<String> {
-        tenant_with_key(&self.control.addrs(), &self.control.admin_token, id, limits)
+    /// Creates a tenant and a key of it, and waits until every gateway
+    /// knows the key (it reaches them over their watch streams).
+    pub async fn tenant_with_key(&self, id: &str, limits: &[&str]) -> anyhow::Result<String> {
+        let key = tenant_with_key(&self.control.addrs(), &self.control.admin_token, id, limits)?;
+        for api in &self.apis {
+            eventually(
+                "the new key to reach the gateway",
+                Duration::from_secs(20),
+                || async {
+                    let a = api.send(api.get("/v1/models", &key)).await.ok()?;
+                    (a.status == 200).then_some(())
+                },
+            )
+            .await?;
+        }
+        Ok(key)
     }
 
     /// The ledger's tokens used today by `tenant`.
