@@ -67,8 +67,10 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
-    /// The llama.cpp context parameters for one variant. The benchmark's raw
-    /// loop uses the same, so the two are compared like for like.
+    /// The llama.cpp context parameters for one variant: one KV stream per
+    /// slot, each `context_window` tokens, so no tenant's requests can take
+    /// cache room from another slot. (The benchmark's raw loop uses
+    /// llama.cpp's own defaults instead.)
     pub fn context_params(&self) -> LlamaContextParams {
         LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(self.slots * self.context_window))
