@@ -11,8 +11,9 @@
 #   scripts/build-cuda.sh            -> target/cuda/release/bulkhead
 #
 # It prints the binary's size and the CUDA architectures embedded in it
-# (cuobjdump --list-elf). A cold build takes long on few cores (llama.cpp's
-# CUDA kernels for two architectures); it is not part of the test run.
+# (cuobjdump --list-elf). A cold build takes about an hour on two cores
+# (llama.cpp's 144 CUDA sources for two architectures); it is not part of
+# the test run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
