@@ -249,16 +249,20 @@ pub(crate) fn window_warning(t: &pb::Tenant, workers: &[pb::WorkerInfo]) -> Opti
     })
 }
 
-/// Prints [`window_warning`] for `t` against the workers registered now.
-pub(crate) async fn warn_window(client: &ControlPlaneClient, t: &pb::Tenant) -> anyhow::Result<()> {
-    let workers = client
+/// The workers registered now.
+pub(crate) async fn workers(client: &ControlPlaneClient) -> anyhow::Result<Vec<pb::WorkerInfo>> {
+    Ok(client
         .send(pb::ListWorkersRequest {}, |mut c, req| async move {
             c.list_workers(req).await
         })
         .await
         .map_err(status)?
-        .workers;
-    if let Some(line) = window_warning(t, &workers) {
+        .workers)
+}
+
+/// Prints [`window_warning`] for `t` against the workers registered now.
+async fn warn_window(client: &ControlPlaneClient, t: &pb::Tenant) -> anyhow::Result<()> {
+    if let Some(line) = window_warning(t, &workers(client).await?) {
         println!("{line}");
     }
     Ok(())

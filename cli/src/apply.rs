@@ -27,6 +27,7 @@ pub async fn apply(client: &ControlPlaneClient, loaded: Vec<LoadedConfig>) -> an
         )
         .await
         .map_err(crate::admin::status)?;
+    let workers = crate::admin::workers(client).await?;
     for o in &reply.outcomes {
         println!("{}", outcome_line(o));
         let tenant = client
@@ -38,7 +39,9 @@ pub async fn apply(client: &ControlPlaneClient, loaded: Vec<LoadedConfig>) -> an
             )
             .await
             .map_err(crate::admin::status)?;
-        crate::admin::warn_window(client, &tenant).await?;
+        if let Some(line) = crate::admin::window_warning(&tenant, &workers) {
+            println!("{line}");
+        }
         for w in &o.new_webhooks {
             let hook = w.webhook.clone().unwrap_or_default();
             println!(

@@ -481,16 +481,10 @@ pub async fn run(args: BenchGatewayArgs) -> anyhow::Result<()> {
             wait_ready(&through_gateway).await?;
             let mut ids = Vec::with_capacity(n);
             for _ in 0..n.max(1) {
-                let created: serde_json::Value = http
-                    .post(format!("http://{api_addr}/v1/sessions"))
-                    .header("authorization", format!("Bearer {key}"))
-                    .json(&serde_json::json!({"title": "bench"}))
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .json()
-                    .await?;
-                ids.push(created["id"].as_str().context("no session id")?.to_owned());
+                ids.push(
+                    crate::bench_up::open_session(&http, &format!("http://{api_addr}/v1"), &key)
+                        .await?,
+                );
             }
             Some(Arc::new(gateway_target(Some(ids))))
         }
@@ -535,16 +529,11 @@ pub async fn run(args: BenchGatewayArgs) -> anyhow::Result<()> {
                 args.alongside_sessions,
                 bulkhead_worker::bench::openmp_environment()
             );
-            let worker = Arc::new(
+            let worker =
                 bulkhead_worker::bench::BenchWorker::start(model, engine, args.engine.gpu_layers())
-                    .await?,
-            );
+                    .await?;
             let (stop, stopped) = tokio::sync::watch::channel(false);
-            let load = {
-                let worker = Arc::clone(&worker);
-                let sessions = args.alongside_sessions;
-                tokio::spawn(async move { worker.keep_generating(sessions, 64, stopped).await })
-            };
+            let load = worker.keep_generating(args.alongside_sessions, 64, stopped);
             // Let every session reach the decode loop.
             tokio::time::sleep(Duration::from_secs(2)).await;
             Some((worker, stop, load, Instant::now()))
@@ -575,14 +564,12 @@ pub async fn run(args: BenchGatewayArgs) -> anyhow::Result<()> {
 
     if let Some((worker, stop, load, started)) = alongside {
         let _ = stop.send(true);
-        let tokens = load.await??;
+        let tokens = load.await?;
         println!(
             "the real engine alongside generated {:.1} tokens/s meanwhile",
             tokens as f64 / started.elapsed().as_secs_f64()
         );
-        if let Ok(worker) = Arc::try_unwrap(worker) {
-            worker.stop().await;
-        }
+        worker.stop().await;
     }
 
     if args.step_seconds > 0 {

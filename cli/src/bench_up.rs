@@ -108,6 +108,29 @@ impl Up {
     }
 }
 
+/// Opens a session through the API at `api` (`http://HOST:PORT/v1`); returns its id.
+pub(crate) async fn open_session(
+    http: &reqwest::Client,
+    api: &str,
+    key: &str,
+) -> anyhow::Result<String> {
+    let response = http
+        .post(format!("{api}/sessions"))
+        .bearer_auth(key)
+        .json(&serde_json::json!({"title": "bench"}))
+        .send()
+        .await?;
+    let status = response.status();
+    let created: serde_json::Value = response.json().await?;
+    if !status.is_success() {
+        bail!("{status}: {created}");
+    }
+    created["id"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("no session id in {created}"))
+}
+
 /// One client: opens a session (none without `turns`), then asks `turns`
 /// times in it (once without); returns the completion tokens the answers'
 /// usage reports.
@@ -119,21 +142,8 @@ async fn client(
     max_tokens: u32,
 ) -> anyhow::Result<u64> {
     let session = match turns {
-        None => serde_json::Value::Null,
-        Some(_) => {
-            let response = http
-                .post(format!("{api}/sessions"))
-                .bearer_auth(&key)
-                .json(&serde_json::json!({"title": "bench"}))
-                .send()
-                .await?;
-            let status = response.status();
-            let created: serde_json::Value = response.json().await?;
-            if !status.is_success() {
-                bail!("{status}: {created}");
-            }
-            created["id"].clone()
-        }
+        None => None,
+        Some(_) => Some(open_session(&http, &api, &key).await?),
     };
     let url = format!("{api}/chat/completions");
     let mut tokens = 0;

@@ -243,7 +243,7 @@ pub fn write_archive(
     let id = TenantId::new(tenant.id.as_str()).map_err(|e| invalid(e.to_string()))?;
     let scoped = TenantView::new(view, &id);
     for s in scoped.sessions()? {
-        let turns = scoped.turns(&s.session_id, 0)?;
+        let turns = scoped.turns_of(&s, 0)?;
         line("session", json(&s))?;
         for t in turns {
             let mut v = json(&t);

@@ -33,8 +33,8 @@ use crate::plans;
 use crate::raft::{LogId, Node, NodeId, Raft, channel, decode};
 use crate::sessions::{SessionRecord, TenantView};
 use crate::state::{
-    Change, Command, KeyRecord, Limits, LimitsMask, Reply, TenantPatch, TenantRecord, TurnAppend,
-    UsageRecord, WorkerRecord,
+    Change, Command, DeviceRecord, KeyRecord, Limits, LimitsMask, Reply, TenantPatch, TenantRecord,
+    TurnAppend, UsageRecord, WorkerRecord,
 };
 use crate::store::{StateMachine, View};
 
@@ -411,10 +411,11 @@ fn worker_to_pb(w: WorkerRecord) -> pb::WorkerInfo {
         devices: w
             .devices
             .into_iter()
-            .map(|(name, total, free)| pb::WorkerDevice {
-                name,
-                memory_total_bytes: total,
-                memory_free_bytes: free,
+            .map(|d| bulkhead_proto::worker::Device {
+                name: d.name,
+                description: d.description,
+                memory_total_bytes: d.memory_total_bytes,
+                memory_free_bytes: d.memory_free_bytes,
             })
             .collect(),
     }
@@ -610,12 +611,12 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
             return Err(ControlPlaneError::NotFound(format!("unknown tenant `{id}`")).into());
         }
         let scoped = TenantView::new(&view, &id);
-        if scoped.session(&r.session_id)?.is_none() {
+        let Some(session) = scoped.session(&r.session_id)? else {
             return Err(
                 ControlPlaneError::NotFound(format!("unknown session `{}`", r.session_id)).into(),
             );
-        }
-        let turns = scoped.turns(&r.session_id, r.last as usize)?;
+        };
+        let turns = scoped.turns_of(&session, r.last as usize)?;
         Ok(Response::new(pb::TurnList {
             turns: turns
                 .into_iter()
@@ -750,7 +751,12 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
             devices: w
                 .devices
                 .into_iter()
-                .map(|d| (d.name, d.memory_total_bytes, d.memory_free_bytes))
+                .map(|d| DeviceRecord {
+                    name: d.name,
+                    description: d.description,
+                    memory_total_bytes: d.memory_total_bytes,
+                    memory_free_bytes: d.memory_free_bytes,
+                })
                 .collect(),
         };
         match self.write(Command::RegisterWorker { worker }).await? {

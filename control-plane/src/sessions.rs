@@ -156,13 +156,23 @@ impl<'a> TenantView<'a> {
         Ok(all)
     }
 
-    /// The last `last` turns of a session (all with 0), oldest first.
-    /// Reads only those: keys are in sequence order, and the session knows
-    /// its next sequence number, so a long session costs no more to read.
+    /// The last `last` turns of a session (all with 0), oldest first; none
+    /// for a session that does not exist.
     pub fn turns(&self, session_id: &str, last: usize) -> io::Result<Vec<TurnRecord>> {
-        let first = match (last, self.session(session_id)?) {
-            (0, _) | (_, None) => 0,
-            (n, Some(s)) => s.turns.saturating_sub(n as u64),
+        match self.session(session_id)? {
+            Some(session) => self.turns_of(&session, last),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// [`Self::turns`] of a session already read. Reads only those turns:
+    /// keys are in sequence order and the session knows its next sequence
+    /// number, so a long session costs no more to read.
+    pub fn turns_of(&self, session: &SessionRecord, last: usize) -> io::Result<Vec<TurnRecord>> {
+        let session_id = session.session_id.as_str();
+        let first = match last {
+            0 => 0,
+            n => session.turns.saturating_sub(n as u64),
         };
         let mut turns: Vec<TurnRecord> = self
             .view

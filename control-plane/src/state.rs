@@ -439,9 +439,18 @@ pub struct WorkerRecord {
     /// Per loaded model, the most tokens one request may use there.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub context_windows: BTreeMap<String, u32>,
-    /// Accelerators: (name, memory total, memory free at registration).
+    /// Accelerators, with their memory at registration.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub devices: Vec<(String, u64, u64)>,
+    pub devices: Vec<DeviceRecord>,
+}
+
+/// One accelerator of a worker, as `bulkhead.worker.v1.Device`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub name: String,
+    pub description: String,
+    pub memory_total_bytes: u64,
+    pub memory_free_bytes: u64,
 }
 
 /// One entry of the watch stream.

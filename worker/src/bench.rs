@@ -414,15 +414,15 @@ impl BenchWorker {
         })
     }
 
-    /// Keeps `sessions` requests of `max_tokens` generating, one after
-    /// another per session, until `stop` turns true; returns the completion
-    /// tokens they made.
-    pub async fn keep_generating(
+    /// Starts `sessions` loops that each keep one request of `max_tokens`
+    /// generating, one after another, until `stop` turns true; the returned
+    /// future gives the completion tokens they made.
+    pub fn keep_generating(
         &self,
         sessions: u32,
         max_tokens: u32,
         stop: tokio::sync::watch::Receiver<bool>,
-    ) -> Result<u64, WorkerError> {
+    ) -> impl Future<Output = Result<u64, WorkerError>> + 'static {
         let tasks: Vec<_> = (0..sessions)
             .map(|s| {
                 let (mut client, stop) = (self.client.clone(), stop.clone());
@@ -442,11 +442,13 @@ impl BenchWorker {
                 })
             })
             .collect();
-        let mut tokens = 0;
-        for t in tasks {
-            tokens += t.await.map_err(|e| engine_error("task")(e.to_string()))??;
+        async move {
+            let mut tokens = 0;
+            for t in tasks {
+                tokens += t.await.map_err(|e| engine_error("task")(e.to_string()))??;
+            }
+            Ok(tokens)
         }
-        Ok(tokens)
     }
 
     pub async fn stop(self) {

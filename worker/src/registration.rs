@@ -65,14 +65,7 @@ pub fn worker_info(
             .iter()
             .map(|m| (m.name.clone(), m.context_window))
             .collect(),
-        devices: crate::catalog::devices()
-            .into_iter()
-            .map(|d| pb::WorkerDevice {
-                name: format!("{}: {}", d.name, d.description),
-                memory_total_bytes: d.memory_total_bytes,
-                memory_free_bytes: d.memory_free_bytes,
-            })
-            .collect(),
+        devices: crate::catalog::devices(),
     }
 }
 
