@@ -9,16 +9,14 @@
 //! /v1/sessions`, `GET /v1/sessions/{id}/messages`, `DELETE
 //! /v1/sessions/{id}`, `GET /health`, `GET /metrics`.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use bulkhead_control_plane::ControlPlaneClient;
@@ -26,17 +24,20 @@ use bulkhead_proto::control as cp;
 use bulkhead_proto::openai::{self, ChatRequest};
 use bulkhead_proto::worker as pb;
 use bulkhead_proto::{GatewayId, RequestId, SessionId, UserId};
-use futures::StreamExt;
-use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio_stream::wrappers::ReceiverStream;
 use tracing::Instrument;
 
 use crate::directory::{Caller, Directory};
-use crate::error::{GatewayError, rate_limit_headers};
+use crate::error::GatewayError;
 use crate::metrics::Metrics;
-use crate::quota::{Budget, Permit, Quotas};
+use crate::quota::Quotas;
 use crate::route::{Workers, rank};
+
+mod answer;
+mod sessions;
+
+use answer::{Outcome, stream_answer, whole_answer};
+use sessions::{create_session, delete_session, list_sessions, session_messages};
 
 pub const TENANT_HEADER: &str = "x-tenant-id";
 pub const USER_HEADER: &str = "x-user-id";
@@ -581,14 +582,6 @@ async fn chat_completions(
     .await
 }
 
-fn answer_headers(headers: &mut HeaderMap, request_id: &str, budget: Budget) {
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        headers.insert(REQUEST_ID_HEADER, v);
-    }
-    let reset_s = u64::try_from((budget.resets_at_ms - crate::now_ms()).max(0) / 1000).unwrap_or(0);
-    rate_limit_headers(headers, budget.limit, budget.remaining, reset_s, None);
-}
-
 async fn admit_and_generate(
     state: &Arc<AppState>,
     mut p: Prepared,
@@ -648,342 +641,4 @@ async fn admit_and_generate(
     } else {
         Ok(whole_answer(outcome, permit, stream, completion, &p.request.request_id).await)
     }
-}
-
-/// What is left to do once the worker has answered.
-struct Outcome {
-    state: Arc<AppState>,
-    tenant_id: String,
-    session_id: String,
-    user_id: String,
-    new_turns: Vec<cp::Turn>,
-    started: Instant,
-}
-
-impl Outcome {
-    /// Step 7: the usage settles the reservation; the turns join the session.
-    async fn settle(&mut self, permit: Permit, finished: &pb::Finished, text: &str) {
-        let usage = finished.usage.unwrap_or_default();
-        permit.settle(u64::from(usage.prompt_tokens) + u64::from(usage.completion_tokens));
-        self.state.metrics.observe_tokens(
-            &self.tenant_id,
-            usage.prompt_tokens,
-            usage.completion_tokens,
-        );
-        if self.session_id.is_empty() {
-            return;
-        }
-        let mut turns = std::mem::take(&mut self.new_turns);
-        turns.push(cp::Turn {
-            role: "assistant".into(),
-            content: text.to_owned(),
-            ..Default::default()
-        });
-        let msg = cp::AppendTurnsRequest {
-            tenant_id: self.tenant_id.clone(),
-            session_id: self.session_id.clone(),
-            user_id: self.user_id.clone(),
-            turns,
-        };
-        if let Err(e) = self.state.turns.append(msg).await {
-            tracing::warn!(error = %e, "the answer could not be saved to the session");
-        }
-    }
-
-    fn observe(&self, status: u16) {
-        self.state.metrics.observe_request(
-            &self.tenant_id,
-            status,
-            self.started.elapsed().as_secs_f64(),
-        );
-    }
-}
-
-fn usage_json(f: &pb::Finished) -> serde_json::Value {
-    let u = f.usage.unwrap_or_default();
-    openai::usage(u.prompt_tokens, u.completion_tokens, u.cached_tokens)
-}
-
-fn worker_broke(detail: &str) -> GatewayError {
-    GatewayError::Upstream(format!(
-        "the worker failed while generating ({detail}); nothing was billed, retry the request"
-    ))
-}
-
-/// Reads a worker's stream to its end (the trailers that follow `Finished`)
-/// off the request path (the streaming path reads it inline in its own task). Dropped earlier, the stream is reset, the trailers
-/// then arrive for a stream the connection has forgotten, and after 1024 of
-/// those h2 closes the connection to the worker (ENHANCE_YOUR_CALM), failing
-/// every request in flight on it.
-fn drain(mut stream: tonic::Streaming<pb::GenerateResponse>) {
-    tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
-}
-
-async fn whole_answer(
-    mut outcome: Outcome,
-    permit: Permit,
-    mut stream: tonic::Streaming<pb::GenerateResponse>,
-    completion: openai::Completion,
-    request_id: &str,
-) -> Response {
-    let mut text = String::new();
-    let error = loop {
-        match stream.next().await {
-            Some(Ok(pb::GenerateResponse {
-                kind: Some(pb::generate_response::Kind::Delta(d)),
-            })) => {
-                text.push_str(&d.text);
-            }
-            Some(Ok(pb::GenerateResponse {
-                kind: Some(pb::generate_response::Kind::Finished(f)),
-            })) => {
-                let budget = permit.budget();
-                outcome.settle(permit, &f, &text).await;
-                let mut response =
-                    axum::Json(completion.message(&text, &f.finish_reason, usage_json(&f)))
-                        .into_response();
-                answer_headers(response.headers_mut(), request_id, budget);
-                outcome.observe(200);
-                drain(stream);
-                return response;
-            }
-            Some(Ok(_)) => {}
-            Some(Err(status)) => break GatewayError::from_worker(&status),
-            None => break worker_broke("the stream ended without a result"),
-        }
-    };
-    // The permit is dropped unsettled: its reservation counts as spent.
-    drop(permit);
-    outcome.observe(error.status().as_u16());
-    error.into_response()
-}
-
-fn stream_answer(
-    mut outcome: Outcome,
-    permit: Permit,
-    mut stream: tonic::Streaming<pb::GenerateResponse>,
-    completion: openai::Completion,
-    include_usage: bool,
-    request_id: &str,
-) -> Response {
-    let budget = permit.budget();
-    let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(64);
-    let span = tracing::Span::current();
-    tokio::spawn(
-        async move {
-            let send = |event: SseEvent| {
-                let tx = tx.clone();
-                async move { tx.send(event).await.is_ok() }
-            };
-            let json = |value: serde_json::Value| SseEvent::default().data(value.to_string());
-            if !send(json(completion.role_chunk())).await {
-                return;
-            }
-            let mut text = String::new();
-            let mut permit = Some(permit);
-            loop {
-                match stream.next().await {
-                    Some(Ok(pb::GenerateResponse {
-                        kind: Some(pb::generate_response::Kind::Delta(d)),
-                    })) => {
-                        text.push_str(&d.text);
-                        if !send(json(completion.text_chunk(&d.text))).await {
-                            // The client went away: dropping the stream
-                            // cancels the request on the worker.
-                            outcome.observe(499);
-                            return;
-                        }
-                    }
-                    Some(Ok(pb::GenerateResponse {
-                        kind: Some(pb::generate_response::Kind::Finished(f)),
-                    })) => {
-                        if let Some(permit) = permit.take() {
-                            outcome.settle(permit, &f, &text).await;
-                        }
-                        for chunk in
-                            completion.final_chunks(&f.finish_reason, usage_json(&f), include_usage)
-                        {
-                            send(json(chunk)).await;
-                        }
-                        send(SseEvent::default().data("[DONE]")).await;
-                        outcome.observe(200);
-                        while let Some(Ok(_)) = stream.next().await {}
-                        return;
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(status)) => {
-                        let e = GatewayError::from_worker(&status);
-                        let e = if matches!(e, GatewayError::Unavailable(_)) {
-                            worker_broke(status.message())
-                        } else {
-                            e
-                        };
-                        tracing::warn!(error = %e, "stream broke");
-                        send(json(e.body())).await;
-                        outcome.observe(e.status().as_u16());
-                        return;
-                    }
-                    None => {
-                        let e = worker_broke("the stream ended without a result");
-                        send(json(e.body())).await;
-                        outcome.observe(e.status().as_u16());
-                        return;
-                    }
-                }
-            }
-        }
-        .instrument(span),
-    );
-    let body = ReceiverStream::new(rx).map(Ok::<_, Infallible>);
-    let mut response = Sse::new(body)
-        .keep_alive(KeepAlive::default())
-        .into_response();
-    answer_headers(response.headers_mut(), request_id, budget);
-    response
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct NewSession {
-    #[serde(default, alias = "session_id")]
-    id: Option<String>,
-    #[serde(default)]
-    title: Option<String>,
-}
-
-fn session_json(s: &cp::Session) -> serde_json::Value {
-    json!({
-        "id": s.session_id,
-        "object": "session",
-        "title": s.title,
-        "user": s.user_id,
-        "created_at": s.created_at_ms / 1000,
-        "updated_at": s.updated_at_ms / 1000,
-        "turns": s.turns,
-    })
-}
-
-/// Sends a control-plane call made for the caller, with the request path's
-/// deadline.
-async fn for_caller<M, T, F, Fut>(
-    state: &AppState,
-    message: M,
-    method: F,
-) -> Result<T, GatewayError>
-where
-    M: Clone,
-    F: Fn(
-        cp::control_plane_client::ControlPlaneClient<tonic::transport::Channel>,
-        tonic::Request<M>,
-    ) -> Fut,
-    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-{
-    state
-        .client
-        .send_for(CONTROL_PLANE_DEADLINE, message, method)
-        .await
-        .map_err(|s| GatewayError::from_control_plane(&s))
-}
-
-async fn create_session(
-    State(state): S,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let result = async {
-        let caller = authenticate(&state, &headers)?;
-        let body = body_or_error(body, state.max_body_bytes)?;
-        let new: NewSession = if body.iter().all(u8::is_ascii_whitespace) {
-            NewSession::default()
-        } else {
-            serde_json::from_slice(&body).map_err(|e| {
-                GatewayError::bad_request(
-                    format!("the request body is not a valid session: {e}"),
-                    None,
-                )
-            })?
-        };
-        if let Some(id) = &new.id {
-            session_id(id)?;
-        }
-        let user = user_id(&headers, None)?;
-        let msg = cp::CreateSessionRequest {
-            tenant_id: caller.tenant.id.clone(),
-            session_id: new.id.unwrap_or_default(),
-            title: new.title.unwrap_or_default(),
-            user_id: user.map(|u| u.to_string()).unwrap_or_default(),
-        };
-        let session = for_caller(&state, msg, |mut c, req| async move {
-            c.create_session(req).await
-        })
-        .await?;
-        Ok::<_, GatewayError>(
-            (StatusCode::CREATED, axum::Json(session_json(&session))).into_response(),
-        )
-    };
-    result.await.unwrap_or_else(IntoResponse::into_response)
-}
-
-async fn list_sessions(State(state): S, headers: HeaderMap) -> Response {
-    let result = async {
-        let caller = authenticate(&state, &headers)?;
-        let msg = cp::TenantRef {
-            id: caller.tenant.id.clone(),
-        };
-        let list = for_caller(&state, msg, |mut c, req| async move {
-            c.list_sessions(req).await
-        })
-        .await?;
-        let data: Vec<_> = list.sessions.iter().map(session_json).collect();
-        Ok::<_, GatewayError>(axum::Json(json!({"object": "list", "data": data})).into_response())
-    };
-    result.await.unwrap_or_else(IntoResponse::into_response)
-}
-
-async fn session_messages(State(state): S, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let result = async {
-        let caller = authenticate(&state, &headers)?;
-        session_id(&id)?;
-        let msg = cp::GetTurnsRequest {
-            tenant_id: caller.tenant.id.clone(),
-            session_id: id.clone(),
-            last: 0,
-        };
-        let turns = for_caller(
-            &state,
-            msg,
-            |mut c, req| async move { c.get_turns(req).await },
-        )
-        .await
-        .map_err(|e| not_found_as_session(e, &id))?;
-        let data: Vec<_> = turns
-            .turns
-            .iter()
-            .map(|t| json!({"role": t.role, "content": t.content, "created_at": t.at_ms / 1000}))
-            .collect();
-        Ok::<_, GatewayError>(
-            axum::Json(json!({"object": "list", "session_id": id, "data": data})).into_response(),
-        )
-    };
-    result.await.unwrap_or_else(IntoResponse::into_response)
-}
-
-async fn delete_session(State(state): S, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let result = async {
-        let caller = authenticate(&state, &headers)?;
-        session_id(&id)?;
-        let msg = cp::SessionRef {
-            tenant_id: caller.tenant.id.clone(),
-            session_id: id.clone(),
-        };
-        for_caller(&state, msg, |mut c, req| async move {
-            c.delete_session(req).await
-        })
-        .await
-        .map_err(|e| not_found_as_session(e, &id))?;
-        Ok::<_, GatewayError>(
-            axum::Json(json!({"id": id, "object": "session.deleted", "deleted": true}))
-                .into_response(),
-        )
-    };
-    result.await.unwrap_or_else(IntoResponse::into_response)
 }

@@ -1,0 +1,221 @@
+//! Step 7 of a chat request (DESIGN.md section 3): the worker's stream read
+//! to its end, answered whole or as server-sent events, the reservation
+//! settled with the exact usage, the turns appended to the session, and a
+//! broken stream turned into a clean error with nothing billed.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use bulkhead_proto::control as cp;
+use bulkhead_proto::openai;
+use bulkhead_proto::worker as pb;
+use futures::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::Instrument;
+
+use super::{AppState, REQUEST_ID_HEADER};
+use crate::error::{GatewayError, rate_limit_headers};
+use crate::quota::{Budget, Permit};
+
+fn answer_headers(headers: &mut HeaderMap, request_id: &str, budget: Budget) {
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert(REQUEST_ID_HEADER, v);
+    }
+    let reset_s = u64::try_from((budget.resets_at_ms - crate::now_ms()).max(0) / 1000).unwrap_or(0);
+    rate_limit_headers(headers, budget.limit, budget.remaining, reset_s, None);
+}
+/// What is left to do once the worker has answered.
+pub(super) struct Outcome {
+    pub(super) state: Arc<AppState>,
+    pub(super) tenant_id: String,
+    pub(super) session_id: String,
+    pub(super) user_id: String,
+    pub(super) new_turns: Vec<cp::Turn>,
+    pub(super) started: Instant,
+}
+
+impl Outcome {
+    /// Step 7: the usage settles the reservation; the turns join the session.
+    async fn settle(&mut self, permit: Permit, finished: &pb::Finished, text: &str) {
+        let usage = finished.usage.unwrap_or_default();
+        permit.settle(u64::from(usage.prompt_tokens) + u64::from(usage.completion_tokens));
+        self.state.metrics.observe_tokens(
+            &self.tenant_id,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+        );
+        if self.session_id.is_empty() {
+            return;
+        }
+        let mut turns = std::mem::take(&mut self.new_turns);
+        turns.push(cp::Turn {
+            role: "assistant".into(),
+            content: text.to_owned(),
+            ..Default::default()
+        });
+        let msg = cp::AppendTurnsRequest {
+            tenant_id: self.tenant_id.clone(),
+            session_id: self.session_id.clone(),
+            user_id: self.user_id.clone(),
+            turns,
+        };
+        if let Err(e) = self.state.turns.append(msg).await {
+            tracing::warn!(error = %e, "the answer could not be saved to the session");
+        }
+    }
+
+    fn observe(&self, status: u16) {
+        self.state.metrics.observe_request(
+            &self.tenant_id,
+            status,
+            self.started.elapsed().as_secs_f64(),
+        );
+    }
+}
+
+fn usage_json(f: &pb::Finished) -> serde_json::Value {
+    let u = f.usage.unwrap_or_default();
+    openai::usage(u.prompt_tokens, u.completion_tokens, u.cached_tokens)
+}
+
+fn worker_broke(detail: &str) -> GatewayError {
+    GatewayError::Upstream(format!(
+        "the worker failed while generating ({detail}); nothing was billed, retry the request"
+    ))
+}
+
+/// Reads a worker's stream to its end (the trailers that follow `Finished`)
+/// off the request path (the streaming path reads it inline in its own task). Dropped earlier, the stream is reset, the trailers
+/// then arrive for a stream the connection has forgotten, and after 1024 of
+/// those h2 closes the connection to the worker (ENHANCE_YOUR_CALM), failing
+/// every request in flight on it.
+fn drain(mut stream: tonic::Streaming<pb::GenerateResponse>) {
+    tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+}
+
+pub(super) async fn whole_answer(
+    mut outcome: Outcome,
+    permit: Permit,
+    mut stream: tonic::Streaming<pb::GenerateResponse>,
+    completion: openai::Completion,
+    request_id: &str,
+) -> Response {
+    let mut text = String::new();
+    let error = loop {
+        match stream.next().await {
+            Some(Ok(pb::GenerateResponse {
+                kind: Some(pb::generate_response::Kind::Delta(d)),
+            })) => {
+                text.push_str(&d.text);
+            }
+            Some(Ok(pb::GenerateResponse {
+                kind: Some(pb::generate_response::Kind::Finished(f)),
+            })) => {
+                let budget = permit.budget();
+                outcome.settle(permit, &f, &text).await;
+                let mut response =
+                    axum::Json(completion.message(&text, &f.finish_reason, usage_json(&f)))
+                        .into_response();
+                answer_headers(response.headers_mut(), request_id, budget);
+                outcome.observe(200);
+                drain(stream);
+                return response;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(status)) => break GatewayError::from_worker(&status),
+            None => break worker_broke("the stream ended without a result"),
+        }
+    };
+    // The permit is dropped unsettled: its reservation counts as spent.
+    drop(permit);
+    outcome.observe(error.status().as_u16());
+    error.into_response()
+}
+
+pub(super) fn stream_answer(
+    mut outcome: Outcome,
+    permit: Permit,
+    mut stream: tonic::Streaming<pb::GenerateResponse>,
+    completion: openai::Completion,
+    include_usage: bool,
+    request_id: &str,
+) -> Response {
+    let budget = permit.budget();
+    let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(64);
+    let span = tracing::Span::current();
+    tokio::spawn(
+        async move {
+            let send = |event: SseEvent| {
+                let tx = tx.clone();
+                async move { tx.send(event).await.is_ok() }
+            };
+            let json = |value: serde_json::Value| SseEvent::default().data(value.to_string());
+            if !send(json(completion.role_chunk())).await {
+                return;
+            }
+            let mut text = String::new();
+            let mut permit = Some(permit);
+            loop {
+                match stream.next().await {
+                    Some(Ok(pb::GenerateResponse {
+                        kind: Some(pb::generate_response::Kind::Delta(d)),
+                    })) => {
+                        text.push_str(&d.text);
+                        if !send(json(completion.text_chunk(&d.text))).await {
+                            // The client went away: dropping the stream
+                            // cancels the request on the worker.
+                            outcome.observe(499);
+                            return;
+                        }
+                    }
+                    Some(Ok(pb::GenerateResponse {
+                        kind: Some(pb::generate_response::Kind::Finished(f)),
+                    })) => {
+                        if let Some(permit) = permit.take() {
+                            outcome.settle(permit, &f, &text).await;
+                        }
+                        for chunk in
+                            completion.final_chunks(&f.finish_reason, usage_json(&f), include_usage)
+                        {
+                            send(json(chunk)).await;
+                        }
+                        send(SseEvent::default().data("[DONE]")).await;
+                        outcome.observe(200);
+                        while let Some(Ok(_)) = stream.next().await {}
+                        return;
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(status)) => {
+                        let e = GatewayError::from_worker(&status);
+                        let e = if matches!(e, GatewayError::Unavailable(_)) {
+                            worker_broke(status.message())
+                        } else {
+                            e
+                        };
+                        tracing::warn!(error = %e, "stream broke");
+                        send(json(e.body())).await;
+                        outcome.observe(e.status().as_u16());
+                        return;
+                    }
+                    None => {
+                        let e = worker_broke("the stream ended without a result");
+                        send(json(e.body())).await;
+                        outcome.observe(e.status().as_u16());
+                        return;
+                    }
+                }
+            }
+        }
+        .instrument(span),
+    );
+    let body = ReceiverStream::new(rx).map(Ok::<_, Infallible>);
+    let mut response = Sse::new(body)
+        .keep_alive(KeepAlive::default())
+        .into_response();
+    answer_headers(response.headers_mut(), request_id, budget);
+    response
+}

@@ -1,0 +1,172 @@
+//! The session routes: `POST|GET /v1/sessions`, `GET
+//! /v1/sessions/{id}/messages`, `DELETE /v1/sessions/{id}`, each scoped to
+//! the caller's tenant (and user) by the control plane.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bulkhead_proto::control as cp;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{
+    AppState, CONTROL_PLANE_DEADLINE, S, authenticate, body_or_error, not_found_as_session,
+    session_id, user_id,
+};
+use crate::error::GatewayError;
+
+#[derive(Debug, Default, Deserialize)]
+struct NewSession {
+    #[serde(default, alias = "session_id")]
+    id: Option<String>,
+    #[serde(default)]
+    title: Option<String>,
+}
+
+fn session_json(s: &cp::Session) -> serde_json::Value {
+    json!({
+        "id": s.session_id,
+        "object": "session",
+        "title": s.title,
+        "user": s.user_id,
+        "created_at": s.created_at_ms / 1000,
+        "updated_at": s.updated_at_ms / 1000,
+        "turns": s.turns,
+    })
+}
+
+/// Sends a control-plane call made for the caller, with the request path's
+/// deadline.
+async fn for_caller<M, T, F, Fut>(
+    state: &AppState,
+    message: M,
+    method: F,
+) -> Result<T, GatewayError>
+where
+    M: Clone,
+    F: Fn(
+        cp::control_plane_client::ControlPlaneClient<tonic::transport::Channel>,
+        tonic::Request<M>,
+    ) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    state
+        .client
+        .send_for(CONTROL_PLANE_DEADLINE, message, method)
+        .await
+        .map_err(|s| GatewayError::from_control_plane(&s))
+}
+
+pub(super) async fn create_session(
+    State(state): S,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let caller = authenticate(&state, &headers)?;
+        let body = body_or_error(body, state.max_body_bytes)?;
+        let new: NewSession = if body.iter().all(u8::is_ascii_whitespace) {
+            NewSession::default()
+        } else {
+            serde_json::from_slice(&body).map_err(|e| {
+                GatewayError::bad_request(
+                    format!("the request body is not a valid session: {e}"),
+                    None,
+                )
+            })?
+        };
+        if let Some(id) = &new.id {
+            session_id(id)?;
+        }
+        let user = user_id(&headers, None)?;
+        let msg = cp::CreateSessionRequest {
+            tenant_id: caller.tenant.id.clone(),
+            session_id: new.id.unwrap_or_default(),
+            title: new.title.unwrap_or_default(),
+            user_id: user.map(|u| u.to_string()).unwrap_or_default(),
+        };
+        let session = for_caller(&state, msg, |mut c, req| async move {
+            c.create_session(req).await
+        })
+        .await?;
+        Ok::<_, GatewayError>(
+            (StatusCode::CREATED, axum::Json(session_json(&session))).into_response(),
+        )
+    };
+    result.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+pub(super) async fn list_sessions(State(state): S, headers: HeaderMap) -> Response {
+    let result = async {
+        let caller = authenticate(&state, &headers)?;
+        let msg = cp::TenantRef {
+            id: caller.tenant.id.clone(),
+        };
+        let list = for_caller(&state, msg, |mut c, req| async move {
+            c.list_sessions(req).await
+        })
+        .await?;
+        let data: Vec<_> = list.sessions.iter().map(session_json).collect();
+        Ok::<_, GatewayError>(axum::Json(json!({"object": "list", "data": data})).into_response())
+    };
+    result.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+pub(super) async fn session_messages(
+    State(state): S,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let result = async {
+        let caller = authenticate(&state, &headers)?;
+        session_id(&id)?;
+        let msg = cp::GetTurnsRequest {
+            tenant_id: caller.tenant.id.clone(),
+            session_id: id.clone(),
+            last: 0,
+        };
+        let turns = for_caller(
+            &state,
+            msg,
+            |mut c, req| async move { c.get_turns(req).await },
+        )
+        .await
+        .map_err(|e| not_found_as_session(e, &id))?;
+        let data: Vec<_> = turns
+            .turns
+            .iter()
+            .map(|t| json!({"role": t.role, "content": t.content, "created_at": t.at_ms / 1000}))
+            .collect();
+        Ok::<_, GatewayError>(
+            axum::Json(json!({"object": "list", "session_id": id, "data": data})).into_response(),
+        )
+    };
+    result.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+pub(super) async fn delete_session(
+    State(state): S,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let result = async {
+        let caller = authenticate(&state, &headers)?;
+        session_id(&id)?;
+        let msg = cp::SessionRef {
+            tenant_id: caller.tenant.id.clone(),
+            session_id: id.clone(),
+        };
+        for_caller(&state, msg, |mut c, req| async move {
+            c.delete_session(req).await
+        })
+        .await
+        .map_err(|e| not_found_as_session(e, &id))?;
+        Ok::<_, GatewayError>(
+            axum::Json(json!({"id": id, "object": "session.deleted", "deleted": true}))
+                .into_response(),
+        )
+    };
+    result.await.unwrap_or_else(IntoResponse::into_response)
+}
