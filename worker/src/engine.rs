@@ -9,7 +9,6 @@
 //! whose receiver is gone is cancelled at the next step.
 
 use std::collections::{HashMap, VecDeque};
-use std::num::NonZeroU32;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -18,8 +17,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bulkhead_proto::worker as pb;
 use bulkhead_proto::{SessionId, TenantId, WorkerId};
 use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::context::params::LlamaContextParams;
-use llama_cpp_2::context::session::LlamaStateSeqFlags;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
@@ -27,110 +24,19 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::catalog::{Adapters, Catalog, CatalogModel, Prepared, saturating_u32};
 use crate::error::WorkerError;
-use crate::metrics::{KvLabels, Metrics, RequestLabels, TenantLabel};
+use crate::metrics::{Metrics, RequestLabels, TenantLabel};
 use crate::request::{Event, FinishReason, Finished, GenerateParams, Usage};
-use crate::scheduler::{pick_next, split_prefill};
-use crate::slots::{HostCache, Owner, Placement, SlotTable, common_prefix};
+use crate::scheduler::split_prefill;
+use crate::slots::{HostCache, Owner, SlotTable};
 use crate::text::TextStream;
 
-#[derive(Debug, Clone)]
-pub struct EngineConfig {
-    /// Device KV slots (llama.cpp sequences) per model variant.
-    pub slots: u32,
-    /// Most tokens (prompt plus completion) of one request.
-    pub context_window: u32,
-    /// Most tokens decoded in one step.
-    pub batch: u32,
-    /// Most prompt tokens prefilled in one step, over all prompts.
-    pub prefill_chunk: u32,
-    pub threads: i32,
-    /// Budget of host memory for sessions evicted from the device.
-    pub host_cache_bytes: u64,
-    /// How much lower than the rest of the process the decode threads run
-    /// (a nice increment, Linux): see [`lower_priority`].
-    pub decode_nice: i32,
-}
+mod config;
+mod placement;
+mod snapshot;
 
-impl Default for EngineConfig {
-    fn default() -> Self {
-        Self {
-            slots: 8,
-            context_window: 4096,
-            batch: 512,
-            prefill_chunk: 256,
-            threads: std::thread::available_parallelism()
-                .map_or(2, |n| i32::try_from(n.get()).unwrap_or(2)),
-            host_cache_bytes: 1 << 30,
-            decode_nice: 10,
-        }
-    }
-}
-
-impl EngineConfig {
-    /// The llama.cpp context parameters for one variant: one KV stream per
-    /// slot, each `context_window` tokens, so no tenant's requests can take
-    /// cache room from another slot. (The benchmark's raw loop uses
-    /// llama.cpp's own defaults instead.)
-    pub fn context_params(&self) -> LlamaContextParams {
-        LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(self.slots * self.context_window))
-            .with_n_seq_max(self.slots)
-            .with_n_batch(self.batch)
-            .with_n_ubatch(self.batch)
-            .with_n_threads(self.threads)
-            .with_n_threads_batch(self.threads)
-            .with_kv_unified(false)
-    }
-}
-
-/// Lowers the calling thread's CPU priority by `nice`. llama.cpp's OpenMP
-/// threads spin for a while after each step (libgomp's default: fast steps,
-/// no sleep and wake between them), and on a machine whose cores the async
-/// runtime shares, that spinning would delay the threads that stream tokens
-/// and serve the gateway. Linux keeps a nice value per thread and new threads
-/// inherit it: the OpenMP team this thread starts at its first decode runs
-/// at the same lower priority, so a runtime thread with work gets the core
-/// at once, and when it has none the decode threads keep full speed.
-fn lower_priority(nice: i32) {
-    if nice == 0 {
-        return;
-    }
-    #[cfg(target_os = "linux")]
-    {
-        let tid = rustix::thread::gettid();
-        let now = rustix::process::getpriority_process(Some(tid)).unwrap_or(0);
-        match rustix::process::setpriority_process(Some(tid), now.saturating_add(nice)) {
-            Ok(()) => tracing::debug!(nice = now.saturating_add(nice), "decode threads lowered"),
-            Err(e) => tracing::warn!(error = %e, "could not lower the decode threads' priority"),
-        }
-    }
-}
-
-/// What the engine shows of itself, refreshed every step.
-#[derive(Debug, Clone, Default)]
-pub struct Snapshot {
-    pub active_requests: u32,
-    pub queued_requests: u32,
-    pub device_slots_used: u32,
-    pub device_slots_total: u32,
-    pub host_slots: u32,
-    pub host_bytes: u64,
-    pub generated_tokens_total: u64,
-    pub decode_tokens_per_second: f64,
-    /// tenant -> (device bytes, host bytes, device slots, host slots)
-    pub tenants: HashMap<TenantId, TenantKv>,
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TenantKv {
-    pub device_bytes: u64,
-    pub host_bytes: u64,
-    pub device_slots: u32,
-    pub host_slots: u32,
-    /// Requests of the tenant generating now, and the most ever at once.
-    pub active_requests: u32,
-    pub peak_active_requests: u32,
-}
+pub use config::EngineConfig;
+use config::lower_priority;
+pub use snapshot::{Snapshot, TenantKv};
 
 struct Submission {
     prepared: Prepared,
@@ -328,8 +234,6 @@ struct EngineLoop<'m> {
     generating: HashMap<TenantId, (u32, u32)>,
 }
 
-const RATE_WINDOW: Duration = Duration::from_secs(2);
-
 impl<'m> EngineLoop<'m> {
     fn run(&mut self, rx: &mpsc::Receiver<Submission>) {
         let mut open = true;
@@ -433,230 +337,6 @@ impl<'m> EngineLoop<'m> {
                 }
             }
         }
-    }
-
-    /// Gives free slots to waiting requests, fairest first.
-    fn admit(&mut self) {
-        let mut skipped = Vec::new();
-        loop {
-            let mut active: HashMap<&TenantId, usize> = HashMap::new();
-            for v in &self.variants {
-                for a in &v.active {
-                    *active.entry(&a.prepared.params.tenant).or_default() += 1;
-                }
-            }
-            let candidates: Vec<(&TenantId, u64)> = self
-                .waiting
-                .iter()
-                .filter(|(_, arrival)| !skipped.contains(arrival))
-                .map(|(s, arrival)| (&s.prepared.params.tenant, *arrival))
-                .collect();
-            let Some(pick) = pick_next(&candidates, &active) else {
-                break;
-            };
-            let arrival = candidates[pick].1;
-            let Some(pos) = self.waiting.iter().position(|(_, a)| *a == arrival) else {
-                break;
-            };
-            match self.try_place(pos) {
-                Ok(true) => {}
-                Ok(false) => skipped.push(arrival),
-                Err(err) => {
-                    if let Some((s, _)) = self.waiting.remove(pos) {
-                        let p = &s.prepared.params;
-                        tracing::error!(
-                            tenant = %p.tenant,
-                            user = p.user.as_ref().map_or("", |u| u.as_str()),
-                            request_id = %p.request_id,
-                            session = p.session.as_ref().map_or("", |s| s.as_str()),
-                            error = %err,
-                            "request failed before start"
-                        );
-                        let _ = s.events.send(Event::Failed(err));
-                    }
-                }
-            }
-        }
-    }
-
-    /// Binds waiting request `pos` to a slot of its variant. Ok(false): every
-    /// slot is busy; it stays waiting.
-    fn try_place(&mut self, pos: usize) -> Result<bool, WorkerError> {
-        let key = VariantKey::of(&self.waiting[pos].0.prepared);
-        let v = self.variant_index(key)?;
-        let (tenant, session) = {
-            let p = &self.waiting[pos].0.prepared.params;
-            (p.tenant.clone(), p.session.clone())
-        };
-        let Some(placement) = self.variants[v].table.place(&tenant, session.as_ref()) else {
-            return Ok(false);
-        };
-        let Some((submission, _)) = self.waiting.remove(pos) else {
-            return Ok(false);
-        };
-        let slot = match placement {
-            Placement::Resident(slot) => slot,
-            Placement::Fresh { slot, evict } => {
-                if evict {
-                    self.evict(v, slot);
-                }
-                self.fill(
-                    v,
-                    slot,
-                    &tenant,
-                    session.as_ref(),
-                    &submission.prepared.prompt,
-                )?;
-                slot
-            }
-        };
-        let variant = &mut self.variants[v];
-        let prompt = &submission.prepared.prompt;
-        let held = &mut variant.table.slots[slot].tokens;
-        // At least the last prompt token is decoded again: its logits start the answer.
-        let cached = common_prefix(held, prompt).min(prompt.len().saturating_sub(1));
-        let keep = u32::try_from(cached).unwrap_or(u32::MAX);
-        variant
-            .ctx
-            .kv_cache_seq_rm(slot_id(slot), Some(keep), None)
-            .map_err(|e| WorkerError::Engine(format!("trimming slot: {e}")))?;
-        held.truncate(cached);
-        let s = &mut variant.table.slots[slot];
-        s.busy = true;
-        s.owner = Some(Owner {
-            tenant: tenant.clone(),
-            session,
-        });
-        let sampling = &submission.prepared.params.sampling;
-        let sampler = if sampling.temperature <= 0.0 {
-            LlamaSampler::greedy()
-        } else {
-            LlamaSampler::chain_simple([
-                LlamaSampler::top_p(sampling.top_p, 1),
-                LlamaSampler::temp(sampling.temperature),
-                LlamaSampler::dist(sampling.seed),
-            ])
-        };
-        let p = &submission.prepared.params;
-        tracing::debug!(
-            tenant = %tenant,
-            user = p.user.as_ref().map_or("", |u| u.as_str()),
-            request_id = %p.request_id,
-            session = p.session.as_ref().map_or("", |s| s.as_str()),
-            slot,
-            cached,
-            prompt = prompt.len(),
-            "request admitted"
-        );
-        let (now, peak) = self.generating.entry(tenant.clone()).or_default();
-        *now += 1;
-        *peak = (*peak).max(*now);
-        variant.active.push(Active {
-            slot,
-            text: TextStream::new(submission.prepared.params.stop.clone()),
-            prepared: submission.prepared,
-            events: submission.events,
-            sampler,
-            prefilled: cached,
-            cached,
-            next: None,
-            logits_at: None,
-            generated: 0,
-            received: submission.received,
-            first_token: None,
-        });
-        Ok(true)
-    }
-
-    /// Moves an idle slot's owner out: a session's state goes to host memory
-    /// (within budget), a one-off leftover is dropped.
-    fn evict(&mut self, v: usize, slot: usize) {
-        let variant = &mut self.variants[v];
-        let s = &mut variant.table.slots[slot];
-        if let Some(Owner {
-            tenant,
-            session: Some(session),
-        }) = s.owner.take()
-        {
-            match variant
-                .ctx
-                .state_seq_get(slot_id(slot), LlamaStateSeqFlags::empty())
-            {
-                Ok(state) => {
-                    let bytes = state.byte_len() as u64;
-                    let tokens = std::mem::take(&mut s.tokens);
-                    if self.host.insert(
-                        (variant.key, tenant.clone(), session),
-                        state,
-                        tokens,
-                        bytes,
-                    ) {
-                        self.metrics.slot_evictions.inc();
-                        tracing::debug!(tenant = %tenant, slot, bytes, "slot moved to host memory");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(tenant = %tenant, error = %e, "saving slot state failed; it will be recomputed")
-                }
-            }
-        }
-        s.tokens.clear();
-        let _ = variant
-            .ctx
-            .clear_kv_cache_seq(Some(slot as u32), None, None);
-    }
-
-    /// Fills an empty slot for a request: the session's state from host
-    /// memory if parked there, else the longest prefix held by another idle
-    /// slot of the same tenant.
-    fn fill(
-        &mut self,
-        v: usize,
-        slot: usize,
-        tenant: &TenantId,
-        session: Option<&SessionId>,
-        prompt: &[LlamaToken],
-    ) -> Result<(), WorkerError> {
-        let variant = &mut self.variants[v];
-        variant.table.slots[slot].owner = None;
-        variant.table.slots[slot].tokens.clear();
-        let _ = variant
-            .ctx
-            .clear_kv_cache_seq(Some(slot as u32), None, None);
-        if let Some(session) = session
-            && let Some(entry) = self
-                .host
-                .remove(&(variant.key, tenant.clone(), session.clone()))
-        {
-            match variant.ctx.state_seq_set(&entry.state, slot_id(slot)) {
-                Ok(()) => {
-                    variant.table.slots[slot].tokens = entry.tokens;
-                    self.metrics.slot_restores.inc();
-                    tracing::debug!(tenant = %tenant, slot, "slot restored from host memory");
-                    return Ok(());
-                }
-                Err(e) => {
-                    tracing::warn!(tenant = %tenant, error = %e, "restoring slot failed; recomputing");
-                    let _ = variant
-                        .ctx
-                        .clear_kv_cache_seq(Some(slot as u32), None, None);
-                }
-            }
-        }
-        if let Some((donor, shared)) = variant.table.best_donor(tenant, prompt, slot) {
-            let state = variant
-                .ctx
-                .state_seq_get(slot_id(donor), LlamaStateSeqFlags::empty())
-                .map_err(|e| WorkerError::Engine(format!("reading donor slot: {e}")))?;
-            variant
-                .ctx
-                .state_seq_set(&state, slot_id(slot))
-                .map_err(|e| WorkerError::Engine(format!("copying donor slot: {e}")))?;
-            let tokens = variant.table.slots[donor].tokens[..shared].to_vec();
-            variant.table.slots[slot].tokens = tokens;
-            tracing::debug!(tenant = %tenant, slot, donor, shared, "prefix copied from the same tenant");
-        }
-        Ok(())
     }
 
     /// One decode step of variant `v`; returns the tokens generated.
@@ -838,94 +518,6 @@ impl<'m> EngineLoop<'m> {
             .ctx
             .clear_kv_cache_seq(Some(a.slot as u32), None, None);
         let _ = a.events.send(Event::Failed(err));
-    }
-
-    fn count_generated(&mut self, generated: u32) {
-        let now = Instant::now();
-        self.generated_total += u64::from(generated);
-        if generated > 0 {
-            self.recent.push_back((now, generated));
-        }
-        while self
-            .recent
-            .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW)
-        {
-            self.recent.pop_front();
-        }
-    }
-
-    fn publish_snapshot(&mut self) {
-        let mut snap = Snapshot {
-            queued_requests: saturating_u32(self.waiting.len()),
-            host_slots: saturating_u32(self.host.len()),
-            host_bytes: self.host.used_bytes(),
-            generated_tokens_total: self.generated_total,
-            ..Snapshot::default()
-        };
-        let tokens: u32 = self.recent.iter().map(|(_, n)| n).sum();
-        if let Some((first, _)) = self.recent.front() {
-            let span = Instant::now()
-                .duration_since(*first)
-                .max(Duration::from_millis(250));
-            snap.decode_tokens_per_second = f64::from(tokens) / span.as_secs_f64();
-        }
-        for v in &self.variants {
-            snap.active_requests += saturating_u32(v.active.len());
-            snap.device_slots_total += saturating_u32(v.table.slots.len());
-            for s in &v.table.slots {
-                if let Some(owner) = &s.owner {
-                    snap.device_slots_used += 1;
-                    let t = snap.tenants.entry(owner.tenant.clone()).or_default();
-                    t.device_slots += 1;
-                    t.device_bytes += s.tokens.len() as u64 * v.model.kv_bytes_per_token;
-                }
-            }
-        }
-        for ((_, tenant, _), entry) in self.host.iter() {
-            let t = snap.tenants.entry(tenant.clone()).or_default();
-            t.host_slots += 1;
-            t.host_bytes += entry.bytes;
-        }
-        for (tenant, &(now, peak)) in &self.generating {
-            let t = snap.tenants.entry(tenant.clone()).or_default();
-            t.active_requests = now;
-            t.peak_active_requests = peak;
-        }
-        let m = &self.metrics;
-        m.active_requests.set(i64::from(snap.active_requests));
-        m.queued_requests.set(i64::from(snap.queued_requests));
-        m.device_slots_used.set(i64::from(snap.device_slots_used));
-        m.device_slots_total.set(i64::from(snap.device_slots_total));
-        m.host_slots.set(i64::from(snap.host_slots));
-        m.decode_tokens_per_second
-            .set(snap.decode_tokens_per_second);
-        m.kv_bytes.clear();
-        for (tenant, kv) in &snap.tenants {
-            for (tier, bytes) in [("device", kv.device_bytes), ("host", kv.host_bytes)] {
-                let labels = KvLabels {
-                    tenant: tenant.to_string(),
-                    tier: tier.to_owned(),
-                };
-                m.kv_bytes
-                    .get_or_create(&labels)
-                    .set(i64::try_from(bytes).unwrap_or(i64::MAX));
-            }
-        }
-        for (tenant, &(now, peak)) in &self.generating {
-            let label = TenantLabel {
-                tenant: tenant.to_string(),
-            };
-            m.tenant_active_requests
-                .get_or_create(&label)
-                .set(i64::from(now));
-            m.tenant_peak_active_requests
-                .get_or_create(&label)
-                .set(i64::from(peak));
-        }
-        if let Ok(mut shared) = self.snapshot.lock() {
-            *shared = snap;
-        }
     }
 }
 
