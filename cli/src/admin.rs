@@ -1,7 +1,7 @@
-//! Admin commands: `cluster`, `tenant`, `key`, `usage`, `plan`. Each talks to
+//! Admin commands: `cluster`, `tenant`, `key`, `plan`. Each talks to
 //! the control plane through the leader-following client with the admin token
 //! (the business records have their own files: `apply`, `burst`, `webhook`,
-//! `share`, `audit`).
+//! `share`, `audit`, `usage`).
 
 use std::path::PathBuf;
 
@@ -178,18 +178,6 @@ pub enum KeyCommand {
         #[arg(long)]
         tenant: String,
     },
-}
-
-#[derive(Args, Debug)]
-pub struct UsageArgs {
-    #[arg(long)]
-    tenant: String,
-    /// Days back from today.
-    #[arg(long, default_value_t = 7)]
-    days: u32,
-    /// CSV instead of a table.
-    #[arg(long)]
-    csv: bool,
 }
 
 pub(crate) fn ms_to_text(ms: i64) -> String {
@@ -594,81 +582,6 @@ pub async fn key(connect: Connect, command: KeyCommand) -> anyhow::Result<()> {
                     ms_to_text(k.revoked_at_ms)
                 );
             }
-        }
-    }
-    Ok(())
-}
-
-pub async fn usage(connect: Connect, args: UsageArgs) -> anyhow::Result<()> {
-    if args.days == 0 {
-        bail!("--days must be at least 1");
-    }
-    let client = connect.client();
-    let report = client
-        .send(
-            pb::UsageRequest {
-                tenant_id: args.tenant.clone(),
-                days: args.days,
-            },
-            |mut c, req| async move { c.usage(req).await },
-        )
-        .await
-        .map_err(status)?;
-    if args.csv {
-        println!(
-            "tenant,day,prompt_tokens,completion_tokens,total_tokens,cached_tokens,requests,quota,avg_latency_ms,max_latency_ms,p95_latency_ms"
-        );
-    } else {
-        println!(
-            "{:<10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>12} {:>8} {:>8}",
-            "DAY", "PROMPT", "COMPLETION", "TOTAL", "CACHED", "REQS", "QUOTA", "AVG MS", "P95 MS"
-        );
-    }
-    for d in &report.days {
-        let avg = d.total_latency_ms.checked_div(d.requests).unwrap_or(0);
-        let total = d.prompt_tokens + d.completion_tokens;
-        if args.csv {
-            println!(
-                "{},{},{},{},{},{},{},{},{},{},{}",
-                report.tenant_id,
-                d.day,
-                d.prompt_tokens,
-                d.completion_tokens,
-                total,
-                d.cached_tokens,
-                d.requests,
-                d.quota,
-                avg,
-                d.max_latency_ms,
-                d.p95_latency_ms
-            );
-        } else {
-            println!(
-                "{:<10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>12} {:>8} {:>8}",
-                d.day,
-                d.prompt_tokens,
-                d.completion_tokens,
-                total,
-                d.cached_tokens,
-                d.requests,
-                d.quota,
-                avg,
-                d.p95_latency_ms
-            );
-        }
-    }
-    if !args.csv && !report.users.is_empty() {
-        println!();
-        println!("{:<32} {:>10} {:>8}", "USER", "TOKENS", "REQS");
-        for u in &report.users {
-            println!("{:<32} {:>10} {:>8}", u.user_id, u.tokens, u.requests);
-        }
-    }
-    if !args.csv && !report.top_prompts.is_empty() {
-        println!();
-        println!("{:>6}  TOP PROMPTS (first 80 characters)", "COUNT");
-        for p in &report.top_prompts {
-            println!("{:>6}  {}", p.count, p.text);
         }
     }
     Ok(())

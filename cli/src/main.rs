@@ -14,6 +14,7 @@ mod gateway;
 mod scripted_engine;
 mod share;
 mod up;
+mod usage;
 mod webhook;
 mod worker;
 
@@ -64,7 +65,7 @@ enum Command {
     /// A tenant's token usage per day, and per user.
     Usage {
         #[command(flatten)]
-        args: admin::UsageArgs,
+        args: usage::UsageArgs,
         #[command(flatten)]
         connect: admin::Connect,
     },
@@ -162,7 +163,7 @@ fn run() -> anyhow::Result<()> {
         Command::Cluster { command, connect } => runtime.block_on(admin::cluster(connect, command)),
         Command::Tenant { command, connect } => runtime.block_on(admin::tenant(connect, command)),
         Command::Key { command, connect } => runtime.block_on(admin::key(connect, command)),
-        Command::Usage { args, connect } => runtime.block_on(admin::usage(connect, args)),
+        Command::Usage { args, connect } => runtime.block_on(usage::usage(connect, args)),
         Command::Plan { command, connect } => runtime.block_on(admin::plan(connect, command)),
         Command::Burst { command, connect } => runtime.block_on(burst::burst(connect, command)),
         Command::Webhook { command, connect } => {
