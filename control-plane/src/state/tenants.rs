@@ -1,0 +1,189 @@
+//! Tenant changes: config files applied all or nothing, and patches that
+//! set a tenant's own limits and features over its plan's.
+
+use std::collections::BTreeSet;
+use std::io;
+
+use crate::outbox::{self, WEBHOOKS, WebhookRecord};
+use crate::plans;
+use crate::store::Tables;
+
+use super::*;
+
+/// Creates or updates the tenants of a config apply; refuses the whole apply
+/// (changing nothing) when one of them cannot be applied.
+pub(super) fn apply_tenants(t: &Tables, tenants: Vec<TenantApply>) -> io::Result<Reply> {
+    for a in &tenants {
+        let id = &a.tenant.id;
+        if t.get::<TenantRecord>(TENANTS, id)?.is_none()
+            && t.get::<serde_json::Value>(DELETED, id)?.is_some()
+        {
+            return Ok(Reply::Rejected(Rejection::NotAllowed(format!(
+                "{}: tenant `{id}` was deleted; its id is reused only by an explicit `bulkhead tenant create {id}`",
+                a.source
+            ))));
+        }
+    }
+    let mut outcomes = Vec::new();
+    for a in tenants {
+        let existing = t.get::<TenantRecord>(TENANTS, &a.tenant.id)?;
+        let mut changed: Vec<String> = match &existing {
+            Some(e) => e
+                .differences(&a.tenant)
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+            None => Vec::new(),
+        };
+        let tenant_changed = existing.is_none() || !changed.is_empty();
+        // Endpoints this file manages, matched by URL.
+        let current: Vec<WebhookRecord> = outbox::webhooks(t, &a.tenant.id)?
+            .into_iter()
+            .filter(|w| w.source == "config")
+            .collect();
+        let mut new_webhooks = Vec::new();
+        for w in &current {
+            if !a.webhooks.iter().any(|d| d.url == w.url) {
+                t.delete(WEBHOOKS, &w.webhook_id)?;
+                changed.push(format!("webhook {} removed", w.url));
+            }
+        }
+        for d in &a.webhooks {
+            match current.iter().find(|w| w.url == d.url) {
+                Some(w) if w.events == d.events && w.secret == d.secret => {}
+                Some(w) => {
+                    let mut w = w.clone();
+                    w.events = d.events.clone();
+                    w.secret = d.secret.clone();
+                    t.put(WEBHOOKS, &w.webhook_id, &w)?;
+                    changed.push(format!("webhook {}", w.url));
+                }
+                None => {
+                    t.put(WEBHOOKS, &d.webhook_id, d)?;
+                    changed.push(format!("webhook {} added", d.url));
+                    new_webhooks.push(d.clone());
+                }
+            }
+        }
+        let action = match &existing {
+            None => "created",
+            Some(_) if changed.is_empty() => "unchanged",
+            Some(_) => "updated",
+        };
+        if tenant_changed {
+            let mut record = a.tenant.clone();
+            if let Some(e) = &existing {
+                record.created_at_ms = e.created_at_ms;
+            }
+            t.delete(DELETED, &record.id)?;
+            record.version = next_version(t)?;
+            record_change(t, Change::Tenant(record.clone()))?;
+            t.put(TENANTS, &record.id, &record)?;
+        }
+        outcomes.push(ApplyOutcome {
+            tenant_id: a.tenant.id,
+            source: a.source,
+            action: action.to_owned(),
+            changed,
+            new_webhooks,
+        });
+    }
+    Ok(Reply::Applied(outcomes))
+}
+
+impl TenantPatch {
+    pub(crate) fn apply_to(&self, tenant: &mut TenantRecord) {
+        fn set<T: Clone>(field: &mut T, value: &Option<T>) {
+            if let Some(v) = value {
+                *field = v.clone();
+            }
+        }
+        set(&mut tenant.display_name, &self.display_name);
+        set(&mut tenant.plan, &self.plan);
+        set(&mut tenant.model, &self.model);
+        set(&mut tenant.adapter, &self.adapter);
+        set(&mut tenant.adapter_scale, &self.adapter_scale);
+        set(&mut tenant.system_prompt, &self.system_prompt);
+        set(&mut tenant.welcome_message, &self.welcome_message);
+        set(&mut tenant.quick_prompts, &self.quick_prompts);
+        set(&mut tenant.time_zone, &self.time_zone);
+        set(&mut tenant.knowledge_share, &self.knowledge_share);
+        // A value set here becomes the tenant's own (overridden).
+        let (l, m, f) = (&self.limits, &self.set_limits, &self.features);
+        let (limits, features, o) = (
+            &mut tenant.limits,
+            &mut tenant.features,
+            &mut tenant.overridden,
+        );
+        own(
+            o,
+            "daily_tokens",
+            &mut limits.daily_tokens,
+            m.daily_tokens.then_some(l.daily_tokens),
+        );
+        own(
+            o,
+            "max_concurrent",
+            &mut limits.max_concurrent,
+            m.max_concurrent.then_some(l.max_concurrent),
+        );
+        own(
+            o,
+            "max_request_tokens",
+            &mut limits.max_request_tokens,
+            m.max_request_tokens.then_some(l.max_request_tokens),
+        );
+        own(
+            o,
+            "context_window",
+            &mut limits.context_window,
+            m.context_window.then_some(l.context_window),
+        );
+        own(
+            o,
+            "context_turns",
+            &mut limits.context_turns,
+            m.context_turns.then_some(l.context_turns),
+        );
+        own(o, "burst", &mut features.burst, f.burst);
+        own(
+            o,
+            "burst_percent",
+            &mut features.burst_percent,
+            f.burst_percent,
+        );
+        own(
+            o,
+            "knowledge_sharing",
+            &mut features.knowledge_sharing,
+            f.knowledge_sharing,
+        );
+        own(o, "max_keys", &mut features.max_keys, f.max_keys);
+        own(
+            o,
+            "retention_days",
+            &mut features.retention_days,
+            f.retention_days,
+        );
+        // The limits and features not set for this tenant follow its plan.
+        plans::follow_plan(
+            &tenant.plan,
+            &tenant.overridden,
+            &mut tenant.limits,
+            &mut tenant.features,
+        );
+    }
+}
+
+/// Sets a tenant's own value of `name`, when one is given.
+pub(super) fn own<T>(
+    overridden: &mut BTreeSet<String>,
+    name: &str,
+    field: &mut T,
+    value: Option<T>,
+) {
+    if let Some(v) = value {
+        *field = v;
+        overridden.insert(name.to_owned());
+    }
+}

@@ -1,0 +1,344 @@
+use super::*;
+use crate::store::{StateMachine, with_tables};
+
+const DAY_MS: i64 = 86_400_000;
+// 2026-11-26T12:00:00Z
+const NOW: i64 = 1_795_694_400_000;
+
+fn open() -> (tempfile::TempDir, StateMachine) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_, sm) = crate::store::open(&dir.path().join("cp.redb")).expect("open");
+    (dir, sm)
+}
+
+fn run(sm: &StateMachine, command: Command) -> Reply {
+    with_tables(sm, |t| apply(t, command)).expect("apply")
+}
+
+fn admin(command: Command) -> Command {
+    Command::Audited {
+        actor: "admin".into(),
+        now_ms: NOW,
+        command: Box::new(command),
+    }
+}
+
+fn tenant(id: &str, plan: &str, daily: u64) -> TenantRecord {
+    let mut t = TenantRecord {
+        id: id.into(),
+        plan: plan.into(),
+        ..Default::default()
+    };
+    t.limits.daily_tokens = daily;
+    t.overridden.insert("daily_tokens".into());
+    plans::follow_plan(plan, &t.overridden.clone(), &mut t.limits, &mut t.features);
+    t
+}
+
+fn usage(id: &str, tenant: &str, tokens: u64) -> UsageRecord {
+    UsageRecord {
+        event_id: id.into(),
+        tenant_id: tenant.into(),
+        completion_tokens: tokens,
+        finished_at_ms: NOW,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_batch_of_appends_answers_each_and_the_last_turns_read_back_in_order() {
+    let (_dir, sm) = open();
+    run(
+        &sm,
+        Command::CreateTenant {
+            tenant: tenant("acme", "basic", 1_000),
+        },
+    );
+    let append = |tenant: &str, session: &str, text: &str| TurnAppend {
+        tenant_id: tenant.into(),
+        session_id: session.into(),
+        user_id: String::new(),
+        turns: vec![
+            ("user".into(), format!("{text}?")),
+            ("assistant".into(), format!("{text}!")),
+        ],
+    };
+    let reply = run(
+        &sm,
+        Command::AppendTurnsBatch {
+            appends: (0..30)
+                .map(|i| append("acme", "long", &i.to_string()))
+                .chain([append("nobody", "s", "x"), append("acme", "short", "only")])
+                .collect(),
+            now_ms: NOW,
+        },
+    );
+    let Reply::Batch(replies) = reply else {
+        panic!("{reply:?}");
+    };
+    assert_eq!(replies.len(), 32);
+    assert!(matches!(&replies[29], Reply::Session(s) if s.turns == 60));
+    assert_eq!(
+        replies[30],
+        Reply::Rejected(Rejection::UnknownTenant("nobody".into()))
+    );
+    assert!(matches!(&replies[31], Reply::Session(s) if s.turns == 2));
+    let view = sm.view().expect("view");
+    let acme = TenantId::new("acme").expect("id");
+    let scoped = crate::sessions::TenantView::new(&view, &acme);
+    let text = |turns: Vec<crate::sessions::TurnRecord>| -> Vec<String> {
+        turns.into_iter().map(|t| t.content).collect()
+    };
+    assert_eq!(
+        text(scoped.turns("long", 3).expect("turns")),
+        ["28!", "29?", "29!"]
+    );
+    assert_eq!(scoped.turns("long", 0).expect("turns").len(), 60);
+    assert_eq!(
+        text(scoped.turns("short", 10).expect("turns")),
+        ["only?", "only!"]
+    );
+    assert!(scoped.turns("missing", 4).expect("turns").is_empty());
+}
+
+#[test]
+fn turns_are_kept_for_the_tenants_retention() {
+    let (_dir, sm) = open();
+    let mut short = tenant("short", "enterprise", 1_000);
+    short.features.retention_days = 1;
+    run(&sm, Command::CreateTenant { tenant: short });
+    run(
+        &sm,
+        Command::CreateTenant {
+            tenant: tenant("long", "basic", 1_000),
+        },
+    );
+    for id in ["short", "long"] {
+        run(
+            &sm,
+            Command::AppendTurns {
+                tenant_id: id.into(),
+                session_id: "s1".into(),
+                user_id: String::new(),
+                turns: vec![("user".into(), "hello".into())],
+                now_ms: NOW - 2 * DAY_MS,
+            },
+        );
+    }
+    run(&sm, Command::PruneTurns { now_ms: NOW });
+    let view = sm.view().expect("view");
+    let turns = |id: &str| {
+        let tid = TenantId::new(id).expect("id");
+        crate::sessions::TenantView::new(&view, &tid)
+            .turns("s1", 0)
+            .expect("turns")
+            .len()
+    };
+    assert_eq!(
+        turns("short"),
+        0,
+        "1 day of retention drops a 2-day-old turn"
+    );
+    assert_eq!(turns("long"), 1, "basic keeps 30 days");
+}
+
+#[test]
+fn quota_low_and_exhausted_fire_once_a_day_and_the_audit_chain_holds() {
+    let (_dir, sm) = open();
+    run(
+        &sm,
+        admin(Command::CreateTenant {
+            tenant: tenant("acme", "pro", 1_000),
+        }),
+    );
+    run(
+        &sm,
+        admin(Command::CreateWebhook {
+            webhook: WebhookRecord {
+                webhook_id: "wh_1".into(),
+                url: "http://127.0.0.1:9/hook".into(),
+                secret: "whsec_x".into(),
+                source: "admin".into(),
+                ..Default::default()
+            },
+        }),
+    );
+    let batches = [
+        vec![usage("e1", "acme", 500)],
+        vec![usage("e2", "acme", 420), usage("e1", "acme", 500)],
+        vec![usage("e3", "acme", 10)],
+        vec![usage("e4", "acme", 200), usage("e5", "acme", 1)],
+    ];
+    for b in batches {
+        run(&sm, Command::ApplyUsage { events: b });
+    }
+    let view = sm.view().expect("view");
+    let types: Vec<String> = outbox::deliveries(&view, "acme", "", 100)
+        .expect("deliveries")
+        .into_iter()
+        .rev()
+        .map(|d| d.event_type)
+        .collect();
+    // (tenant.created came before the endpoint existed.)
+    assert_eq!(types, ["quota.low", "quota.exhausted"]);
+    let v = audit::verify(&view, None).expect("verify");
+    assert!(v.broken.is_none(), "{v:?}");
+    assert_eq!(v.chains, 2, "acme and the cluster chain (global webhook)");
+}
+
+#[test]
+fn prompts_and_latency_are_counted_per_day_and_go_with_the_tenant() {
+    let (_dir, sm) = open();
+    for id in ["acme", "beta"] {
+        run(
+            &sm,
+            admin(Command::CreateTenant {
+                tenant: tenant(id, "pro", 100_000),
+            }),
+        );
+    }
+    let asked = |id: &str, tenant: &str, prompt: &str, ms: u64| UsageRecord {
+        prompt_preview: prompt.into(),
+        duration_ms: ms,
+        ..usage(id, tenant, 10)
+    };
+    let events = vec![
+        asked("e1", "acme", "hello", 30),
+        asked("e2", "acme", "hello", 40),
+        asked("e3", "acme", "other", 3_000),
+        asked("e4", "beta", "hello", 30),
+        // A replay counts nothing.
+        asked("e1", "acme", "hello", 30),
+    ];
+    run(&sm, Command::ApplyUsage { events });
+    let view = sm.view().expect("view");
+    let days = ["2026-11-26".to_owned()];
+    let top = view.top_prompts("acme", &days, 5).expect("top");
+    let top: Vec<(&str, u64)> = top.iter().map(|p| (p.text.as_str(), p.count)).collect();
+    assert_eq!(top, [("hello", 2), ("other", 1)]);
+    assert_eq!(view.top_prompts("acme", &days, 1).expect("top").len(), 1);
+    let l = view
+        .ledger_day("acme", &days[0])
+        .expect("day")
+        .expect("day");
+    assert_eq!(l.p95_latency_ms(), 3_200);
+    // Recent requests do not keep the prompt.
+    assert!(
+        view.recent("acme")
+            .expect("recent")
+            .iter()
+            .all(|r| r.prompt_preview.is_empty())
+    );
+    run(
+        &sm,
+        admin(Command::DeleteTenant {
+            id: "acme".into(),
+            archive: String::new(),
+            now_ms: NOW,
+        }),
+    );
+    let view = sm.view().expect("view");
+    assert!(view.top_prompts("acme", &days, 5).expect("top").is_empty());
+    assert_eq!(view.top_prompts("beta", &days, 5).expect("top").len(), 1);
+}
+
+#[test]
+fn the_export_key_is_stored_once() {
+    let (_dir, sm) = open();
+    let first = run(
+        &sm,
+        Command::SetExportKey {
+            key_hex: "aa".repeat(32),
+        },
+    );
+    let second = run(
+        &sm,
+        Command::SetExportKey {
+            key_hex: "bb".repeat(32),
+        },
+    );
+    assert!(matches!(first, Reply::ExportKey(ref k) if *k == "aa".repeat(32)));
+    assert!(matches!(second, Reply::ExportKey(ref k) if *k == "aa".repeat(32)));
+    let view = sm.view().expect("view");
+    assert_eq!(view.export_key().expect("key"), Some("aa".repeat(32)));
+}
+
+#[test]
+fn a_deleted_tenants_own_endpoint_still_hears_of_the_deletion() {
+    let (_dir, sm) = open();
+    run(
+        &sm,
+        admin(Command::CreateTenant {
+            tenant: tenant("acme", "pro", 1_000),
+        }),
+    );
+    run(
+        &sm,
+        admin(Command::CreateWebhook {
+            webhook: WebhookRecord {
+                webhook_id: "wh_acme".into(),
+                tenant_id: "acme".into(),
+                url: "http://127.0.0.1:9/hook".into(),
+                secret: "whsec_acme".into(),
+                source: "admin".into(),
+                ..Default::default()
+            },
+        }),
+    );
+    run(
+        &sm,
+        admin(Command::DeleteTenant {
+            id: "acme".into(),
+            archive: "/data/archives/acme.jsonl".into(),
+            now_ms: NOW,
+        }),
+    );
+    let view = sm.view().expect("view");
+    assert!(
+        outbox::webhooks(&view, "acme")
+            .expect("webhooks")
+            .is_empty()
+    );
+    let sent = outbox::deliveries(&view, "acme", "", 10).expect("deliveries");
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].event_type, "tenant.deleted");
+    assert_eq!(
+        sent[0].secret, "whsec_acme",
+        "signed with the endpoint's secret"
+    );
+    let trail = audit::records(&view, "acme").expect("trail");
+    let actions: Vec<&str> = trail.iter().map(|r| r.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["tenant.created", "webhook.created", "tenant.deleted"]
+    );
+}
+
+#[test]
+fn a_config_apply_twice_changes_nothing_the_second_time() {
+    let (_dir, sm) = open();
+    let apply = |daily| Command::ApplyTenants {
+        tenants: vec![TenantApply {
+            source: "tenants/acme/config.yaml".into(),
+            tenant: tenant("acme", "pro", daily),
+            webhooks: Vec::new(),
+        }],
+    };
+    let first = run(&sm, apply(5_000));
+    let second = run(&sm, apply(5_000));
+    let third = run(&sm, apply(6_000));
+    let actions = |r: Reply| match r {
+        Reply::Applied(o) => (o[0].action.clone(), o[0].changed.clone()),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(actions(first).0, "created");
+    assert_eq!(actions(second), ("unchanged".to_owned(), Vec::new()));
+    // The plan's request limit (16,384) is capped by the daily quota, so it follows it.
+    assert_eq!(
+        actions(third),
+        (
+            "updated".to_owned(),
+            vec!["daily_tokens".to_owned(), "max_request_tokens".to_owned()]
+        )
+    );
+}
