@@ -1,0 +1,197 @@
+//! The request bodies and queries the admin API takes.
+
+use bulkhead_proto::control as pb;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewNode {
+    pub(super) id: u64,
+    pub(super) addr: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct LimitsBody {
+    pub(super) daily_tokens: u64,
+    pub(super) max_concurrent: u32,
+    pub(super) max_request_tokens: u32,
+    pub(super) context_window: u32,
+    pub(super) context_turns: u32,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct FeatureOverridesBody {
+    pub(super) burst: Option<bool>,
+    pub(super) burst_percent: Option<u32>,
+    pub(super) knowledge_sharing: Option<bool>,
+    pub(super) max_keys: Option<u32>,
+    pub(super) retention_days: Option<u32>,
+}
+
+impl From<FeatureOverridesBody> for pb::FeatureOverrides {
+    fn from(f: FeatureOverridesBody) -> Self {
+        Self {
+            burst: f.burst,
+            burst_percent: f.burst_percent,
+            knowledge_sharing: f.knowledge_sharing,
+            max_keys: f.max_keys,
+            retention_days: f.retention_days,
+        }
+    }
+}
+
+/// A new tenant: limits and features not given follow its plan.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewTenant {
+    pub(super) id: String,
+    #[serde(default)]
+    pub(super) display_name: String,
+    #[serde(default)]
+    pub(super) plan: String,
+    pub(super) limits: Option<LimitsBody>,
+    #[serde(default)]
+    pub(super) model: String,
+    #[serde(default)]
+    pub(super) adapter: String,
+    #[serde(default)]
+    pub(super) adapter_scale: f32,
+    #[serde(default)]
+    pub(super) system_prompt: String,
+    #[serde(default)]
+    pub(super) welcome_message: String,
+    #[serde(default)]
+    pub(super) quick_prompts: Vec<String>,
+    #[serde(default)]
+    pub(super) time_zone: String,
+    #[serde(default)]
+    pub(super) knowledge_share: bool,
+    pub(super) feature_overrides: Option<FeatureOverridesBody>,
+}
+
+/// A tenant patch: only the fields given change.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct PatchBody {
+    pub(super) id: Option<String>,
+    pub(super) display_name: Option<String>,
+    pub(super) plan: Option<String>,
+    pub(super) daily_tokens: Option<u64>,
+    pub(super) max_concurrent: Option<u32>,
+    pub(super) max_request_tokens: Option<u32>,
+    pub(super) context_window: Option<u32>,
+    pub(super) context_turns: Option<u32>,
+    pub(super) model: Option<String>,
+    pub(super) adapter: Option<String>,
+    pub(super) adapter_scale: Option<f32>,
+    pub(super) system_prompt: Option<String>,
+    pub(super) welcome_message: Option<String>,
+    pub(super) quick_prompts: Option<Vec<String>>,
+    pub(super) time_zone: Option<String>,
+    pub(super) knowledge_share: Option<bool>,
+    pub(super) features: Option<FeatureOverridesBody>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct NewKey {
+    pub(super) name: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct UsageQuery {
+    pub(super) days: Option<u32>,
+    pub(super) format: Option<String>,
+    /// First day (YYYY-MM-DD); with `to`, replaces `days`.
+    pub(super) from: Option<String>,
+    pub(super) to: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct ExportQuery {
+    pub(super) from: Option<String>,
+    pub(super) to: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct TenantFilter {
+    pub(super) tenant_id: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct BurstFilter {
+    pub(super) tenant_id: String,
+    pub(super) status: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BurstAsk {
+    pub(super) reason: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct BurstNote {
+    pub(super) note: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewWebhook {
+    #[serde(default)]
+    pub(super) tenant_id: String,
+    pub(super) url: String,
+    #[serde(default)]
+    pub(super) events: Vec<String>,
+    #[serde(default)]
+    pub(super) secret: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct DeliveryFilter {
+    pub(super) tenant_id: String,
+    pub(super) webhook_id: String,
+    pub(super) limit: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SnippetBody {
+    pub(super) content: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ShareBody {
+    pub(super) owner_tenant_id: String,
+    pub(super) snippet: String,
+    pub(super) grantee_tenant_id: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct ShareQuery {
+    pub(super) owner_tenant_id: Option<String>,
+    pub(super) snippet: Option<String>,
+    pub(super) grantee_tenant_id: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct AuditQuery {
+    pub(super) limit: u32,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct ConfigQuery {
+    pub(super) source: Option<String>,
+}
