@@ -5,38 +5,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::{anyhow, bail};
+use anyhow::bail;
 use bulkhead_control_plane::ControlPlaneClient;
 use bulkhead_proto::control as pb;
 use clap::{Args, Subcommand};
 
-use crate::env;
-
-/// Where the control plane is and the admin token, for every admin command.
-#[derive(Args, Debug, Clone)]
-pub struct Connect {
-    /// Control-plane node addresses, comma-separated (any node; the leader is followed).
-    #[arg(long = "control-plane", env = env::CONTROL_PLANE, default_value = "127.0.0.1:7100", value_delimiter = ',', global = true)]
-    control_plane: Vec<String>,
-    /// The admin token printed when the cluster was initialized.
-    #[arg(long, env = env::ADMIN_TOKEN, hide_env_values = true, global = true)]
-    admin_token: Option<String>,
-}
-
-impl Connect {
-    pub(crate) fn client(&self) -> ControlPlaneClient {
-        ControlPlaneClient::new(self.control_plane.clone(), self.admin_token.clone())
-    }
-}
-
-/// A gRPC failure as the operator should read it.
-pub(crate) fn status(s: tonic::Status) -> anyhow::Error {
-    match s.code() {
-        tonic::Code::Unauthenticated => anyhow!("refused: {}", s.message()),
-        tonic::Code::Unavailable => anyhow!("control plane unavailable: {}", s.message()),
-        _ => anyhow!("{}", s.message()),
-    }
-}
+use crate::connect::{Connect, status};
 
 impl TenantFields {
     fn features(&self) -> pb::FeatureOverrides {
@@ -212,45 +186,9 @@ fn print_status(s: &pb::ClusterState) {
     }
 }
 
-/// The window a tenant's requests really get when the workers serving its
-/// model now give less than its `context_window`, as a warning line; none
-/// when they give enough, or when no worker serves the model yet.
-pub(crate) fn window_warning(t: &pb::Tenant, workers: &[pb::WorkerInfo]) -> Option<String> {
-    let asked = t.limits.unwrap_or_default().context_window;
-    // A tenant naming no model gets the gateways' default, one of each worker's models.
-    let largest = workers
-        .iter()
-        .flat_map(|w| w.context_windows.iter())
-        .filter(|(model, _)| t.model.is_empty() || **model == t.model)
-        .map(|(_, &window)| window)
-        .max()?;
-    let model = if t.model.is_empty() {
-        "the default model".to_owned()
-    } else {
-        format!("model `{}`", t.model)
-    };
-    (asked > largest).then(|| {
-        format!(
-            "warning: tenant `{}` has a context window of {asked} tokens, but the largest any worker serving {model} gives is {largest} tokens (its KV slot size, or the model's training context); its requests are limited to {largest} tokens",
-            t.id
-        )
-    })
-}
-
-/// The workers registered now.
-pub(crate) async fn workers(client: &ControlPlaneClient) -> anyhow::Result<Vec<pb::WorkerInfo>> {
-    Ok(client
-        .send(pb::ListWorkersRequest {}, |mut c, req| async move {
-            c.list_workers(req).await
-        })
-        .await
-        .map_err(status)?
-        .workers)
-}
-
-/// Prints [`window_warning`] for `t` against the workers registered now.
+/// Prints [`crate::apply::window_warning`] for `t` against the workers registered now.
 async fn warn_window(client: &ControlPlaneClient, t: &pb::Tenant) -> anyhow::Result<()> {
-    if let Some(line) = window_warning(t, &workers(client).await?) {
+    if let Some(line) = crate::apply::window_warning(t, &crate::apply::workers(client).await?) {
         println!("{line}");
     }
     Ok(())

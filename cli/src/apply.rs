@@ -26,8 +26,8 @@ pub async fn apply(client: &ControlPlaneClient, loaded: Vec<LoadedConfig>) -> an
             |mut c, req| async move { c.apply_tenants(req).await },
         )
         .await
-        .map_err(crate::admin::status)?;
-    let workers = crate::admin::workers(client).await?;
+        .map_err(crate::connect::status)?;
+    let workers = workers(client).await?;
     for o in &reply.outcomes {
         println!("{}", outcome_line(o));
         let tenant = client
@@ -38,8 +38,8 @@ pub async fn apply(client: &ControlPlaneClient, loaded: Vec<LoadedConfig>) -> an
                 |mut c, req| async move { c.get_tenant(req).await },
             )
             .await
-            .map_err(crate::admin::status)?;
-        if let Some(line) = crate::admin::window_warning(&tenant, &workers) {
+            .map_err(crate::connect::status)?;
+        if let Some(line) = window_warning(&tenant, &workers) {
             println!("{line}");
         }
         for w in &o.new_webhooks {
@@ -61,6 +61,42 @@ fn outcome_line(o: &pb::ApplyOutcome) -> String {
         line.push_str(&o.changed.join(", "));
     }
     line
+}
+
+/// The window a tenant's requests really get when the workers serving its
+/// model now give less than its `context_window`, as a warning line; none
+/// when they give enough, or when no worker serves the model yet.
+pub(crate) fn window_warning(t: &pb::Tenant, workers: &[pb::WorkerInfo]) -> Option<String> {
+    let asked = t.limits.unwrap_or_default().context_window;
+    // A tenant naming no model gets the gateways' default, one of each worker's models.
+    let largest = workers
+        .iter()
+        .flat_map(|w| w.context_windows.iter())
+        .filter(|(model, _)| t.model.is_empty() || **model == t.model)
+        .map(|(_, &window)| window)
+        .max()?;
+    let model = if t.model.is_empty() {
+        "the default model".to_owned()
+    } else {
+        format!("model `{}`", t.model)
+    };
+    (asked > largest).then(|| {
+        format!(
+            "warning: tenant `{}` has a context window of {asked} tokens, but the largest any worker serving {model} gives is {largest} tokens (its KV slot size, or the model's training context); its requests are limited to {largest} tokens",
+            t.id
+        )
+    })
+}
+
+/// The workers registered now.
+pub(crate) async fn workers(client: &ControlPlaneClient) -> anyhow::Result<Vec<pb::WorkerInfo>> {
+    Ok(client
+        .send(pb::ListWorkersRequest {}, |mut c, req| async move {
+            c.list_workers(req).await
+        })
+        .await
+        .map_err(crate::connect::status)?
+        .workers)
 }
 
 #[cfg(test)]

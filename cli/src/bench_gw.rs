@@ -481,10 +481,7 @@ pub async fn run(args: BenchGatewayArgs) -> anyhow::Result<()> {
             wait_ready(&through_gateway).await?;
             let mut ids = Vec::with_capacity(n);
             for _ in 0..n.max(1) {
-                ids.push(
-                    crate::bench_up::open_session(&http, &format!("http://{api_addr}/v1"), &key)
-                        .await?,
-                );
+                ids.push(open_session(&http, &format!("http://{api_addr}/v1"), &key).await?);
             }
             Some(Arc::new(gateway_target(Some(ids))))
         }
@@ -648,6 +645,29 @@ pub(crate) async fn bench_tenant(
         )
         .await?
         .plaintext)
+}
+
+/// Opens a session through the API at `api` (`http://HOST:PORT/v1`); returns its id.
+pub(crate) async fn open_session(
+    http: &reqwest::Client,
+    api: &str,
+    key: &str,
+) -> anyhow::Result<String> {
+    let response = http
+        .post(format!("{api}/sessions"))
+        .bearer_auth(key)
+        .json(&serde_json::json!({"title": "bench"}))
+        .send()
+        .await?;
+    let status = response.status();
+    let created: serde_json::Value = response.json().await?;
+    if !status.is_success() {
+        bail!("{status}: {created}");
+    }
+    created["id"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("no session id in {created}"))
 }
 
 /// The chat request the gateway path sends: one short user message, in a

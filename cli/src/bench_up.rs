@@ -23,7 +23,7 @@ use bulkhead_control_plane::ControlPlaneClient;
 use clap::Args;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::bench_gw::bench_tenant;
+use crate::bench_gw::{bench_tenant, open_session};
 
 #[derive(Args, Debug)]
 pub struct BenchUpArgs {
@@ -106,29 +106,6 @@ impl Up {
             _dir: dir,
         })
     }
-}
-
-/// Opens a session through the API at `api` (`http://HOST:PORT/v1`); returns its id.
-pub(crate) async fn open_session(
-    http: &reqwest::Client,
-    api: &str,
-    key: &str,
-) -> anyhow::Result<String> {
-    let response = http
-        .post(format!("{api}/sessions"))
-        .bearer_auth(key)
-        .json(&serde_json::json!({"title": "bench"}))
-        .send()
-        .await?;
-    let status = response.status();
-    let created: serde_json::Value = response.json().await?;
-    if !status.is_success() {
-        bail!("{status}: {created}");
-    }
-    created["id"]
-        .as_str()
-        .map(str::to_owned)
-        .with_context(|| format!("no session id in {created}"))
 }
 
 /// One client: opens a session (none without `turns`), then asks `turns`

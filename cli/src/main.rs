@@ -8,6 +8,7 @@ mod bench_cp;
 mod bench_gw;
 mod bench_up;
 mod burst;
+mod connect;
 mod control_plane;
 mod env;
 mod gateway;
@@ -46,70 +47,70 @@ enum Command {
         #[command(subcommand)]
         command: admin::ClusterCommand,
         #[command(flatten)]
-        connect: admin::Connect,
+        connect: connect::Connect,
     },
     /// Create, list, show, update and delete tenants, or apply tenant config files.
     Tenant {
         #[command(subcommand)]
         command: admin::TenantCommand,
         #[command(flatten)]
-        connect: admin::Connect,
+        connect: connect::Connect,
     },
     /// Create, revoke and list a tenant's API keys.
     Key {
         #[command(subcommand)]
         command: admin::KeyCommand,
         #[command(flatten)]
-        connect: admin::Connect,
+        connect: connect::Connect,
     },
     /// A tenant's token usage per day, and per user.
     Usage {
         #[command(flatten)]
         args: usage::UsageArgs,
         #[command(flatten)]
-        connect: admin::Connect,
+        connect: connect::Connect,
     },
     /// The plans and what they give a tenant.
     Plan {
         #[command(subcommand)]
         command: admin::PlanCommand,
         #[command(flatten)]
-        connect: admin::Connect,
+        connect: connect::Connect,
     },
     /// Ask for, approve, deny and list burst quota.
     Burst {
         #[command(subcommand)]
         command: burst::BurstCommand,
         #[command(flatten)]
-        connect: admin::Connect,
+        connect: connect::Connect,
     },
     /// Webhook endpoints and their deliveries.
     Webhook {
         #[command(subcommand)]
         command: webhook::WebhookCommand,
         #[command(flatten)]
-        connect: admin::Connect,
+        connect: connect::Connect,
     },
     /// Publish, delete and list a tenant's shared snippets.
     Snippet {
         #[command(subcommand)]
         command: share::SnippetCommand,
         #[command(flatten)]
-        connect: admin::Connect,
+        connect: connect::Connect,
     },
     /// Grant, revoke and list access to another tenant's snippets.
     Share {
         #[command(subcommand)]
         command: share::ShareCommand,
         #[command(flatten)]
-        connect: admin::Connect,
+        connect: connect::Connect,
     },
     /// The per-tenant, hash-chained audit trail.
     Audit {
         #[command(subcommand)]
         command: audit::AuditCommand,
         #[command(flatten)]
-        connect: admin::Connect,
+        connect: connect::Connect,
     },
     /// Measure a role against a baseline run in the same command.
     #[command(subcommand)]

@@ -9,7 +9,8 @@ use anyhow::Context;
 use bulkhead_proto::control as pb;
 use clap::{ArgGroup, Args, Subcommand};
 
-use crate::admin::{Connect, ms_to_text, status};
+use crate::admin::ms_to_text;
+use crate::connect::{Connect, status};
 
 #[derive(Subcommand, Debug)]
 pub enum SnippetCommand {

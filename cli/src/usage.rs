@@ -6,7 +6,7 @@ use anyhow::bail;
 use bulkhead_proto::control as pb;
 use clap::Args;
 
-use crate::admin::{Connect, status};
+use crate::connect::{Connect, status};
 
 #[derive(Args, Debug)]
 pub struct UsageArgs {

@@ -5,7 +5,8 @@
 use bulkhead_proto::control as pb;
 use clap::Subcommand;
 
-use crate::admin::{Connect, ms_to_text, status};
+use crate::admin::ms_to_text;
+use crate::connect::{Connect, status};
 
 #[derive(Subcommand, Debug)]
 pub enum WebhookCommand {
