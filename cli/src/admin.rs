@@ -186,9 +186,9 @@ fn print_status(s: &pb::ClusterState) {
     }
 }
 
-/// Prints [`crate::apply::window_warning`] for `t` against the workers registered now.
-async fn warn_window(client: &ControlPlaneClient, t: &pb::Tenant) -> anyhow::Result<()> {
-    if let Some(line) = crate::apply::window_warning(t, &crate::apply::workers(client).await?) {
+/// Prints [`crate::apply::warnings`] for `t` against the workers registered now.
+async fn print_warnings(client: &ControlPlaneClient, t: &pb::Tenant) -> anyhow::Result<()> {
+    for line in crate::apply::warnings(t, &crate::apply::workers(client).await?) {
         println!("{line}");
     }
     Ok(())
@@ -376,7 +376,7 @@ pub async fn tenant(connect: Connect, command: TenantCommand) -> anyhow::Result<
                 .await
                 .map_err(status)?;
             print_tenant(&created);
-            warn_window(&client, &created).await?;
+            print_warnings(&client, &created).await?;
         }
         TenantCommand::List => {
             let list = client
@@ -405,7 +405,7 @@ pub async fn tenant(connect: Connect, command: TenantCommand) -> anyhow::Result<
                 .await
                 .map_err(status)?;
             print_tenant(&t);
-            warn_window(&client, &t).await?;
+            print_warnings(&client, &t).await?;
         }
         TenantCommand::Update { id, fields } => {
             let set_quick_prompts = !fields.quick_prompts.is_empty();
@@ -438,7 +438,7 @@ pub async fn tenant(connect: Connect, command: TenantCommand) -> anyhow::Result<
                 .await
                 .map_err(status)?;
             print_tenant(&t);
-            warn_window(&client, &t).await?;
+            print_warnings(&client, &t).await?;
         }
         TenantCommand::Apply { path } => {
             let loaded = crate::apply::load(&path)?;

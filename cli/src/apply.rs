@@ -39,7 +39,7 @@ pub async fn apply(client: &ControlPlaneClient, loaded: Vec<LoadedConfig>) -> an
             )
             .await
             .map_err(crate::connect::status)?;
-        if let Some(line) = window_warning(&tenant, &workers) {
+        for line in warnings(&tenant, &workers) {
             println!("{line}");
         }
         for w in &o.new_webhooks {
@@ -63,10 +63,54 @@ fn outcome_line(o: &pb::ApplyOutcome) -> String {
     line
 }
 
+/// What a user should know about `t` given the workers registered now: its
+/// model not served (and whether a worker will load it), its window cut.
+pub(crate) fn warnings(t: &pb::Tenant, workers: &[pb::WorkerInfo]) -> Vec<String> {
+    model_warning(t, workers)
+        .into_iter()
+        .chain(window_warning(t, workers))
+        .collect()
+}
+
+/// A line when no worker serves `t`'s model: a worker with its file will
+/// load it (or is loading it), or nobody can.
+fn model_warning(t: &pb::Tenant, workers: &[pb::WorkerInfo]) -> Option<String> {
+    let model = t.model.as_str();
+    if model.is_empty() || workers.iter().any(|w| w.models.iter().any(|m| m == model)) {
+        return None;
+    }
+    if let Some(w) = workers
+        .iter()
+        .find(|w| w.loading.iter().any(|l| l.model == model))
+    {
+        return Some(format!(
+            "note: model `{model}` of tenant `{}` is loading on worker {}; its requests get 503 model_loading until it is ready",
+            t.id, w.worker_id
+        ));
+    }
+    let holders: Vec<&str> = workers
+        .iter()
+        .filter(|w| w.files.contains_key(model))
+        .map(|w| w.worker_id.as_str())
+        .collect();
+    Some(if holders.is_empty() {
+        format!(
+            "warning: no worker serves model `{model}` of tenant `{}`, and none has a file `{model}.gguf` in its --model-dir; its requests get 503 until one does",
+            t.id
+        )
+    } else {
+        format!(
+            "note: model `{model}` of tenant `{}` is not loaded yet; a worker with its file ({}) loads it when it has room",
+            t.id,
+            holders.join(", ")
+        )
+    })
+}
+
 /// The window a tenant's requests really get when the workers serving its
 /// model now give less than its `context_window`, as a warning line; none
 /// when they give enough, or when no worker serves the model yet.
-pub(crate) fn window_warning(t: &pb::Tenant, workers: &[pb::WorkerInfo]) -> Option<String> {
+fn window_warning(t: &pb::Tenant, workers: &[pb::WorkerInfo]) -> Option<String> {
     let asked = t.limits.unwrap_or_default().context_window;
     // A tenant naming no model gets the gateways' default, one of each worker's models.
     let largest = workers

@@ -429,6 +429,7 @@ pub async fn run(args: BenchGatewayArgs) -> anyhow::Result<()> {
             ..cp::WorkerInfo::default()
         })
         .1,
+        tokio::sync::watch::channel(cp::RegisterWorkerReply::default()).0,
         worker_stopped(),
     ));
     let gateway = tokio::spawn(bulkhead_gateway::run(

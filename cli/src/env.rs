@@ -8,6 +8,8 @@ pub const NATS_URL: &str = "BULKHEAD_NATS_URL";
 pub const DATA_DIR: &str = "BULKHEAD_DATA_DIR";
 /// This worker's id.
 pub const WORKER_ID: &str = "BULKHEAD_WORKER_ID";
+/// Directories of model files a worker loads on demand, comma-separated.
+pub const MODEL_DIRS: &str = "BULKHEAD_MODEL_DIRS";
 /// Control-plane addresses for admin commands, gateways and workers.
 pub const CONTROL_PLANE: &str = "BULKHEAD_CONTROL_PLANE";
 /// The admin token for admin commands.

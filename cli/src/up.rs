@@ -20,7 +20,7 @@ use bulkhead_worker::{AdapterSpec, ControlPlaneRegistration, ModelSpec, UsageSin
 use clap::Args;
 
 use crate::env;
-use crate::worker::EngineArgs;
+use crate::worker::{EngineArgs, LiveModelArgs};
 
 /// Where the console listens unless `--console` says otherwise.
 const DEFAULT_CONSOLE: &str = "127.0.0.1:8080";
@@ -59,6 +59,10 @@ pub struct UpArgs {
     /// Send usage events through this NATS server instead of the in-process channel.
     #[arg(long, env = env::NATS_URL)]
     nats: Option<String>,
+    /// Where models are loaded from on demand (default: the demo model's directory,
+    /// ~/.cache/bulkhead/models).
+    #[command(flatten)]
+    live: LiveModelArgs,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -170,10 +174,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             }
         })),
     };
+    let mut model_dirs = args.live.model_dirs.clone();
+    if model_dirs.is_empty()
+        && let Some(demo_dir) = bulkhead_worker::demo_model_path().parent()
+    {
+        model_dirs.push(demo_dir.to_path_buf());
+    }
     let worker_config = WorkerConfig {
         worker_id: WorkerId::new("worker-1")?,
         models,
         adapters,
+        model_dirs,
+        memory_budget: args.live.memory_budget(),
         engine: args.engine.config(),
         gpu_layers: args.engine.gpu_layers(),
         usage,

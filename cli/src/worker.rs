@@ -64,14 +64,37 @@ impl EngineArgs {
     }
 }
 
+/// Models loaded while serving (`worker` and `up`).
+#[derive(Args, Debug, Clone)]
+pub struct LiveModelArgs {
+    /// A directory of GGUF files to load on demand, each named by its file stem: when a tenant
+    /// uses a model no worker serves, the control plane asks a worker that has the file and room
+    /// to load it. Repeat for more.
+    #[arg(long = "model-dir", env = env::MODEL_DIRS, value_delimiter = ',')]
+    pub model_dirs: Vec<PathBuf>,
+    /// The most MiB of model weights held at once; models no tenant uses are unloaded to make room
+    /// (default: 9/10 of the GPU memory, or 3/4 of the RAM on a CPU build).
+    #[arg(long = "model-memory-mib")]
+    pub model_memory_mib: Option<u64>,
+}
+
+impl LiveModelArgs {
+    pub fn memory_budget(&self) -> Option<u64> {
+        self.model_memory_mib.map(|mib| mib.saturating_mul(1 << 20))
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
     /// gRPC listen address (gateways call it).
     #[arg(long, default_value = "127.0.0.1:7200")]
     listen: SocketAddr,
-    /// A model to serve, NAME=PATH to a GGUF file; repeat for more. The first is the default.
-    #[arg(long = "model", required = true)]
+    /// A model to serve from the start and keep, NAME=PATH to a GGUF file; repeat for more.
+    /// The first is the default.
+    #[arg(long = "model", required_unless_present = "model_dirs")]
     models: Vec<ModelSpec>,
+    #[command(flatten)]
+    live: LiveModelArgs,
     /// Chat template override for a model, NAME=TEMPLATE (a llama.cpp template name such as chatml, or template text).
     #[arg(long = "chat-template")]
     chat_templates: Vec<String>,
@@ -182,6 +205,8 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         worker_id,
         models,
         adapters: args.adapters,
+        memory_budget: args.live.memory_budget(),
+        model_dirs: args.live.model_dirs,
         engine: args.engine.config(),
         gpu_layers: args.engine.gpu_layers(),
         usage: args.nats.map_or(UsageSink::None, UsageSink::Nats),

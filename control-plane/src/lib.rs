@@ -20,6 +20,7 @@ pub mod error;
 pub mod ledger;
 pub mod metrics;
 pub mod outbox;
+pub mod placement;
 pub mod plans;
 pub mod raft;
 pub mod service;

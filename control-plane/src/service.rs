@@ -28,7 +28,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::ControlPlaneError;
 use crate::raft::{LogId, Node, NodeId, Raft, channel, decode};
-use crate::state::{Command, DeviceRecord, Reply, TenantRecord, WorkerRecord};
+use crate::state::{Command, Reply, TenantRecord, WorkerRecord};
 use crate::store::{StateMachine, View};
 
 mod business;
@@ -345,48 +345,43 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
         ControlPlaneService::delete_session(self, req).await
     }
 
-    async fn register_worker(&self, req: Request<pb::RegisterWorkerRequest>) -> R<pb::WorkerInfo> {
+    async fn register_worker(
+        &self,
+        req: Request<pb::RegisterWorkerRequest>,
+    ) -> R<pb::RegisterWorkerReply> {
         self.authorize_member(&req)?;
         let r = req.into_inner();
         let w = r.worker.unwrap_or_default();
         bulkhead_proto::WorkerId::new(w.worker_id.as_str())
             .map_err(|e| ControlPlaneError::InvalidArgument(e.to_string()))?;
-        if w.addr.is_empty() || (w.models.is_empty() && w.loading.is_empty()) {
+        if w.addr.is_empty() || (w.models.is_empty() && w.loading.is_empty() && w.files.is_empty())
+        {
             return Err(ControlPlaneError::InvalidArgument(
-                "a worker registers with its address and at least one model, loaded or loading"
+                "a worker registers with its address and at least one model, loaded, loading or on file"
                     .into(),
             )
             .into());
         }
         let lease = i64::try_from(r.lease_ms.clamp(1_000, 60_000)).unwrap_or(10_000);
-        let worker = WorkerRecord {
-            worker_id: w.worker_id,
-            addr: w.addr,
-            models: w.models,
-            adapters: w.adapters,
-            slots: w.slots,
-            expires_at_ms: now_ms() + lease,
-            loading: w
-                .loading
-                .into_iter()
-                .map(|l| (l.model, permille(l.progress)))
-                .collect(),
-            context_windows: w.context_windows.into_iter().collect(),
-            devices: w
-                .devices
-                .into_iter()
-                .map(|d| DeviceRecord {
-                    name: d.name,
-                    description: d.description,
-                    memory_total_bytes: d.memory_total_bytes,
-                    memory_free_bytes: d.memory_free_bytes,
-                })
-                .collect(),
+        let worker = worker_from_pb(w, now_ms() + lease);
+        let worker = match self.write(Command::RegisterWorker { worker }).await? {
+            Reply::Worker(w) => w,
+            other => return Err(unexpected(&other).into()),
         };
-        match self.write(Command::RegisterWorker { worker }).await? {
-            Reply::Worker(w) => Ok(Response::new(worker_to_pb(w))),
-            other => Err(unexpected(&other).into()),
-        }
+        // The write is applied here, so this node's state has it.
+        let view = self.node.sm.view()?;
+        let now = now_ms();
+        let live: Vec<WorkerRecord> = view
+            .workers()?
+            .into_iter()
+            .filter(|w| w.expires_at_ms >= now)
+            .collect();
+        let placement = crate::placement::place(&worker.worker_id, &live, &view.tenants()?);
+        Ok(Response::new(pb::RegisterWorkerReply {
+            worker: Some(worker_to_pb(worker)),
+            load: placement.load,
+            unneeded: placement.unneeded,
+        }))
     }
 
     async fn list_workers(&self, req: Request<pb::ListWorkersRequest>) -> R<pb::WorkerList> {

@@ -379,6 +379,8 @@ impl BenchWorker {
                 chat_template: None,
             }],
             adapters: Vec::new(),
+            model_dirs: Vec::new(),
+            memory_budget: None,
             engine,
             gpu_layers,
             usage: crate::UsageSink::None,

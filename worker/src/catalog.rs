@@ -1,15 +1,19 @@
-//! The models and LoRA adapters this worker serves, loaded once at start-up,
-//! and the turning of a chat request into prompt tokens (chat template,
-//! tokenization, context checks).
+//! The models and LoRA adapters this worker serves, and the turning of a chat
+//! request into prompt tokens (chat template, tokenization, context checks).
 //!
-//! The catalog is shared read-only between the engine thread and the request
-//! handlers, so validation and tokenization happen before a request reaches
-//! the engine. It never holds a context or KV state: those belong to the
-//! engine thread alone.
+//! Models given at start-up (`--model`) are pinned; models from the model
+//! directories (`--model-dir`) come and go while the worker serves, as the
+//! control plane places them (see [`crate::live`]). The catalog is shared
+//! between the engine thread and the request handlers, so validation and
+//! tokenization happen before a request reaches the engine; a prepared
+//! request holds its model, so a model removed from the catalog is freed only
+//! when the last request and context using it are gone. The catalog never
+//! holds a context or KV state: those belong to the engine thread alone.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -69,6 +73,26 @@ impl LoadProgress {
         if let Some(entry) = all.iter_mut().find(|(name, _)| name == model) {
             entry.1 = progress.clamp(0.0, 1.0);
         }
+    }
+
+    /// Starts reporting `model`, at 0.
+    pub fn begin(&self, model: &str) {
+        let mut all = self.models.lock().unwrap_or_else(|p| p.into_inner());
+        if !all.iter().any(|(name, _)| name == model) {
+            all.push((model.to_owned(), 0.0));
+        }
+    }
+
+    /// Stops reporting `model`: it is loaded (and in the catalog) or failed.
+    pub fn finish(&self, model: &str) {
+        let mut all = self.models.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|(name, _)| name != model);
+    }
+
+    /// Whether `model` is being loaded.
+    pub fn contains(&self, model: &str) -> bool {
+        let all = self.models.lock().unwrap_or_else(|p| p.into_inner());
+        all.iter().any(|(name, _)| name == model)
     }
 
     /// Each model with its progress.
@@ -181,124 +205,220 @@ pub fn devices() -> Vec<bulkhead_proto::worker::Device> {
 
 pub struct CatalogModel {
     pub name: String,
+    /// Unique per load: a model loaded again is a new model to the engine.
+    pub(crate) id: u64,
     pub(crate) model: LlamaModel,
     template: LlamaChatTemplate,
     pub adapters: Vec<String>,
+    /// The adapters' handles, in the order of `adapters`. llama.cpp frees
+    /// them with the model; the engine thread alone applies them.
+    pub(crate) loras: Mutex<Vec<LlamaLoraAdapter>>,
     /// The most tokens (prompt plus completion) one request may use.
     pub context_window: u32,
     /// Estimated KV bytes one cached token takes (K and V, f16, all layers).
     pub kv_bytes_per_token: u64,
+    /// Bytes of the model file: what its weights take.
+    pub bytes: u64,
+    /// Given at start-up: kept whatever tenants use.
+    pub pinned: bool,
 }
 
 /// A request whose prompt is rendered and tokenized, ready for the engine.
-#[derive(Debug)]
 pub struct Prepared {
     pub params: GenerateParams,
-    pub model: usize,
+    pub model: Arc<CatalogModel>,
     /// Index of the adapter within its model, and its scale.
     pub adapter: Option<(usize, f32)>,
     pub prompt: Vec<LlamaToken>,
     pub max_tokens: u32,
 }
 
-pub struct Catalog {
-    models: Vec<CatalogModel>,
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("params", &self.params)
+            .field("model", &self.model.name)
+            .field("adapter", &self.adapter)
+            .field("prompt", &self.prompt.len())
+            .field("max_tokens", &self.max_tokens)
+            .finish()
+    }
 }
 
-/// LoRA adapters, indexed like [`Catalog`] models and their `adapters`. They
-/// are handed to the engine thread, which alone applies them to contexts.
-pub type Adapters = Vec<Vec<LlamaLoraAdapter>>;
+/// How the worker loads models: the same for start-up and live loads.
+#[derive(Debug, Clone, Default)]
+pub struct LoadSettings {
+    /// Caps each model's per-request window (never beyond its training context).
+    pub context_window: u32,
+    /// Layers offloaded to a GPU.
+    pub gpu_layers: u32,
+    /// Directories whose `*.gguf` files may be loaded on demand, named by
+    /// their file stem.
+    pub model_dirs: Vec<PathBuf>,
+    /// The most bytes of model weights held at once.
+    pub memory_budget: u64,
+}
+
+pub struct Catalog {
+    models: RwLock<Vec<Arc<CatalogModel>>>,
+    settings: LoadSettings,
+    /// Bumped at every change, so the engine notices removed models.
+    generation: AtomicU64,
+    next_id: AtomicU64,
+}
+
+/// The `*.gguf` files of `dirs`, by name (file stem): path and size. A name
+/// in two directories is the first directory's. Links are followed, so a
+/// model directory may link to files kept elsewhere.
+pub fn model_files(dirs: &[PathBuf]) -> BTreeMap<String, (PathBuf, u64)> {
+    let mut files = BTreeMap::new();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let (Some(stem), Some("gguf")) = (
+                path.file_stem().and_then(|s| s.to_str()),
+                path.extension().and_then(|s| s.to_str()),
+            ) else {
+                continue;
+            };
+            if let Ok(meta) = std::fs::metadata(&path)
+                && meta.is_file()
+            {
+                files
+                    .entry(stem.to_owned())
+                    .or_insert((path.clone(), meta.len()));
+            }
+        }
+    }
+    files
+}
+
+/// The weights a worker holds at once unless told otherwise: nine tenths of
+/// its accelerators' memory, or on a CPU build three quarters of the RAM.
+pub fn default_memory_budget() -> u64 {
+    let on_devices: u64 = devices().iter().map(|d| d.memory_total_bytes).sum();
+    if on_devices > 0 {
+        return on_devices / 10 * 9;
+    }
+    let ram_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    ram_kib.saturating_mul(1024) / 4 * 3
+}
+
+/// Loads one model file with its adapters.
+fn load_model(
+    spec: &ModelSpec,
+    adapters: &[AdapterSpec],
+    settings: &LoadSettings,
+    progress: &LoadProgress,
+) -> Result<CatalogModel, WorkerError> {
+    let backend = backend()?;
+    let bytes = std::fs::metadata(&spec.path)
+        .ok()
+        .filter(std::fs::Metadata::is_file)
+        .ok_or_else(|| {
+            WorkerError::invalid(
+                format!("model file {} does not exist", spec.path.display()),
+                None,
+            )
+        })?
+        .len();
+    let (report, name) = (progress.clone(), spec.name.clone());
+    let params = LlamaModelParams::default()
+        .with_n_gpu_layers(settings.gpu_layers)
+        .with_progress_callback(move |p| {
+            report.set(&name, p);
+            // false makes llama.cpp abandon the load.
+            !report.is_cancelled()
+        });
+    let mut model = LlamaModel::load_from_file(backend, &spec.path, &params)
+        .map_err(|e| WorkerError::Engine(format!("loading {}: {e}", spec.path.display())))?;
+    let template = match &spec.chat_template {
+        Some(t) => LlamaChatTemplate::new(t)
+            .map_err(|e| WorkerError::invalid(format!("chat template: {e}"), None))?,
+        None => model.chat_template(None).map_err(|e| {
+            WorkerError::Engine(format!(
+                "{} has no chat template ({e}); give one with --chat-template",
+                spec.path.display()
+            ))
+        })?,
+    };
+    let mut names = Vec::new();
+    let mut loras = Vec::new();
+    for a in adapters.iter().filter(|a| a.model == spec.name) {
+        if names.contains(&a.name) {
+            return Err(WorkerError::invalid(
+                format!("adapter `{}` of model `{}` is given twice", a.name, a.model),
+                None,
+            ));
+        }
+        if !a.path.is_file() {
+            return Err(WorkerError::invalid(
+                format!("adapter file {} does not exist", a.path.display()),
+                None,
+            ));
+        }
+        let adapter = model.lora_adapter_init(&a.path).map_err(|e| {
+            WorkerError::Engine(format!("loading adapter {}: {e}", a.path.display()))
+        })?;
+        names.push(a.name.clone());
+        loras.push(adapter);
+    }
+    let n_head = u64::from(model.n_head().max(1));
+    let head_dim = u64::try_from(model.n_embd()).unwrap_or(0) / n_head;
+    let kv_bytes_per_token =
+        2 * u64::from(model.n_layer()) * u64::from(model.n_head_kv()) * head_dim * 2;
+    progress.set(&spec.name, 1.0);
+    Ok(CatalogModel {
+        name: spec.name.clone(),
+        id: 0,
+        context_window: settings.context_window.min(model.n_ctx_train()),
+        model,
+        template,
+        adapters: names,
+        loras: Mutex::new(loras),
+        kv_bytes_per_token,
+        bytes,
+        pinned: false,
+    })
+}
 
 impl Catalog {
-    /// Loads every model and adapter. `context_window` caps each model's
-    /// per-request window (it never exceeds the model's training context).
-    /// `progress` hears how far each model is.
+    /// An empty catalog.
+    pub fn new(settings: LoadSettings) -> Self {
+        Self {
+            models: RwLock::default(),
+            settings,
+            generation: AtomicU64::new(0),
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    /// Loads the start-up models and their adapters, pinned. `progress`
+    /// hears how far each model is.
     pub fn load(
         models: &[ModelSpec],
         adapters: &[AdapterSpec],
-        context_window: u32,
-        gpu_layers: u32,
+        settings: LoadSettings,
         progress: &LoadProgress,
-    ) -> Result<(Self, Adapters), WorkerError> {
-        if models.is_empty() {
-            return Err(WorkerError::invalid("at least one --model is needed", None));
-        }
-        let backend = backend()?;
-        let mut loaded = Vec::new();
-        let mut all_adapters = Vec::new();
-        for spec in models {
-            if loaded.iter().any(|m: &CatalogModel| m.name == spec.name) {
-                return Err(WorkerError::invalid(
-                    format!("model `{}` is given twice", spec.name),
-                    None,
-                ));
-            }
-            if !spec.path.is_file() {
-                return Err(WorkerError::invalid(
-                    format!("model file {} does not exist", spec.path.display()),
-                    None,
-                ));
-            }
-            let (report, name) = (progress.clone(), spec.name.clone());
-            let params = LlamaModelParams::default()
-                .with_n_gpu_layers(gpu_layers)
-                .with_progress_callback(move |p| {
-                    report.set(&name, p);
-                    // false makes llama.cpp abandon the load.
-                    !report.is_cancelled()
-                });
-            let mut model =
-                LlamaModel::load_from_file(backend, &spec.path, &params).map_err(|e| {
-                    WorkerError::Engine(format!("loading {}: {e}", spec.path.display()))
-                })?;
-            let template = match &spec.chat_template {
-                Some(t) => LlamaChatTemplate::new(t)
-                    .map_err(|e| WorkerError::invalid(format!("chat template: {e}"), None))?,
-                None => model.chat_template(None).map_err(|e| {
-                    WorkerError::Engine(format!(
-                        "{} has no chat template ({e}); give one with --chat-template",
-                        spec.path.display()
-                    ))
-                })?,
-            };
-            let mut names = Vec::new();
-            let mut model_adapters = Vec::new();
-            for a in adapters.iter().filter(|a| a.model == spec.name) {
-                if names.contains(&a.name) {
-                    return Err(WorkerError::invalid(
-                        format!("adapter `{}` of model `{}` is given twice", a.name, a.model),
-                        None,
-                    ));
-                }
-                if !a.path.is_file() {
-                    return Err(WorkerError::invalid(
-                        format!("adapter file {} does not exist", a.path.display()),
-                        None,
-                    ));
-                }
-                let adapter = model.lora_adapter_init(&a.path).map_err(|e| {
-                    WorkerError::Engine(format!("loading adapter {}: {e}", a.path.display()))
-                })?;
-                names.push(a.name.clone());
-                model_adapters.push(adapter);
-            }
-            let n_head = u64::from(model.n_head().max(1));
-            let head_dim = u64::try_from(model.n_embd()).unwrap_or(0) / n_head;
-            let kv_bytes_per_token =
-                2 * u64::from(model.n_layer()) * u64::from(model.n_head_kv()) * head_dim * 2;
-            progress.set(&spec.name, 1.0);
-            loaded.push(CatalogModel {
-                name: spec.name.clone(),
-                context_window: context_window.min(model.n_ctx_train()),
-                model,
-                template,
-                adapters: names,
-                kv_bytes_per_token,
-            });
-            all_adapters.push(model_adapters);
+    ) -> Result<Self, WorkerError> {
+        if models.is_empty() && settings.model_dirs.is_empty() {
+            return Err(WorkerError::invalid(
+                "at least one --model or --model-dir is needed",
+                None,
+            ));
         }
         for a in adapters {
-            if !loaded.iter().any(|m| m.name == a.model) {
+            if !models.iter().any(|m| m.name == a.model) {
                 return Err(WorkerError::invalid(
                     format!(
                         "adapter `{}` names model `{}`, which is not served",
@@ -308,35 +428,114 @@ impl Catalog {
                 ));
             }
         }
-        Ok((Self { models: loaded }, all_adapters))
+        let catalog = Self::new(settings);
+        for spec in models {
+            if catalog.get(&spec.name).is_some() {
+                return Err(WorkerError::invalid(
+                    format!("model `{}` is given twice", spec.name),
+                    None,
+                ));
+            }
+            let mut model = load_model(spec, adapters, &catalog.settings, progress)?;
+            model.pinned = true;
+            catalog.insert(model);
+        }
+        Ok(catalog)
     }
 
-    pub fn models(&self) -> &[CatalogModel] {
-        &self.models
+    /// Loads `name` from the model directories (blocking: call it off the
+    /// async runtime) and adds it to the catalog.
+    pub fn load_file(&self, name: &str, progress: &LoadProgress) -> Result<(), WorkerError> {
+        let path = self
+            .files()
+            .remove(name)
+            .map(|(path, _)| path)
+            .ok_or_else(|| WorkerError::UnknownModel(name.to_owned()))?;
+        let spec = ModelSpec {
+            name: name.to_owned(),
+            path,
+            chat_template: None,
+        };
+        let model = load_model(&spec, &[], &self.settings, progress)?;
+        self.insert(model);
+        Ok(())
     }
 
-    pub(crate) fn model(&self, index: usize) -> &CatalogModel {
-        &self.models[index]
+    fn insert(&self, mut model: CatalogModel) {
+        model.id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut models = self.models.write().unwrap_or_else(|p| p.into_inner());
+        models.retain(|m| m.name != model.name);
+        models.push(Arc::new(model));
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
-    fn find(&self, name: &str) -> Result<usize, WorkerError> {
+    /// Takes `name` out of the catalog: no new request gets it. The returned
+    /// handle dies once the last request and context using it are gone.
+    pub fn remove(&self, name: &str) -> Option<Weak<CatalogModel>> {
+        let mut models = self.models.write().unwrap_or_else(|p| p.into_inner());
+        let at = models.iter().position(|m| m.name == name)?;
+        let model = models.remove(at);
+        self.generation.fetch_add(1, Ordering::Release);
+        Some(Arc::downgrade(&model))
+    }
+
+    /// Changes so far: it moves whenever a model comes or goes.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The loaded models, start-up ones first.
+    pub fn models(&self) -> Vec<Arc<CatalogModel>> {
+        self.models
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<CatalogModel>> {
+        self.models
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|m| m.name == name)
+            .cloned()
+    }
+
+    pub fn settings(&self) -> &LoadSettings {
+        &self.settings
+    }
+
+    /// The model files of the model directories: see [`model_files`].
+    pub fn files(&self) -> BTreeMap<String, (PathBuf, u64)> {
+        model_files(&self.settings.model_dirs)
+    }
+
+    /// Bytes of the weights loaded now.
+    pub fn bytes(&self) -> u64 {
+        self.models().iter().map(|m| m.bytes).sum()
+    }
+
+    fn find(&self, name: &str) -> Result<Arc<CatalogModel>, WorkerError> {
+        let models = self.models.read().unwrap_or_else(|p| p.into_inner());
         // An empty model name means the first (default) model.
         if name.is_empty() {
-            return Ok(0);
+            return models
+                .first()
+                .cloned()
+                .ok_or_else(|| WorkerError::UnknownModel(name.to_owned()));
         }
-        self.models
+        models
             .iter()
-            .position(|m| m.name == name)
+            .find(|m| m.name == name)
+            .cloned()
             .ok_or_else(|| WorkerError::UnknownModel(name.to_owned()))
     }
 
     /// Renders the messages with the model's chat template and tokenizes them.
     fn tokenize(
-        &self,
-        model: usize,
+        m: &CatalogModel,
         messages: &[ChatMessage],
     ) -> Result<Vec<LlamaToken>, WorkerError> {
-        let m = &self.models[model];
         let chat = messages
             .iter()
             .map(|msg| LlamaChatMessage::new(msg.role.as_str().to_owned(), msg.content.clone()))
@@ -356,19 +555,15 @@ impl Catalog {
         messages: &[ChatMessage],
     ) -> Result<(u32, u32), WorkerError> {
         crate::request::validate_messages(messages)?;
-        let index = self.find(model)?;
-        let tokens = self.tokenize(index, messages)?;
-        Ok((
-            saturating_u32(tokens.len()),
-            self.models[index].context_window,
-        ))
+        let m = self.find(model)?;
+        let tokens = Self::tokenize(&m, messages)?;
+        Ok((saturating_u32(tokens.len()), m.context_window))
     }
 
     /// Resolves the model and adapter, renders and tokenizes the prompt, and
     /// checks it against the context window.
     pub fn prepare(&self, mut params: GenerateParams) -> Result<Prepared, WorkerError> {
-        let model = self.find(&params.model)?;
-        let m = &self.models[model];
+        let m = self.find(&params.model)?;
         params.model.clone_from(&m.name);
         let adapter = match &params.adapter {
             None => None,
@@ -382,7 +577,7 @@ impl Catalog {
                 Some((index, params.adapter_scale))
             }
         };
-        let prompt = self.tokenize(model, &params.messages)?;
+        let prompt = Self::tokenize(&m, &params.messages)?;
         let prompt_tokens = saturating_u32(prompt.len());
         // The tenant's own window binds when it is the smaller one.
         let tenant_window = params.context_window.filter(|&w| w < m.context_window);
@@ -407,7 +602,7 @@ impl Catalog {
         }
         Ok(Prepared {
             params,
-            model,
+            model: m,
             adapter,
             prompt,
             max_tokens,
@@ -442,17 +637,58 @@ mod tests {
         let models = demo();
         let progress = LoadProgress::new(&models);
         assert_eq!(progress.snapshot(), vec![("smollm2".to_owned(), 0.0)]);
-        Catalog::load(&models, &[], 512, 0, &progress).expect("the demo model loads");
+        let settings = LoadSettings {
+            context_window: 512,
+            ..LoadSettings::default()
+        };
+        Catalog::load(&models, &[], settings.clone(), &progress).expect("the demo model loads");
         assert_eq!(progress.snapshot(), vec![("smollm2".to_owned(), 1.0)]);
 
         // Cancelled before it starts: llama.cpp asks the callback at its
         // first report and gives up, so the callback is what llama.cpp calls.
         let stopped = LoadProgress::new(&models);
         stopped.cancel();
-        let Err(e) = Catalog::load(&models, &[], 512, 0, &stopped) else {
+        let Err(e) = Catalog::load(&models, &[], settings, &stopped) else {
             panic!("a cancelled load must fail");
         };
         assert!(e.to_string().contains("loading"), "{e}");
         assert!(stopped.snapshot()[0].1 < 1.0, "{:?}", stopped.snapshot());
+    }
+
+    #[test]
+    fn a_model_file_loads_on_demand_and_a_removed_one_lives_while_used() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        std::os::unix::fs::symlink(&demo()[0].path, dir.path().join("alpha.gguf"))
+            .expect("a link to the demo model");
+        std::fs::write(dir.path().join("notes.txt"), "not a model").expect("a file");
+        let catalog = Catalog::new(LoadSettings {
+            context_window: 512,
+            model_dirs: vec![dir.path().to_path_buf()],
+            memory_budget: u64::MAX,
+            ..LoadSettings::default()
+        });
+        let files = catalog.files();
+        assert_eq!(files.keys().collect::<Vec<_>>(), ["alpha"]);
+        let Err(e) = catalog.load_file("beta", &LoadProgress::default()) else {
+            panic!("a model with no file must not load");
+        };
+        assert!(matches!(e, WorkerError::UnknownModel(_)), "{e}");
+
+        let progress = LoadProgress::default();
+        catalog.load_file("alpha", &progress).expect("alpha loads");
+        let alpha = catalog.get("alpha").expect("alpha is in the catalog");
+        assert_eq!(alpha.bytes, files["alpha"].1);
+        assert!(!alpha.pinned);
+        assert_eq!(catalog.bytes(), alpha.bytes);
+
+        let gone = catalog.remove("alpha").expect("alpha was there");
+        assert!(catalog.get("alpha").is_none() && catalog.models().is_empty());
+        assert_eq!(
+            gone.strong_count(),
+            1,
+            "a request still holding it keeps it"
+        );
+        drop(alpha);
+        assert_eq!(gone.strong_count(), 0, "freed with its last user");
     }
 }

@@ -16,13 +16,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bulkhead_proto::worker as pb;
 use bulkhead_proto::{SessionId, TenantId, WorkerId};
-use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::catalog::{Adapters, Catalog, CatalogModel, Prepared, saturating_u32};
+use crate::catalog::{Catalog, Prepared, saturating_u32};
 use crate::error::WorkerError;
 use crate::metrics::{Metrics, RequestLabels, TenantLabel};
 use crate::request::{Event, FinishReason, Finished, GenerateParams, Usage};
@@ -31,11 +30,13 @@ use crate::slots::{HostCache, Owner, SlotTable};
 use crate::text::TextStream;
 
 mod config;
+mod context;
 mod placement;
 mod snapshot;
 
 pub use config::EngineConfig;
 use config::lower_priority;
+use context::ModelContext;
 pub use snapshot::{Snapshot, TenantKv};
 
 struct Submission {
@@ -59,7 +60,6 @@ pub type UsageSender = UnboundedSender<pb::UsageEvent>;
 impl Engine {
     pub fn start(
         catalog: Arc<Catalog>,
-        adapters: Adapters,
         config: EngineConfig,
         worker_id: WorkerId,
         usage: Option<UsageSender>,
@@ -80,8 +80,8 @@ impl Engine {
             .spawn(move || {
                 lower_priority(config.decode_nice);
                 let mut engine = EngineLoop {
-                    catalog: &thread_catalog,
-                    adapters,
+                    generation: thread_catalog.generation(),
+                    catalog: thread_catalog,
                     config,
                     worker_id,
                     usage,
@@ -120,7 +120,7 @@ impl Engine {
         let prepared = self.catalog.prepare(params)?;
         let summary = Prepared {
             params: prepared.params.clone(),
-            model: prepared.model,
+            model: Arc::clone(&prepared.model),
             adapter: prepared.adapter,
             prompt: Vec::new(),
             max_tokens: prepared.max_tokens,
@@ -168,7 +168,8 @@ impl Drop for Engine {
 /// A model variant: a model with at most one adapter at one scale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct VariantKey {
-    model: usize,
+    /// The model's load id (a model loaded again is another model).
+    model: u64,
     /// Adapter index and scale in thousandths.
     adapter: Option<(usize, u32)>,
 }
@@ -176,7 +177,7 @@ struct VariantKey {
 impl VariantKey {
     fn of(p: &Prepared) -> Self {
         Self {
-            model: p.model,
+            model: p.model.id,
             // Scales are validated to 0..=4, so this cannot overflow.
             adapter: p
                 .adapter
@@ -205,24 +206,24 @@ struct Active {
     first_token: Option<Instant>,
 }
 
-struct Variant<'m> {
+struct Variant {
     key: VariantKey,
-    model: &'m CatalogModel,
-    ctx: LlamaContext<'m>,
+    ctx: ModelContext,
     batch: LlamaBatch<'static>,
     table: SlotTable<LlamaToken>,
     active: Vec<Active>,
 }
 
-struct EngineLoop<'m> {
-    catalog: &'m Catalog,
-    adapters: Adapters,
+struct EngineLoop {
+    catalog: Arc<Catalog>,
+    /// The catalog's generation the variants were last checked against.
+    generation: u64,
     config: EngineConfig,
     worker_id: WorkerId,
     usage: Option<UsageSender>,
     metrics: Arc<Metrics>,
     snapshot: Arc<Mutex<Snapshot>>,
-    variants: Vec<Variant<'m>>,
+    variants: Vec<Variant>,
     host: HostCache<HostKey, llama_cpp_2::context::session::SeqState, LlamaToken>,
     waiting: VecDeque<(Submission, u64)>,
     arrivals: u64,
@@ -234,10 +235,11 @@ struct EngineLoop<'m> {
     generating: HashMap<TenantId, (u32, u32)>,
 }
 
-impl<'m> EngineLoop<'m> {
+impl EngineLoop {
     fn run(&mut self, rx: &mpsc::Receiver<Submission>) {
         let mut open = true;
         loop {
+            self.drop_unloaded();
             let busy =
                 !self.waiting.is_empty() || self.variants.iter().any(|v| !v.active.is_empty());
             if !busy {
@@ -275,34 +277,50 @@ impl<'m> EngineLoop<'m> {
         self.waiting.push_back((submission, self.arrivals));
     }
 
-    fn variant_index(&mut self, key: VariantKey) -> Result<usize, WorkerError> {
+    /// The variant waiting request `pos` needs, its context created on first use.
+    fn variant_index(&mut self, pos: usize) -> Result<usize, WorkerError> {
+        let prepared = &self.waiting[pos].0.prepared;
+        let key = VariantKey::of(prepared);
         if let Some(i) = self.variants.iter().position(|v| v.key == key) {
             return Ok(i);
         }
-        let model = self.catalog.model(key.model);
-        let backend = crate::catalog::backend()?;
-        let mut ctx = model
-            .model
-            .new_context(backend, self.config.context_params())
-            .map_err(|e| {
-                WorkerError::Engine(format!("creating a context for {}: {e}", model.name))
-            })?;
-        if let Some((adapter, scale)) = key.adapter {
-            let lora = &mut self.adapters[key.model][adapter];
-            ctx.lora_adapter_set(lora, scale as f32 / 1000.0)
-                .map_err(|e| WorkerError::Engine(format!("applying adapter: {e}")))?;
-        }
+        let (model, adapter) = (Arc::clone(&prepared.model), prepared.adapter);
+        let name = model.name.clone();
+        let ctx = ModelContext::new(model, self.config.context_params(), adapter)?;
         let slots = self.config.slots as usize;
         self.variants.push(Variant {
             key,
-            model,
             ctx,
             batch: LlamaBatch::new(self.config.batch as usize, 1),
             table: SlotTable::new(slots),
             active: Vec::new(),
         });
-        tracing::info!(model = %model.name, adapter = ?key.adapter, slots, "context created");
+        tracing::info!(model = %name, adapter = ?key.adapter, slots, "context created");
         Ok(self.variants.len() - 1)
+    }
+
+    /// Once a model has left the catalog, its idle contexts and the session
+    /// states parked for them go: the model is freed with the last of them.
+    fn drop_unloaded(&mut self) {
+        let generation = self.catalog.generation();
+        if generation == self.generation {
+            return;
+        }
+        let loaded: Vec<u64> = self.catalog.models().iter().map(|m| m.id).collect();
+        let gone = |key: &VariantKey| !loaded.contains(&key.model);
+        let before = self.variants.len();
+        self.variants
+            .retain(|v| !gone(&v.key) || !v.active.is_empty());
+        self.host.retain(|(key, _, _)| !gone(key));
+        if self.variants.iter().all(|v| !gone(&v.key)) {
+            self.generation = generation;
+        }
+        if self.variants.len() < before {
+            tracing::info!(
+                contexts = before - self.variants.len(),
+                "contexts of unloaded models dropped"
+            );
+        }
     }
 
     /// Requests whose client went away: waiting ones are dropped, active ones
@@ -430,10 +448,10 @@ impl<'m> EngineLoop<'m> {
         }
         let mut generated = 0;
         let mut done: Vec<(usize, FinishReason)> = Vec::new();
-        let vocab = variant.model.model.vocab();
+        let vocab = variant.ctx.model().model.vocab();
         for (i, a) in variant.active.iter_mut().enumerate() {
             let Some(at) = a.logits_at else { continue };
-            let token = a.sampler.sample(&variant.ctx, at);
+            let token = variant.ctx.sample(&mut a.sampler, at);
             generated += 1;
             a.generated += 1;
             if a.first_token.is_none() {
@@ -514,9 +532,7 @@ impl<'m> EngineLoop<'m> {
         s.busy = false;
         s.owner = None;
         s.tokens.clear();
-        let _ = variant
-            .ctx
-            .clear_kv_cache_seq(Some(a.slot as u32), None, None);
+        variant.ctx.clear(slot_id(a.slot));
         let _ = a.events.send(Event::Failed(err));
     }
 }

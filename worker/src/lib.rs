@@ -11,7 +11,8 @@
 //!   may use the OpenAI-compatible HTTP API directly).
 //! - [`usage`]: the on-disk spool and publisher of usage events (JetStream,
 //!   or the control plane in the same process).
-//! - [`registration`]: the worker's entry in the control plane's registry.
+//! - [`registration`]: the worker's entry in the control plane's registry;
+//!   [`live`]: models loaded and unloaded while serving, as it places them.
 //! - [`bench`]: the `bulkhead bench worker` measurement.
 //!
 //! The worker never decides quotas or authenticates tenants: the gateway does.
@@ -23,6 +24,7 @@ pub mod engine;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod live;
 pub mod metrics;
 pub mod registration;
 pub mod request;
@@ -49,8 +51,15 @@ pub use usage::UsageSink;
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub worker_id: WorkerId,
+    /// Models loaded at start-up and kept (pinned).
     pub models: Vec<ModelSpec>,
     pub adapters: Vec<AdapterSpec>,
+    /// Directories of model files loaded on demand, when a tenant uses one
+    /// that no worker serves (see [`live`]).
+    pub model_dirs: Vec<PathBuf>,
+    /// The most bytes of model weights held at once; `None`: see
+    /// [`catalog::default_memory_budget`].
+    pub memory_budget: Option<u64>,
     pub engine: EngineConfig,
     /// Layers offloaded to a GPU (0 on a CPU-only build).
     pub gpu_layers: u32,
@@ -114,68 +123,81 @@ pub async fn run(
     };
     // Registered (as loading, with progress) before the models load, so a
     // caller hears that its model is coming instead of that nobody serves it.
+    let settings = catalog::LoadSettings {
+        context_window: config.engine.context_window,
+        gpu_layers: config.gpu_layers,
+        model_dirs: config.model_dirs.clone(),
+        memory_budget: config
+            .memory_budget
+            .unwrap_or_else(catalog::default_memory_budget),
+    };
     let progress = catalog::LoadProgress::new(&config.models);
     let advertise = config
         .control_plane
         .as_ref()
         .map_or_else(String::new, |cp| cp.advertise.clone());
-    let loading_info = || {
-        registration::loading_info(
+    let info = |catalog: Option<&catalog::Catalog>| {
+        registration::worker_info(
             &config.worker_id,
             &advertise,
             config.engine.slots,
+            &settings,
+            catalog,
             &progress,
         )
     };
-    let (info_tx, info_rx) = tokio::sync::watch::channel(loading_info());
+    let (info_tx, info_rx) = tokio::sync::watch::channel(info(None));
+    let (replies_tx, replies_rx) = tokio::sync::watch::channel(Default::default());
     let registration = config.control_plane.clone().map(|cp| {
         tokio::spawn(registration::register_loop(
             cp,
             secret.clone(),
             info_rx,
+            replies_tx,
             stopped(stop_rx.clone()),
         ))
     });
+    // Each change of what the worker holds is registered at once; progress
+    // at most four times a second (and in 5% steps, see `worker_info`).
+    let publish = |catalog: Option<&catalog::Catalog>| {
+        let now = info(catalog);
+        info_tx.send_if_modified(|info| {
+            let changed = *info != now;
+            *info = now;
+            changed
+        });
+    };
     let models = config.models.clone();
     let adapters = config.adapters.clone();
-    let window = config.engine.context_window;
-    let gpu_layers = config.gpu_layers;
     let loader_progress = progress.clone();
+    let loader_settings = settings.clone();
     let mut loading = tokio::task::spawn_blocking(move || {
-        catalog::Catalog::load(&models, &adapters, window, gpu_layers, &loader_progress)
+        catalog::Catalog::load(&models, &adapters, loader_settings, &loader_progress)
     });
     let mut stop_loading = std::pin::pin!(stopped(stop_rx.clone()));
     let loaded = loop {
         tokio::select! {
             done = &mut loading => break done,
             () = &mut stop_loading, if !progress.is_cancelled() => progress.cancel(),
-            // Progress is published at most four times a second (and in 5%
-            // steps, see `loading_info`); each change is a registration.
-            () = tokio::time::sleep(std::time::Duration::from_millis(250)) => {
-                let now = loading_info();
-                info_tx.send_if_modified(|info| {
-                    let changed = *info != now;
-                    *info = now;
-                    changed
-                });
-            }
+            () = tokio::time::sleep(std::time::Duration::from_millis(250)) => publish(None),
         }
     };
     let started = loaded
         .map_err(|e| WorkerError::Engine(format!("model loading panicked: {e}")))
         .and_then(|r| r)
-        .and_then(|(catalog, loras)| {
+        .map(Arc::new)
+        .and_then(|catalog| {
             engine::Engine::start(
-                Arc::new(catalog),
-                loras,
+                Arc::clone(&catalog),
                 config.engine.clone(),
                 config.worker_id.clone(),
                 usage_tx,
                 Arc::clone(&metrics),
             )
+            .map(|engine| (catalog, engine))
         });
-    let engine = match started {
-        Ok(engine) => Arc::new(engine),
+    let (catalog, engine) = match started {
+        Ok((catalog, engine)) => (catalog, Arc::new(engine)),
         Err(e) => {
             // Not "loading" any more: stop saying so (the entry lapses with its lease).
             if let Some(task) = registration {
@@ -188,20 +210,45 @@ pub async fn run(
             return Err(e);
         }
     };
+    for m in &config.models {
+        progress.finish(&m.name);
+    }
+    let held = catalog.bytes();
+    if held > settings.memory_budget {
+        tracing::warn!(
+            held,
+            budget = settings.memory_budget,
+            "the start-up models exceed the memory budget: no model will be loaded on demand"
+        );
+    }
     tracing::info!(
         worker = %config.worker_id,
         grpc = ?grpc.local_addr().ok(),
         http = ?http.as_ref().and_then(|l| l.local_addr().ok()),
+        files = catalog.files().len(),
         "worker serving"
     );
-    if let Some(cp) = &config.control_plane {
-        info_tx.send_replace(registration::worker_info(
-            &engine,
-            &config.worker_id,
-            &cp.advertise,
-            config.engine.slots,
-        ));
-    }
+    publish(Some(&catalog));
+    let live = tokio::spawn(live::follow(
+        Arc::clone(&catalog),
+        progress.clone(),
+        replies_rx,
+        stopped(stop_rx.clone()),
+    ));
+    let publisher_stop = stopped(stop_rx.clone());
+    let info_catalog = Arc::clone(&catalog);
+    let info_loop = async move {
+        let ticks = async {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                publish(Some(&info_catalog));
+            }
+        };
+        tokio::select! {
+            () = ticks => {}
+            () = publisher_stop => {}
+        }
+    };
     let service = grpc::WorkerService {
         engine: Arc::clone(&engine),
         worker_id: config.worker_id.clone(),
@@ -248,10 +295,11 @@ pub async fn run(
             Ok(())
         }
     };
-    let (grpc_result, http_result) = tokio::join!(grpc_server, http_server);
+    let (grpc_result, http_result, ()) = tokio::join!(grpc_server, http_server, info_loop);
     if let Some(task) = registration {
         let _ = task.await;
     }
+    let _ = live.await;
     let engine_for_shutdown = Arc::clone(&engine);
     drop(engine);
     // Finishes in-flight work and drops the engine's usage sender.

@@ -1,7 +1,9 @@
 //! The worker's entry in the control plane's registry: while its models load
 //! it registers their progress (nothing is routed to it yet); once they are
 //! loaded, the worker registers its gRPC address, models, adapters and slots
-//! with a lease, and renews it every third of the lease until it stops.
+//! with a lease, and renews it every third of the lease until it stops. The
+//! model files it could load and its memory budget go with it, and each
+//! reply says which models to load or may be freed (see [`crate::live`]).
 //! Gateways route only to registered workers whose lease is live. This module
 //! never decides anything about tenants; failures are logged and retried.
 
@@ -14,8 +16,7 @@ use bulkhead_proto::{ClusterSecret, WorkerId};
 
 use tokio::sync::watch;
 
-use crate::catalog::LoadProgress;
-use crate::engine::Engine;
+use crate::catalog::{Catalog, LoadProgress, LoadSettings};
 
 /// Default lease of a worker's registration.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
@@ -41,15 +42,19 @@ impl ControlPlaneRegistration {
     }
 }
 
-/// What the worker registers once its models are loaded: the models, their
-/// adapters as `MODEL:ADAPTER`, and its device slots per model variant.
+/// What the worker registers: once it serves (`catalog` given), its loaded
+/// models with their adapters (as `MODEL:ADAPTER`), windows and sizes; while
+/// models load, each one's progress; always its device slots per model
+/// variant, the files it could load and its memory budget.
 pub fn worker_info(
-    engine: &Engine,
     worker_id: &WorkerId,
     advertise: &str,
     slots: u32,
+    settings: &LoadSettings,
+    catalog: Option<&Catalog>,
+    progress: &LoadProgress,
 ) -> pb::WorkerInfo {
-    let models = engine.catalog().models();
+    let models = catalog.map(Catalog::models).unwrap_or_default();
     pb::WorkerInfo {
         worker_id: worker_id.to_string(),
         addr: advertise.to_owned(),
@@ -60,27 +65,6 @@ pub fn worker_info(
             .collect(),
         slots,
         expires_at_ms: 0,
-        loading: Vec::new(),
-        context_windows: models
-            .iter()
-            .map(|m| (m.name.clone(), m.context_window))
-            .collect(),
-        devices: crate::catalog::devices(),
-    }
-}
-
-/// What the worker registers while its models load: no model to route to
-/// yet, each model's progress.
-pub fn loading_info(
-    worker_id: &WorkerId,
-    advertise: &str,
-    slots: u32,
-    progress: &LoadProgress,
-) -> pb::WorkerInfo {
-    pb::WorkerInfo {
-        worker_id: worker_id.to_string(),
-        addr: advertise.to_owned(),
-        slots,
         // In steps of 5%: each change is a Raft write and news to every
         // gateway, so a slow load makes at most twenty per model.
         loading: progress
@@ -91,16 +75,33 @@ pub fn loading_info(
                 progress: (progress * 20.0).floor() / 20.0,
             })
             .collect(),
-        ..pb::WorkerInfo::default()
+        context_windows: models
+            .iter()
+            .map(|m| (m.name.clone(), m.context_window))
+            .collect(),
+        devices: crate::catalog::devices(),
+        files: crate::catalog::model_files(&settings.model_dirs)
+            .into_iter()
+            .map(|(name, (_, bytes))| (name, bytes))
+            .collect(),
+        model_bytes: models.iter().map(|m| (m.name.clone(), m.bytes)).collect(),
+        pinned: models
+            .iter()
+            .filter(|m| m.pinned)
+            .map(|m| m.name.clone())
+            .collect(),
+        memory_budget: settings.memory_budget,
     }
 }
 
 /// Registers what `info` holds, again whenever it changes, and renews it
-/// every `lease / 3`, until `stop` resolves.
+/// every `lease / 3`, until `stop` resolves. Each reply goes to `replies`:
+/// it says which models to load and which are unneeded.
 pub async fn register_loop(
     registration: ControlPlaneRegistration,
     secret: ClusterSecret,
     mut info: watch::Receiver<pb::WorkerInfo>,
+    replies: watch::Sender<pb::RegisterWorkerReply>,
     stop: impl Future<Output = ()>,
 ) {
     let client =
@@ -124,7 +125,10 @@ pub async fn register_loop(
                     |mut c, req| async move { c.register_worker(req).await },
                 )
                 .await;
-            let loading = !current.loading.is_empty();
+            let loading = current.models.is_empty();
+            if let Ok(reply) = &result {
+                replies.send_replace(reply.clone());
+            }
             match result {
                 Ok(_) if logged == Some(loading) => {}
                 Ok(_) if loading => {

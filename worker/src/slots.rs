@@ -249,6 +249,18 @@ impl<K: std::hash::Hash + Eq + Clone, S, T> HostCache<K, S, T> {
     pub fn iter(&self) -> impl Iterator<Item = (&K, &HostEntry<S, T>)> {
         self.entries.iter()
     }
+
+    /// Keeps only the entries whose key `keep` accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(&K) -> bool) {
+        let used = &mut self.used;
+        self.entries.retain(|k, e| {
+            let kept = keep(k);
+            if !kept {
+                *used -= e.bytes;
+            }
+            kept
+        });
+    }
 }
 
 #[cfg(test)]

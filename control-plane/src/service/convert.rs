@@ -5,7 +5,7 @@ use bulkhead_proto::control as pb;
 
 use crate::admin::{self as adm};
 use crate::sessions::SessionRecord;
-use crate::state::{Change, KeyRecord, TenantRecord, WorkerRecord};
+use crate::state::{Change, DeviceRecord, KeyRecord, TenantRecord, WorkerRecord};
 
 pub(crate) fn tenant_to_pb(t: TenantRecord) -> pb::Tenant {
     pb::Tenant {
@@ -100,6 +100,42 @@ pub(super) fn worker_to_pb(w: WorkerRecord) -> pb::WorkerInfo {
                 memory_free_bytes: d.memory_free_bytes,
             })
             .collect(),
+        files: w.files.into_iter().collect(),
+        model_bytes: w.model_bytes.into_iter().collect(),
+        pinned: w.pinned,
+        memory_budget: w.memory_budget,
+    }
+}
+
+/// A registration as the registry keeps it, its lease ending at `expires_at_ms`.
+pub(super) fn worker_from_pb(w: pb::WorkerInfo, expires_at_ms: i64) -> WorkerRecord {
+    WorkerRecord {
+        worker_id: w.worker_id,
+        addr: w.addr,
+        models: w.models,
+        adapters: w.adapters,
+        slots: w.slots,
+        expires_at_ms,
+        loading: w
+            .loading
+            .into_iter()
+            .map(|l| (l.model, permille(l.progress)))
+            .collect(),
+        context_windows: w.context_windows.into_iter().collect(),
+        devices: w
+            .devices
+            .into_iter()
+            .map(|d| DeviceRecord {
+                name: d.name,
+                description: d.description,
+                memory_total_bytes: d.memory_total_bytes,
+                memory_free_bytes: d.memory_free_bytes,
+            })
+            .collect(),
+        files: w.files.into_iter().collect(),
+        model_bytes: w.model_bytes.into_iter().collect(),
+        pinned: w.pinned,
+        memory_budget: w.memory_budget,
     }
 }
 

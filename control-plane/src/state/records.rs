@@ -245,6 +245,18 @@ pub struct WorkerRecord {
     /// Accelerators, with their memory at registration.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<DeviceRecord>,
+    /// Model files the worker may load on demand, with their bytes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, u64>,
+    /// Per loaded model, the bytes of its weights.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub model_bytes: BTreeMap<String, u64>,
+    /// Loaded models kept whatever tenants use.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pinned: Vec<String>,
+    /// The most bytes of weights the worker holds at once (0: no files to load).
+    #[serde(default)]
+    pub memory_budget: u64,
 }
 
 /// One accelerator of a worker, as `bulkhead.worker.v1.Device`.

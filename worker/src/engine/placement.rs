@@ -4,19 +4,18 @@
 //! session is restored from there, and a new one may copy a cached prefix
 //! from a slot of its own tenant only.
 
-use super::{Active, EngineLoop, VariantKey, slot_id};
+use super::{Active, EngineLoop, slot_id};
 use crate::error::WorkerError;
 use crate::request::Event;
 use crate::scheduler::pick_next;
 use crate::slots::{Owner, Placement, common_prefix};
 use crate::text::TextStream;
 use bulkhead_proto::{SessionId, TenantId};
-use llama_cpp_2::context::session::LlamaStateSeqFlags;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use std::collections::HashMap;
 
-impl EngineLoop<'_> {
+impl EngineLoop {
     /// Gives free slots to waiting requests, fairest first.
     pub(super) fn admit(&mut self) {
         let mut skipped = Vec::new();
@@ -64,8 +63,7 @@ impl EngineLoop<'_> {
     /// Binds waiting request `pos` to a slot of its variant. Ok(false): every
     /// slot is busy; it stays waiting.
     pub(super) fn try_place(&mut self, pos: usize) -> Result<bool, WorkerError> {
-        let key = VariantKey::of(&self.waiting[pos].0.prepared);
-        let v = self.variant_index(key)?;
+        let v = self.variant_index(pos)?;
         let (tenant, session) = {
             let p = &self.waiting[pos].0.prepared.params;
             (p.tenant.clone(), p.session.clone())
@@ -100,7 +98,7 @@ impl EngineLoop<'_> {
         let keep = u32::try_from(cached).unwrap_or(u32::MAX);
         variant
             .ctx
-            .kv_cache_seq_rm(slot_id(slot), Some(keep), None)
+            .truncate(slot_id(slot), keep)
             .map_err(|e| WorkerError::Engine(format!("trimming slot: {e}")))?;
         held.truncate(cached);
         let s = &mut variant.table.slots[slot];
@@ -160,10 +158,7 @@ impl EngineLoop<'_> {
             session: Some(session),
         }) = s.owner.take()
         {
-            match variant
-                .ctx
-                .state_seq_get(slot_id(slot), LlamaStateSeqFlags::empty())
-            {
+            match variant.ctx.state_get(slot_id(slot)) {
                 Ok(state) => {
                     let bytes = state.byte_len() as u64;
                     let tokens = std::mem::take(&mut s.tokens);
@@ -183,9 +178,7 @@ impl EngineLoop<'_> {
             }
         }
         s.tokens.clear();
-        let _ = variant
-            .ctx
-            .clear_kv_cache_seq(Some(slot as u32), None, None);
+        variant.ctx.clear(slot_id(slot));
     }
 
     /// Fills an empty slot for a request: the session's state from host
@@ -202,15 +195,13 @@ impl EngineLoop<'_> {
         let variant = &mut self.variants[v];
         variant.table.slots[slot].owner = None;
         variant.table.slots[slot].tokens.clear();
-        let _ = variant
-            .ctx
-            .clear_kv_cache_seq(Some(slot as u32), None, None);
+        variant.ctx.clear(slot_id(slot));
         if let Some(session) = session
             && let Some(entry) = self
                 .host
                 .remove(&(variant.key, tenant.clone(), session.clone()))
         {
-            match variant.ctx.state_seq_set(&entry.state, slot_id(slot)) {
+            match variant.ctx.state_set(&entry.state, slot_id(slot)) {
                 Ok(()) => {
                     variant.table.slots[slot].tokens = entry.tokens;
                     self.metrics.slot_restores.inc();
@@ -219,20 +210,18 @@ impl EngineLoop<'_> {
                 }
                 Err(e) => {
                     tracing::warn!(tenant = %tenant, error = %e, "restoring slot failed; recomputing");
-                    let _ = variant
-                        .ctx
-                        .clear_kv_cache_seq(Some(slot as u32), None, None);
+                    variant.ctx.clear(slot_id(slot));
                 }
             }
         }
         if let Some((donor, shared)) = variant.table.best_donor(tenant, prompt, slot) {
             let state = variant
                 .ctx
-                .state_seq_get(slot_id(donor), LlamaStateSeqFlags::empty())
+                .state_get(slot_id(donor))
                 .map_err(|e| WorkerError::Engine(format!("reading donor slot: {e}")))?;
             variant
                 .ctx
-                .state_seq_set(&state, slot_id(slot))
+                .state_set(&state, slot_id(slot))
                 .map_err(|e| WorkerError::Engine(format!("copying donor slot: {e}")))?;
             let tokens = variant.table.slots[donor].tokens[..shared].to_vec();
             variant.table.slots[slot].tokens = tokens;

@@ -37,7 +37,7 @@ pub struct TenantKv {
 
 const RATE_WINDOW: Duration = Duration::from_secs(2);
 
-impl EngineLoop<'_> {
+impl EngineLoop {
     pub(super) fn count_generated(&mut self, generated: u32) {
         let now = Instant::now();
         self.generated_total += u64::from(generated);
@@ -76,7 +76,7 @@ impl EngineLoop<'_> {
                     snap.device_slots_used += 1;
                     let t = snap.tenants.entry(owner.tenant.clone()).or_default();
                     t.device_slots += 1;
-                    t.device_bytes += s.tokens.len() as u64 * v.model.kv_bytes_per_token;
+                    t.device_bytes += s.tokens.len() as u64 * v.ctx.model().kv_bytes_per_token;
                 }
             }
         }
