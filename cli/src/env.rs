@@ -8,6 +8,8 @@ pub const NATS_URL: &str = "BULKHEAD_NATS_URL";
 pub const DATA_DIR: &str = "BULKHEAD_DATA_DIR";
 /// This worker's id.
 pub const WORKER_ID: &str = "BULKHEAD_WORKER_ID";
+/// The token a worker's HTTP API demands.
+pub const WORKER_HTTP_TOKEN: &str = "BULKHEAD_WORKER_HTTP_TOKEN";
 /// Directories of model files a worker loads on demand, comma-separated.
 pub const MODEL_DIRS: &str = "BULKHEAD_MODEL_DIRS";
 /// Control-plane addresses for admin commands, gateways and workers.

@@ -191,6 +191,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         usage,
         spool_dir: dir.join("usage-spool"),
         max_body_bytes: bulkhead_gateway::DEFAULT_MAX_BODY_BYTES,
+        http_token: None,
         cluster_secret: Some(secret.clone()),
         control_plane: Some(ControlPlaneRegistration::new(
             vec![cp_addr.clone()],
@@ -269,7 +270,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
         println!("control plane: {cp_addr}");
         println!(
-            "metrics: http://{api_addr}/metrics http://{cp_addr}/metrics http://{worker_addr}/metrics"
+            "metrics: http://{api_addr}/metrics (with the admin token) http://{cp_addr}/metrics http://{worker_addr}/metrics"
         );
         println!("admin token: {token}");
         println!(

@@ -39,6 +39,10 @@ pub struct EngineArgs {
     /// thread (0 keeps them equal).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
     decode_nice: i32,
+    /// Most llama.cpp contexts (model variants: model, adapter, adapter scale) held at once, each
+    /// with its own KV slots; past it the least recently used idle one is dropped.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    max_contexts: u32,
     /// Model layers to run on the GPU, on a CUDA build (default: all of them; a CPU build runs
     /// everything on the CPU whatever this says).
     #[arg(long)]
@@ -60,6 +64,7 @@ impl EngineArgs {
             threads: self.threads.unwrap_or(defaults.threads),
             host_cache_bytes: self.host_cache_mib << 20,
             decode_nice: self.decode_nice,
+            max_contexts: self.max_contexts,
         }
     }
 }
@@ -101,9 +106,13 @@ pub struct WorkerArgs {
     /// A LoRA adapter (GGUF) for a served model, MODEL:NAME=PATH; repeat for more.
     #[arg(long = "lora")]
     adapters: Vec<AdapterSpec>,
-    /// Also serve the OpenAI-compatible HTTP API on this address.
+    /// Also serve the OpenAI-compatible HTTP API on this address. It trusts the caller's
+    /// X-Tenant-ID, so it must be a loopback address unless --http-token is given.
     #[arg(long)]
     http: Option<SocketAddr>,
+    /// The token every call of the --http API must carry (`Authorization: Bearer TOKEN`).
+    #[arg(long, env = env::WORKER_HTTP_TOKEN, hide_env_values = true)]
+    http_token: Option<String>,
     /// NATS server for usage events (JetStream stream BULKHEAD_USAGE).
     #[arg(long, env = env::NATS_URL)]
     nats: Option<String>,
@@ -193,6 +202,15 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("worker-{}", grpc_addr.port())),
     )
     .context("--worker-id")?;
+    if let Some(addr) = args.http
+        && !addr.ip().is_loopback()
+        && args.http_token.is_none()
+    {
+        anyhow::bail!(
+            "--http {addr} is not a loopback address: the worker's HTTP API trusts the caller's X-Tenant-ID, so give it a token with --http-token (or {}), or listen on 127.0.0.1",
+            env::WORKER_HTTP_TOKEN
+        );
+    }
     let http = crate::bind_if("the worker's HTTP API", args.http).await?;
     eprintln!("bulkhead worker: gRPC on {grpc_addr}");
     if let Some(http) = &http {
@@ -212,6 +230,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         usage: args.nats.map_or(UsageSink::None, UsageSink::Nats),
         spool_dir: args.data_dir.join("usage-spool"),
         max_body_bytes: args.max_body_bytes,
+        http_token: args.http_token,
         cluster_secret,
         control_plane: registration,
     };

@@ -88,5 +88,18 @@ fn worker_binary_rejects_bad_flags_with_a_usage_error() -> anyhow::Result<()> {
         stderr.contains("/nonexistent/model.gguf"),
         "stderr: {stderr}"
     );
+
+    // The HTTP API trusts X-Tenant-ID: off loopback it needs a token.
+    let output = std::process::Command::new(bulkhead_bin()?)
+        .args(["worker", "--model", "m=/nonexistent/model.gguf"])
+        .args(["--listen", "127.0.0.1:0", "--http", "0.0.0.0:0"])
+        .env_remove("BULKHEAD_WORKER_HTTP_TOKEN")
+        .output()?;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("is not a loopback address") && stderr.contains("--http-token"),
+        "stderr: {stderr}"
+    );
     Ok(())
 }

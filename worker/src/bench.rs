@@ -386,6 +386,7 @@ impl BenchWorker {
             usage: crate::UsageSink::None,
             spool_dir: std::env::temp_dir().join("bulkhead-bench-spool"),
             max_body_bytes: 1 << 20,
+            http_token: None,
             cluster_secret: Some(secret.clone()),
             control_plane: None,
         };

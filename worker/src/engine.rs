@@ -208,6 +208,9 @@ struct Active {
 
 struct Variant {
     key: VariantKey,
+    /// When a request was last placed here: the least recent idle variant
+    /// goes first when the context cap is reached.
+    last_used: Instant,
     ctx: ModelContext,
     batch: LlamaBatch<'static>,
     table: SlotTable<LlamaToken>,
@@ -285,11 +288,25 @@ impl EngineLoop {
             return Ok(i);
         }
         let (model, adapter) = (Arc::clone(&prepared.model), prepared.adapter);
+        if self.variants.len() >= self.config.max_contexts as usize {
+            let idle = self
+                .variants
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| v.active.is_empty())
+                .min_by_key(|(_, v)| v.last_used)
+                .map(|(i, _)| i)
+                .ok_or(WorkerError::TooManyContexts(self.config.max_contexts))?;
+            let dropped = self.variants.swap_remove(idle);
+            self.host.retain(|(key, _, _)| *key != dropped.key);
+            tracing::info!(model = %dropped.ctx.model().name, adapter = ?dropped.key.adapter, "least recently used context dropped for a new one");
+        }
         let name = model.name.clone();
         let ctx = ModelContext::new(model, self.config.context_params(), adapter)?;
         let slots = self.config.slots as usize;
         self.variants.push(Variant {
             key,
+            last_used: Instant::now(),
             ctx,
             batch: LlamaBatch::new(self.config.batch as usize, 1),
             table: SlotTable::new(slots),

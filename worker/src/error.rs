@@ -36,6 +36,10 @@ pub enum WorkerError {
     BodyTooLarge { limit: usize },
     #[error("the worker is shutting down")]
     ShuttingDown,
+    #[error(
+        "this worker holds its most model variants (--max-contexts {0}: model, adapter and adapter scale), all of them busy; retry shortly"
+    )]
+    TooManyContexts(u32),
     /// A failure inside the engine; not the caller's fault.
     #[error("engine failure: {0}")]
     Engine(String),
@@ -64,7 +68,7 @@ impl WorkerError {
             Self::InvalidRequest { .. } | Self::ContextExceeded { .. } => StatusCode::BAD_REQUEST,
             Self::UnknownModel(_) | Self::UnknownAdapter { .. } => StatusCode::NOT_FOUND,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ShuttingDown | Self::TooManyContexts(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Engine(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -77,7 +81,7 @@ impl WorkerError {
             | Self::UnknownModel(_)
             | Self::UnknownAdapter { .. }
             | Self::BodyTooLarge { .. } => "invalid_request_error",
-            Self::ShuttingDown => "service_unavailable",
+            Self::ShuttingDown | Self::TooManyContexts(_) => "service_unavailable",
             Self::Engine(_) => "server_error",
         }
     }
@@ -121,7 +125,9 @@ impl From<WorkerError> for tonic::Status {
             WorkerError::UnknownModel(_) | WorkerError::UnknownAdapter { .. } => {
                 tonic::Status::not_found(message)
             }
-            WorkerError::ShuttingDown => tonic::Status::unavailable(message),
+            WorkerError::ShuttingDown | WorkerError::TooManyContexts(_) => {
+                tonic::Status::unavailable(message)
+            }
             WorkerError::Engine(_) => tonic::Status::internal(message),
         }
     }

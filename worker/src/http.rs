@@ -1,8 +1,10 @@
 //! The worker's OpenAI-compatible HTTP API, for an operator's direct use:
 //! `POST /v1/chat/completions` (with and without `stream`), `GET /v1/models`,
 //! `GET /health`, `GET /metrics`. `X-Tenant-ID` names the tenant and
-//! `X-Session-ID` the session. It trusts its caller: authentication and quotas
-//! are the gateway's job, so this port belongs on an operator network.
+//! `X-Session-ID` the session. It trusts its caller's `X-Tenant-ID`:
+//! authentication and quotas are the gateway's job, so this port listens on
+//! loopback only, unless the worker has an HTTP token (`--http-token`), which
+//! every `/v1` call must then carry as `Authorization: Bearer`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -42,11 +44,30 @@ pub struct HttpState {
     pub worker_id: WorkerId,
 }
 
-pub fn router(state: HttpState, max_body_bytes: usize) -> Router {
-    Router::new()
+pub fn router(state: HttpState, max_body_bytes: usize, token: Option<String>) -> Router {
+    let api = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
-        .route("/v1/models", get(models))
-        .route("/health", get(health))
+        .route("/v1/models", get(models));
+    let api = match token {
+        Some(token) => {
+            let token: Arc<str> = token.into();
+            api.route_layer(axum::middleware::from_fn(
+                move |req: axum::extract::Request, next: axum::middleware::Next| {
+                    let token = Arc::clone(&token);
+                    async move {
+                        if bearer_is(req.headers(), &token) {
+                            next.run(req).await
+                        } else {
+                            let body = json!({"error": {"message": "this worker's HTTP API needs its token: send `Authorization: Bearer <token>`", "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}});
+                            (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response()
+                        }
+                    }
+                },
+            ))
+        }
+        None => api,
+    };
+    api.route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -62,6 +83,18 @@ pub fn ops_router(state: HttpState) -> Router {
 }
 
 type AppState = State<(HttpState, usize)>;
+
+/// Whether `headers` carry `Authorization: Bearer <token>`, compared in
+/// constant time.
+fn bearer_is(headers: &HeaderMap, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .is_some_and(|(_, given)| bool::from(given.trim().as_bytes().ct_eq(token.as_bytes())))
+}
 
 async fn not_found() -> Response {
     let body = json!({"error": {"message": "no such route", "type": "invalid_request_error", "param": null, "code": "not_found"}});

@@ -69,6 +69,9 @@ pub struct WorkerConfig {
     /// Directory of the usage spool.
     pub spool_dir: PathBuf,
     pub max_body_bytes: usize,
+    /// The token every call of the HTTP API must carry; `None` trusts every
+    /// caller (only for a loopback listener: the CLI refuses otherwise).
+    pub http_token: Option<String>,
     /// The secret every gRPC call must carry; `None` closes the gRPC port to
     /// everyone (a random secret nobody knows).
     pub cluster_secret: Option<ClusterSecret>,
@@ -286,7 +289,7 @@ pub async fn run(
                 axum::serve::ListenerExt::tap_io(listener, |tcp| {
                     let _ = tcp.set_nodelay(true);
                 }),
-                http::router(state, config.max_body_bytes),
+                http::router(state, config.max_body_bytes, config.http_token.clone()),
             )
             .with_graceful_shutdown(stopped(stop_rx.clone()))
             .await

@@ -228,3 +228,41 @@ async fn bad_requests_get_clear_errors_and_the_worker_keeps_serving() {
     assert!(content(&answer).contains("Paris"));
     w.stop().await;
 }
+
+#[tokio::test]
+async fn with_an_http_token_the_api_refuses_callers_without_it() {
+    let w = TestWorker::start(Options {
+        http_token: Some("s3cret-token".into()),
+        ..Options::default()
+    })
+    .await;
+    let body = greedy(json!([{"role": "user", "content": "Hi"}]), 2);
+    let call = |token: Option<&str>| {
+        let mut req = w
+            .client
+            .post(format!("{}/v1/chat/completions", w.http))
+            .header("X-Tenant-ID", "acme")
+            .json(&body);
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        req.send()
+    };
+    for token in [None, Some("wrong"), Some("s3cret-token-and-more")] {
+        let resp = call(token).await.unwrap();
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap();
+        assert_error(status, &body, 401, "needs its token");
+    }
+    let resp = call(Some("s3cret-token")).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    // Health stays open for probes.
+    let health = w
+        .client
+        .get(format!("{}/health", w.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    w.stop().await;
+}

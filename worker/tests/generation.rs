@@ -481,6 +481,40 @@ async fn a_lora_adapter_changes_the_output_and_each_variant_keeps_its_own_contex
 }
 
 #[tokio::test]
+async fn adapter_scales_past_the_context_cap_reuse_the_least_recent_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let lora = dir.path().join("noisy.gguf");
+    common::gguf::demo_lora(&lora, 4);
+    let w = TestWorker::start(Options {
+        adapters: vec![AdapterSpec {
+            model: MODEL_NAME.into(),
+            name: "noisy".into(),
+            path: lora,
+        }],
+        max_contexts: 2,
+        ..Options::default()
+    })
+    .await;
+    let question = json!([{"role": "user", "content": "Name a colour."}]);
+    // Each scale is its own context (4 slots each); a caller choosing new
+    // scales must not grow the worker's memory past two contexts.
+    for scale in [0.25, 0.5, 0.75, 1.0, 1.25] {
+        let mut body = greedy(question.clone(), 2);
+        body["adapter"] = json!("noisy");
+        body["adapter_scale"] = json!(scale);
+        let (status, answer) = w.chat("acme", None, body).await;
+        assert_eq!(status, 200, "scale {scale}: {answer}");
+    }
+    let metrics = w.metrics().await;
+    assert_eq!(
+        metric(&metrics, "bulkhead_worker_device_slots_total "),
+        Some(8.0),
+        "{metrics}"
+    );
+    w.stop().await;
+}
+
+#[tokio::test]
 async fn several_models_are_served_side_by_side() {
     let w = TestWorker::start(Options {
         models: vec![

@@ -22,6 +22,10 @@ pub struct EngineConfig {
     /// How much lower than the rest of the process the decode threads run
     /// (a nice increment, Linux): see [`lower_priority`].
     pub decode_nice: i32,
+    /// Most contexts (model variants) held at once: a variant is a new
+    /// context with its own KV slots, and a caller of the worker's HTTP API
+    /// picks its adapter scale, so without a cap memory would follow it.
+    pub max_contexts: u32,
 }
 
 impl Default for EngineConfig {
@@ -35,6 +39,7 @@ impl Default for EngineConfig {
                 .map_or(2, |n| i32::try_from(n.get()).unwrap_or(2)),
             host_cache_bytes: 1 << 30,
             decode_nice: 10,
+            max_contexts: 8,
         }
     }
 }

@@ -64,6 +64,7 @@ impl EngineLoop {
     /// slot is busy; it stays waiting.
     pub(super) fn try_place(&mut self, pos: usize) -> Result<bool, WorkerError> {
         let v = self.variant_index(pos)?;
+        self.variants[v].last_used = std::time::Instant::now();
         let (tenant, session) = {
             let p = &self.waiting[pos].0.prepared.params;
             (p.tenant.clone(), p.session.clone())

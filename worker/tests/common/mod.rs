@@ -47,6 +47,8 @@ pub struct Options {
     pub usage: UsageSink,
     pub spool_dir: Option<PathBuf>,
     pub max_body_bytes: usize,
+    pub http_token: Option<String>,
+    pub max_contexts: u32,
 }
 
 impl Default for Options {
@@ -66,6 +68,8 @@ impl Default for Options {
             usage: UsageSink::None,
             spool_dir: None,
             max_body_bytes: 64 * 1024,
+            http_token: None,
+            max_contexts: 8,
         }
     }
 }
@@ -109,12 +113,14 @@ impl TestWorker {
                 prefill_chunk: 128,
                 threads: 2,
                 host_cache_bytes: options.host_cache_bytes,
+                max_contexts: options.max_contexts,
                 ..EngineConfig::default()
             },
             gpu_layers: 0,
             usage: options.usage,
             spool_dir,
             max_body_bytes: options.max_body_bytes,
+            http_token: options.http_token,
             cluster_secret: Some(secret.clone()),
             control_plane: None,
         };
