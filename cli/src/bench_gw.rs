@@ -59,6 +59,11 @@ pub struct BenchGatewayArgs {
     /// of its rate completed, and its p99 stayed under this.
     #[arg(long, default_value_t = 50)]
     max_p99_ms: u64,
+    /// Rounds of the highest-rate searches, interleaved (direct, gateway,
+    /// sessions, then again); the figures reported are each path's median.
+    /// Two shared cores vary by 1.25x steps from run to run.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Also run a real llama.cpp worker in this process with this GGUF model, keeping
     /// --alongside-sessions requests generating while the comparison runs (not during the
     /// highest-rate search): what the engine's threads cost the gateway on shared cores.
@@ -576,24 +581,54 @@ pub async fn run(args: BenchGatewayArgs) -> anyhow::Result<()> {
             "highest sustained rate (open-loop steps from {SEARCH_FROM:.0}/s, x{SEARCH_STEP} each; sustained: no errors or misses, >= 95% completed, p99 < {} ms):",
             args.max_p99_ms
         );
-        let direct_best = highest_rate(&direct, &args, max_p99).await;
-        let gateway_best = highest_rate(&through_gateway, &args, max_p99).await;
         let show = |r: Option<f64>| r.map_or_else(|| "none".to_owned(), |r| format!("{r:.0}/s"));
         let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
             (Some(a), Some(b)) => format!("{:.2}", a / b),
             _ => "n/a".into(),
         };
+        if let Some(target) = &with_sessions {
+            wait_ready(target).await?;
+        }
+        let (mut direct_all, mut gateway_all, mut sessions_all) =
+            (Vec::new(), Vec::new(), Vec::new());
+        for round in 1..=args.rounds.max(1) {
+            let direct_best = highest_rate(&direct, &args, max_p99).await;
+            let gateway_best = highest_rate(&through_gateway, &args, max_p99).await;
+            let sessions_best = match &with_sessions {
+                Some(target) => highest_rate(target, &args, max_p99).await,
+                None => None,
+            };
+            if args.rounds > 1 {
+                println!(
+                    "round {round}: direct {}, gateway {}, sessions {}",
+                    show(direct_best),
+                    show(gateway_best),
+                    show(sessions_best)
+                );
+            }
+            direct_all.push(direct_best);
+            gateway_all.push(gateway_best);
+            sessions_all.push(sessions_best);
+        }
+        let (direct_best, gateway_best, sessions_best) = (
+            median(&direct_all),
+            median(&gateway_all),
+            median(&sessions_all),
+        );
+        let of = if args.rounds > 1 {
+            format!(" (medians of {} rounds)", args.rounds)
+        } else {
+            String::new()
+        };
         println!(
-            "highest sustained: direct {}, gateway {}; ratio {}",
+            "highest sustained{of}: direct {}, gateway {}; ratio {}",
             show(direct_best),
             show(gateway_best),
             ratio(gateway_best, direct_best)
         );
-        if let Some(target) = &with_sessions {
-            wait_ready(target).await?;
-            let sessions_best = highest_rate(target, &args, max_p99).await;
+        if with_sessions.is_some() {
             println!(
-                "highest sustained with sessions ({} sessions, context read and turns appended): {}; ratio to stateless {} (target >= 0.5)",
+                "highest sustained with sessions{of} ({} sessions, context read and turns appended): {}; ratio to stateless {} (target >= 0.5)",
                 args.sessions.unwrap_or_default(),
                 show(sessions_best),
                 ratio(sessions_best, gateway_best)
@@ -609,6 +644,14 @@ pub async fn run(args: BenchGatewayArgs) -> anyhow::Result<()> {
     let _ = stop_cp.send(());
     control_plane.await??;
     Ok(())
+}
+
+/// The median of the rates found (a round that found none counts as the
+/// lowest); `None` when no round found one.
+fn median(rates: &[Option<f64>]) -> Option<f64> {
+    let mut found: Vec<f64> = rates.iter().map(|r| r.unwrap_or(0.0)).collect();
+    found.sort_by(f64::total_cmp);
+    found.get(found.len() / 2).copied().filter(|r| *r > 0.0)
 }
 
 /// Creates `tenant` on `model` with no limit a benchmark would reach, and

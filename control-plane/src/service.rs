@@ -330,6 +330,13 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
         ControlPlaneService::get_turns(self, req).await
     }
 
+    async fn get_turns_batch(
+        &self,
+        req: Request<pb::GetTurnsBatchRequest>,
+    ) -> R<pb::GetTurnsBatchReply> {
+        ControlPlaneService::get_turns_batch(self, req).await
+    }
+
     async fn append_turns(&self, req: Request<pb::AppendTurnsRequest>) -> R<pb::Session> {
         ControlPlaneService::append_turns(self, req).await
     }

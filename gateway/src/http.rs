@@ -57,6 +57,7 @@ pub struct AppState {
     pub client: Arc<ControlPlaneClient>,
     /// Session turns, appended in batches (group commit).
     pub turns: crate::turns::TurnWriter,
+    pub turn_reads: crate::turns::TurnReader,
     pub metrics: Arc<Metrics>,
     /// The model of tenants that name none.
     pub default_model: Option<String>,
@@ -104,7 +105,42 @@ async fn health(State(state): S) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-async fn metrics(State(state): S) -> Response {
+/// `GET /metrics`: per-tenant volumes, so only for the operator. The admin
+/// token (`Authorization: Bearer`, as a Prometheus scrape config sends it)
+/// is checked by the control plane on every scrape.
+async fn metrics(State(state): S, headers: HeaderMap) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim().to_owned())
+        .filter(|token| !token.is_empty());
+    let Some(token) = token else {
+        return GatewayError::Unauthorized(
+            "metrics name every tenant: send the admin token as `Authorization: Bearer <admin token>`"
+                .into(),
+        )
+        .into_response();
+    };
+    let checked = state
+        .client
+        .with_token(token)
+        .send(cp::ListPlansRequest {}, |mut c, req| async move {
+            c.list_plans(req).await
+        })
+        .await;
+    match checked {
+        Ok(_) => {}
+        Err(status) if status.code() == tonic::Code::Unauthenticated => {
+            return GatewayError::Unauthorized(format!(
+                "{}: metrics need the admin token",
+                status.message()
+            ))
+            .into_response();
+        }
+        Err(status) => return GatewayError::from_control_plane(&status).into_response(),
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -350,10 +386,8 @@ async fn prepare(
             last: limits.context_turns,
         };
         let turns = state
-            .client
-            .send_for(CONTROL_PLANE_DEADLINE, msg, |mut c, req| async move {
-                c.get_turns(req).await
-            })
+            .turn_reads
+            .call(msg)
             .await
             .map_err(|s| match s.code() {
                 tonic::Code::NotFound => session_not_found(session.as_str()),

@@ -307,3 +307,41 @@ async fn bad_requests_get_their_documented_status_and_nothing_is_lost() {
     .unwrap();
     assert!(revoked_at.elapsed() < Duration::from_secs(2));
 }
+
+#[tokio::test]
+async fn gateway_metrics_name_tenants_only_to_the_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path()).await.unwrap();
+    let key = up.tenant_with_key("secretive-sales", &[]).unwrap();
+    let a = up.api.ask(&key, "Hi", 2).await.unwrap();
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let metrics = |token: Option<String>| {
+        let mut req = up.api.http.get(format!("{}/metrics", up.api.base));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    // Neither anonymous callers nor tenants' keys read other tenants' volumes.
+    for token in [None, Some(key.clone()), Some("bka_wrong".to_owned())] {
+        let (status, body) = metrics(token.clone()).await;
+        assert_eq!(status, 401, "{token:?}: {body}");
+        assert!(!body.contains("secretive-sales"), "{body}");
+        assert!(body.contains("admin token"), "{body}");
+    }
+    let (status, body) = metrics(Some(up.admin_token.clone())).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("tenant=\"secretive-sales\""), "{body}");
+    // Health stays open for probes and balancers.
+    let health = up
+        .api
+        .http
+        .get(format!("{}/health", up.api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+}

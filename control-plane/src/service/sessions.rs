@@ -63,31 +63,37 @@ impl ControlPlaneService {
 
     pub(super) async fn get_turns(&self, req: Request<pb::GetTurnsRequest>) -> R<pb::TurnList> {
         self.authorize_member(&req)?;
-        let r = req.into_inner();
-        let id = tenant_id(&r.tenant_id)?;
-        session_id(&r.session_id)?;
         let view = self.read().await?;
-        if view.tenant(id.as_str())?.is_none() {
-            return Err(ControlPlaneError::NotFound(format!("unknown tenant `{id}`")).into());
-        }
-        let scoped = TenantView::new(&view, &id);
-        let Some(session) = scoped.session(&r.session_id)? else {
-            return Err(
-                ControlPlaneError::NotFound(format!("unknown session `{}`", r.session_id)).into(),
-            );
-        };
-        let turns = scoped.turns_of(&session, r.last as usize)?;
-        Ok(Response::new(pb::TurnList {
-            turns: turns
-                .into_iter()
-                .map(|t| pb::Turn {
-                    role: t.role,
-                    content: t.content,
-                    at_ms: t.at_ms,
-                    seq: t.seq,
-                })
-                .collect(),
-        }))
+        Ok(Response::new(turns(&view, req.into_inner())?))
+    }
+
+    pub(super) async fn get_turns_batch(
+        &self,
+        req: Request<pb::GetTurnsBatchRequest>,
+    ) -> R<pb::GetTurnsBatchReply> {
+        self.authorize_member(&req)?;
+        // One linearizable read serves every read of the batch.
+        let view = self.read().await?;
+        let results = req
+            .into_inner()
+            .reads
+            .into_iter()
+            .map(|r| match turns(&view, r) {
+                Ok(turns) => pb::GetTurnsResult {
+                    turns: Some(turns),
+                    ..Default::default()
+                },
+                Err(e) => {
+                    let status = Status::from(e);
+                    pb::GetTurnsResult {
+                        turns: None,
+                        code: status.code() as i32,
+                        error: status.message().to_owned(),
+                    }
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::GetTurnsBatchReply { results }))
     }
 
     pub(super) async fn append_turns(
@@ -209,5 +215,35 @@ pub(super) fn turn_append(r: pb::AppendTurnsRequest) -> Result<TurnAppend> {
         session_id: r.session_id,
         user_id: r.user_id,
         turns: r.turns.into_iter().map(|t| (t.role, t.content)).collect(),
+    })
+}
+
+/// The last turns `r` asks for, as of `view`.
+fn turns(view: &View, r: pb::GetTurnsRequest) -> Result<pb::TurnList> {
+    let id = tenant_id(&r.tenant_id)?;
+    session_id(&r.session_id)?;
+    if view.tenant(id.as_str())?.is_none() {
+        return Err(ControlPlaneError::NotFound(format!(
+            "unknown tenant `{id}`"
+        )));
+    }
+    let scoped = TenantView::new(view, &id);
+    let Some(session) = scoped.session(&r.session_id)? else {
+        return Err(ControlPlaneError::NotFound(format!(
+            "unknown session `{}`",
+            r.session_id
+        )));
+    };
+    let turns = scoped.turns_of(&session, r.last as usize)?;
+    Ok(pb::TurnList {
+        turns: turns
+            .into_iter()
+            .map(|t| pb::Turn {
+                role: t.role,
+                content: t.content,
+                at_ms: t.at_ms,
+                seq: t.seq,
+            })
+            .collect(),
     })
 }

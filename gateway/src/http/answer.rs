@@ -63,7 +63,7 @@ impl Outcome {
             user_id: self.user_id.clone(),
             turns,
         };
-        if let Err(e) = self.state.turns.append(msg).await {
+        if let Err(e) = self.state.turns.call(msg).await {
             tracing::warn!(error = %e, "the answer could not be saved to the session");
         }
     }
