@@ -444,6 +444,7 @@ pub async fn run(args: BenchGatewayArgs) -> anyhow::Result<()> {
             cluster_secret: secret.clone(),
             default_model: Some(SCRIPTED_MODEL.into()),
             max_body_bytes: bulkhead_gateway::DEFAULT_MAX_BODY_BYTES,
+            request_deadline: bulkhead_gateway::DEFAULT_REQUEST_DEADLINE,
         },
         api_listener,
         None,

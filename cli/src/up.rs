@@ -59,6 +59,9 @@ pub struct UpArgs {
     /// Send usage events through this NATS server instead of the in-process channel.
     #[arg(long, env = env::NATS_URL)]
     nats: Option<String>,
+    /// The longest a chat request may take, in seconds (past it: 504, and the worker stops).
+    #[arg(long, default_value_t = bulkhead_gateway::DEFAULT_REQUEST_DEADLINE.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    request_deadline_s: u64,
     /// Where models are loaded from on demand (default: the demo model's directory,
     /// ~/.cache/bulkhead/models).
     #[command(flatten)]
@@ -204,6 +207,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         cluster_secret: secret,
         default_model,
         max_body_bytes: bulkhead_gateway::DEFAULT_MAX_BODY_BYTES,
+        request_deadline: std::time::Duration::from_secs(args.request_deadline_s),
     };
 
     // Stopped in order: the gateway drains and returns its allowances, the

@@ -166,9 +166,7 @@ pub fn build_tenant(
 
 /// A fresh webhook signing secret, `whsec_` and 32 random bytes in base64.
 pub fn new_webhook_secret() -> String {
-    let mut bytes = Vec::with_capacity(32);
-    bytes.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
-    bytes.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+    let bytes = bulkhead_proto::auth::random_bytes(32);
     format!(
         "whsec_{}",
         base64::engine::general_purpose::STANDARD.encode(bytes)

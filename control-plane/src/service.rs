@@ -57,11 +57,7 @@ pub fn hash_secret(secret: &str) -> String {
 
 /// A fresh random secret with a prefix (`bk_` for keys, `bka_` for admin).
 pub fn new_secret(prefix: &str) -> String {
-    format!(
-        "{prefix}{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    )
+    format!("{prefix}{}", bulkhead_proto::auth::random_hex(32))
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -203,7 +199,10 @@ impl ControlPlaneService {
                 "the cluster is not initialized yet (no admin token)".into(),
             ));
         };
-        if hash_secret(token) != expected {
+        if !bulkhead_proto::auth::constant_time_eq(
+            hash_secret(token).as_bytes(),
+            expected.as_bytes(),
+        ) {
             return Err(ControlPlaneError::Unauthenticated(
                 "the admin token is wrong".into(),
             ));

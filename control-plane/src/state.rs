@@ -612,7 +612,13 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
                             "share.refused",
                             serde_json::json!({ "snippet": name, "reason": why }),
                         )?;
-                        refused = Some(why);
+                        // The same words whatever the reason, naming only
+                        // what the caller wrote: a refusal must not tell
+                        // whether a snippet exists or whose it is (the
+                        // audit trail keeps the reason for operators).
+                        refused = Some(format!(
+                            "shared snippet `{name}` is not available to tenant `{tenant_id}`"
+                        ));
                         break;
                     }
                 }

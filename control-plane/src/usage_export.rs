@@ -12,11 +12,7 @@ pub const EXPORT_KEY_BYTES: usize = 32;
 /// A fresh random export key, hex-encoded (made once per cluster, by the
 /// service, and stored through Raft: `apply` must not draw randomness).
 pub fn new_export_key() -> String {
-    let mut bytes = Vec::with_capacity(EXPORT_KEY_BYTES);
-    while bytes.len() < EXPORT_KEY_BYTES {
-        bytes.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
-    }
-    hex(&bytes[..EXPORT_KEY_BYTES])
+    hex(&bulkhead_proto::auth::random_bytes(EXPORT_KEY_BYTES))
 }
 
 /// The exported name of a user: `u_` and the first 16 hex characters of

@@ -58,6 +58,9 @@ pub enum GatewayError {
     /// A worker failed while serving the request.
     #[error("{0}")]
     Upstream(String),
+    /// The request ran past its deadline; the worker was told to stop.
+    #[error("{0}")]
+    DeadlineExceeded(String),
 }
 
 impl GatewayError {
@@ -79,6 +82,7 @@ impl GatewayError {
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) | Self::ModelLoading { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Self::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -92,7 +96,7 @@ impl GatewayError {
             Self::RateLimited(_) => "rate_limit_error",
             Self::Denied { .. } => "permission_error",
             Self::Unavailable(_) | Self::ModelLoading { .. } => "service_unavailable",
-            Self::Upstream(_) => "server_error",
+            Self::Upstream(_) | Self::DeadlineExceeded(_) => "server_error",
         }
     }
 
@@ -110,6 +114,7 @@ impl GatewayError {
             }
             Self::RateLimited(_) => Some("daily_quota_exceeded"),
             Self::ModelLoading { .. } => Some("model_loading"),
+            Self::DeadlineExceeded(_) => Some("request_timeout"),
             Self::Unavailable(_) | Self::Upstream(_) => None,
         }
     }

@@ -62,6 +62,8 @@ pub struct AppState {
     /// The model of tenants that name none.
     pub default_model: Option<String>,
     pub max_body_bytes: usize,
+    /// See [`crate::GatewayConfig::request_deadline`].
+    pub request_deadline: Duration,
 }
 
 type S = State<Arc<AppState>>;
@@ -483,10 +485,10 @@ async fn shared_knowledge(
         .map_err(|s| match s.code() {
             tonic::Code::PermissionDenied => GatewayError::Denied {
                 message: format!(
-                    "{}; an administrator can grant it with `bulkhead share grant`",
+                    "{}; its owner's administrator can share it with `bulkhead share grant`",
                     s.message()
                 ),
-                code: "shared_snippet_not_granted",
+                code: "shared_snippet_not_available",
                 param: Some("messages"),
             },
             _ => GatewayError::from_control_plane(&s),

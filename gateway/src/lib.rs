@@ -43,7 +43,14 @@ pub struct GatewayConfig {
     /// The model of tenants that name none.
     pub default_model: Option<String>,
     pub max_body_bytes: usize,
+    /// The longest a chat request may take, from admission to its last byte:
+    /// past it the worker is told to stop, and its slot and the tenant's
+    /// concurrency are freed.
+    pub request_deadline: std::time::Duration,
 }
+
+/// The default [`GatewayConfig::request_deadline`]: generous, for long answers.
+pub const DEFAULT_REQUEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
 
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -86,6 +93,7 @@ pub async fn run(
         metrics,
         default_model: config.default_model.clone(),
         max_body_bytes: config.max_body_bytes,
+        request_deadline: config.request_deadline,
     });
     tracing::info!(
         gateway = %config.gateway_id,

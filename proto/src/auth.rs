@@ -41,9 +41,7 @@ impl ClusterSecret {
 
     /// A fresh random secret (256 bits).
     pub fn generate() -> Self {
-        let a = uuid::Uuid::new_v4().simple().to_string();
-        let b = uuid::Uuid::new_v4().simple().to_string();
-        Self(format!("bkc_{a}{b}").into())
+        Self(format!("bkc_{}", random_hex(32)).into())
     }
 
     pub fn expose(&self) -> &str {
@@ -103,8 +101,26 @@ impl tonic::service::Interceptor for AttachSecret {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Whether `a` and `b` are equal, in a time that depends only on their
+/// lengths (so a secret compared with it cannot be guessed byte by byte).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `n` bytes from the operating system's cryptographic random generator:
+/// what every secret is made of.
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    let mut bytes = vec![0; n];
+    #[allow(clippy::expect_used)]
+    getrandom::fill(&mut bytes).expect(
+        "the operating system's random generator is available (no secret can be made without it)",
+    );
+    bytes
+}
+
+/// [`random_bytes`] in lowercase hex.
+pub fn random_hex(n: usize) -> String {
+    random_bytes(n).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

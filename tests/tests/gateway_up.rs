@@ -345,3 +345,62 @@ async fn gateway_metrics_name_tenants_only_to_the_admin_token() {
         .unwrap();
     assert_eq!(health.status().as_u16(), 200);
 }
+
+#[tokio::test]
+async fn a_request_past_its_deadline_is_stopped_and_frees_its_concurrency() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start_with(dir.path(), &["--request-deadline-s", "1"])
+        .await
+        .unwrap();
+    let key = up
+        .tenant_with_key("slowpoke", &["--max-concurrent", "1"])
+        .unwrap();
+    let long = |stream: bool| {
+        json!({
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Count to ten thousand."}],
+            "max_tokens": 1500,
+            "ignore_eos": true,
+            "temperature": 0,
+            "stream": stream,
+        })
+    };
+    let started = Instant::now();
+    let a = up.api.chat(&key, long(false)).await.unwrap();
+    assert_eq!(a.status, 504, "{:?}", a.body);
+    assert_eq!(a.code(), "request_timeout", "{:?}", a.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Streamed: the stream ends with an error event at the deadline.
+    let a = up.api.chat(&key, long(true)).await.unwrap();
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert!(
+        a.body.to_string().contains("request_timeout"),
+        "{:?}",
+        a.body
+    );
+
+    // The tenant's one concurrent request is free again at once.
+    let a = up.api.ask(&key, "Hi", 2).await.unwrap();
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    // The worker stopped generating: neither long request made its 1500 tokens.
+    let rows = eventually(
+        "the three requests' usage",
+        Duration::from_secs(20),
+        || async {
+            let out = up
+                .admin(&["usage", "--tenant", "slowpoke", "--days", "1", "--csv"])
+                .ok()?;
+            let row: Vec<String> = out.lines().nth(1)?.split(',').map(str::to_owned).collect();
+            (row.len() > 6 && row[6] == "3").then_some(row)
+        },
+    )
+    .await
+    .unwrap();
+    let completion: u64 = rows[3].parse().unwrap();
+    assert!(completion < 2 * 1500, "{rows:?}");
+}

@@ -87,13 +87,14 @@ type AppState = State<(HttpState, usize)>;
 /// Whether `headers` carry `Authorization: Bearer <token>`, compared in
 /// constant time.
 fn bearer_is(headers: &HeaderMap, token: &str) -> bool {
-    use subtle::ConstantTimeEq;
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .is_some_and(|(_, given)| bool::from(given.trim().as_bytes().ct_eq(token.as_bytes())))
+        .is_some_and(|(_, given)| {
+            bulkhead_proto::auth::constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+        })
 }
 
 async fn not_found() -> Response {

@@ -68,6 +68,18 @@ impl Outcome {
         }
     }
 
+    /// When the request must be done by.
+    fn deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.started + self.state.request_deadline)
+    }
+
+    fn deadline_exceeded(&self) -> GatewayError {
+        GatewayError::DeadlineExceeded(format!(
+            "the request ran past the gateway's deadline of {} s and was stopped; ask for fewer tokens or retry",
+            self.state.request_deadline.as_secs_f32()
+        ))
+    }
+
     fn observe(&self, status: u16) {
         self.state.metrics.observe_request(
             &self.tenant_id,
@@ -105,8 +117,13 @@ pub(super) async fn whole_answer(
     request_id: &str,
 ) -> Response {
     let mut text = String::new();
+    let deadline = outcome.deadline();
     let error = loop {
-        match stream.next().await {
+        let Ok(next) = tokio::time::timeout_at(deadline, stream.next()).await else {
+            // Dropping the stream tells the worker to stop.
+            break outcome.deadline_exceeded();
+        };
+        match next {
             Some(Ok(pb::GenerateResponse {
                 kind: Some(pb::generate_response::Kind::Delta(d)),
             })) => {
@@ -159,8 +176,17 @@ pub(super) fn stream_answer(
             }
             let mut text = String::new();
             let mut permit = Some(permit);
+            let deadline = outcome.deadline();
             loop {
-                match stream.next().await {
+                let Ok(next) = tokio::time::timeout_at(deadline, stream.next()).await else {
+                    // Dropping the stream tells the worker to stop.
+                    let e = outcome.deadline_exceeded();
+                    tracing::warn!(error = %e, "stream stopped at the deadline");
+                    send(json(e.body())).await;
+                    outcome.observe(e.status().as_u16());
+                    return;
+                };
+                match next {
                     Some(Ok(pb::GenerateResponse {
                         kind: Some(pb::generate_response::Kind::Delta(d)),
                     })) => {
