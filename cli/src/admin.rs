@@ -137,6 +137,39 @@ pub enum PlanCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum AdminTokenCommand {
+    /// Replace the admin token with a fresh one, printed once as the last line; the old one is
+    /// refused from then on.
+    Rotate {
+        /// Also write the new token to this file (readable by the owner only), such as
+        /// `bulkhead-data/admin.token` of `bulkhead up`.
+        #[arg(long)]
+        write: Option<std::path::PathBuf>,
+    },
+}
+
+pub async fn admin_token(connect: Connect, command: AdminTokenCommand) -> anyhow::Result<()> {
+    let client = connect.client();
+    match command {
+        AdminTokenCommand::Rotate { write } => {
+            let new = client
+                .send(pb::RotateAdminTokenRequest {}, |mut c, req| async move {
+                    c.rotate_admin_token(req).await
+                })
+                .await
+                .map_err(crate::connect::status)?;
+            if let Some(path) = write {
+                crate::up::write_private(&path, &new.token)?;
+                println!("written to {}", path.display());
+            }
+            println!("the old admin token is refused from now on; the new one (shown once):");
+            println!("{}", new.token);
+        }
+    }
+    Ok(())
+}
+
+#[derive(Subcommand, Debug)]
 pub enum KeyCommand {
     /// Create an API key for a tenant; the key is printed once, as the last line.
     Create {

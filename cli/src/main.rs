@@ -70,6 +70,13 @@ enum Command {
         #[command(flatten)]
         connect: connect::Connect,
     },
+    /// Rotate the admin token.
+    AdminToken {
+        #[command(subcommand)]
+        command: admin::AdminTokenCommand,
+        #[command(flatten)]
+        connect: connect::Connect,
+    },
     /// The plans and what they give a tenant.
     Plan {
         #[command(subcommand)]
@@ -166,6 +173,9 @@ fn run() -> anyhow::Result<()> {
         Command::Key { command, connect } => runtime.block_on(admin::key(connect, command)),
         Command::Usage { args, connect } => runtime.block_on(usage::usage(connect, args)),
         Command::Plan { command, connect } => runtime.block_on(admin::plan(connect, command)),
+        Command::AdminToken { command, connect } => {
+            runtime.block_on(admin::admin_token(connect, command))
+        }
         Command::Burst { command, connect } => runtime.block_on(burst::burst(connect, command)),
         Command::Webhook { command, connect } => {
             runtime.block_on(webhook::webhook(connect, command))

@@ -538,6 +538,27 @@ impl pb::control_plane_server::ControlPlane for ControlPlaneService {
         ControlPlaneService::apply_tenants(self, req).await
     }
 
+    async fn rotate_admin_token(
+        &self,
+        req: Request<pb::RotateAdminTokenRequest>,
+    ) -> R<pb::AdminToken> {
+        self.authorize(&req)?;
+        let actor = Self::actor(&req);
+        let token = new_secret("bka_");
+        match self
+            .write(Command::RotateAdmin {
+                token_hash: hash_secret(&token),
+            })
+            .await?
+        {
+            Reply::AdminInitialized(true) => {
+                tracing::warn!(actor = %actor, "the admin token was rotated; the old one is refused from now on");
+                Ok(Response::new(pb::AdminToken { token }))
+            }
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
     async fn list_plans(&self, req: Request<pb::ListPlansRequest>) -> R<pb::PlanList> {
         ControlPlaneService::list_plans(self, req).await
     }

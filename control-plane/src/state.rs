@@ -108,6 +108,10 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
             t.put(META, ADMIN_HASH, &token_hash)?;
             Ok(Reply::AdminInitialized(true))
         }
+        Command::RotateAdmin { token_hash } => {
+            t.put(META, ADMIN_HASH, &token_hash)?;
+            Ok(Reply::AdminInitialized(true))
+        }
         Command::CreateTenant { mut tenant } => {
             if t.get::<TenantRecord>(TENANTS, &tenant.id)?.is_some() {
                 return Ok(Reply::Rejected(Rejection::DuplicateTenant(tenant.id)));

@@ -58,6 +58,9 @@ pub enum GatewayError {
     /// A worker failed while serving the request.
     #[error("{0}")]
     Upstream(String),
+    /// Too many session or sharing calls of one tenant in a short time.
+    #[error("{0}")]
+    Throttled(String),
     /// The request ran past its deadline; the worker was told to stop.
     #[error("{0}")]
     DeadlineExceeded(String),
@@ -79,7 +82,7 @@ impl GatewayError {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited(_) | Self::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) | Self::ModelLoading { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -93,7 +96,7 @@ impl GatewayError {
             Self::BadRequest { .. } | Self::NotFound { .. } | Self::TooLarge(_) => {
                 "invalid_request_error"
             }
-            Self::RateLimited(_) => "rate_limit_error",
+            Self::RateLimited(_) | Self::Throttled(_) => "rate_limit_error",
             Self::Denied { .. } => "permission_error",
             Self::Unavailable(_) | Self::ModelLoading { .. } => "service_unavailable",
             Self::Upstream(_) | Self::DeadlineExceeded(_) => "server_error",
@@ -113,6 +116,7 @@ impl GatewayError {
                 Some("concurrency_limit_exceeded")
             }
             Self::RateLimited(_) => Some("daily_quota_exceeded"),
+            Self::Throttled(_) => Some("too_many_requests"),
             Self::ModelLoading { .. } => Some("model_loading"),
             Self::DeadlineExceeded(_) => Some("request_timeout"),
             Self::Unavailable(_) | Self::Upstream(_) => None,
@@ -229,7 +233,7 @@ pub fn rate_limit_headers(
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
         let mut response = (self.status(), axum::Json(self.body())).into_response();
-        if let Self::ModelLoading { .. } = &self {
+        if let Self::ModelLoading { .. } | Self::Throttled(_) = &self {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));

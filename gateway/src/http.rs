@@ -64,6 +64,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// See [`crate::GatewayConfig::request_deadline`].
     pub request_deadline: Duration,
+    /// Per-tenant limits on session and sharing writes.
+    pub throttle: crate::throttle::Throttle,
 }
 
 type S = State<Arc<AppState>>;
@@ -463,6 +465,7 @@ async fn shared_knowledge(
     if names.is_empty() {
         return Ok(Vec::new());
     }
+    state.throttle.take(&caller.tenant.id, "shared-snippet")?;
     let msg = cp::ResolveSharedRequest {
         tenant_id: caller.tenant.id.clone(),
         names,

@@ -19,6 +19,7 @@ pub mod http;
 pub mod metrics;
 pub mod quota;
 pub mod route;
+pub mod throttle;
 pub mod turns;
 
 use std::future::Future;
@@ -94,6 +95,7 @@ pub async fn run(
         default_model: config.default_model.clone(),
         max_body_bytes: config.max_body_bytes,
         request_deadline: config.request_deadline,
+        throttle: throttle::Throttle::default(),
     });
     tracing::info!(
         gateway = %config.gateway_id,

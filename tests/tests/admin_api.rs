@@ -814,3 +814,42 @@ async fn a_tenant_lifecycle_over_http_only() {
     let r = api.call("DELETE", "/admin/v1/tenants/acme", None).await;
     assert_eq!(r.status, 404, "{}", r.text);
 }
+
+#[tokio::test]
+async fn a_rotated_admin_token_replaces_the_old_one_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path()).await.unwrap();
+    let file = dir.path().join("admin.token");
+    let out = up
+        .admin(&["admin-token", "rotate", "--write", file.to_str().unwrap()])
+        .unwrap();
+    let new = out.lines().last().unwrap().trim().to_owned();
+    assert!(new.starts_with("bka_") && new != up.admin_token, "{out}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), new);
+    // The old token is refused by the CLI's gRPC calls and by the admin HTTP API.
+    let err = up.admin(&["tenant", "list"]).unwrap_err().to_string();
+    assert!(err.contains("admin token is wrong"), "{err}");
+    let old = up
+        .api
+        .send(up.api.get("/admin/v1/tenants", &up.admin_token))
+        .await
+        .unwrap();
+    assert_eq!(old.status, 401, "{:?}", old.body);
+    let metrics = up
+        .api
+        .http
+        .get(format!("{}/metrics", up.api.base))
+        .bearer_auth(&up.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status().as_u16(), 401);
+    // The new one works at once.
+    bulkhead_tests::system::admin(&up.control_plane, &new, &["tenant", "list"]).unwrap();
+    let fresh = up
+        .api
+        .send(up.api.get("/admin/v1/tenants", &new))
+        .await
+        .unwrap();
+    assert_eq!(fresh.status, 200, "{:?}", fresh.body);
+}

@@ -349,7 +349,8 @@ async fn gateway_metrics_name_tenants_only_to_the_admin_token() {
 #[tokio::test]
 async fn a_request_past_its_deadline_is_stopped_and_frees_its_concurrency() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Up::start_with(dir.path(), &["--request-deadline-s", "1"])
+    // Long enough for a short answer on two loaded cores, far too short for 1500 tokens.
+    let up = Up::start_with(dir.path(), &["--request-deadline-s", "3"])
         .await
         .unwrap();
     let key = up
@@ -403,4 +404,31 @@ async fn a_request_past_its_deadline_is_stopped_and_frees_its_concurrency() {
     .unwrap();
     let completion: u64 = rows[3].parse().unwrap();
     assert!(completion < 2 * 1500, "{rows:?}");
+}
+
+#[tokio::test]
+async fn one_tenant_cannot_flood_the_control_plane_with_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path()).await.unwrap();
+    let key = up.tenant_with_key("flooder", &[]).unwrap();
+    let other = up.tenant_with_key("neighbour", &[]).unwrap();
+    let create = |key: String| {
+        let api = up.api.clone();
+        async move { api.send(api.post("/v1/sessions", &key)).await.unwrap() }
+    };
+    let answers = futures::future::join_all((0..80).map(|_| create(key.clone()))).await;
+    let created = answers.iter().filter(|a| a.status == 201).count();
+    let refused: Vec<_> = answers.iter().filter(|a| a.status == 429).collect();
+    assert_eq!(created + refused.len(), 80);
+    assert!(!refused.is_empty() && created >= 40, "{created} created");
+    assert_eq!(
+        refused[0].code(),
+        "too_many_requests",
+        "{:?}",
+        refused[0].body
+    );
+    // The neighbour is not held back, and the flooder recovers within a second.
+    assert_eq!(create(other).await.status, 201);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(create(key).await.status, 201);
 }

@@ -18,6 +18,10 @@ pub enum Command {
     InitAdmin {
         token_hash: String,
     },
+    /// Replaces the admin token's hash.
+    RotateAdmin {
+        token_hash: String,
+    },
     CreateTenant {
         tenant: TenantRecord,
     },
@@ -165,6 +169,7 @@ impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Command::InitAdmin { .. } => write!(f, "init-admin"),
+            Command::RotateAdmin { .. } => write!(f, "rotate-admin"),
             Command::CreateTenant { tenant } => write!(f, "create-tenant {}", tenant.id),
             Command::UpdateTenant { id, .. } => write!(f, "update-tenant {id}"),
             Command::DeleteTenant { id, .. } => write!(f, "delete-tenant {id}"),

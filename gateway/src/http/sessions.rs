@@ -66,6 +66,7 @@ pub(super) async fn create_session(
 ) -> Response {
     let result = async {
         let caller = authenticate(&state, &headers)?;
+        state.throttle.take(&caller.tenant.id, "session")?;
         let body = body_or_error(body, state.max_body_bytes)?;
         let new: NewSession = if body.iter().all(u8::is_ascii_whitespace) {
             NewSession::default()
@@ -154,6 +155,7 @@ pub(super) async fn delete_session(
     let result = async {
         let caller = authenticate(&state, &headers)?;
         session_id(&id)?;
+        state.throttle.take(&caller.tenant.id, "session")?;
         let msg = cp::SessionRef {
             tenant_id: caller.tenant.id.clone(),
             session_id: id.clone(),
