@@ -31,7 +31,8 @@ pub struct BurstRecord {
 
 /// What a burst of `percent` adds to a daily quota.
 pub fn extra_tokens(daily_tokens: u64, percent: u32) -> u64 {
-    daily_tokens * u64::from(percent) / 100
+    // In u128: a huge quota times a percentage must not overflow in `apply`.
+    u64::try_from(u128::from(daily_tokens) * u128::from(percent) / 100).unwrap_or(u64::MAX)
 }
 
 /// Tokens an approved burst adds to `day`'s quota of a tenant.

@@ -17,7 +17,10 @@ pub(crate) fn quota_on(
     tenant: &TenantRecord,
     day: &str,
 ) -> io::Result<u64> {
-    Ok(tenant.limits.daily_tokens + bursts::extra_on(t, &tenant.id, day)?)
+    Ok(tenant
+        .limits
+        .daily_tokens
+        .saturating_add(bursts::extra_on(t, &tenant.id, day)?))
 }
 
 /// Sends `quota.low` (under 10% left) and `quota.exhausted` once per tenant
@@ -54,7 +57,10 @@ pub(super) fn quota_events(
 pub(super) fn outstanding(t: &Tables, tenant_id: &str, day: &str) -> io::Result<(u64, u32)> {
     let all = t.scan::<Allowance>(ALLOWANCES, &format!("{tenant_id}/"))?;
     Ok(all.iter().fold((0, 0), |(tok, sl), (_, a)| {
-        (tok + a.tokens_on(day), sl + a.slots)
+        (
+            u64::saturating_add(tok, a.tokens_on(day)),
+            u32::saturating_add(sl, a.slots),
+        )
     }))
 }
 
@@ -74,7 +80,7 @@ pub(super) fn grant(
     let akey = key2(tenant_id, gateway_id);
     let stored = t.get::<Allowance>(ALLOWANCES, &akey)?.unwrap_or_default();
     let (total_tokens, total_slots) = outstanding(t, tenant_id, &day)?;
-    let others_tokens = total_tokens - stored.tokens_on(&day);
+    let others_tokens = total_tokens.saturating_sub(stored.tokens_on(&day));
     let others_slots = total_slots.saturating_sub(stored.slots);
     let mut mine = stored;
     if mine.day != day {
@@ -86,7 +92,11 @@ pub(super) fn grant(
     let mut l = t.get::<LedgerDay>(LEDGER, &lkey)?.unwrap_or_default();
     let used = l.used;
     let quota = quota_on(t, &tenant, &day)?;
-    let granted_tokens = tokens.min(ledger::grantable(quota, used, others_tokens + mine.tokens));
+    let granted_tokens = tokens.min(ledger::grantable(
+        quota,
+        used,
+        others_tokens.saturating_add(mine.tokens),
+    ));
     if tokens > granted_tokens && !l.exhausted_notified {
         // Asked for more than is left: everything is used or promised.
         quota_events(
@@ -101,7 +111,7 @@ pub(super) fn grant(
     }
     let granted_slots = slots.min(ledger::grantable_slots(
         tenant.limits.max_concurrent,
-        others_slots + mine.slots,
+        others_slots.saturating_add(mine.slots),
     ));
     mine.tokens += granted_tokens;
     mine.slots += granted_slots;
@@ -172,15 +182,17 @@ pub(super) fn apply_usage(t: &Tables, events: Vec<UsageRecord>) -> io::Result<Re
         };
         let (day, _) = ledger::day_of(e.finished_at_ms, &tenant.time_zone);
         t.put(EVENTS, &e.event_id, &day)?;
-        let total = e.prompt_tokens + e.completion_tokens;
+        // Every figure saturates: they come from workers, and `apply` must
+        // never panic (it would on every replica at once).
+        let total = e.prompt_tokens.saturating_add(e.completion_tokens);
         let lkey = key2(&e.tenant_id, &day);
         let mut l = t.get::<LedgerDay>(LEDGER, &lkey)?.unwrap_or_default();
-        l.used += total;
-        l.prompt_tokens += e.prompt_tokens;
-        l.completion_tokens += e.completion_tokens;
-        l.cached_tokens += e.cached_tokens;
+        l.used = l.used.saturating_add(total);
+        l.prompt_tokens = l.prompt_tokens.saturating_add(e.prompt_tokens);
+        l.completion_tokens = l.completion_tokens.saturating_add(e.completion_tokens);
+        l.cached_tokens = l.cached_tokens.saturating_add(e.cached_tokens);
         l.requests += 1;
-        l.total_latency_ms += e.duration_ms;
+        l.total_latency_ms = l.total_latency_ms.saturating_add(e.duration_ms);
         l.max_latency_ms = l.max_latency_ms.max(e.duration_ms);
         l.record_latency(e.duration_ms);
         if !(l.low_notified && l.exhausted_notified) {
@@ -237,7 +249,7 @@ pub(super) fn apply_usage(t: &Tables, events: Vec<UsageRecord>) -> io::Result<Re
         if !e.user_id.is_empty() {
             let ukey = format!("{}/{day}/{}", e.tenant_id, e.user_id);
             let mut u = t.get::<UserTotals>(USERS, &ukey)?.unwrap_or_default();
-            u.tokens += total;
+            u.tokens = u.tokens.saturating_add(total);
             u.requests += 1;
             t.put(USERS, &ukey, &u)?;
         }

@@ -342,3 +342,46 @@ fn a_config_apply_twice_changes_nothing_the_second_time() {
         )
     );
 }
+
+/// Values a worker or an operator sends must not make `apply` panic: it
+/// runs on every replica, so one overflow would stop them all at once.
+#[test]
+fn huge_usage_and_quotas_saturate_instead_of_stopping_every_replica() {
+    let (_dir, sm) = open();
+    run(
+        &sm,
+        admin(Command::CreateTenant {
+            tenant: tenant("acme", "enterprise", u64::MAX),
+        }),
+    );
+    assert_eq!(bursts::extra_tokens(u64::MAX, 100), u64::MAX);
+    let huge = |id: &str| UsageRecord {
+        prompt_tokens: u64::MAX,
+        duration_ms: u64::MAX,
+        user_id: "alice".into(),
+        gateway_id: "gw-1".into(),
+        ..usage(id, "acme", u64::MAX)
+    };
+    run(
+        &sm,
+        Command::ApplyUsage {
+            events: vec![huge("e1"), huge("e2")],
+        },
+    );
+    let l = sm
+        .view()
+        .expect("view")
+        .ledger_day("acme", "2026-11-26")
+        .expect("day")
+        .expect("day");
+    assert_eq!(
+        (l.used, l.prompt_tokens, l.total_latency_ms, l.requests),
+        (u64::MAX, u64::MAX, u64::MAX, 2)
+    );
+    let view = sm.view().expect("view");
+    let users = view
+        .users("acme", &["2026-11-26".to_owned()])
+        .expect("users");
+    assert_eq!(users.len(), 1);
+    assert_eq!(users[0].1.tokens, u64::MAX);
+}
