@@ -386,3 +386,16 @@ pub fn webhooks_pb(view: &View, tenant_id: &str) -> Result<pb::WebhookList> {
             .collect(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_config_asking_for_no_history_builds_a_tenant_with_none() {
+        let c = crate::tenant_config::parse("t.yaml", "tenant_id: a\ncontext_turns: 0\n")
+            .expect("the config parses");
+        let tenant = c[0].tenant.clone().expect("a parsed config has a tenant");
+        let record = super::build_tenant(tenant, None, 0).expect("the tenant builds");
+        assert_eq!(record.limits.context_turns, 0);
+        assert!(record.overridden.contains("context_turns"));
+    }
+}

@@ -7,7 +7,7 @@ use tonic::Status;
 use crate::state::Rejection;
 
 /// Metadata key with the leader's address on an `Unavailable` status.
-pub const LEADER_METADATA: &str = "bulkhead-leader";
+pub use bulkhead_client::LEADER_METADATA;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlPlaneError {

@@ -162,10 +162,7 @@ fn day_in<Z: TimeZone>(at: &DateTime<Z>, zone: &Z) -> (String, i64) {
     )
 }
 
-/// Tokens that can still be granted today.
-pub fn grantable(quota: u64, used: u64, outstanding: u64) -> u64 {
-    quota.saturating_sub(used.saturating_add(outstanding))
-}
+pub use bulkhead_client::grantable;
 
 /// Slots that can still be granted.
 pub fn grantable_slots(max_concurrent: u32, held: u32) -> u32 {

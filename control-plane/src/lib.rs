@@ -14,7 +14,6 @@
 pub mod admin;
 pub mod audit;
 pub mod bursts;
-pub mod client;
 pub mod consumer;
 pub mod error;
 pub mod ledger;
@@ -28,7 +27,6 @@ pub mod sessions;
 pub mod sharing;
 pub mod state;
 pub mod store;
-pub mod tenant_config;
 pub mod usage_export;
 pub mod webhooks;
 
@@ -45,7 +43,7 @@ use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
 use tokio::net::TcpListener;
 
-pub use client::ControlPlaneClient;
+pub use bulkhead_client::{ControlPlaneClient, client, tenant_config};
 pub use error::ControlPlaneError;
 
 use crate::raft::{Network, Node, NodeId, Raft, RaftService};

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -427,19 +427,7 @@ pub async fn track_grpc(
     response
 }
 
-/// For paths no route knows: gRPC callers get `Unimplemented`, others 404.
-pub async fn fallback(request: Request) -> Response {
-    let is_grpc = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"));
-    if is_grpc {
-        return tonic::Status::unimplemented(format!("no such method {}", request.uri().path()))
-            .into_http();
-    }
-    (StatusCode::NOT_FOUND, "not found\n").into_response()
-}
+pub use bulkhead_client::fallback;
 
 #[cfg(test)]
 mod tests {

@@ -21,7 +21,7 @@ use openraft::raft::{
 use openraft::{OptionalSend, ReadPolicy};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::state::{Command, Reply};
@@ -72,17 +72,7 @@ fn reply_data<T: DeserializeOwned>(reply: pb::RaftReply) -> Result<T, NetworkErr
     serde_json::from_slice(&reply.data).map_err(|e| NetworkError::new(&e))
 }
 
-/// A lazily connected channel to another node's gRPC port.
-pub(crate) fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    let url = if addr.starts_with("http://") || addr.starts_with("https://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    };
-    Ok(Endpoint::from_shared(url)?
-        .connect_timeout(std::time::Duration::from_secs(1))
-        .connect_lazy())
-}
+pub(crate) use bulkhead_client::channel;
 
 /// Creates Raft connections to other nodes; every call carries the cluster
 /// secret.

@@ -23,7 +23,6 @@ use openraft::ReadPolicy;
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
 use openraft::raft::linearizable_read::{Linearizer, ReadLogId};
-use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use crate::error::ControlPlaneError;
@@ -44,16 +43,9 @@ use watch::*;
 
 type Result<T, E = ControlPlaneError> = std::result::Result<T, E>;
 
-/// Metadata an admin caller may add to say who it acts for.
-pub const ACTOR_METADATA: &str = "x-bulkhead-actor";
+pub use bulkhead_client::ACTOR_METADATA;
 
-/// SHA-256 of a secret, hex-encoded: how tokens and keys are stored.
-pub fn hash_secret(secret: &str) -> String {
-    Sha256::digest(secret.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+pub use bulkhead_client::hash_secret;
 
 /// A fresh random secret with a prefix (`bk_` for keys, `bka_` for admin).
 pub fn new_secret(prefix: &str) -> String {

@@ -56,22 +56,7 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The snippet names a message refers to (`@shared:<name>`), in order, once each.
-pub fn references(text: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for (i, _) in text.match_indices("@shared:") {
-        let name: String = text[i + "@shared:".len()..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-            .collect();
-        // A trailing '.' ends a sentence, not a name.
-        let name = name.trim_end_matches('.').to_owned();
-        if !name.is_empty() && !out.contains(&name) {
-            out.push(name);
-        }
-    }
-    out
-}
+pub use bulkhead_client::references;
 
 /// Whether `grantee` may read `snippet`, and if not, why.
 pub fn may_read(

@@ -27,7 +27,7 @@ use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, on};
-use bulkhead_control_plane::ControlPlaneClient;
+use bulkhead_client::ControlPlaneClient;
 use bulkhead_proto::GatewayId;
 use bulkhead_proto::control as pb;
 use serde_json::{Value, json};
@@ -313,7 +313,7 @@ async fn apply_tenant_configs(
             None,
         ));
     }
-    let configs = bulkhead_control_plane::tenant_config::parse(&source, text).map_err(|e| {
+    let configs = bulkhead_client::tenant_config::parse(&source, text).map_err(|e| {
         AdminError::BadRequest {
             message: e.to_string(),
             param: None,

@@ -8,8 +8,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use bulkhead_control_plane::ControlPlaneClient;
-use bulkhead_control_plane::service::hash_secret;
+use bulkhead_client::ControlPlaneClient;
+use bulkhead_client::hash_secret;
 use bulkhead_proto::control as pb;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;

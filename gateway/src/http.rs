@@ -19,7 +19,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use bulkhead_control_plane::ControlPlaneClient;
+use bulkhead_client::ControlPlaneClient;
 use bulkhead_proto::control as cp;
 use bulkhead_proto::openai::{self, ChatRequest};
 use bulkhead_proto::worker as pb;
@@ -456,7 +456,7 @@ async fn shared_knowledge(
 ) -> Result<Vec<pb::ChatMessage>, GatewayError> {
     let mut names: Vec<String> = Vec::new();
     for m in messages.iter().filter(|m| m.role == "user") {
-        for name in bulkhead_control_plane::sharing::references(&m.content) {
+        for name in bulkhead_client::references(&m.content) {
             if !names.contains(&name) {
                 names.push(name);
             }
@@ -480,7 +480,7 @@ async fn shared_knowledge(
         .send_for(CONTROL_PLANE_DEADLINE, msg, move |mut c, mut req| {
             if let Some(a) = actor.clone() {
                 req.metadata_mut()
-                    .insert(bulkhead_control_plane::service::ACTOR_METADATA, a);
+                    .insert(bulkhead_client::ACTOR_METADATA, a);
             }
             async move { c.resolve_shared(req).await }
         })

@@ -25,7 +25,7 @@ pub mod turns;
 use std::future::Future;
 use std::sync::Arc;
 
-use bulkhead_control_plane::ControlPlaneClient;
+use bulkhead_client::ControlPlaneClient;
 use bulkhead_proto::{ClusterSecret, GatewayId};
 use tokio::net::TcpListener;
 

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bulkhead_control_plane::{ControlPlaneClient, ledger};
+use bulkhead_client::ControlPlaneClient;
 use bulkhead_proto::GatewayId;
 use bulkhead_proto::control as pb;
 use tonic::Code;
@@ -448,7 +448,7 @@ impl Quotas {
                 let top_up = if !idle
                     && held.valid(now)
                     && held.available() < target / 2
-                    && ledger::grantable(held.quota, held.used, held.outstanding) > 0
+                    && bulkhead_client::grantable(held.quota, held.used, held.outstanding) > 0
                 {
                     target - held.available()
                 } else {

@@ -15,7 +15,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bulkhead_control_plane::ControlPlaneClient;
+use bulkhead_client::ControlPlaneClient;
 use bulkhead_proto::control as cp;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;

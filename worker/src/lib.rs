@@ -270,7 +270,7 @@ pub async fn run(
     .into_axum_router()
     .merge(ops)
     // The same answer as the control plane's port for unknown paths.
-    .fallback(bulkhead_control_plane::metrics::fallback);
+    .fallback(bulkhead_client::fallback);
     let grpc_server = tonic::transport::Server::builder()
         .accept_http1(true)
         .add_routes(tonic::service::Routes::from(app))

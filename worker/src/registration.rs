@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use bulkhead_control_plane::ControlPlaneClient;
+use bulkhead_client::ControlPlaneClient;
 use bulkhead_proto::control as pb;
 use bulkhead_proto::{ClusterSecret, WorkerId};
 

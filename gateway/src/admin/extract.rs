@@ -6,8 +6,8 @@ use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Req
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use bulkhead_control_plane::ControlPlaneClient;
-use bulkhead_control_plane::service::ACTOR_METADATA;
+use bulkhead_client::ACTOR_METADATA;
+use bulkhead_client::ControlPlaneClient;
 use bulkhead_proto::control::control_plane_client::ControlPlaneClient as Grpc;
 use serde::de::DeserializeOwned;
 use serde_json::Value;

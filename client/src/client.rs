@@ -13,7 +13,7 @@ use bulkhead_proto::control::control_plane_client::ControlPlaneClient as Grpc;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
-use crate::error::LEADER_METADATA;
+use crate::LEADER_METADATA;
 
 /// How long a call keeps retrying through elections and node failures.
 pub const RETRY_FOR: Duration = Duration::from_secs(15);
@@ -112,7 +112,7 @@ impl ControlPlaneClient {
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
         }
-        let channel = crate::raft::channel(addr)?;
+        let channel = crate::channel(addr)?;
         channels.insert(addr.to_owned(), channel.clone());
         Ok(channel)
     }
