@@ -53,6 +53,27 @@ pub fn admin(control_plane: &str, token: &str, args: &[&str]) -> anyhow::Result<
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `bulkhead usage --csv --days 2` output as one row: the token and request
+/// columns (prompt, completion, total, cached, requests) summed over the
+/// days, the others as the newest day has them. A test that runs across
+/// midnight splits its usage over two days; this sees all of it.
+pub fn usage_csv_totals(csv: &str) -> Option<Vec<String>> {
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    let mut total: Vec<String> = rows.first()?.iter().map(|c| (*c).to_owned()).collect();
+    for column in 2..=6 {
+        let sum: u64 = rows
+            .iter()
+            .filter_map(|r| r.get(column)?.parse::<u64>().ok())
+            .sum();
+        *total.get_mut(column)? = sum.to_string();
+    }
+    Some(total)
+}
+
 /// Creates a tenant with `limits` (CLI flags) and returns a fresh key of it.
 pub fn tenant_with_key(
     control_plane: &str,
@@ -443,22 +464,24 @@ impl Cluster {
         Ok(key)
     }
 
-    /// The ledger's tokens used today by `tenant`.
+    /// The ledger's tokens used by `tenant` today and yesterday (a test
+    /// that runs across midnight splits its usage over two days).
     pub async fn used_today(&self, tenant: &str) -> anyhow::Result<u64> {
         let client = self.control.client();
         let report = client
             .send(
                 bulkhead_proto::control::UsageRequest {
                     tenant_id: tenant.to_owned(),
-                    days: 1,
+                    days: 2,
                 },
                 |mut c, req| async move { c.usage(req).await },
             )
             .await?;
         Ok(report
             .days
-            .first()
-            .map_or(0, |d| d.prompt_tokens + d.completion_tokens))
+            .iter()
+            .map(|d| d.prompt_tokens + d.completion_tokens)
+            .sum())
     }
 
     /// A worker's metric value for a tenant (0 when absent).

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use bulkhead_tests::system::{MODEL, Up, eventually};
+use bulkhead_tests::system::{MODEL, Up, eventually, usage_csv_totals};
 use serde_json::json;
 
 /// About `words` tokens of user text.
@@ -61,9 +61,9 @@ async fn a_tenant_window_refuses_long_prompts_and_a_window_beyond_the_workers_is
     let spent = a.total_tokens();
     let row: Vec<String> = eventually("usage of the answer", Duration::from_secs(20), || async {
         let out = up
-            .admin(&["usage", "--tenant", "narrow", "--days", "1", "--csv"])
+            .admin(&["usage", "--tenant", "narrow", "--days", "2", "--csv"])
             .ok()?;
-        let row: Vec<String> = out.lines().nth(1)?.split(',').map(str::to_owned).collect();
+        let row = usage_csv_totals(&out)?;
         (row.len() > 6 && row[6] != "0").then_some(row)
     })
     .await

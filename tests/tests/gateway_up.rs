@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use bulkhead_tests::system::{MODEL, Up, eventually};
+use bulkhead_tests::system::{MODEL, Up, eventually, usage_csv_totals};
 use serde_json::{Value, json};
 
 async fn new_session(up: &Up, key: &str) -> String {
@@ -47,12 +47,15 @@ async fn transcript(up: &Up, key: &str, session: &str) -> (u16, Vec<Value>) {
     )
 }
 
-/// Today's row of sales' usage, as CSV.
+/// Sales' usage of today (and yesterday, should the test cross midnight),
+/// as a CSV row.
 fn ledger(up: &Up) -> String {
     let out = up
-        .admin(&["usage", "--tenant", "sales", "--days", "1", "--csv"])
+        .admin(&["usage", "--tenant", "sales", "--days", "2", "--csv"])
         .unwrap_or_default();
-    out.lines().nth(1).map(str::to_owned).unwrap_or_default()
+    usage_csv_totals(&out)
+        .map(|row| row.join(","))
+        .unwrap_or_default()
 }
 
 #[tokio::test]
