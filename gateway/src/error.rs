@@ -160,10 +160,14 @@ impl GatewayError {
                 param: None,
             },
             Code::NotFound => Self::NotFound {
-                code: if message.contains("adapter") {
-                    "adapter_not_found"
-                } else {
-                    "model_not_found"
+                // The worker says which in metadata; never read from the text.
+                code: match status
+                    .metadata()
+                    .get(bulkhead_proto::ERROR_CODE_METADATA)
+                    .and_then(|v| v.to_str().ok())
+                {
+                    Some("adapter_not_found") => "adapter_not_found",
+                    _ => "model_not_found",
                 },
                 message,
             },
@@ -256,6 +260,25 @@ impl IntoResponse for GatewayError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_workers_error_code_is_read_from_metadata_never_from_the_text() {
+        let mut status = tonic::Status::not_found("no such thing on this worker");
+        status.metadata_mut().insert(
+            bulkhead_proto::ERROR_CODE_METADATA,
+            tonic::metadata::MetadataValue::from_static("adapter_not_found"),
+        );
+        assert_eq!(
+            GatewayError::from_worker(&status).code(),
+            Some("adapter_not_found")
+        );
+        // A message that merely mentions an adapter is still a missing model.
+        let plain = tonic::Status::not_found("the model `adapter-v2` does not exist");
+        assert_eq!(
+            GatewayError::from_worker(&plain).code(),
+            Some("model_not_found")
+        );
+    }
 
     #[test]
     fn reset_durations_read_like_openai() {

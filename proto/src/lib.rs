@@ -38,6 +38,10 @@ pub use ids::{EventId, GatewayId, IdError, RequestId, SessionId, TenantId, UserI
 
 /// The JetStream stream that carries usage events.
 pub const USAGE_STREAM: &str = "BULKHEAD_USAGE";
+/// gRPC metadata key of an error's machine-readable code (OpenAI's
+/// `error.code`, such as `adapter_not_found`), so that a caller never has to
+/// read the message text to tell errors apart.
+pub const ERROR_CODE_METADATA: &str = "x-bulkhead-error-code";
 /// Subject prefix of usage events; the tenant id follows.
 pub const USAGE_SUBJECT_PREFIX: &str = "bulkhead.usage";
 

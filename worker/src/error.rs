@@ -116,7 +116,8 @@ impl WorkerError {
 impl From<WorkerError> for tonic::Status {
     fn from(err: WorkerError) -> Self {
         let message = err.to_string();
-        match err {
+        let code = err.code();
+        let mut status = match err {
             WorkerError::InvalidRequest { .. } | WorkerError::BodyTooLarge { .. } => {
                 tonic::Status::invalid_argument(message)
             }
@@ -129,12 +130,40 @@ impl From<WorkerError> for tonic::Status {
                 tonic::Status::unavailable(message)
             }
             WorkerError::Engine(_) => tonic::Status::internal(message),
+        };
+        if let Some(code) = code {
+            status.metadata_mut().insert(
+                bulkhead_proto::ERROR_CODE_METADATA,
+                tonic::metadata::MetadataValue::from_static(code),
+            );
         }
+        status
     }
 }
 
 impl axum::response::IntoResponse for WorkerError {
     fn into_response(self) -> axum::response::Response {
         (self.http_status(), axum::Json(self.body())).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_error_code_travels_in_metadata() {
+        let status = tonic::Status::from(WorkerError::UnknownAdapter {
+            model: "m".into(),
+            adapter: "a".into(),
+        });
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        assert_eq!(
+            status
+                .metadata()
+                .get(bulkhead_proto::ERROR_CODE_METADATA)
+                .and_then(|v| v.to_str().ok()),
+            Some("adapter_not_found")
+        );
     }
 }
