@@ -43,6 +43,9 @@ pub enum GatewayError {
     },
     #[error("{message}")]
     NotFound { message: String, code: &'static str },
+    /// Valid, but the state says no (AlreadyExists, FailedPrecondition).
+    #[error("{message}")]
+    Conflict { message: String, code: &'static str },
     #[error("the request body is larger than the limit of {0} bytes")]
     TooLarge(usize),
     #[error("{}", .0.message)]
@@ -81,6 +84,7 @@ impl GatewayError {
             Self::Forbidden(_) | Self::Denied { .. } => StatusCode::FORBIDDEN,
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited(_) | Self::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) | Self::ModelLoading { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -93,9 +97,10 @@ impl GatewayError {
     fn kind(&self) -> &'static str {
         match self {
             Self::Unauthorized(_) | Self::Forbidden(_) => "authentication_error",
-            Self::BadRequest { .. } | Self::NotFound { .. } | Self::TooLarge(_) => {
-                "invalid_request_error"
-            }
+            Self::BadRequest { .. }
+            | Self::NotFound { .. }
+            | Self::Conflict { .. }
+            | Self::TooLarge(_) => "invalid_request_error",
             Self::RateLimited(_) | Self::Throttled(_) => "rate_limit_error",
             Self::Denied { .. } => "permission_error",
             Self::Unavailable(_) | Self::ModelLoading { .. } => "service_unavailable",
@@ -110,7 +115,7 @@ impl GatewayError {
             Self::Forbidden(_) => Some("tenant_mismatch"),
             Self::Denied { code, .. } => Some(code),
             Self::BadRequest { code, .. } => *code,
-            Self::NotFound { code, .. } => Some(code),
+            Self::NotFound { code, .. } | Self::Conflict { code, .. } => Some(code),
             Self::TooLarge(_) => Some("request_too_large"),
             Self::RateLimited(r) if r.limit == "max_concurrent" => {
                 Some("concurrency_limit_exceeded")
@@ -180,7 +185,10 @@ impl GatewayError {
         }
     }
 
-    /// A control plane's gRPC error on a call made for the caller.
+    /// A control plane's gRPC error on a call made for the caller: the same
+    /// statuses as the admin API gives ([`crate::admin::AdminError`]), except
+    /// Unauthenticated, which here means this gateway's own credential was
+    /// refused (503, not the caller's fault).
     pub fn from_control_plane(status: &tonic::Status) -> Self {
         let message = status.message().to_owned();
         match status.code() {
@@ -188,17 +196,28 @@ impl GatewayError {
                 message,
                 code: "not_found",
             },
-            Code::InvalidArgument | Code::FailedPrecondition | Code::AlreadyExists => {
-                Self::bad_request(message, None)
-            }
+            Code::InvalidArgument | Code::OutOfRange => Self::bad_request(message, None),
+            Code::AlreadyExists => Self::Conflict {
+                message,
+                code: "already_exists",
+            },
+            Code::FailedPrecondition => Self::Conflict {
+                message,
+                code: "failed_precondition",
+            },
             Code::PermissionDenied => Self::Denied {
                 message,
                 code: "permission_denied",
                 param: None,
             },
-            _ => Self::Unavailable(format!(
-                "the control plane cannot be reached ({message}); retry shortly"
+            Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
+            | Code::Unauthenticated
+            | Code::Cancelled => Self::Unavailable(format!(
+                "the control plane cannot answer now ({message}); retry shortly"
             )),
+            _ => Self::Upstream(format!("the control plane failed: {message}")),
         }
     }
 }

@@ -142,6 +142,19 @@ async fn two_tenants_sessions_stay_apart_and_survive_a_restart() {
         .unwrap();
     assert_eq!(chat.status, 404, "{:?}", chat.body);
     assert_eq!(chat.code(), "session_not_found");
+    // A session id already taken is a conflict (409, as in the admin API),
+    // and the existing session is untouched.
+    let again = up
+        .api
+        .send(
+            up.api
+                .post("/v1/sessions", &sales)
+                .json(&json!({"id": s_sales, "title": "a second one"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.status, 409, "{:?}", again.body);
+    assert_eq!(again.code(), "already_exists", "{:?}", again.body);
     let listed = up.api.send(up.api.get("/v1/sessions", &hr)).await.unwrap();
     let ids: Vec<&str> = listed.body["data"]
         .as_array()
