@@ -134,11 +134,27 @@ pub fn reader(client: Arc<ControlPlaneClient>, deadline: Duration) -> TurnReader
             match client
                 .send_for(
                     deadline,
-                    cp::GetTurnsBatchRequest { reads },
+                    cp::GetTurnsBatchRequest {
+                        reads: reads.clone(),
+                    },
                     |mut c, req| async move { c.get_turns_batch(req).await },
                 )
                 .await
             {
+                // A control plane from before group reads: one call each.
+                Err(status) if status.code() == tonic::Code::Unimplemented => {
+                    let mut answers = Vec::with_capacity(n);
+                    for read in reads {
+                        answers.push(
+                            client
+                                .send_for(deadline, read, |mut c, req| async move {
+                                    c.get_turns(req).await
+                                })
+                                .await,
+                        );
+                    }
+                    answers
+                }
                 Ok(reply) => reply
                     .results
                     .into_iter()
