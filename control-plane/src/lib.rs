@@ -113,6 +113,7 @@ pub async fn run(
         election_timeout_max: 800,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
         max_in_snapshot_log_to_keep: 0,
+        max_payload_entries: raft::MAX_PAYLOAD_ENTRIES,
         ..Default::default()
     }
     .validate()
@@ -139,8 +140,10 @@ pub async fn run(
 
     // gRPC (HTTP/2) and `/metrics`, `/health` (HTTP/1.1 or 2) share the port.
     let mut grpc = tonic::service::Routes::builder();
-    grpc.add_service(pb::raft_server::RaftServer::with_interceptor(
-        RaftService { raft: raft.clone() },
+    grpc.add_service(tonic::service::interceptor::InterceptedService::new(
+        pb::raft_server::RaftServer::new(RaftService { raft: raft.clone() })
+            .max_decoding_message_size(raft::MAX_RAFT_MESSAGE_BYTES)
+            .max_encoding_message_size(raft::MAX_RAFT_MESSAGE_BYTES),
         config.cluster_secret.interceptor(),
     ))
     .add_service(pb::control_plane_server::ControlPlaneServer::new(
@@ -266,7 +269,7 @@ async fn propose_anywhere(
             let addr = leader
                 .or_else(|| addrs.first().cloned())
                 .ok_or_else(|| ControlPlaneError::Unavailable("no leader known".into()))?;
-            let mut client = pb::raft_client::RaftClient::new(
+            let mut client = raft::raft_client(
                 raft::channel(&addr).map_err(|e| ControlPlaneError::Unavailable(e.to_string()))?,
             );
             let mut req = tonic::Request::new(pb::RaftPayload {

@@ -74,6 +74,23 @@ fn reply_data<T: DeserializeOwned>(reply: pb::RaftReply) -> Result<T, NetworkErr
 
 pub(crate) use bulkhead_client::channel;
 
+/// The largest Raft message a node sends or accepts. tonic's default of
+/// 4 MiB is less than one AppendEntries can carry (entries of usage
+/// batches), and a message over it failed as a network error that openraft
+/// retried forever: replication stalled for good. With at most
+/// [`MAX_PAYLOAD_ENTRIES`] entries per message this leaves ample room.
+pub const MAX_RAFT_MESSAGE_BYTES: usize = 256 << 20;
+
+/// Most log entries in one AppendEntries (openraft's default is 300).
+pub const MAX_PAYLOAD_ENTRIES: u64 = 64;
+
+/// A Raft client whose message limits match the server's.
+pub(crate) fn raft_client(channel: Channel) -> RaftClient<Channel> {
+    RaftClient::new(channel)
+        .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+}
+
 /// Creates Raft connections to other nodes; every call carries the cluster
 /// secret.
 pub struct Network {
@@ -92,7 +109,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Connection {
         Connection {
             target,
-            client: channel(&node.addr).ok().map(RaftClient::new),
+            client: channel(&node.addr).ok().map(raft_client),
             secret: self.secret.clone(),
         }
     }

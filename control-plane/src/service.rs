@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use bulkhead_proto::auth::CLUSTER_SECRET_METADATA;
 use bulkhead_proto::control as pb;
-use bulkhead_proto::control::raft_client::RaftClient;
 use bulkhead_proto::{ClusterSecret, TenantId};
 use openraft::ReadPolicy;
 use openraft::ServerState;
@@ -114,7 +113,7 @@ pub(crate) async fn linearize(raft: &Raft, secret: &ClusterSecret) -> Result<()>
         ));
     };
     let unavailable = |what: String| ControlPlaneError::Unavailable(what);
-    let mut client = RaftClient::new(
+    let mut client = crate::raft::raft_client(
         channel(&leader.addr).map_err(|e| unavailable(format!("leader address: {e}")))?,
     );
     let mut req = Request::new(pb::RaftPayload::default());

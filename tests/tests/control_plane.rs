@@ -640,3 +640,27 @@ async fn only_members_of_the_cluster_may_call_it() -> anyhow::Result<()> {
     assert!(!list.contains("evil"), "{list}");
     Ok(())
 }
+
+/// One AppendEntries can carry more than tonic's default 4 MiB (entries of
+/// usage batches); a node must accept it, or replication stalls for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raft_message_over_four_mib_reaches_the_node() -> anyhow::Result<()> {
+    let cp = ControlPlanes::start(1, &[])?;
+    let channel = bulkhead_client::channel(&cp.nodes[0].addr)?;
+    let mut client = pb::raft_client::RaftClient::new(channel)
+        .max_encoding_message_size(usize::MAX)
+        .max_decoding_message_size(usize::MAX);
+    // 5 MiB that is no command: the node must read it all and refuse it as
+    // a bad command, not refuse its size.
+    let mut req = tonic::Request::new(pb::RaftPayload {
+        data: vec![b'x'; 5 << 20],
+    });
+    cp.secret.attach(&mut req);
+    let refused = client
+        .propose(req)
+        .await
+        .expect_err("garbage is not a command");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("decoding"), "{refused:?}");
+    Ok(())
+}
