@@ -12,13 +12,26 @@ impl UsageEvent {
 /// How long JetStream remembers a `Nats-Msg-Id` to drop a republished event.
 pub const DUPLICATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
+/// The most bytes of unacknowledged usage the stream holds. Past it NATS
+/// refuses new events, and workers keep them in their spools until there is
+/// room: nothing is dropped.
+pub const STREAM_MAX_BYTES: i64 = 1 << 30;
+
 /// The configuration of the usage stream; workers and the control plane
-/// create it with exactly this, whoever comes first.
+/// create it with exactly this, whoever comes first. A work queue: an event
+/// leaves the stream once the control plane acknowledges it, so the stream
+/// holds only the backlog, never the history. (A stream made before this
+/// keeps its old retention; NATS cannot change a stream's retention, so
+/// delete it while no event is pending to get this one.)
 pub fn stream_config() -> async_nats::jetstream::stream::Config {
+    use async_nats::jetstream::stream::{DiscardPolicy, RetentionPolicy, StorageType};
     async_nats::jetstream::stream::Config {
         name: crate::USAGE_STREAM.to_owned(),
         subjects: vec![format!("{}.>", crate::USAGE_SUBJECT_PREFIX)],
-        storage: async_nats::jetstream::stream::StorageType::File,
+        storage: StorageType::File,
+        retention: RetentionPolicy::WorkQueue,
+        max_bytes: STREAM_MAX_BYTES,
+        discard: DiscardPolicy::New,
         duplicate_window: DUPLICATE_WINDOW,
         ..Default::default()
     }

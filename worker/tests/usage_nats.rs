@@ -168,3 +168,56 @@ async fn every_finished_request_yields_exactly_one_event_across_outage_and_resta
     }
     w.stop().await;
 }
+
+/// The usage stream keeps only what the control plane has not acknowledged:
+/// acknowledged events leave it, so it does not grow forever.
+#[tokio::test]
+async fn acknowledged_usage_leaves_the_stream() {
+    use async_nats::jetstream::consumer::{AckPolicy, pull};
+    use futures::StreamExt;
+
+    let store = tempfile::tempdir().unwrap();
+    let nats = Nats::start(store.path());
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js
+        .get_or_create_stream(bulkhead_proto::usage::stream_config())
+        .await
+        .unwrap();
+    for i in 0..3 {
+        js.publish(format!("bulkhead.usage.acme{i}"), "event".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    assert_eq!(stream.info().await.unwrap().state.messages, 3);
+    let consumer = stream
+        .get_or_create_consumer(
+            "control-plane",
+            pull::Config {
+                durable_name: Some("control-plane".into()),
+                ack_policy: AckPolicy::Explicit,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut batch = consumer.fetch().max_messages(3).messages().await.unwrap();
+    while let Some(message) = batch.next().await {
+        message.unwrap().double_ack().await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stream.info().await.unwrap().state.messages > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "acknowledged events stayed in the stream"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let limits = stream.info().await.unwrap().config.clone();
+    assert!(
+        limits.max_bytes > 0,
+        "the stream has a size cap: {limits:?}"
+    );
+}
