@@ -281,6 +281,15 @@ context_window: 65536
     }
 
     #[test]
+    fn the_articles_plan_tier_names_the_plan() {
+        let c = parse("t.yaml", "tenant_id: hr\nplan_tier: enterprise\n").unwrap();
+        assert_eq!(tenant(&c[0]).plan, "enterprise");
+        // Both names at once is one field given twice.
+        let e = err("tenant_id: hr\nplan: pro\nplan_tier: enterprise\n");
+        assert!(e.contains("plan"), "{e}");
+    }
+
+    #[test]
     fn the_operators_format_is_read_with_the_model_named_by_its_stem() {
         let configs = parse("sales.yaml", SALES).unwrap();
         assert_eq!(configs.len(), 1);

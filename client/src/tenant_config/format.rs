@@ -11,12 +11,14 @@ use serde::Deserialize;
 use super::{ConfigError, LoadedConfig};
 
 /// One tenant as its file writes it. `daily_quota` is the tenant's
-/// `daily_tokens` (either name is accepted).
+/// `daily_tokens` and `plan_tier` its `plan` (either name is accepted: the
+/// article bulkhead follows writes `plan_tier`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTenantConfig {
     tenant_id: String,
     display_name: Option<String>,
+    #[serde(alias = "plan_tier")]
     plan: Option<String>,
     #[serde(alias = "daily_tokens")]
     daily_quota: Option<u64>,
