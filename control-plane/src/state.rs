@@ -11,8 +11,6 @@
 
 use std::io;
 
-use serde::{Deserialize, Serialize};
-
 use bulkhead_proto::TenantId;
 
 use crate::audit;
@@ -27,76 +25,20 @@ use crate::store::Tables;
 mod allowances;
 mod command;
 mod consequences;
+mod ops;
 mod queries;
 mod records;
+mod tables;
 mod tenants;
 
 pub(crate) use allowances::quota_on;
 use allowances::*;
 pub use command::*;
 use consequences::*;
+use ops::*;
 pub use records::*;
+pub use tables::*;
 use tenants::*;
-
-pub const TENANTS: &str = "tenants";
-pub const KEYS: &str = "keys";
-pub const KEY_HASHES: &str = "key_hashes";
-pub const LEDGER: &str = "ledger";
-pub const ALLOWANCES: &str = "allowances";
-pub const EVENTS: &str = "usage_events";
-pub const USERS: &str = "usage_users";
-pub const META: &str = "meta";
-pub const WORKERS: &str = "workers";
-/// The last requests of each tenant, for the dashboard.
-pub const RECENT: &str = "recent_requests";
-/// How many recent requests are kept per tenant.
-pub const RECENT_KEPT: u64 = 100;
-/// What changed, by version, for the watch stream.
-pub const CHANGES: &str = "changes";
-/// How many changes are kept for watchers that reconnect.
-const CHANGES_KEPT: u64 = 10_000;
-/// Replies of gateway calls by operation id, so a retried call applies once.
-pub const OPS: &str = "gateway_ops";
-/// How long an operation id is remembered.
-const OP_MEMORY_MS: i64 = 3_600_000;
-
-/// Prompt counts per tenant and day, keyed `tenant/day/<sha256 of the
-/// preview>`: operator-only, never shown to a tenant.
-pub const PROMPTS: &str = "usage_prompts";
-/// The longest prompt preview kept, in characters.
-pub const PROMPT_PREVIEW_CHARS: usize = 80;
-/// The export key (hex) under which user ids are hashed for usage exports.
-const EXPORT_KEY: &str = "usage_export_key";
-
-/// Deleted tenant ids: their name is reused only by an explicit create.
-pub const DELETED: &str = "deleted_tenants";
-
-const ADMIN_HASH: &str = "admin_token_hash";
-const VERSION: &str = "version";
-
-fn key2(a: &str, b: &str) -> String {
-    format!("{a}/{b}")
-}
-
-fn change_key(version: u64) -> String {
-    format!("{version:020}")
-}
-
-/// The version the next recorded change gets.
-fn next_version(t: &Tables) -> io::Result<u64> {
-    Ok(t.get::<u64>(META, VERSION)?.unwrap_or(0) + 1)
-}
-
-/// Records a change under the next version; watchers see changes in this order.
-fn record_change(t: &Tables, change: Change) -> io::Result<u64> {
-    let v = next_version(t)?;
-    t.put(META, VERSION, &v)?;
-    t.put(CHANGES, &change_key(v), &(v, change))?;
-    if v > CHANGES_KEPT {
-        t.delete(CHANGES, &change_key(v - CHANGES_KEPT))?;
-    }
-    Ok(v)
-}
 
 /// Applies one command. Only storage failures are errors.
 pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
@@ -664,40 +606,6 @@ fn scope<'a, 't>(t: &'a Tables<'t>, tenant_id: &str) -> io::Result<Option<Tenant
     Ok(TenantId::new(tenant_id)
         .ok()
         .map(|id| TenantScope::new(t, &id)))
-}
-
-/// A remembered gateway operation.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct OpRecord {
-    at_ms: i64,
-    reply: Reply,
-}
-
-/// Applies `f` once per (gateway, op id); a repeat answers the first reply.
-fn once(
-    t: &Tables,
-    gateway_id: &str,
-    op_id: &str,
-    now_ms: i64,
-    f: impl FnOnce(&Tables) -> io::Result<Reply>,
-) -> io::Result<Reply> {
-    if op_id.is_empty() {
-        return f(t);
-    }
-    let okey = key2(gateway_id, op_id);
-    if let Some(op) = t.get::<OpRecord>(OPS, &okey)? {
-        return Ok(op.reply);
-    }
-    let reply = f(t)?;
-    t.put(
-        OPS,
-        &okey,
-        &OpRecord {
-            at_ms: now_ms,
-            reply: reply.clone(),
-        },
-    )?;
-    Ok(reply)
 }
 
 // ------------------------------------------------------------------ queries
