@@ -109,6 +109,16 @@ async fn health(State(state): S) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// The token of an `Authorization: Bearer <token>` header value (the scheme
+/// in any case), if it has one.
+pub(crate) fn bearer_token(value: &str) -> Option<&str> {
+    value
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|token| !token.is_empty())
+}
+
 /// `GET /metrics`: per-tenant volumes, so only for the operator. The admin
 /// token (`Authorization: Bearer`, as a Prometheus scrape config sends it)
 /// is checked by the control plane on every scrape.
@@ -116,10 +126,8 @@ async fn metrics(State(state): S, headers: HeaderMap) -> Response {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim().to_owned())
-        .filter(|token| !token.is_empty());
+        .and_then(bearer_token)
+        .map(str::to_owned);
     let Some(token) = token else {
         return GatewayError::Unauthorized(
             "metrics name every tenant: send the admin token as `Authorization: Bearer <admin token>`"

@@ -126,13 +126,16 @@ pub async fn run(
     };
     // Registered (as loading, with progress) before the models load, so a
     // caller hears that its model is coming instead of that nobody serves it.
+    // The accelerators are asked once: the registration is rebuilt four
+    // times a second.
+    let devices = catalog::devices();
     let settings = catalog::LoadSettings {
         context_window: config.engine.context_window,
         gpu_layers: config.gpu_layers,
         model_dirs: config.model_dirs.clone(),
         memory_budget: config
             .memory_budget
-            .unwrap_or_else(catalog::default_memory_budget),
+            .unwrap_or_else(|| catalog::default_memory_budget(&devices)),
     };
     let progress = catalog::LoadProgress::new(&config.models);
     let advertise = config
@@ -144,6 +147,7 @@ pub async fn run(
             &config.worker_id,
             &advertise,
             config.engine.slots,
+            &devices,
             &settings,
             catalog,
             &progress,

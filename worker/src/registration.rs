@@ -45,11 +45,13 @@ impl ControlPlaneRegistration {
 /// What the worker registers: once it serves (`catalog` given), its loaded
 /// models with their adapters (as `MODEL:ADAPTER`), windows and sizes; while
 /// models load, each one's progress; always its device slots per model
-/// variant, the files it could load and its memory budget.
+/// variant, its accelerators (as found at start), the files it could load
+/// and its memory budget.
 pub fn worker_info(
     worker_id: &WorkerId,
     advertise: &str,
     slots: u32,
+    devices: &[bulkhead_proto::worker::Device],
     settings: &LoadSettings,
     catalog: Option<&Catalog>,
     progress: &LoadProgress,
@@ -79,7 +81,7 @@ pub fn worker_info(
             .iter()
             .map(|m| (m.name.clone(), m.context_window))
             .collect(),
-        devices: crate::catalog::devices(),
+        devices: devices.to_vec(),
         files: crate::catalog::model_files(&settings.model_dirs)
             .into_iter()
             .map(|(name, (_, bytes))| (name, bytes))

@@ -46,12 +46,7 @@ impl FromRequestParts<Arc<AdminState>> for Admin {
             message: "the Authorization header is not ASCII; the admin token is wrong".into(),
             code: "invalid_admin_token",
         })?;
-        let token = value
-            .split_once(' ')
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim())
-            .filter(|token| !token.is_empty())
-            .ok_or_else(missing)?;
+        let token = crate::http::bearer_token(value).ok_or_else(missing)?;
         let from = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()

@@ -5,8 +5,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use super::devices;
-
 /// File name of the demo model, SmolLM2-135M-Instruct (Q4_1).
 pub const DEMO_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
@@ -107,9 +105,10 @@ pub fn model_files(dirs: &[PathBuf]) -> BTreeMap<String, (PathBuf, u64)> {
 }
 
 /// The weights a worker holds at once unless told otherwise: nine tenths of
-/// its accelerators' memory, or on a CPU build three quarters of the RAM.
-pub fn default_memory_budget() -> u64 {
-    let on_devices: u64 = devices().iter().map(|d| d.memory_total_bytes).sum();
+/// its accelerators' (`devices`) memory, or on a CPU build three quarters of
+/// the RAM.
+pub fn default_memory_budget(devices: &[bulkhead_proto::worker::Device]) -> u64 {
+    let on_devices: u64 = devices.iter().map(|d| d.memory_total_bytes).sum();
     if on_devices > 0 {
         return on_devices / 10 * 9;
     }
