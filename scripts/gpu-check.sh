@@ -11,7 +11,14 @@
 # layer too), then a short `bulkhead up` with two tenants that each get an
 # answer, and saves the monitor's view (GPU memory per worker, KV on device
 # per tenant). Everything lands in $OUT: summary.txt and the logs. It takes
-# about 3 minutes; BENCH_ARGS adds arguments to `bench worker`.
+# about 3 minutes (16 s on the H200 on 2026-12-01); BENCH_ARGS adds
+# arguments to `bench worker`.
+#
+# Carrying it: the stripped binary (`xz -9`, 45 MB) and the model (98 MB)
+# are over one call's 64 MiB, and a carried path is gone by the next call,
+# so each call copies what it carried to /tmp: model part 1, then the
+# binary, then model part 2 with `cat part1 part2 >model.gguf` and this
+# script (README "On a GPU" has the figures).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:?set OUT to the folder for the figures}"
@@ -23,9 +30,29 @@ summary="$OUT/summary.txt"
 say() { echo "$*" | tee -a "$summary"; }
 
 if [ ! -x "$BIN" ] && [ -f "$BIN.xz" ]; then
-  xz -dkf "$BIN.xz"
+  if command -v xz >/dev/null; then
+    xz -dkf "$BIN.xz"
+  else
+    python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$BIN.xz" "$BIN"
+  fi
   chmod +x "$BIN"
 fi
+# HTTP without curl where the GPU host has none (python3 is there).
+http() { # http URL [BEARER [JSON_BODY]]
+  if command -v curl >/dev/null; then
+    curl -s "$1" ${2:+-H "Authorization: Bearer $2"} ${3:+-H 'Content-Type: application/json' -d "$3"}
+  else
+    python3 - "$@" <<'PY'
+import sys, urllib.request, urllib.error
+url, token, body = (sys.argv[1:] + ["", ""])[:3]
+req = urllib.request.Request(url, data=body.encode() if body else None)
+if token: req.add_header("Authorization", "Bearer " + token)
+if body: req.add_header("Content-Type", "application/json")
+try: print(urllib.request.urlopen(req, timeout=120).read().decode())
+except urllib.error.HTTPError as e: print(e.read().decode())
+PY
+  fi
+}
 [ -x "$BIN" ] || { say "gpu-check: no binary at $BIN"; exit 1; }
 # cudart and cuBLAS 13: a CUDA install, or NVIDIA's Python wheels.
 if ! ldconfig -p | grep -q 'libcublas.so.13'; then
@@ -65,13 +92,16 @@ ok=0
 for tenant in sales hr; do
   "$BIN" tenant create "$tenant" --plan pro >/dev/null
   key="$("$BIN" key create --tenant "$tenant" | grep -o 'bk_[A-Za-z0-9_]*' | head -1)"
-  answer="$(curl -s "$api/chat/completions" -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
-    -d '{"temperature":0,"max_tokens":24,"messages":[{"role":"user","content":"Name three colours."}]}')"
+  answer="$(http "$api/chat/completions" "$key" \
+    '{"temperature":0,"max_tokens":24,"messages":[{"role":"user","content":"Name three colours."}]}')"
   echo "$answer" >"$OUT/answer-$tenant.json"
   if echo "$answer" | grep -q '"completion_tokens"'; then ok=$((ok + 1)); fi
   say "$tenant: $(echo "$answer" | head -c 300)"
 done
-curl -s "${api%/v1}/admin/v1/monitor" -H "Authorization: Bearer $BULKHEAD_ADMIN_TOKEN" >"$OUT/monitor.json"
+http "${api%/v1}/admin/v1/monitor" "$BULKHEAD_ADMIN_TOKEN" >"$OUT/monitor.json"
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=memory.used,memory.total --format=csv,noheader | sed 's/^/vram with up running: /' | tee -a "$summary"
+fi
 say "monitor: $(head -c 600 "$OUT/monitor.json")"
 say "offload: $(grep -o 'offloaded [0-9]*/[0-9]* layers to GPU' "$OUT/up.log" | head -1)"
 say "tenants answered: $ok of 2"
