@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".bulkhead.control.v1.AuthenticateRequest",
             ".bulkhead.control.v1.CreatedWebhook",
             ".bulkhead.control.v1.WebhookSpec",
+            ".bulkhead.control.v1.CreatedCredential",
         ])
         .compile_protos(&["proto/worker.proto", "proto/control.proto"], &["proto"])?;
     Ok(())

@@ -153,6 +153,7 @@ pub async fn admin_token(connect: Connect, command: AdminTokenCommand) -> anyhow
     match command {
         AdminTokenCommand::Rotate { write } => {
             let new = client
+                .admin()
                 .send(pb::RotateAdminTokenRequest {}, |mut c, req| async move {
                     c.rotate_admin_token(req).await
                 })
@@ -325,6 +326,7 @@ pub async fn cluster(connect: Connect, command: ClusterCommand) -> anyhow::Resul
     let state = match command {
         ClusterCommand::Status => {
             client
+                .cluster()
                 .send(pb::ClusterStatusRequest {}, |mut c, req| async move {
                     c.cluster_status(req).await
                 })
@@ -332,6 +334,7 @@ pub async fn cluster(connect: Connect, command: ClusterCommand) -> anyhow::Resul
         }
         ClusterCommand::AddNode { id, addr } => {
             client
+                .admin()
                 .send(
                     pb::AddNodeRequest {
                         id,
@@ -343,6 +346,7 @@ pub async fn cluster(connect: Connect, command: ClusterCommand) -> anyhow::Resul
         }
         ClusterCommand::RemoveNode { id } => {
             client
+                .admin()
                 .send(pb::RemoveNodeRequest { id }, |mut c, req| async move {
                     c.remove_node(req).await
                 })
@@ -402,6 +406,7 @@ pub async fn tenant(connect: Connect, command: TenantCommand) -> anyhow::Result<
                 ..Default::default()
             };
             let created = client
+                .admin()
                 .send(
                     tenant,
                     |mut c, req| async move { c.create_tenant(req).await },
@@ -413,6 +418,7 @@ pub async fn tenant(connect: Connect, command: TenantCommand) -> anyhow::Result<
         }
         TenantCommand::List => {
             let list = client
+                .admin()
                 .send(pb::ListTenantsRequest {}, |mut c, req| async move {
                     c.list_tenants(req).await
                 })
@@ -432,6 +438,7 @@ pub async fn tenant(connect: Connect, command: TenantCommand) -> anyhow::Result<
         }
         TenantCommand::Show { id } => {
             let t = client
+                .admin()
                 .send(pb::TenantRef { id: id.clone() }, |mut c, req| async move {
                     c.get_tenant(req).await
                 })
@@ -464,6 +471,7 @@ pub async fn tenant(connect: Connect, command: TenantCommand) -> anyhow::Result<
                 features,
             };
             let t = client
+                .admin()
                 .send(
                     patch,
                     |mut c, req| async move { c.update_tenant(req).await },
@@ -479,6 +487,7 @@ pub async fn tenant(connect: Connect, command: TenantCommand) -> anyhow::Result<
         }
         TenantCommand::Delete { id } => {
             let t = client
+                .admin()
                 .send(pb::TenantRef { id: id.clone() }, |mut c, req| async move {
                     c.delete_tenant(req).await
                 })
@@ -499,6 +508,7 @@ pub async fn key(connect: Connect, command: KeyCommand) -> anyhow::Result<()> {
     match command {
         KeyCommand::Create { tenant, name } => {
             let created = client
+                .admin()
                 .send(
                     pb::CreateKeyRequest {
                         tenant_id: tenant.clone(),
@@ -515,6 +525,7 @@ pub async fn key(connect: Connect, command: KeyCommand) -> anyhow::Result<()> {
         }
         KeyCommand::Revoke { key_id } => {
             let key = client
+                .admin()
                 .send(
                     pb::RevokeKeyRequest {
                         key_id: key_id.clone(),
@@ -532,6 +543,7 @@ pub async fn key(connect: Connect, command: KeyCommand) -> anyhow::Result<()> {
         }
         KeyCommand::List { tenant } => {
             let keys = client
+                .admin()
                 .send(
                     pb::TenantRef { id: tenant.clone() },
                     |mut c, req| async move { c.list_keys(req).await },
@@ -563,6 +575,7 @@ pub async fn plan(connect: Connect, command: PlanCommand) -> anyhow::Result<()> 
     match command {
         PlanCommand::List => {
             let list = client
+                .admin()
                 .send(pb::ListPlansRequest {}, |mut c, req| async move {
                     c.list_plans(req).await
                 })

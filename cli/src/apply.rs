@@ -21,6 +21,7 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<LoadedConfig>> {
 pub async fn apply(client: &ControlPlaneClient, loaded: Vec<LoadedConfig>) -> anyhow::Result<()> {
     let configs = loaded.into_iter().map(|l| l.config).collect();
     let reply = client
+        .admin()
         .send(
             pb::ApplyTenantsRequest { configs },
             |mut c, req| async move { c.apply_tenants(req).await },
@@ -31,6 +32,7 @@ pub async fn apply(client: &ControlPlaneClient, loaded: Vec<LoadedConfig>) -> an
     for o in &reply.outcomes {
         println!("{}", outcome_line(o));
         let tenant = client
+            .admin()
             .send(
                 pb::TenantRef {
                     id: o.tenant_id.clone(),
@@ -135,6 +137,7 @@ fn window_warning(t: &pb::Tenant, workers: &[pb::WorkerInfo]) -> Option<String> 
 /// The workers registered now.
 pub(crate) async fn workers(client: &ControlPlaneClient) -> anyhow::Result<Vec<pb::WorkerInfo>> {
     Ok(client
+        .admin()
         .send(pb::ListWorkersRequest {}, |mut c, req| async move {
             c.list_workers(req).await
         })

@@ -38,6 +38,7 @@ pub async fn audit(connect: Connect, command: AuditCommand) -> anyhow::Result<()
             hashes,
         } => {
             let list = client
+                .admin()
                 .send(
                     pb::ListAuditRequest {
                         tenant_id: tenant,
@@ -76,6 +77,7 @@ pub async fn audit(connect: Connect, command: AuditCommand) -> anyhow::Result<()
         }
         AuditCommand::Verify { tenant } => {
             let v = client
+                .admin()
                 .send(
                     pb::VerifyAuditRequest { tenant_id: tenant },
                     |mut c, req| async move { c.verify_audit(req).await },

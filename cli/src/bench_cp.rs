@@ -145,8 +145,9 @@ pub async fn run(args: BenchControlPlaneArgs) -> anyhow::Result<()> {
         .await?
         .context("the cluster printed no admin token")?
     };
-    let client = Arc::new(ControlPlaneClient::new(addrs.clone(), Some(token)));
-    client
+    let admin = ControlPlaneClient::new(addrs.clone(), Some(token));
+    admin
+        .admin()
         .send(
             pb::Tenant {
                 id: "bench".into(),
@@ -160,6 +161,8 @@ pub async fn run(args: BenchControlPlaneArgs) -> anyhow::Result<()> {
             |mut c, req| async move { c.create_tenant(req).await },
         )
         .await?;
+    // Grants are a gateway's calls: the bench is one, with its own credential.
+    let client = Arc::new(admin.issue_credential("gateway", "bench-cp").await?);
     println!("cluster: 3 control-plane nodes and nats-server on loopback");
 
     // Usage events: publish, and time until the ledger counted them all.
@@ -195,7 +198,8 @@ pub async fn run(args: BenchControlPlaneArgs) -> anyhow::Result<()> {
     }
     let published = started.elapsed();
     loop {
-        let report = client
+        let report = admin
+            .admin()
             .send(
                 pb::UsageRequest {
                     tenant_id: "bench".into(),
@@ -268,6 +272,7 @@ pub async fn run(args: BenchControlPlaneArgs) -> anyhow::Result<()> {
                     while Instant::now() < until {
                         let ok = if grant {
                             client
+                                .member()
                                 .send(
                                     pb::GrantRequest {
                                         tenant_id: "bench".into(),
@@ -283,6 +288,7 @@ pub async fn run(args: BenchControlPlaneArgs) -> anyhow::Result<()> {
                                 .is_ok()
                         } else {
                             client
+                                .cluster()
                                 .call(|mut c| async move {
                                     c.cluster_status(pb::ClusterStatusRequest {}).await
                                 })
@@ -312,6 +318,7 @@ pub async fn run(args: BenchControlPlaneArgs) -> anyhow::Result<()> {
 
     // Failover: SIGKILL the leader, time the first committed write after it.
     let state = client
+        .cluster()
         .call(|mut c| async move { c.cluster_status(pb::ClusterStatusRequest {}).await })
         .await?;
     let leader = usize::try_from(state.leader_id).unwrap_or(0);
@@ -326,6 +333,7 @@ pub async fn run(args: BenchControlPlaneArgs) -> anyhow::Result<()> {
     loop {
         attempt += 1;
         let ok = client
+            .member()
             .send(
                 pb::GrantRequest {
                     tenant_id: "bench".into(),

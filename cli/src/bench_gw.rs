@@ -26,6 +26,7 @@ use bulkhead_proto::worker as pb;
 use bulkhead_proto::worker::worker_client::WorkerClient;
 use bulkhead_proto::{ClusterSecret, GatewayId, RequestId};
 use bulkhead_worker::ControlPlaneRegistration;
+use bulkhead_worker::gateways::Gateways;
 use clap::Args;
 use futures::StreamExt;
 use tonic::service::interceptor::InterceptedService;
@@ -89,7 +90,8 @@ const PROMPT: &str = "Say something short about bulkheads.";
 /// One of the two ways to the scripted engine.
 enum Target {
     Direct {
-        worker: WorkerClient<InterceptedService<Channel, AttachSecret>>,
+        worker:
+            WorkerClient<InterceptedService<Channel, AttachSecret<bulkhead_proto::auth::Member>>>,
         tokens: u32,
     },
     Gateway {
@@ -245,12 +247,24 @@ pub async fn run(args: BenchGatewayArgs) -> anyhow::Result<()> {
             let _ = cp_stop.await;
         },
     ));
+    let token = tokio::time::timeout(Duration::from_secs(30), token_rx)
+        .await
+        .context("the control plane did not initialize within 30 s")?
+        .context("the control plane stopped before it initialized")?;
+    let admin = ControlPlaneClient::new(vec![cp_addr.clone()], Some(token));
+    // Each role with its own credential, as in a real cluster.
+    let credential =
+        |client: ControlPlaneClient| client.credential().cloned().context("an issued credential");
+    let gateway_credential = credential(admin.issue_credential("gateway", "bench-gateway").await?)?;
+    let worker_credential = credential(admin.issue_credential("worker", "scripted-1").await?)?;
     let interval = Duration::from_micros(args.token_interval_us);
     let engine = Arc::new(ScriptedEngine::new("scripted-1", interval));
-    let worker = tokio::spawn(engine.serve(worker_listener, secret.clone(), worker_stopped()));
+    let gateways = Gateways::new(&[]);
+    let worker = tokio::spawn(engine.serve(worker_listener, gateways.clone(), worker_stopped()));
     let registration = tokio::spawn(bulkhead_worker::registration::register_loop(
         ControlPlaneRegistration::new(vec![cp_addr.clone()], worker_addr.clone()),
-        secret.clone(),
+        worker_credential,
+        gateways,
         tokio::sync::watch::channel(cp::WorkerInfo {
             worker_id: "scripted-1".into(),
             addr: worker_addr.clone(),
@@ -266,7 +280,7 @@ pub async fn run(args: BenchGatewayArgs) -> anyhow::Result<()> {
         GatewayConfig {
             gateway_id: GatewayId::new("bench-gateway")?,
             control_plane: vec![cp_addr.clone()],
-            cluster_secret: secret.clone(),
+            credential: gateway_credential.clone(),
             default_model: Some(SCRIPTED_MODEL.into()),
             max_body_bytes: bulkhead_gateway::DEFAULT_MAX_BODY_BYTES,
             request_deadline: bulkhead_gateway::DEFAULT_REQUEST_DEADLINE,
@@ -278,11 +292,6 @@ pub async fn run(args: BenchGatewayArgs) -> anyhow::Result<()> {
         },
     ));
 
-    let token = tokio::time::timeout(Duration::from_secs(30), token_rx)
-        .await
-        .context("the control plane did not initialize within 30 s")?
-        .context("the control plane stopped before it initialized")?;
-    let admin = ControlPlaneClient::new(vec![cp_addr.clone()], Some(token));
     let concurrency = u32::try_from(args.concurrency_max).unwrap_or(u32::MAX);
     let key = bench_tenant(&admin, TENANT, SCRIPTED_MODEL, concurrency).await?;
 
@@ -291,7 +300,7 @@ pub async fn run(args: BenchGatewayArgs) -> anyhow::Result<()> {
         .connect()
         .await?;
     let direct = Arc::new(Target::Direct {
-        worker: WorkerClient::with_interceptor(channel, AttachSecret(secret.clone())),
+        worker: WorkerClient::with_interceptor(channel, AttachSecret(gateway_credential)),
         tokens: args.tokens,
     });
     let http = reqwest::Client::builder()
@@ -481,6 +490,7 @@ pub(crate) async fn bench_tenant(
     max_concurrent: u32,
 ) -> anyhow::Result<String> {
     admin
+        .admin()
         .send(
             cp::Tenant {
                 id: tenant.into(),
@@ -498,6 +508,7 @@ pub(crate) async fn bench_tenant(
         )
         .await?;
     Ok(admin
+        .admin()
         .send(
             cp::CreateKeyRequest {
                 tenant_id: tenant.into(),

@@ -73,6 +73,7 @@ async fn decide(
     note: String,
 ) -> anyhow::Result<()> {
     let b = client
+        .admin()
         .send(
             pb::BurstDecision {
                 burst_id,
@@ -92,6 +93,7 @@ pub async fn burst(connect: Connect, command: BurstCommand) -> anyhow::Result<()
     match command {
         BurstCommand::Request { tenant, reason } => {
             let b = client
+                .admin()
                 .send(
                     pb::BurstRequest {
                         tenant_id: tenant,
@@ -107,6 +109,7 @@ pub async fn burst(connect: Connect, command: BurstCommand) -> anyhow::Result<()
         BurstCommand::Deny { burst_id, note } => decide(&client, burst_id, false, note).await?,
         BurstCommand::List { tenant, status: s } => {
             let list = client
+                .admin()
                 .send(
                     pb::ListBurstsRequest {
                         tenant_id: tenant,

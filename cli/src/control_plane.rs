@@ -32,8 +32,8 @@ pub struct ControlPlaneArgs {
     /// NATS server whose BULKHEAD_USAGE stream the leader consumes.
     #[arg(long, env = env::NATS_URL)]
     nats: Option<String>,
-    /// File holding the cluster secret that every node, gateway and worker shares
-    /// (or set BULKHEAD_CLUSTER_SECRET).
+    /// File holding the cluster secret, the node credential that the control-plane nodes
+    /// share and no other host holds (or set BULKHEAD_CLUSTER_SECRET).
     #[arg(long)]
     cluster_secret_file: Option<PathBuf>,
     /// Snapshot (and purge the log) every this many entries.

@@ -18,40 +18,70 @@ pub const CONTROL_PLANE: &str = "BULKHEAD_CONTROL_PLANE";
 pub const ADMIN_TOKEN: &str = "BULKHEAD_ADMIN_TOKEN";
 /// The cluster secret itself (or use `--cluster-secret-file`).
 pub const CLUSTER_SECRET: &str = "BULKHEAD_CLUSTER_SECRET";
+/// A gateway's or worker's own credential (or use `--credential-file`).
+pub const CREDENTIAL: &str = "BULKHEAD_CREDENTIAL";
 
 /// How to make a cluster secret, for error messages.
 pub const CLUSTER_SECRET_HELP: &str = "make one with `openssl rand -hex 32 > cluster.secret` and pass \
      --cluster-secret-file cluster.secret (or set BULKHEAD_CLUSTER_SECRET) on every control-plane \
-     node, gateway and worker";
+     node, and on no other host";
 
-/// The cluster secret from `--cluster-secret-file` or, without it, from
-/// `BULKHEAD_CLUSTER_SECRET`; `None` when neither is given.
-pub fn cluster_secret(
+/// How to get a credential, for error messages.
+pub const CREDENTIAL_HELP: &str = "an operator makes one with `bulkhead credential create --role \
+     gateway|worker --name NAME`; pass it as --credential-file FILE (or set BULKHEAD_CREDENTIAL)";
+
+/// A secret from the file `file` names or, without it, from the variable
+/// `var`; `None` when neither is given.
+fn read_secret<K: bulkhead_proto::auth::SecretKind>(
     file: Option<&std::path::Path>,
-) -> anyhow::Result<Option<bulkhead_proto::ClusterSecret>> {
+    flag: &str,
+    var: &str,
+    help: &str,
+) -> anyhow::Result<Option<bulkhead_proto::auth::Secret<K>>> {
     use anyhow::Context;
     let (text, source) = match file {
         Some(path) => (
             std::fs::read_to_string(path)
-                .with_context(|| format!("reading --cluster-secret-file {}", path.display()))?,
-            format!("--cluster-secret-file {}", path.display()),
+                .with_context(|| format!("reading {flag} {}", path.display()))?,
+            format!("{flag} {}", path.display()),
         ),
-        None => match std::env::var(CLUSTER_SECRET) {
-            Ok(text) if !text.trim().is_empty() => (text, CLUSTER_SECRET.to_owned()),
+        None => match std::env::var(var) {
+            Ok(text) if !text.trim().is_empty() => (text, var.to_owned()),
             _ => return Ok(None),
         },
     };
-    bulkhead_proto::ClusterSecret::new(&text)
+    bulkhead_proto::auth::Secret::new(&text)
         .map(Some)
-        .map_err(|e| anyhow::anyhow!("{source}: {e}; {CLUSTER_SECRET_HELP}"))
+        .map_err(|e| anyhow::anyhow!("{source}: {e}; {help}"))
 }
 
-/// Like [`cluster_secret`], for roles that cannot run without one.
+/// The cluster secret (a control-plane node's) from `--cluster-secret-file`
+/// or `BULKHEAD_CLUSTER_SECRET`.
 pub fn require_cluster_secret(
     file: Option<&std::path::Path>,
 ) -> anyhow::Result<bulkhead_proto::ClusterSecret> {
-    cluster_secret(file)?
-        .ok_or_else(|| anyhow::anyhow!("no cluster secret given; {CLUSTER_SECRET_HELP}"))
+    read_secret(
+        file,
+        "--cluster-secret-file",
+        CLUSTER_SECRET,
+        CLUSTER_SECRET_HELP,
+    )?
+    .ok_or_else(|| anyhow::anyhow!("no cluster secret given; {CLUSTER_SECRET_HELP}"))
+}
+
+/// A gateway's or worker's credential from `--credential-file` or
+/// `BULKHEAD_CREDENTIAL`; `None` when neither is given.
+pub fn credential(
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<Option<bulkhead_proto::Credential>> {
+    read_secret(file, "--credential-file", CREDENTIAL, CREDENTIAL_HELP)
+}
+
+/// Like [`credential`], for roles that cannot run without one.
+pub fn require_credential(
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<bulkhead_proto::Credential> {
+    credential(file)?.ok_or_else(|| anyhow::anyhow!("no credential given; {CREDENTIAL_HELP}"))
 }
 /// This gateway's id.
 pub const GATEWAY_ID: &str = "BULKHEAD_GATEWAY_ID";

@@ -21,9 +21,10 @@ pub struct GatewayArgs {
     /// Control-plane node addresses, comma-separated (any subset; the leader is followed).
     #[arg(long = "control-plane", env = env::CONTROL_PLANE, value_delimiter = ',', required = true)]
     control_plane: Vec<String>,
-    /// File holding the cluster secret (or set BULKHEAD_CLUSTER_SECRET).
+    /// File holding this gateway's credential (`bulkhead credential create --role gateway`;
+    /// or set BULKHEAD_CREDENTIAL).
     #[arg(long)]
-    cluster_secret_file: Option<PathBuf>,
+    credential_file: Option<PathBuf>,
     /// This gateway's id, unique in the cluster: allowances are leased to it (default: a random one).
     #[arg(long, env = env::GATEWAY_ID)]
     gateway_id: Option<String>,
@@ -40,7 +41,7 @@ pub struct GatewayArgs {
 }
 
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
-    let cluster_secret = env::require_cluster_secret(args.cluster_secret_file.as_deref())?;
+    let credential = env::require_credential(args.credential_file.as_deref())?;
     let gateway_id = match args.gateway_id {
         Some(id) => GatewayId::new(id).context("--gateway-id")?,
         None => GatewayId::new(format!(
@@ -63,7 +64,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             .map(|a| a.trim().to_owned())
             .filter(|a| !a.is_empty())
             .collect(),
-        cluster_secret,
+        credential,
         default_model: args.default_model,
         max_body_bytes: args.max_body_bytes,
         request_deadline: std::time::Duration::from_secs(args.request_deadline_s),

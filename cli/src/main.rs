@@ -10,6 +10,7 @@ mod bench_up;
 mod burst;
 mod connect;
 mod control_plane;
+mod credential;
 mod env;
 mod gateway;
 mod scripted_engine;
@@ -67,6 +68,13 @@ enum Command {
     Usage {
         #[command(flatten)]
         args: usage::UsageArgs,
+        #[command(flatten)]
+        connect: connect::Connect,
+    },
+    /// Issue, revoke and list the gateways' and workers' own credentials.
+    Credential {
+        #[command(subcommand)]
+        command: credential::CredentialCommand,
         #[command(flatten)]
         connect: connect::Connect,
     },
@@ -173,6 +181,9 @@ fn run() -> anyhow::Result<()> {
         Command::Key { command, connect } => runtime.block_on(admin::key(connect, command)),
         Command::Usage { args, connect } => runtime.block_on(usage::usage(connect, args)),
         Command::Plan { command, connect } => runtime.block_on(admin::plan(connect, command)),
+        Command::Credential { command, connect } => {
+            runtime.block_on(credential::credential(connect, command))
+        }
         Command::AdminToken { command, connect } => {
             runtime.block_on(admin::admin_token(connect, command))
         }

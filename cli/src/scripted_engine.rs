@@ -6,7 +6,7 @@
 //! prompt tokens are a simple count (words of every message plus four per
 //! message), completion tokens the deltas sent.
 //!
-//! It checks the cluster secret on every call, like the real worker, and
+//! It checks the gateway's credential on every call, like the real worker, and
 //! publishes no usage events (the benchmark's tenant has a quota that the
 //! outstanding allowances never exhaust). It must never be used to answer a
 //! real client: nothing here is generated.
@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use bulkhead_proto::RequestId;
 use bulkhead_proto::worker as pb;
 use bulkhead_proto::worker::worker_server::{Worker, WorkerServer};
-use bulkhead_proto::{ClusterSecret, RequestId};
 use futures::Stream;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -68,18 +68,15 @@ impl ScriptedEngine {
 
     /// Serves the engine on `listener` (with `TCP_NODELAY`, so that no
     /// frame of a stream waits for the peer's delayed ACK), refusing calls
-    /// without `secret`, until `shutdown` resolves.
+    /// from gateways other than `gateways`, until `shutdown` resolves.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
-        secret: ClusterSecret,
+        gateways: bulkhead_worker::gateways::Gateways,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), tonic::transport::Error> {
         tonic::transport::Server::builder()
-            .add_service(WorkerServer::with_interceptor(
-                ArcEngine(self),
-                secret.interceptor(),
-            ))
+            .add_service(WorkerServer::with_interceptor(ArcEngine(self), gateways))
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(listener).with_nodelay(Some(true)),
                 shutdown,

@@ -105,6 +105,7 @@ pub async fn snippet(connect: Connect, command: SnippetCommand) -> anyhow::Resul
                 (None, None) => anyhow::bail!("give --text or --file"),
             };
             let s = client
+                .admin()
                 .send(
                     pb::Snippet {
                         tenant_id: tenant,
@@ -126,6 +127,7 @@ pub async fn snippet(connect: Connect, command: SnippetCommand) -> anyhow::Resul
         }
         SnippetCommand::Delete { tenant, name } => {
             let s = client
+                .admin()
                 .send(
                     pb::SnippetRef {
                         tenant_id: tenant,
@@ -139,6 +141,7 @@ pub async fn snippet(connect: Connect, command: SnippetCommand) -> anyhow::Resul
         }
         SnippetCommand::List { tenant } => {
             let list = client
+                .admin()
                 .send(
                     pb::ListSnippetsRequest { tenant_id: tenant },
                     |mut c, req| async move { c.list_snippets(req).await },
@@ -169,6 +172,7 @@ pub async fn share(connect: Connect, command: ShareCommand) -> anyhow::Result<()
     match command {
         ShareCommand::Grant(args) => {
             let g = client
+                .admin()
                 .send(args.grant(), |mut c, req| async move {
                     c.grant_share(req).await
                 })
@@ -183,6 +187,7 @@ pub async fn share(connect: Connect, command: ShareCommand) -> anyhow::Result<()
         }
         ShareCommand::Revoke(args) => {
             let g = client
+                .admin()
                 .send(args.grant(), |mut c, req| async move {
                     c.revoke_share(req).await
                 })
@@ -197,6 +202,7 @@ pub async fn share(connect: Connect, command: ShareCommand) -> anyhow::Result<()
         }
         ShareCommand::List { tenant } => {
             let list = client
+                .admin()
                 .send(
                     pb::ListSharesRequest { tenant_id: tenant },
                     |mut c, req| async move { c.list_shares(req).await },

@@ -177,6 +177,41 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             }
         })),
     };
+    // Stopped in order: the gateway drains and returns its allowances, the
+    // worker finishes and hands over its usage, then the control plane.
+    let (stop_gateway, gateway_stop) = tokio::sync::oneshot::channel::<()>();
+    let (stop_worker, worker_stop) = tokio::sync::oneshot::channel::<()>();
+    let (stop_cp, cp_stop) = tokio::sync::oneshot::channel::<()>();
+    let mut control_plane =
+        tokio::spawn(bulkhead_control_plane::run(cp_config, cp_listener, async {
+            let _ = cp_stop.await;
+        }));
+    // The admin token exists once the control plane has initialized.
+    let mut waited = 0;
+    let token = loop {
+        if let Ok(token) = std::fs::read_to_string(&token_path)
+            && !token.trim().is_empty()
+        {
+            break token.trim().to_owned();
+        }
+        if control_plane.is_finished() || waited > 300 {
+            break String::new();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        waited += 1;
+    };
+    // The gateway and the worker each get their own credential (kept in the
+    // data dir, so a restart reuses them); the cluster secret stays with the
+    // control plane.
+    if token.is_empty() {
+        let _ = stop_cp.send(());
+        let _ = (&mut control_plane).await;
+        anyhow::bail!("the control plane did not initialize (no admin token within 30 s)");
+    }
+    let admin =
+        bulkhead_control_plane::ControlPlaneClient::new(vec![cp_addr.clone()], Some(token.clone()));
+    let gateway_credential = own_credential(&admin, dir, "gateway", "up-gateway").await?;
+    let worker_credential = own_credential(&admin, dir, "worker", "up-worker").await?;
     let mut model_dirs = args.live.model_dirs.clone();
     if model_dirs.is_empty()
         && let Some(demo_dir) = bulkhead_worker::demo_model_path().parent()
@@ -195,7 +230,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         spool_dir: dir.join("usage-spool"),
         max_body_bytes: bulkhead_gateway::DEFAULT_MAX_BODY_BYTES,
         http_token: None,
-        cluster_secret: Some(secret.clone()),
+        credential: Some(worker_credential),
+        gateway_credentials: Vec::new(),
         control_plane: Some(ControlPlaneRegistration::new(
             vec![cp_addr.clone()],
             worker_addr.clone(),
@@ -204,21 +240,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let gateway_config = GatewayConfig {
         gateway_id: GatewayId::new("gateway-1")?,
         control_plane: vec![cp_addr.clone()],
-        cluster_secret: secret,
+        credential: gateway_credential,
         default_model,
         max_body_bytes: bulkhead_gateway::DEFAULT_MAX_BODY_BYTES,
         request_deadline: std::time::Duration::from_secs(args.request_deadline_s),
     };
 
-    // Stopped in order: the gateway drains and returns its allowances, the
-    // worker finishes and hands over its usage, then the control plane.
-    let (stop_gateway, gateway_stop) = tokio::sync::oneshot::channel::<()>();
-    let (stop_worker, worker_stop) = tokio::sync::oneshot::channel::<()>();
-    let (stop_cp, cp_stop) = tokio::sync::oneshot::channel::<()>();
-    let mut control_plane =
-        tokio::spawn(bulkhead_control_plane::run(cp_config, cp_listener, async {
-            let _ = cp_stop.await;
-        }));
     let mut worker = tokio::spawn(bulkhead_worker::run(
         worker_config,
         worker_listener,
@@ -236,34 +263,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         },
     ));
 
-    // The admin token exists once the control plane has initialized.
-    let mut waited = 0;
-    let token = loop {
-        if let Ok(token) = std::fs::read_to_string(&token_path)
-            && !token.trim().is_empty()
-        {
-            break token.trim().to_owned();
-        }
-        if control_plane.is_finished() || waited > 300 {
-            break String::new();
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        waited += 1;
-    };
     // The tenant configs go in before `up` says it is up; if the control plane
     // refuses them, everything stops again.
     let applied = match &tenant_configs {
-        Some(configs) if token.is_empty() => Err(anyhow::anyhow!(
-            "the control plane did not initialize, so the {} tenant configs were not applied",
-            configs.len()
-        )),
-        Some(configs) => {
-            let client = bulkhead_control_plane::ControlPlaneClient::new(
-                vec![cp_addr.clone()],
-                Some(token.clone()),
-            );
-            crate::apply::apply(&client, configs.clone()).await
-        }
+        Some(configs) => crate::apply::apply(&admin, configs.clone()).await,
         None => Ok(()),
     };
     if applied.is_ok() {
@@ -321,6 +324,42 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         Some((role, Ok(Err(e)))) => Err(e.context(format!("the {role} failed"))),
         Some((role, Err(e))) => anyhow::bail!("the {role} panicked: {e}"),
     }
+}
+
+/// The credential of `up`'s own gateway or worker: the one saved in the
+/// data dir, or a fresh one (any earlier one of that name is revoked first).
+async fn own_credential(
+    admin: &bulkhead_control_plane::ControlPlaneClient,
+    dir: &Path,
+    role: &str,
+    name: &str,
+) -> anyhow::Result<bulkhead_proto::Credential> {
+    let path = dir.join(format!("{role}.credential"));
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && let Ok(credential) = bulkhead_proto::Credential::new(&text)
+    {
+        return Ok(credential);
+    }
+    // Gone from the data dir: the one of that name cannot be used any more.
+    let _ = admin
+        .admin()
+        .send(
+            bulkhead_proto::control::RevokeCredentialRequest {
+                credential: name.to_owned(),
+            },
+            |mut c, r| async move { c.revoke_credential(r).await },
+        )
+        .await;
+    let client = admin
+        .issue_credential(role, name)
+        .await
+        .with_context(|| format!("issuing the {role}'s credential"))?;
+    let credential = client
+        .credential()
+        .cloned()
+        .context("an issued credential")?;
+    write_private(&path, credential.expose())?;
+    Ok(credential)
 }
 
 /// Adds the model files that tenant configs name by `model_path` to

@@ -25,6 +25,7 @@ pub async fn usage(connect: Connect, args: UsageArgs) -> anyhow::Result<()> {
     }
     let client = connect.client();
     let report = client
+        .admin()
         .send(
             pb::UsageRequest {
                 tenant_id: args.tenant.clone(),

@@ -80,6 +80,7 @@ pub async fn webhook(connect: Connect, command: WebhookCommand) -> anyhow::Resul
             secret,
         } => {
             let created = client
+                .admin()
                 .send(
                     pb::CreateWebhookRequest {
                         tenant_id: tenant,
@@ -108,6 +109,7 @@ pub async fn webhook(connect: Connect, command: WebhookCommand) -> anyhow::Resul
         }
         WebhookCommand::Delete { webhook_id } => {
             let w = client
+                .admin()
                 .send(pb::WebhookRef { webhook_id }, |mut c, req| async move {
                     c.delete_webhook(req).await
                 })
@@ -117,6 +119,7 @@ pub async fn webhook(connect: Connect, command: WebhookCommand) -> anyhow::Resul
         }
         WebhookCommand::List { tenant } => {
             let list = client
+                .admin()
                 .send(
                     pb::ListWebhooksRequest { tenant_id: tenant },
                     |mut c, req| async move { c.list_webhooks(req).await },
@@ -150,6 +153,7 @@ pub async fn webhook(connect: Connect, command: WebhookCommand) -> anyhow::Resul
             limit,
         } => {
             let list = client
+                .admin()
                 .send(
                     pb::ListDeliveriesRequest {
                         tenant_id: tenant,

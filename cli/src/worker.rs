@@ -122,10 +122,10 @@ pub struct WorkerArgs {
     /// The gRPC address gateways dial to reach this worker (default: the --listen address).
     #[arg(long)]
     advertise: Option<String>,
-    /// File holding the cluster secret that gateways must send (or set BULKHEAD_CLUSTER_SECRET).
-    /// Without one the gRPC port refuses every call.
+    /// File holding this worker's credential (`bulkhead credential create --role worker`;
+    /// or set BULKHEAD_CREDENTIAL). The gRPC port accepts the gateways the control plane lists.
     #[arg(long)]
-    cluster_secret_file: Option<PathBuf>,
+    credential_file: Option<PathBuf>,
     /// Directory for the worker's local state (the usage spool).
     #[arg(long, env = env::DATA_DIR, default_value = "bulkhead-data/worker")]
     data_dir: PathBuf,
@@ -161,17 +161,17 @@ fn advertise_addr(advertise: Option<String>, bound: SocketAddr) -> anyhow::Resul
 }
 
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
-    let cluster_secret = env::cluster_secret(args.cluster_secret_file.as_deref())?;
+    let credential = env::credential(args.credential_file.as_deref())?;
     let control_plane: Vec<String> = args
         .control_plane
         .iter()
         .map(|a| a.trim().to_owned())
         .filter(|a| !a.is_empty())
         .collect();
-    if !control_plane.is_empty() && cluster_secret.is_none() {
+    if !control_plane.is_empty() && credential.is_none() {
         anyhow::bail!(
-            "registering with the control plane needs the cluster secret; {}",
-            env::CLUSTER_SECRET_HELP
+            "registering with the control plane needs this worker's credential; {}",
+            env::CREDENTIAL_HELP
         );
     }
     let mut models = args.models;
@@ -231,7 +231,8 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         spool_dir: args.data_dir.join("usage-spool"),
         max_body_bytes: args.max_body_bytes,
         http_token: args.http_token,
-        cluster_secret,
+        credential,
+        gateway_credentials: Vec::new(),
         control_plane: registration,
     };
     bulkhead_worker::run(config, grpc, http, crate::shutdown_signal()).await?;

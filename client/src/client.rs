@@ -2,14 +2,22 @@
 //! last reached, follows the `bulkhead-leader` address a follower answers
 //! with, moves on to the next known node when one is down, and retries until
 //! a deadline. Used by the admin commands, and by gateways and workers.
+//!
+//! Each call names the service it goes to, and so the credential that
+//! service takes: `client.admin()` (the admin token), `client.member()` (a
+//! gateway's credential), `client.fleet()` (a worker's), `client.cluster()`
+//! (open).
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bulkhead_proto::ClusterSecret;
-use bulkhead_proto::control::control_plane_client::ControlPlaneClient as Grpc;
+use bulkhead_proto::Credential;
+use bulkhead_proto::control::admin_client::AdminClient;
+use bulkhead_proto::control::cluster_client::ClusterClient;
+use bulkhead_proto::control::fleet_client::FleetClient;
+use bulkhead_proto::control::member_client::MemberClient;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
@@ -28,7 +36,7 @@ pub struct ControlPlaneClient {
     /// reconnect by themselves) and by the clients [`Self::with_token`] makes.
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     token: Option<String>,
-    secret: Option<ClusterSecret>,
+    credential: Option<Credential>,
 }
 
 impl std::fmt::Debug for ControlPlaneClient {
@@ -36,7 +44,7 @@ impl std::fmt::Debug for ControlPlaneClient {
         f.debug_struct("ControlPlaneClient")
             .field("addrs", &self.addrs)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .field("secret", &self.secret)
+            .field("credential", &self.credential)
             .finish()
     }
 }
@@ -51,14 +59,14 @@ impl ControlPlaneClient {
             current: Mutex::new(first),
             channels: Arc::new(Mutex::new(HashMap::new())),
             token,
-            secret: None,
+            credential: None,
         }
     }
 
     /// A client that acts for an administrator who presented `token` (the
     /// gateway's admin API): it shares this client's connections and sends
-    /// the token but never the cluster secret, so the control plane judges
-    /// the token alone.
+    /// the token but never this client's credential, so the control plane
+    /// judges the token alone.
     #[must_use]
     pub fn with_token(&self, token: String) -> Self {
         Self {
@@ -66,16 +74,59 @@ impl ControlPlaneClient {
             current: Mutex::new(self.current()),
             channels: Arc::clone(&self.channels),
             token: Some(token),
-            secret: None,
+            credential: None,
         }
     }
 
-    /// Also sends the cluster secret with every call: what gateways and
-    /// workers use instead of the admin token.
+    /// Also sends a gateway's or worker's credential with every call.
     #[must_use]
-    pub fn with_cluster_secret(mut self, secret: ClusterSecret) -> Self {
-        self.secret = Some(secret);
+    pub fn with_credential(mut self, credential: Credential) -> Self {
+        self.credential = Some(credential);
         self
+    }
+
+    /// Issues a credential of `role` (`gateway` or `worker`) named `name`
+    /// through the admin service, and answers a client with the same
+    /// addresses that sends it instead of the admin token.
+    pub async fn issue_credential(&self, role: &str, name: &str) -> Result<Self, Status> {
+        let created = self
+            .admin()
+            .send(
+                bulkhead_proto::control::CreateCredentialRequest {
+                    role: role.to_owned(),
+                    name: name.to_owned(),
+                },
+                |mut c, r| async move { c.create_credential(r).await },
+            )
+            .await?;
+        let credential =
+            Credential::new(&created.secret).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Self::new(self.addrs.clone(), None).with_credential(credential))
+    }
+
+    /// The credential this client sends, if any.
+    pub fn credential(&self) -> Option<&Credential> {
+        self.credential.as_ref()
+    }
+
+    /// The operator's service (the admin token).
+    pub fn admin(&self) -> Api<'_, AdminClient<Channel>> {
+        Api::new(self)
+    }
+
+    /// The gateways' service (a gateway credential).
+    pub fn member(&self) -> Api<'_, MemberClient<Channel>> {
+        Api::new(self)
+    }
+
+    /// The workers' service (a worker credential).
+    pub fn fleet(&self) -> Api<'_, FleetClient<Channel>> {
+        Api::new(self)
+    }
+
+    /// The cluster's status (open).
+    pub fn cluster(&self) -> Api<'_, ClusterClient<Channel>> {
+        Api::new(self)
     }
 
     /// Wraps a message with the credentials.
@@ -87,8 +138,8 @@ impl ControlPlaneClient {
         {
             req.metadata_mut().insert("authorization", value);
         }
-        if let Some(secret) = &self.secret {
-            secret.attach(&mut req);
+        if let Some(credential) = &self.credential {
+            credential.attach(&mut req);
         }
         req
     }
@@ -122,12 +173,43 @@ impl ControlPlaneClient {
         let next = at.map_or(0, |i| (i + 1) % self.addrs.len().max(1));
         self.addrs.get(next).cloned().unwrap_or_default()
     }
+}
+
+/// A generated gRPC client of one of the control plane's services.
+pub trait Service: Sized {
+    fn connect(channel: Channel) -> Self;
+}
+
+macro_rules! services {
+    ($($client:ident),*) => {$(
+        impl Service for $client<Channel> {
+            fn connect(channel: Channel) -> Self {
+                $client::new(channel)
+            }
+        }
+    )*};
+}
+services!(AdminClient, MemberClient, FleetClient, ClusterClient);
+
+/// The calls of one service `S` through a [`ControlPlaneClient`].
+pub struct Api<'a, S> {
+    client: &'a ControlPlaneClient,
+    service: std::marker::PhantomData<fn() -> S>,
+}
+
+impl<'a, S: Service> Api<'a, S> {
+    fn new(client: &'a ControlPlaneClient) -> Self {
+        Self {
+            client,
+            service: std::marker::PhantomData,
+        }
+    }
 
     /// Calls `f` on a node, following the leader and retrying `Unavailable`
     /// for up to [`RETRY_FOR`].
     pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, Status>
     where
-        F: Fn(Grpc<Channel>) -> Fut,
+        F: Fn(S) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         self.call_for(RETRY_FOR, f).await
@@ -139,7 +221,7 @@ impl ControlPlaneClient {
     pub async fn send<M, T, F, Fut>(&self, message: M, method: F) -> Result<T, Status>
     where
         M: Clone,
-        F: Fn(Grpc<Channel>, Request<M>) -> Fut,
+        F: Fn(S, Request<M>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         self.send_for(RETRY_FOR, message, method).await
@@ -155,11 +237,11 @@ impl ControlPlaneClient {
     ) -> Result<T, Status>
     where
         M: Clone,
-        F: Fn(Grpc<Channel>, Request<M>) -> Fut,
+        F: Fn(S, Request<M>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         self.call_for(retry_for, |c| {
-            let mut req = self.request(message.clone());
+            let mut req = self.client.request(message.clone());
             req.set_timeout(retry_for.min(TRY_TIMEOUT));
             method(c, req)
         })
@@ -171,27 +253,27 @@ impl ControlPlaneClient {
     /// (a gateway's admission path cannot wait long).
     pub async fn call_for<T, F, Fut>(&self, retry_for: Duration, f: F) -> Result<T, Status>
     where
-        F: Fn(Grpc<Channel>) -> Fut,
+        F: Fn(S) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        if self.addrs.is_empty() {
+        if self.client.addrs.is_empty() {
             return Err(Status::invalid_argument(
                 "no control-plane address given (--control-plane or BULKHEAD_CONTROL_PLANE)",
             ));
         }
         let deadline = Instant::now() + retry_for;
-        let mut addr = self.current();
+        let mut addr = self.client.current();
         let mut delay = Duration::from_millis(50);
         loop {
-            let result = match self.channel(&addr) {
-                Ok(channel) => f(Grpc::new(channel)).await,
+            let result = match self.client.channel(&addr) {
+                Ok(channel) => f(S::connect(channel)).await,
                 Err(e) => Err(Status::invalid_argument(format!(
                     "bad control-plane address {addr:?}: {e}"
                 ))),
             };
             match result {
                 Ok(response) => {
-                    self.set_current(addr);
+                    self.client.set_current(addr);
                     return Ok(response.into_inner());
                 }
                 Err(status) if status.code() == Code::Unavailable || is_transport(&status) => {
@@ -201,7 +283,8 @@ impl ControlPlaneClient {
                     if is_transport(&status) {
                         // A kept connection to a node that died: forget it,
                         // so the next try to that address connects afresh.
-                        self.channels
+                        self.client
+                            .channels
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .remove(&addr);
@@ -214,7 +297,7 @@ impl ControlPlaneClient {
                     match leader {
                         Some(leader) if leader != addr => addr = leader,
                         _ => {
-                            addr = self.next_after(&addr);
+                            addr = self.client.next_after(&addr);
                             let left = deadline.saturating_duration_since(Instant::now());
                             tokio::time::sleep(delay.min(left)).await;
                             delay = (delay * 2).min(Duration::from_millis(500));

@@ -14,7 +14,9 @@
 pub mod admin;
 pub mod audit;
 pub mod bursts;
+pub mod callers;
 pub mod consumer;
+pub mod credentials;
 pub mod error;
 pub mod ledger;
 pub mod metrics;
@@ -46,6 +48,7 @@ use tokio::net::TcpListener;
 pub use bulkhead_client::{ControlPlaneClient, client, tenant_config};
 pub use error::ControlPlaneError;
 
+use crate::callers::{Caller, Guard};
 use crate::raft::{Network, Node, NodeId, Raft, RaftService};
 use crate::service::{ControlPlaneService, Handles};
 use crate::state::{Command, Reply};
@@ -139,6 +142,10 @@ pub async fn run(
     };
 
     // gRPC (HTTP/2) and `/metrics`, `/health` (HTTP/1.1 or 2) share the port.
+    // One service per caller, each behind its one interceptor (`callers`).
+    let api = ControlPlaneService {
+        node: handles.clone(),
+    };
     let mut grpc = tonic::service::Routes::builder();
     grpc.add_service(tonic::service::interceptor::InterceptedService::new(
         pb::raft_server::RaftServer::new(RaftService { raft: raft.clone() })
@@ -146,10 +153,18 @@ pub async fn run(
             .max_encoding_message_size(raft::MAX_RAFT_MESSAGE_BYTES),
         config.cluster_secret.interceptor(),
     ))
-    .add_service(pb::control_plane_server::ControlPlaneServer::new(
-        ControlPlaneService {
-            node: handles.clone(),
-        },
+    .add_service(pb::cluster_server::ClusterServer::new(api.clone()))
+    .add_service(pb::admin_server::AdminServer::with_interceptor(
+        api.clone(),
+        Guard::new(sm.clone(), Caller::Admin),
+    ))
+    .add_service(pb::member_server::MemberServer::with_interceptor(
+        api.clone(),
+        Guard::new(sm.clone(), Caller::Gateway),
+    ))
+    .add_service(pb::fleet_server::FleetServer::with_interceptor(
+        api,
+        Guard::new(sm.clone(), Caller::Worker),
     ));
     let app = grpc
         .routes()

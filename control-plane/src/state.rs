@@ -15,6 +15,7 @@ use bulkhead_proto::TenantId;
 
 use crate::audit;
 use crate::bursts::{self, BURST_DAYS, BURSTS, BurstRecord};
+use crate::credentials;
 use crate::ledger::{self, Allowance};
 use crate::outbox::{self, WEBHOOKS, WebhookRecord};
 use crate::plans::{self};
@@ -53,6 +54,10 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
         Command::RotateAdmin { token_hash } => {
             t.put(META, ADMIN_HASH, &token_hash)?;
             Ok(Reply::AdminInitialized(true))
+        }
+        Command::CreateCredential { credential } => credentials::create(t, credential),
+        Command::RevokeCredential { credential, now_ms } => {
+            credentials::revoke(t, &credential, now_ms)
         }
         Command::CreateTenant { mut tenant } => {
             if t.get::<TenantRecord>(TENANTS, &tenant.id)?.is_some() {

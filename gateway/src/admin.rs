@@ -6,7 +6,7 @@
 //!
 //! The gateway checks no admin token itself and keeps nothing between
 //! requests: it forwards the caller's `Authorization: Bearer <token>` to the
-//! control plane as the admin token (never with the cluster secret, so the
+//! control plane as the admin token (never with the gateway's credential, so the
 //! control plane judges the caller's token alone), with `x-bulkhead-actor:
 //! gateway <id> from <client ip>` so that the audit trail says where a change
 //! came from. A request without a token is answered 401 here.
@@ -150,10 +150,13 @@ async fn cluster_status(admin: Admin) -> Answer {
         })
         .await?;
     let s = admin
+        .client
+        .cluster()
         .send(pb::ClusterStatusRequest {}, |mut c, r| async move {
             c.cluster_status(r).await
         })
-        .await?;
+        .await
+        .map_err(|s| AdminError::from_control_plane(&s))?;
     ok(cluster_json(&s))
 }
 
@@ -433,7 +436,9 @@ mod tests {
             client: Arc::new(ControlPlaneClient::new(Vec::new(), None)),
             max_body_bytes: 1 << 16,
             directory: Arc::new(Directory::default()),
-            workers: Arc::new(Workers::new(bulkhead_proto::ClusterSecret::generate())),
+            workers: Arc::new(Workers::new(bulkhead_proto::Credential::generate_with(
+                "bkg_",
+            ))),
             default_model: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

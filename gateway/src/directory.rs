@@ -245,6 +245,7 @@ impl Directory {
         loop {
             let from = self.version();
             let opened = client
+                .member()
                 .call(|mut c| {
                     let mut req = client.request(pb::WatchRequest { from_version: from });
                     // A watch lasts as long as the connection does.

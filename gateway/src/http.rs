@@ -138,6 +138,7 @@ async fn metrics(State(state): S, headers: HeaderMap) -> Response {
     let checked = state
         .client
         .with_token(token)
+        .admin()
         .send(cp::ListPlansRequest {}, |mut c, req| async move {
             c.list_plans(req).await
         })
@@ -485,6 +486,7 @@ async fn shared_knowledge(
             .ok();
     let found = state
         .client
+        .member()
         .send_for(CONTROL_PLANE_DEADLINE, msg, move |mut c, mut req| {
             if let Some(a) = actor.clone() {
                 req.metadata_mut()

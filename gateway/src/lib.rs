@@ -26,7 +26,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bulkhead_client::ControlPlaneClient;
-use bulkhead_proto::{ClusterSecret, GatewayId};
+use bulkhead_proto::{Credential, GatewayId};
 use tokio::net::TcpListener;
 
 pub use error::GatewayError;
@@ -40,7 +40,9 @@ pub struct GatewayConfig {
     pub gateway_id: GatewayId,
     /// Control-plane node addresses (any subset; the client follows the leader).
     pub control_plane: Vec<String>,
-    pub cluster_secret: ClusterSecret,
+    /// This gateway's own credential (role `gateway`): the control plane's
+    /// member service and the workers accept it, and nothing else.
+    pub credential: Credential,
     /// The model of tenants that name none.
     pub default_model: Option<String>,
     pub max_body_bytes: usize,
@@ -71,7 +73,7 @@ pub async fn run(
 ) -> Result<(), GatewayError> {
     let client = Arc::new(
         ControlPlaneClient::new(config.control_plane.clone(), None)
-            .with_cluster_secret(config.cluster_secret.clone()),
+            .with_credential(config.credential.clone()),
     );
     let metrics = Arc::new(metrics::Metrics::new());
     let directory = Arc::new(directory::Directory::default());
@@ -87,7 +89,7 @@ pub async fn run(
         gateway_id: config.gateway_id.clone(),
         directory,
         quotas,
-        workers: Arc::new(route::Workers::new(config.cluster_secret.clone())),
+        workers: Arc::new(route::Workers::new(config.credential.clone())),
         turns: turns::writer(Arc::clone(&client), http::CONTROL_PLANE_DEADLINE),
         turn_reads: turns::reader(Arc::clone(&client), http::CONTROL_PLANE_DEADLINE),
         client,

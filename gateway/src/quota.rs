@@ -320,6 +320,7 @@ impl Quotas {
         };
         let client = &self.client;
         client
+            .member()
             .send_for(GRANT_DEADLINE, msg, |mut c, req| async move {
                 c.grant(req).await
             })
@@ -499,6 +500,7 @@ impl Quotas {
                 };
                 let client = &self.client;
                 let returned = client
+                    .member()
                     .send_for(GRANT_DEADLINE, msg, |mut c, req| async move {
                         c.r#return(req).await
                     })

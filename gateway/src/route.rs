@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use bulkhead_proto::ClusterSecret;
+use bulkhead_proto::Credential;
 use bulkhead_proto::control as cp;
 use bulkhead_proto::worker as pb;
 use bulkhead_proto::worker::worker_client::WorkerClient;
@@ -45,7 +45,7 @@ pub fn rank(tenant: &str, affinity: &str, mut workers: Vec<cp::WorkerInfo>) -> V
 
 /// Connections to workers, one channel per address, reused by every request.
 pub struct Workers {
-    secret: ClusterSecret,
+    credential: Credential,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
@@ -56,9 +56,10 @@ fn unreachable(status: &Status) -> bool {
 }
 
 impl Workers {
-    pub fn new(secret: ClusterSecret) -> Self {
+    /// `credential`: the gateway's own, which workers check.
+    pub fn new(credential: Credential) -> Self {
         Self {
-            secret,
+            credential,
             channels: Mutex::new(HashMap::new()),
         }
     }
@@ -81,7 +82,7 @@ impl Workers {
 
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(message);
-        self.secret.attach(&mut req);
+        self.credential.attach(&mut req);
         req
     }
 

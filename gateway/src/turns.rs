@@ -101,6 +101,7 @@ pub fn writer(client: Arc<ControlPlaneClient>, deadline: Duration) -> TurnWriter
         async move {
             let n = appends.len();
             match client
+                .member()
                 .send_for(
                     deadline,
                     cp::AppendTurnsBatchRequest { appends },
@@ -132,6 +133,7 @@ pub fn reader(client: Arc<ControlPlaneClient>, deadline: Duration) -> TurnReader
         async move {
             let n = reads.len();
             match client
+                .member()
                 .send_for(
                     deadline,
                     cp::GetTurnsBatchRequest {
@@ -147,6 +149,7 @@ pub fn reader(client: Arc<ControlPlaneClient>, deadline: Duration) -> TurnReader
                     for read in reads {
                         answers.push(
                             client
+                                .member()
                                 .send_for(deadline, read, |mut c, req| async move {
                                     c.get_turns(req).await
                                 })

@@ -1,47 +1,113 @@
-//! The cluster credential: a shared secret that every gateway, worker and
-//! control-plane node sends in gRPC metadata, and that every gRPC service of
-//! the cluster checks before it does anything. Admin calls carry the admin
+//! The secrets cluster members send in gRPC metadata: the node credential
+//! ([`ClusterSecret`]), held by control-plane nodes alone and checked by the
+//! Raft service, and a gateway's or worker's own [`Credential`], issued by an
+//! admin command and checked by the control plane's member and fleet
+//! services (and, for gateways, by workers). Admin calls carry the admin
 //! token instead (see the control plane).
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Request, Status};
 
-/// The metadata key the secret travels in.
+/// What distinguishes one kind of secret: the metadata key it travels in,
+/// and how it is named to a user.
+pub trait SecretKind: Send + Sync + 'static {
+    /// The gRPC metadata key.
+    const METADATA: &'static str;
+    /// What it is, in messages ("the cluster secret").
+    const WHAT: &'static str;
+}
+
+/// The node credential: the cluster secret the control-plane nodes share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {}
+impl SecretKind for Node {
+    const METADATA: &'static str = CLUSTER_SECRET_METADATA;
+    const WHAT: &'static str = "the cluster secret";
+}
+
+/// A gateway's or a worker's own credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Member {}
+impl SecretKind for Member {
+    const METADATA: &'static str = CREDENTIAL_METADATA;
+    const WHAT: &'static str = "a credential";
+}
+
+/// The metadata key the node credential travels in.
 pub const CLUSTER_SECRET_METADATA: &str = "x-bulkhead-cluster-secret";
+/// The metadata key a gateway's or worker's credential travels in.
+pub const CREDENTIAL_METADATA: &str = "x-bulkhead-credential";
+/// The error code (`x-bulkhead-error-code`) of a call a service's guard
+/// turned away for no or a wrong secret (Unauthenticated).
+pub const INVALID_CREDENTIAL: &str = "invalid_credential";
+/// The error code of a call made with a valid secret of another caller
+/// (PermissionDenied).
+pub const WRONG_CALLER: &str = "wrong_caller";
+
+/// `status` with the guard's error `code` in its metadata.
+pub fn refusal(mut status: Status, code: &'static str) -> Status {
+    status
+        .metadata_mut()
+        .insert(crate::ERROR_CODE_METADATA, MetadataValue::from_static(code));
+    status
+}
+
 /// Shortest secret accepted: guessing it must be out of reach.
 pub const MIN_SECRET_LEN: usize = 16;
 
-/// The cluster secret. Its `Debug` never prints it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ClusterSecret(Arc<str>);
+/// A secret of kind `K`. Its `Debug` never prints it.
+pub struct Secret<K>(Arc<str>, PhantomData<K>);
 
-impl std::fmt::Debug for ClusterSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ClusterSecret(<redacted>)")
+/// The node credential (the Raft service's).
+pub type ClusterSecret = Secret<Node>;
+/// A gateway's or worker's credential.
+pub type Credential = Secret<Member>;
+
+impl<K> Clone for Secret<K> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0), PhantomData)
     }
 }
 
-impl ClusterSecret {
+impl<K> PartialEq for Secret<K> {
+    fn eq(&self, other: &Self) -> bool {
+        constant_time_eq(self.0.as_bytes(), other.0.as_bytes())
+    }
+}
+impl<K> Eq for Secret<K> {}
+
+impl<K: SecretKind> std::fmt::Debug for Secret<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({}: <redacted>)", K::METADATA)
+    }
+}
+
+impl<K: SecretKind> Secret<K> {
     /// Accepts a secret of at least [`MIN_SECRET_LEN`] printable ASCII
     /// characters (it must fit in gRPC metadata).
     pub fn new(secret: &str) -> Result<Self, String> {
         let secret = secret.trim();
         if secret.len() < MIN_SECRET_LEN {
             return Err(format!(
-                "the cluster secret must be at least {MIN_SECRET_LEN} characters long"
+                "{} must be at least {MIN_SECRET_LEN} characters long",
+                K::WHAT
             ));
         }
         if !secret.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err("the cluster secret must be printable ASCII without spaces".into());
+            return Err(format!(
+                "{} must be printable ASCII without spaces",
+                K::WHAT
+            ));
         }
-        Ok(Self(secret.into()))
+        Ok(Self(secret.into(), PhantomData))
     }
 
-    /// A fresh random secret (256 bits).
-    pub fn generate() -> Self {
-        Self(format!("bkc_{}", random_hex(32)).into())
+    /// A fresh random secret (256 bits) after `prefix`.
+    pub fn generate_with(prefix: &str) -> Self {
+        Self(format!("{prefix}{}", random_hex(32)).into(), PhantomData)
     }
 
     pub fn expose(&self) -> &str {
@@ -51,14 +117,14 @@ impl ClusterSecret {
     /// Adds the secret to an outgoing request.
     pub fn attach<T>(&self, req: &mut Request<T>) {
         if let Ok(value) = MetadataValue::try_from(self.expose()) {
-            req.metadata_mut().insert(CLUSTER_SECRET_METADATA, value);
+            req.metadata_mut().insert(K::METADATA, value);
         }
     }
 
     /// Whether `metadata` carries this secret (compared in constant time).
     pub fn matches(&self, metadata: &MetadataMap) -> bool {
         metadata
-            .get(CLUSTER_SECRET_METADATA)
+            .get(K::METADATA)
             .is_some_and(|v| constant_time_eq(v.as_bytes(), self.0.as_bytes()))
     }
 
@@ -66,12 +132,19 @@ impl ClusterSecret {
     pub fn check(&self, metadata: &MetadataMap) -> Result<(), Status> {
         if self.matches(metadata) {
             Ok(())
-        } else if metadata.contains_key(CLUSTER_SECRET_METADATA) {
-            Err(Status::unauthenticated("the cluster secret is wrong"))
+        } else if metadata.contains_key(K::METADATA) {
+            Err(refusal(
+                Status::unauthenticated(format!("{} is wrong", K::WHAT)),
+                INVALID_CREDENTIAL,
+            ))
         } else {
-            Err(Status::unauthenticated(format!(
-                "only members of the cluster may call this service ({CLUSTER_SECRET_METADATA} metadata missing)"
-            )))
+            Err(refusal(
+                Status::unauthenticated(format!(
+                    "only members of the cluster may call this service ({} metadata missing)",
+                    K::METADATA
+                )),
+                INVALID_CREDENTIAL,
+            ))
         }
     }
 
@@ -88,13 +161,20 @@ impl ClusterSecret {
     }
 }
 
-/// A client-side tonic interceptor that adds the secret to every call:
-/// `WorkerClient::with_interceptor(channel, AttachSecret(secret))`. Named, so
-/// a client can be stored in a struct field.
-#[derive(Debug, Clone)]
-pub struct AttachSecret(pub ClusterSecret);
+impl ClusterSecret {
+    /// A fresh random node credential (256 bits).
+    pub fn generate() -> Self {
+        Self::generate_with("bkc_")
+    }
+}
 
-impl tonic::service::Interceptor for AttachSecret {
+/// A client-side tonic interceptor that adds a secret to every call:
+/// `WorkerClient::with_interceptor(channel, AttachSecret(credential))`.
+/// Named, so a client can be stored in a struct field.
+#[derive(Debug, Clone)]
+pub struct AttachSecret<K: SecretKind>(pub Secret<K>);
+
+impl<K: SecretKind> tonic::service::Interceptor for AttachSecret<K> {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         self.0.attach(&mut req);
         Ok(req)

@@ -33,7 +33,7 @@ pub use generated::bulkhead::control::v1 as control;
 /// The worker's service and the usage event (`proto/worker.proto`).
 pub use generated::bulkhead::worker::v1 as worker;
 
-pub use auth::ClusterSecret;
+pub use auth::{ClusterSecret, Credential};
 pub use ids::{EventId, GatewayId, IdError, RequestId, SessionId, TenantId, UserId, WorkerId};
 
 /// The JetStream stream that carries usage events.
@@ -50,7 +50,9 @@ pub const USAGE_SUBJECT_PREFIX: &str = "bulkhead.usage";
 mod redacted {
     use std::fmt;
 
-    use crate::control::{AuthenticateRequest, CreatedKey, CreatedWebhook, WebhookSpec};
+    use crate::control::{
+        AuthenticateRequest, CreatedCredential, CreatedKey, CreatedWebhook, WebhookSpec,
+    };
 
     const REDACTED: &str = "<redacted>";
 
@@ -75,6 +77,15 @@ mod redacted {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.debug_struct("CreatedWebhook")
                 .field("webhook", &self.webhook)
+                .field("secret", &REDACTED)
+                .finish()
+        }
+    }
+
+    impl fmt::Debug for CreatedCredential {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("CreatedCredential")
+                .field("credential", &self.credential)
                 .field("secret", &REDACTED)
                 .finish()
         }

@@ -25,8 +25,8 @@ pub struct Node {
 pub struct ControlPlanes {
     pub nodes: Vec<Node>,
     pub admin_token: String,
-    /// The cluster secret every node was started with
-    /// (`BULKHEAD_CLUSTER_SECRET`); gateways and workers of the test use it.
+    /// The cluster secret (node credential) every node was started with
+    /// (`BULKHEAD_CLUSTER_SECRET`); only the nodes hold it.
     pub secret: ClusterSecret,
     init: String,
     extra: Vec<String>,
@@ -142,17 +142,42 @@ impl ControlPlanes {
         )
     }
 
-    /// A leader-following client that sends only the cluster secret, as
-    /// gateways and workers do.
-    pub fn member_client(&self) -> ControlPlaneClient {
-        ControlPlaneClient::new(self.nodes.iter().map(|n| n.addr.clone()).collect(), None)
-            .with_cluster_secret(self.secret.clone())
+    /// A leader-following client with a fresh gateway credential (and no
+    /// admin token), as a gateway calls.
+    pub async fn member_client(&self) -> anyhow::Result<ControlPlaneClient> {
+        self.credential_client("gateway").await
+    }
+
+    /// A leader-following client with a fresh worker credential, as a
+    /// worker calls.
+    pub async fn fleet_client(&self) -> anyhow::Result<ControlPlaneClient> {
+        self.credential_client("worker").await
+    }
+
+    /// The secret of a fresh credential of `role`, for a process to use.
+    pub async fn credential(&self, role: &str) -> anyhow::Result<String> {
+        let client = self.credential_client(role).await?;
+        Ok(client
+            .credential()
+            .context("an issued credential")?
+            .expose()
+            .to_owned())
+    }
+
+    async fn credential_client(&self, role: &str) -> anyhow::Result<ControlPlaneClient> {
+        static ISSUED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = ISSUED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(self
+            .client()
+            .issue_credential(role, &format!("test-{role}-{n}"))
+            .await?)
     }
 
     /// What node `i` itself says about the cluster.
     pub async fn status(&self, i: usize) -> anyhow::Result<pb::ClusterState> {
         let client = ControlPlaneClient::new(vec![self.nodes[i].addr.clone()], None);
         Ok(client
+            .cluster()
             .call(|mut c| async move { c.cluster_status(pb::ClusterStatusRequest {}).await })
             .await?)
     }

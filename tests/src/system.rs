@@ -349,15 +349,27 @@ impl Up {
             .with_context(|| format!("no key id in `key list`: {out}"))
     }
 
-    /// A client of the control plane that sends only the cluster secret
-    /// `up` generated, as gateways and workers do.
-    pub fn member_client(&self) -> anyhow::Result<bulkhead_control_plane::ControlPlaneClient> {
-        let secret = std::fs::read_to_string(self.dir.join("cluster.secret"))?;
-        let secret =
-            bulkhead_proto::ClusterSecret::new(secret.trim()).map_err(anyhow::Error::msg)?;
+    /// A client of the control plane with the credential `up` issued to its
+    /// own `role` (`gateway` or `worker`), as that role calls.
+    pub fn client_as(
+        &self,
+        role: &str,
+    ) -> anyhow::Result<bulkhead_control_plane::ControlPlaneClient> {
+        let path = self.dir.join(format!("{role}.credential"));
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let credential = bulkhead_proto::Credential::new(&text).map_err(anyhow::Error::msg)?;
         Ok(
             bulkhead_control_plane::ControlPlaneClient::new(vec![self.control_plane.clone()], None)
-                .with_cluster_secret(secret),
+                .with_credential(credential),
+        )
+    }
+
+    /// A client of the control plane with the admin token.
+    pub fn admin_client(&self) -> bulkhead_control_plane::ControlPlaneClient {
+        bulkhead_control_plane::ControlPlaneClient::new(
+            vec![self.control_plane.clone()],
+            Some(self.admin_token.clone()),
         )
     }
 }
@@ -383,8 +395,6 @@ impl Cluster {
         let dir = tempfile::tempdir()?;
         let nats = Nats::start(&dir.path().join("nats"));
         let control = ControlPlanes::start(control_nodes, &["--nats", &nats.url()])?;
-        let secret = control.secret.expose().to_owned();
-        let env = [("BULKHEAD_CLUSTER_SECRET", secret.as_str())];
         let model = format!("{MODEL}={}", demo_model().display());
         let mut cluster = Self {
             workers: Vec::new(),
@@ -421,7 +431,9 @@ impl Cluster {
                 "--threads".into(),
                 "2".into(),
             ];
-            let mut process = Process::spawn_with_env(&args, &env)?;
+            let credential = cluster.control.credential("worker").await?;
+            let mut process =
+                Process::spawn_with_env(&args, &[("BULKHEAD_CREDENTIAL", credential.as_str())])?;
             process.wait_for("registered with the control plane", Duration::from_secs(60))?;
             cluster.workers.push(process);
             cluster.worker_http.push(http);
@@ -437,7 +449,9 @@ impl Cluster {
                 "--gateway-id".into(),
                 format!("gateway-{i}"),
             ];
-            let process = Process::spawn_with_env(&args, &env)?;
+            let credential = cluster.control.credential("gateway").await?;
+            let process =
+                Process::spawn_with_env(&args, &[("BULKHEAD_CREDENTIAL", credential.as_str())])?;
             let api = Api::new(&addr);
             api.ready().await?;
             cluster.gateways.push(process);
@@ -469,6 +483,7 @@ impl Cluster {
     pub async fn used_today(&self, tenant: &str) -> anyhow::Result<u64> {
         let client = self.control.client();
         let report = client
+            .admin()
             .send(
                 bulkhead_proto::control::UsageRequest {
                     tenant_id: tenant.to_owned(),

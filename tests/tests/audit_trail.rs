@@ -90,6 +90,7 @@ async fn admin_changes_are_chained_and_an_edit_on_disk_is_found() -> anyhow::Res
         "{err}"
     );
     let refused = client
+        .admin()
         .send(
             pb::BurstRequest {
                 tenant_id: "basicco".into(),
@@ -132,6 +133,7 @@ async fn admin_changes_are_chained_and_an_edit_on_disk_is_found() -> anyhow::Res
         "{row}"
     );
     let acme = client
+        .admin()
         .send(
             pb::TenantRef { id: "acme".into() },
             |mut c, req| async move { c.get_tenant(req).await },
@@ -139,6 +141,7 @@ async fn admin_changes_are_chained_and_an_edit_on_disk_is_found() -> anyhow::Res
         .await?;
     let daily = acme.limits.unwrap_or_default().daily_tokens;
     let usage = client
+        .admin()
         .send(
             pb::UsageRequest {
                 tenant_id: "acme".into(),

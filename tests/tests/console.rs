@@ -250,7 +250,8 @@ impl Browser {
 /// Registers a worker that says it is still loading `model` (to `progress`),
 /// as a worker does while llama.cpp reads a large model's weights.
 async fn register_loading_worker(up: &Up, model: &str, progress: f32) -> anyhow::Result<()> {
-    up.member_client()?
+    up.client_as("worker")?
+        .fleet()
         .send(
             pb::RegisterWorkerRequest {
                 worker: Some(pb::WorkerInfo {

@@ -166,6 +166,7 @@ async fn quota_and_concurrency_hold_across_two_gateways() {
         Duration::from_secs(15),
         || async {
             let report = client
+                .admin()
                 .send(
                     bulkhead_proto::control::UsageRequest {
                         tenant_id: "c".into(),

@@ -15,8 +15,9 @@ use serde_json::json;
 
 /// The models the worker has loaded now.
 async fn loaded(up: &Up) -> Vec<String> {
-    let client = up.member_client().unwrap();
+    let client = up.admin_client();
     let list = client
+        .admin()
         .send(pb::ListWorkersRequest {}, |mut c, req| async move {
             c.list_workers(req).await
         })

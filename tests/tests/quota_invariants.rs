@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bulkhead_control_plane::ControlPlaneClient;
+use bulkhead_client::client::{Api, Service};
 use bulkhead_proto::control as pb;
 use bulkhead_proto::worker::UsageEvent;
 use bulkhead_tests::cluster::ControlPlanes;
@@ -41,19 +41,15 @@ impl Rng {
 
 /// Retries a call whose transport broke mid-flight; safe because every call
 /// here carries an op id or an event id.
-async fn retrying<T, F, Fut>(client: &ControlPlaneClient, f: F) -> T
+async fn retrying<S, T, F, Fut>(api: Api<'_, S>, f: F) -> T
 where
-    F: Fn(
-            bulkhead_proto::control::control_plane_client::ControlPlaneClient<
-                tonic::transport::Channel,
-            >,
-        ) -> Fut
-        + Clone,
+    S: Service,
+    F: Fn(S) -> Fut + Clone,
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
-        match client.call(f.clone()).await {
+        match api.call(f.clone()).await {
             Ok(v) => return v,
             Err(s)
                 if Instant::now() < deadline
@@ -115,14 +111,17 @@ async fn quotas_hold_exactly_through_duplicates_and_a_leader_kill() -> anyhow::R
     let slots_held: Arc<Vec<AtomicI64>> =
         Arc::new(TENANTS.iter().map(|_| AtomicI64::new(0)).collect());
     let progress = Arc::new(AtomicUsize::new(0));
-    let client = Arc::new(cp.client());
+    // The gateways' calls with a gateway credential, the workers' with a worker's.
+    let client = Arc::new(cp.member_client().await?);
+    let fleet = Arc::new(cp.fleet_client().await?);
     let mut gateways = Vec::new();
     for g in 0..GATEWAYS {
-        let (truth, slots_held, progress, client, js) = (
+        let (truth, slots_held, progress, client, fleet, js) = (
             truth.clone(),
             slots_held.clone(),
             progress.clone(),
             client.clone(),
+            fleet.clone(),
             js.clone(),
         );
         let mut rng = Rng(seed.wrapping_add((g as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1);
@@ -144,7 +143,7 @@ async fn quotas_hold_exactly_through_duplicates_and_a_leader_kill() -> anyhow::R
                             ttl_ms: 60_000,
                             op_id: format!("grant-{g}-{step}"),
                         };
-                        let a = retrying(&client, |mut c| {
+                        let a = retrying(client.member(), |mut c| {
                             let r = client.request(req.clone());
                             async move { c.grant(r).await }
                         })
@@ -190,8 +189,8 @@ async fn quotas_hold_exactly_through_duplicates_and_a_leader_kill() -> anyhow::R
                                 let batch = pb::UsageBatch {
                                     events: vec![event.clone()],
                                 };
-                                retrying(&client, |mut c| {
-                                    let r = client.request(batch.clone());
+                                retrying(fleet.fleet(), |mut c| {
+                                    let r = fleet.request(batch.clone());
                                     async move { c.report_usage(r).await }
                                 })
                                 .await;
@@ -229,7 +228,7 @@ async fn quotas_hold_exactly_through_duplicates_and_a_leader_kill() -> anyhow::R
                             slots: give_slot,
                             op_id: format!("return-{g}-{step}"),
                         };
-                        retrying(&client, |mut c| {
+                        retrying(client.member(), |mut c| {
                             let r = client.request(req.clone());
                             async move { c.r#return(r).await }
                         })
@@ -256,12 +255,13 @@ async fn quotas_hold_exactly_through_duplicates_and_a_leader_kill() -> anyhow::R
 
     // Every distinct event is counted once, none lost: wait for the consumer.
     let truth = truth.lock().await;
+    let admin = cp.client();
     for (tenant, quota, _) in TENANTS {
         let expected: u64 = truth.events.get(tenant).map_or(0, |e| e.values().sum());
         let deadline = Instant::now() + Duration::from_secs(45);
         let report = loop {
-            let report = retrying(&client, |mut c| {
-                let r = client.request(pb::UsageRequest {
+            let report = retrying(admin.admin(), |mut c| {
+                let r = admin.request(pb::UsageRequest {
                     tenant_id: tenant.into(),
                     days: 1,
                 });

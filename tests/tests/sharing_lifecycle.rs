@@ -17,6 +17,7 @@ fn admin_client(up: &Up) -> ControlPlaneClient {
 
 async fn audit_actions(client: &ControlPlaneClient, tenant: &str) -> anyhow::Result<Vec<String>> {
     let list = client
+        .admin()
         .send(
             pb::ListAuditRequest {
                 tenant_id: tenant.into(),
@@ -30,6 +31,7 @@ async fn audit_actions(client: &ControlPlaneClient, tenant: &str) -> anyhow::Res
 
 async fn shares(client: &ControlPlaneClient) -> anyhow::Result<usize> {
     Ok(client
+        .admin()
         .send(
             pb::ListSharesRequest {
                 tenant_id: String::new(),
@@ -78,6 +80,7 @@ async fn a_granted_tenant_reads_a_shared_snippet_and_nothing_else() -> anyhow::R
 
     // Publishing needs knowledge_share on a plan that has it.
     let refused = client
+        .admin()
         .send(
             pb::Snippet {
                 tenant_id: "gamma".into(),
@@ -100,6 +103,7 @@ async fn a_granted_tenant_reads_a_shared_snippet_and_nothing_else() -> anyhow::R
     );
 
     client
+        .admin()
         .send(
             pb::Snippet {
                 tenant_id: "acme".into(),
@@ -118,6 +122,7 @@ async fn a_granted_tenant_reads_a_shared_snippet_and_nothing_else() -> anyhow::R
         created_at_ms: 0,
     };
     let missing = client
+        .admin()
         .send(grant("nobody"), |mut c, req| async move {
             c.grant_share(req).await
         })
@@ -127,6 +132,7 @@ async fn a_granted_tenant_reads_a_shared_snippet_and_nothing_else() -> anyhow::R
     assert!(missing.message().contains("nobody"), "{missing:?}");
     assert_eq!(shares(&client).await?, 0);
     client
+        .admin()
         .send(grant("beta"), |mut c, req| async move {
             c.grant_share(req).await
         })
@@ -293,6 +299,7 @@ async fn deleting_a_tenant_archives_it_first_and_frees_its_name_only_for_a_new_c
         let client = std::sync::Arc::clone(&client);
         async move {
             let r = client
+                .admin()
                 .send(
                     pb::UsageRequest {
                         tenant_id: "sales".into(),
@@ -359,6 +366,7 @@ async fn deleting_a_tenant_archives_it_first_and_frees_its_name_only_for_a_new_c
     let config = dir.path().join("sales.yaml");
     std::fs::write(&config, "tenant_id: sales\nplan: pro\n")?;
     let applied = client
+        .admin()
         .send(
             pb::ApplyTenantsRequest {
                 configs: vec![pb::TenantConfig {
@@ -387,6 +395,7 @@ async fn deleting_a_tenant_archives_it_first_and_frees_its_name_only_for_a_new_c
     assert_eq!(trail.last().map(String::as_str), Some("tenant.created"));
     assert!(deleted_at > 0 && deleted_at < trail.len() - 1, "{trail:?}");
     let verified = client
+        .admin()
         .send(
             pb::VerifyAuditRequest {
                 tenant_id: "sales".into(),
@@ -433,6 +442,7 @@ async fn an_approved_burst_lifts_the_quota_at_the_gateway_at_once() -> anyhow::R
     assert_eq!(refused.code(), "daily_quota_exceeded", "{:?}", refused.body);
 
     let burst = client
+        .admin()
         .send(
             pb::BurstRequest {
                 tenant_id: "bigco".into(),
@@ -447,6 +457,7 @@ async fn an_approved_burst_lifts_the_quota_at_the_gateway_at_once() -> anyhow::R
     let a = up.api.ask(&key, "Count to three.", 24).await?;
     assert_eq!(a.status, 429, "{:?}", a.body);
     let approved = client
+        .admin()
         .send(
             pb::BurstDecision {
                 burst_id: burst.burst_id.clone(),
@@ -470,6 +481,7 @@ async fn an_approved_burst_lifts_the_quota_at_the_gateway_at_once() -> anyhow::R
     assert_eq!(limit, "600", "the gateway reports the day's new quota");
     // A second burst the same day is refused.
     let again = client
+        .admin()
         .send(
             pb::BurstRequest {
                 tenant_id: "bigco".into(),

@@ -32,6 +32,7 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
 
 async fn tenant(client: &ControlPlaneClient, id: &str) -> anyhow::Result<pb::Tenant> {
     Ok(client
+        .admin()
         .send(pb::TenantRef { id: id.into() }, |mut c, req| async move {
             c.get_tenant(req).await
         })
@@ -40,6 +41,7 @@ async fn tenant(client: &ControlPlaneClient, id: &str) -> anyhow::Result<pb::Ten
 
 async fn tenant_ids(client: &ControlPlaneClient) -> anyhow::Result<Vec<String>> {
     let list = client
+        .admin()
         .send(pb::ListTenantsRequest {}, |mut c, req| async move {
             c.list_tenants(req).await
         })
@@ -497,6 +499,7 @@ async fn up_starts_with_the_tenants_and_models_its_configs_name() -> anyhow::Res
         ("pro", MODEL)
     );
     let workers = client
+        .admin()
         .send(pb::ListWorkersRequest {}, |mut c, req| async move {
             c.list_workers(req).await
         })

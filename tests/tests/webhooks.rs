@@ -160,6 +160,7 @@ async fn create_webhook(
     events: &[&str],
 ) -> anyhow::Result<pb::Webhook> {
     let created = admin
+        .admin()
         .send(
             pb::CreateWebhookRequest {
                 tenant_id: tenant_id.into(),
@@ -186,6 +187,7 @@ async fn create_webhook(
 
 async fn list_webhooks(admin: &ControlPlaneClient) -> anyhow::Result<Vec<pb::Webhook>> {
     Ok(admin
+        .admin()
         .send(
             pb::ListWebhooksRequest::default(),
             |mut c, req| async move { c.list_webhooks(req).await },
@@ -196,6 +198,7 @@ async fn list_webhooks(admin: &ControlPlaneClient) -> anyhow::Result<Vec<pb::Web
 
 async fn deliveries(admin: &ControlPlaneClient) -> anyhow::Result<Vec<pb::Delivery>> {
     Ok(admin
+        .admin()
         .send(
             pb::ListDeliveriesRequest::default(),
             |mut c, req| async move { c.list_deliveries(req).await },
@@ -211,6 +214,7 @@ async fn create_tenant(
     daily_tokens: u64,
 ) -> anyhow::Result<()> {
     admin
+        .admin()
         .send(
             pb::Tenant {
                 id: id.into(),
@@ -247,6 +251,7 @@ async fn report(
         }],
     };
     Ok(member
+        .fleet()
         .send(batch, |mut c, req| async move { c.report_usage(req).await })
         .await?)
 }
@@ -298,7 +303,7 @@ async fn webhooks_arrive_once_signed_after_failures_across_a_leader_kill() -> an
     let (seen, base) = start_receiver().await?;
     let mut cp = ControlPlanes::start(3, &[])?;
     let admin = cp.client();
-    let member = cp.member_client();
+    let member = cp.fleet_client().await?;
 
     // A global endpoint for every event, and one of tenant acme for quota events only.
     create_webhook(&admin, &seen, &base, "global", "", &[]).await?;
@@ -328,6 +333,7 @@ async fn webhooks_arrive_once_signed_after_failures_across_a_leader_kill() -> an
         ),
     ] {
         let err = admin
+            .admin()
             .send(
                 pb::CreateWebhookRequest {
                     tenant_id: String::new(),
@@ -346,6 +352,7 @@ async fn webhooks_arrive_once_signed_after_failures_across_a_leader_kill() -> an
 
     // Key and burst events, to the global endpoint only.
     let key = admin
+        .admin()
         .send(
             pb::CreateKeyRequest {
                 tenant_id: "acme".into(),
@@ -357,6 +364,7 @@ async fn webhooks_arrive_once_signed_after_failures_across_a_leader_kill() -> an
         .key
         .expect("a created key");
     admin
+        .admin()
         .send(
             pb::RevokeKeyRequest {
                 key_id: key.key_id.clone(),
@@ -366,6 +374,7 @@ async fn webhooks_arrive_once_signed_after_failures_across_a_leader_kill() -> an
         .await?;
     create_tenant(&admin, "bigco", "enterprise", 100_000).await?;
     admin
+        .admin()
         .send(
             pb::BurstRequest {
                 tenant_id: "bigco".into(),

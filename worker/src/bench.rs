@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bulkhead_proto::auth::AttachSecret;
 use bulkhead_proto::worker as pb;
 use bulkhead_proto::worker::worker_client::WorkerClient;
-use bulkhead_proto::{ClusterSecret, WorkerId, worker::generate_response::Kind};
+use bulkhead_proto::{Credential, WorkerId, worker::generate_response::Kind};
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaChatMessage;
 use llama_cpp_2::sampling::LlamaSampler;
@@ -347,7 +347,9 @@ pub fn worker_configuration(engine: &EngineConfig) -> String {
     )
 }
 
-type Client = WorkerClient<InterceptedService<tonic::transport::Channel, AttachSecret>>;
+type Client = WorkerClient<
+    InterceptedService<tonic::transport::Channel, AttachSecret<bulkhead_proto::auth::Member>>,
+>;
 
 /// A worker serving one model (named `bench`) on loopback in this process,
 /// not registered anywhere, with a client of its gRPC API.
@@ -370,7 +372,8 @@ impl BenchWorker {
             .local_addr()
             .map_err(|e| engine_error("bind")(e.to_string()))?;
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let secret = ClusterSecret::generate();
+        // The bench stands in for a gateway: the worker accepts its credential.
+        let secret = Credential::generate_with("bkg_");
         let worker_config = WorkerConfig {
             worker_id: WorkerId::new("bench").map_err(|e| engine_error("id")(e.to_string()))?,
             models: vec![ModelSpec {
@@ -387,7 +390,8 @@ impl BenchWorker {
             spool_dir: std::env::temp_dir().join("bulkhead-bench-spool"),
             max_body_bytes: 1 << 20,
             http_token: None,
-            cluster_secret: Some(secret.clone()),
+            credential: None,
+            gateway_credentials: vec![secret.clone()],
             control_plane: None,
         };
         let server = tokio::spawn(run(worker_config, grpc, None, async move {

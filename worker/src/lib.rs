@@ -22,6 +22,7 @@ pub mod bench;
 pub mod catalog;
 pub mod engine;
 pub mod error;
+pub mod gateways;
 pub mod grpc;
 pub mod http;
 pub mod live;
@@ -38,7 +39,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bulkhead_proto::worker::worker_server::WorkerServer;
-use bulkhead_proto::{ClusterSecret, WorkerId};
+use bulkhead_proto::{Credential, WorkerId};
 use tokio::net::TcpListener;
 
 pub use catalog::{AdapterSpec, ModelSpec, demo_model_path};
@@ -72,11 +73,15 @@ pub struct WorkerConfig {
     /// The token every call of the HTTP API must carry; `None` trusts every
     /// caller (only for a loopback listener: the CLI refuses otherwise).
     pub http_token: Option<String>,
-    /// The secret every gRPC call must carry; `None` closes the gRPC port to
-    /// everyone (a random secret nobody knows).
-    pub cluster_secret: Option<ClusterSecret>,
+    /// This worker's own credential (role `worker`), sent when it registers
+    /// with the control plane.
+    pub credential: Option<Credential>,
+    /// Gateway credentials the gRPC port accepts besides those the control
+    /// plane lists (a worker with no control plane: benches). With neither,
+    /// the port refuses every call.
+    pub gateway_credentials: Vec<Credential>,
     /// Register with the control plane (and renew the lease) once the models
-    /// are loaded; needs `cluster_secret`.
+    /// are loaded; needs `credential`.
     pub control_plane: Option<ControlPlaneRegistration>,
 }
 
@@ -104,18 +109,21 @@ pub async fn run(
             )
         }
     };
-    if config.control_plane.is_some() && config.cluster_secret.is_none() {
-        return Err(WorkerError::Engine(
-            "registering with the control plane needs the cluster secret (BULKHEAD_CLUSTER_SECRET)"
-                .into(),
-        ));
-    }
-    let secret = config.cluster_secret.clone().unwrap_or_else(|| {
+    let credential = match (&config.control_plane, &config.credential) {
+        (Some(_), None) => {
+            return Err(WorkerError::Engine(
+                "registering with the control plane needs this worker's credential (BULKHEAD_CREDENTIAL; `bulkhead credential create --role worker`)"
+                    .into(),
+            ));
+        }
+        (_, credential) => credential.clone(),
+    };
+    let gateways = gateways::Gateways::new(&config.gateway_credentials);
+    if config.control_plane.is_none() && config.gateway_credentials.is_empty() {
         tracing::warn!(
-            "no cluster secret: the gRPC port refuses every call (set BULKHEAD_CLUSTER_SECRET)"
+            "no control plane and no gateway credentials: the gRPC port refuses every call"
         );
-        ClusterSecret::generate()
-    });
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -158,7 +166,10 @@ pub async fn run(
     let registration = config.control_plane.clone().map(|cp| {
         tokio::spawn(registration::register_loop(
             cp,
-            secret.clone(),
+            credential
+                .clone()
+                .unwrap_or_else(|| Credential::generate_with("bkw_")),
+            gateways.clone(),
             info_rx,
             replies_tx,
             stopped(stop_rx.clone()),
@@ -267,14 +278,11 @@ pub async fn run(
         metrics: Arc::clone(&metrics),
         worker_id: config.worker_id.clone(),
     });
-    let app = tonic::service::Routes::new(WorkerServer::with_interceptor(
-        service,
-        secret.interceptor(),
-    ))
-    .into_axum_router()
-    .merge(ops)
-    // The same answer as the control plane's port for unknown paths.
-    .fallback(bulkhead_client::fallback);
+    let app = tonic::service::Routes::new(WorkerServer::with_interceptor(service, gateways))
+        .into_axum_router()
+        .merge(ops)
+        // The same answer as the control plane's port for unknown paths.
+        .fallback(bulkhead_client::fallback);
     let grpc_server = tonic::transport::Server::builder()
         .accept_http1(true)
         .add_routes(tonic::service::Routes::from(app))

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bulkhead_client::ControlPlaneClient;
 use bulkhead_proto::control as pb;
-use bulkhead_proto::{ClusterSecret, WorkerId};
+use bulkhead_proto::{Credential, WorkerId};
 
 use tokio::sync::watch;
 
@@ -98,16 +98,18 @@ pub fn worker_info(
 
 /// Registers what `info` holds, again whenever it changes, and renews it
 /// every `lease / 3`, until `stop` resolves. Each reply goes to `replies`:
-/// it says which models to load and which are unneeded.
+/// it says which models to load and which are unneeded; the gateways it
+/// lists are the ones the gRPC port accepts from then on.
 pub async fn register_loop(
     registration: ControlPlaneRegistration,
-    secret: ClusterSecret,
+    credential: Credential,
+    gateways: crate::gateways::Gateways,
     mut info: watch::Receiver<pb::WorkerInfo>,
     replies: watch::Sender<pb::RegisterWorkerReply>,
     stop: impl Future<Output = ()>,
 ) {
     let client =
-        ControlPlaneClient::new(registration.addrs.clone(), None).with_cluster_secret(secret);
+        ControlPlaneClient::new(registration.addrs.clone(), None).with_credential(credential);
     let lease = registration.lease.max(Duration::from_secs(1));
     let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
     let every = lease / 3;
@@ -118,6 +120,7 @@ pub async fn register_loop(
         loop {
             let current = info.borrow_and_update().clone();
             let result = client
+                .fleet()
                 .send_for(
                     every,
                     pb::RegisterWorkerRequest {
@@ -129,6 +132,7 @@ pub async fn register_loop(
                 .await;
             let loading = current.models.is_empty();
             if let Ok(reply) = &result {
+                gateways.set_listed(reply.gateway_credentials.clone());
                 replies.send_replace(reply.clone());
             }
             match result {

@@ -286,7 +286,7 @@ async fn a_tenant_with_many_requests_cannot_starve_a_tenant_with_one() {
         assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
     }
 
-    // Without the cluster secret, the gRPC port answers nothing.
+    // Without a gateway credential, the gRPC port answers nothing.
     let mut stranger = w.grpc_client_without_secret().await;
     let err = stranger
         .stats(bulkhead_proto::worker::StatsRequest {})

@@ -12,7 +12,6 @@ use super::*;
 
 impl ControlPlaneService {
     pub(super) async fn request_burst(&self, req: Request<pb::BurstRequest>) -> R<pb::Burst> {
-        self.authorize(&req)?;
         let actor = Self::actor(&req);
         let r = req.into_inner();
         tenant_id(&r.tenant_id)?;
@@ -52,7 +51,6 @@ impl ControlPlaneService {
     }
 
     pub(super) async fn decide_burst(&self, req: Request<pb::BurstDecision>) -> R<pb::Burst> {
-        self.authorize(&req)?;
         let actor = Self::actor(&req);
         let r = req.into_inner();
         let command = Command::DecideBurst {
@@ -72,7 +70,6 @@ impl ControlPlaneService {
         &self,
         req: Request<pb::ListBurstsRequest>,
     ) -> R<pb::BurstList> {
-        self.authorize(&req)?;
         let r = req.into_inner();
         if !matches!(r.status.as_str(), "" | "pending" | "approved" | "denied") {
             return Err(ControlPlaneError::InvalidArgument(format!(
@@ -94,7 +91,6 @@ impl ControlPlaneService {
         &self,
         req: Request<pb::CreateWebhookRequest>,
     ) -> R<pb::CreatedWebhook> {
-        self.authorize(&req)?;
         let actor = Self::actor(&req);
         let r = req.into_inner();
         if !r.tenant_id.is_empty() {
@@ -127,7 +123,6 @@ impl ControlPlaneService {
     }
 
     pub(super) async fn delete_webhook(&self, req: Request<pb::WebhookRef>) -> R<pb::Webhook> {
-        self.authorize(&req)?;
         let actor = Self::actor(&req);
         let webhook_id = req.into_inner().webhook_id;
         match self
@@ -143,7 +138,6 @@ impl ControlPlaneService {
         &self,
         req: Request<pb::ListWebhooksRequest>,
     ) -> R<pb::WebhookList> {
-        self.authorize(&req)?;
         let tenant = req.into_inner().tenant_id;
         let view = self.read().await?;
         Ok(Response::new(adm::webhooks_pb(&view, &tenant)?))
@@ -153,7 +147,6 @@ impl ControlPlaneService {
         &self,
         req: Request<pb::ListDeliveriesRequest>,
     ) -> R<pb::DeliveryList> {
-        self.authorize(&req)?;
         let r = req.into_inner();
         let limit = if r.limit == 0 {
             100
@@ -175,7 +168,6 @@ impl ControlPlaneService {
     }
 
     pub(super) async fn publish_snippet(&self, req: Request<pb::Snippet>) -> R<pb::Snippet> {
-        self.authorize(&req)?;
         let actor = Self::actor(&req);
         let r = req.into_inner();
         tenant_id(&r.tenant_id)?;
@@ -204,7 +196,6 @@ impl ControlPlaneService {
     }
 
     pub(super) async fn delete_snippet(&self, req: Request<pb::SnippetRef>) -> R<pb::Snippet> {
-        self.authorize(&req)?;
         let actor = Self::actor(&req);
         let r = req.into_inner();
         match self
@@ -226,7 +217,6 @@ impl ControlPlaneService {
         &self,
         req: Request<pb::ListSnippetsRequest>,
     ) -> R<pb::SnippetList> {
-        self.authorize(&req)?;
         let tenant = req.into_inner().tenant_id;
         let view = self.read().await?;
         Ok(Response::new(pb::SnippetList {
@@ -238,7 +228,6 @@ impl ControlPlaneService {
     }
 
     pub(super) async fn grant_share(&self, req: Request<pb::ShareGrant>) -> R<pb::ShareGrant> {
-        self.authorize(&req)?;
         let actor = Self::actor(&req);
         let r = req.into_inner();
         tenant_id(&r.owner_tenant_id)?;
@@ -266,7 +255,6 @@ impl ControlPlaneService {
     }
 
     pub(super) async fn revoke_share(&self, req: Request<pb::ShareGrant>) -> R<pb::ShareGrant> {
-        self.authorize(&req)?;
         let actor = Self::actor(&req);
         let r = req.into_inner();
         let grant = crate::sharing::ShareRecord {
@@ -285,7 +273,6 @@ impl ControlPlaneService {
         &self,
         req: Request<pb::ListSharesRequest>,
     ) -> R<pb::ShareList> {
-        self.authorize(&req)?;
         let tenant = req.into_inner().tenant_id;
         let view = self.read().await?;
         Ok(Response::new(pb::ShareList {
@@ -300,7 +287,6 @@ impl ControlPlaneService {
         &self,
         req: Request<pb::ResolveSharedRequest>,
     ) -> R<pb::SnippetList> {
-        self.authorize_member(&req)?;
         let via = req
             .metadata()
             .get(ACTOR_METADATA)
@@ -343,7 +329,6 @@ impl ControlPlaneService {
     }
 
     pub(super) async fn list_audit(&self, req: Request<pb::ListAuditRequest>) -> R<pb::AuditList> {
-        self.authorize(&req)?;
         let r = req.into_inner();
         if r.tenant_id.is_empty() {
             return Err(ControlPlaneError::InvalidArgument(format!(
@@ -371,7 +356,6 @@ impl ControlPlaneService {
         &self,
         req: Request<pb::VerifyAuditRequest>,
     ) -> R<pb::AuditVerification> {
-        self.authorize(&req)?;
         let r = req.into_inner();
         let view = self.read().await?;
         let v = crate::audit::verify(

@@ -15,7 +15,6 @@ use super::*;
 
 impl ControlPlaneService {
     pub(super) async fn grant(&self, req: Request<pb::GrantRequest>) -> R<pb::Allowance> {
-        self.authorize_member(&req)?;
         let r = req.into_inner();
         tenant_id(&r.tenant_id)?;
         bulkhead_proto::GatewayId::new(r.gateway_id.as_str())
@@ -47,7 +46,6 @@ impl ControlPlaneService {
     }
 
     pub(super) async fn r#return(&self, req: Request<pb::ReturnRequest>) -> R<pb::Allowance> {
-        self.authorize_member(&req)?;
         let r = req.into_inner();
         let tokens = r.tokens;
         match self
@@ -72,7 +70,6 @@ impl ControlPlaneService {
     }
 
     pub(super) async fn report_usage(&self, req: Request<pb::UsageBatch>) -> R<pb::UsageApplied> {
-        self.authorize_member(&req)?;
         let events: Vec<UsageRecord> = req.into_inner().events.iter().map(Into::into).collect();
         if let Some(bad) = events.iter().find(|e| e.event_id.is_empty()) {
             return Err(ControlPlaneError::InvalidArgument(format!(
@@ -90,7 +87,6 @@ impl ControlPlaneService {
     }
 
     pub(super) async fn usage(&self, req: Request<pb::UsageRequest>) -> R<pb::UsageReport> {
-        self.authorize(&req)?;
         let r = req.into_inner();
         let view = self.read().await?;
         let tenant = known_tenant(&view, &r.tenant_id)?;
@@ -110,7 +106,6 @@ impl ControlPlaneService {
         &self,
         req: Request<pb::UsageRangeRequest>,
     ) -> R<pb::UsageReport> {
-        self.authorize(&req)?;
         let r = req.into_inner();
         let mut day_names = ledger::day_range(&r.from_day, &r.to_day)
             .map_err(ControlPlaneError::InvalidArgument)?;
@@ -125,7 +120,6 @@ impl ControlPlaneService {
         &self,
         req: Request<pb::UsageExportRequest>,
     ) -> R<pb::UsageExport> {
-        self.authorize(&req)?;
         let r = req.into_inner();
         let day_names = ledger::day_range(&r.from_day, &r.to_day)
             .map_err(ControlPlaneError::InvalidArgument)?;

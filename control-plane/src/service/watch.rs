@@ -41,16 +41,32 @@ pub(super) fn full_state(view: &View) -> Result<(u64, Vec<pb::WatchEvent>)> {
     Ok((version, events))
 }
 
-/// Feeds one watcher until it goes away.
+/// Feeds one watcher until it goes away, or until the credential (hash)
+/// that opened the stream is revoked.
 pub(super) async fn watch_loop(
     sm: StateMachine,
     from: u64,
+    holder: Option<String>,
     tx: tokio::sync::mpsc::Sender<Result<pb::WatchEvent, Status>>,
 ) {
     let mut applied = sm.applied();
     let mut at = from;
     let mut first = true;
     loop {
+        if let Some(hash) = &holder {
+            let in_force = sm
+                .view()
+                .and_then(|v| crate::credentials::by_hash(&v, hash))
+                .map(|c| c.is_some());
+            if !matches!(in_force, Ok(true)) {
+                let _ = tx
+                    .send(Err(Status::unauthenticated(
+                        "the credential that opened this stream was revoked",
+                    )))
+                    .await;
+                return;
+            }
+        }
         let batch = sm.view().map_err(ControlPlaneError::from).and_then(|view| {
             if first && at == 0 {
                 return full_state(&view);

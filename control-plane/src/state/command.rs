@@ -5,6 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::bursts::BurstRecord;
+use crate::credentials::CredentialRecord;
 use crate::outbox::{AttemptRecord, WebhookRecord};
 use crate::sessions::SessionRecord;
 use crate::sharing::{ShareRecord, SnippetRecord};
@@ -21,6 +22,15 @@ pub enum Command {
     /// Replaces the admin token's hash.
     RotateAdmin {
         token_hash: String,
+    },
+    /// Stores a gateway's or worker's credential (hashed).
+    CreateCredential {
+        credential: CredentialRecord,
+    },
+    /// Revokes a credential in force, by id or name.
+    RevokeCredential {
+        credential: String,
+        now_ms: i64,
     },
     CreateTenant {
         tenant: TenantRecord,
@@ -170,6 +180,12 @@ impl fmt::Display for Command {
         match self {
             Command::InitAdmin { .. } => write!(f, "init-admin"),
             Command::RotateAdmin { .. } => write!(f, "rotate-admin"),
+            Command::CreateCredential { credential } => {
+                write!(f, "create-credential {}", credential.name)
+            }
+            Command::RevokeCredential { credential, .. } => {
+                write!(f, "revoke-credential {credential}")
+            }
             Command::CreateTenant { tenant } => write!(f, "create-tenant {}", tenant.id),
             Command::UpdateTenant { id, .. } => write!(f, "update-tenant {id}"),
             Command::DeleteTenant { id, .. } => write!(f, "delete-tenant {id}"),

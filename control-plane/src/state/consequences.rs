@@ -41,6 +41,24 @@ pub(super) fn consequences(command: &Command, reply: &Reply) -> Vec<Consequence>
         event,
     };
     match (command, reply) {
+        (Command::CreateCredential { .. }, Reply::Credential(c))
+        | (Command::RevokeCredential { .. }, Reply::Credential(c)) => {
+            let created = matches!(command, Command::CreateCredential { .. });
+            vec![one(
+                "",
+                if created {
+                    "credential.created"
+                } else {
+                    "credential.revoked"
+                },
+                serde_json::json!({
+                    "credential_id": c.credential_id,
+                    "role": c.role.as_str(),
+                    "name": c.name,
+                }),
+                None,
+            )]
+        }
         (Command::CreateTenant { .. }, Reply::Tenant(t)) => {
             vec![one(
                 &t.id,

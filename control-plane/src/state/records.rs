@@ -333,6 +333,7 @@ pub enum Reply {
     Batch(Vec<Reply>),
     Applied(Vec<ApplyOutcome>),
     Burst(BurstRecord),
+    Credential(crate::credentials::CredentialRecord),
     Webhook(WebhookRecord),
     Delivery(Option<DeliveryRecord>),
     Snippet(SnippetRecord),

@@ -8,7 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use bulkhead_client::ACTOR_METADATA;
 use bulkhead_client::ControlPlaneClient;
-use bulkhead_proto::control::control_plane_client::ControlPlaneClient as Grpc;
+use bulkhead_proto::control::admin_client::AdminClient as Grpc;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::future::Future;
@@ -71,6 +71,7 @@ impl Admin {
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         self.client
+            .admin()
             .send(message, |c, mut req| {
                 req.metadata_mut()
                     .insert(ACTOR_METADATA, self.actor.clone());

@@ -46,14 +46,12 @@ async fn for_caller<M, T, F, Fut>(
 ) -> Result<T, GatewayError>
 where
     M: Clone,
-    F: Fn(
-        cp::control_plane_client::ControlPlaneClient<tonic::transport::Channel>,
-        tonic::Request<M>,
-    ) -> Fut,
+    F: Fn(cp::member_client::MemberClient<tonic::transport::Channel>, tonic::Request<M>) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
     state
         .client
+        .member()
         .send_for(CONTROL_PLANE_DEADLINE, message, method)
         .await
         .map_err(|s| GatewayError::from_control_plane(&s))

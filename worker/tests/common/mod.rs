@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bulkhead_proto::auth::AttachSecret;
 use bulkhead_proto::worker as pb;
 use bulkhead_proto::worker::worker_client::WorkerClient;
-use bulkhead_proto::{ClusterSecret, WorkerId};
+use bulkhead_proto::{Credential, WorkerId};
 use bulkhead_worker::{AdapterSpec, EngineConfig, ModelSpec, UsageSink, WorkerConfig};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -77,8 +77,9 @@ impl Default for Options {
 pub struct TestWorker {
     pub http: String,
     pub grpc: String,
-    /// The cluster secret the worker's gRPC port demands.
-    pub secret: ClusterSecret,
+    /// The gateway credential the worker's gRPC port accepts (this worker
+    /// has no control plane to list gateways).
+    pub secret: Credential,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), bulkhead_worker::WorkerError>>>,
     _spool: Option<tempfile::TempDir>,
@@ -99,7 +100,7 @@ impl TestWorker {
                 (Some(t), p)
             }
         };
-        let secret = ClusterSecret::generate();
+        let secret = Credential::generate_with("bkg_");
         let config = WorkerConfig {
             worker_id: WorkerId::new(format!("test-{}", grpc_addr.port())).unwrap(),
             models: options.models,
@@ -121,7 +122,8 @@ impl TestWorker {
             spool_dir,
             max_body_bytes: options.max_body_bytes,
             http_token: options.http_token,
-            cluster_secret: Some(secret.clone()),
+            credential: None,
+            gateway_credentials: vec![secret.clone()],
             control_plane: None,
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -154,8 +156,10 @@ impl TestWorker {
         worker
     }
 
-    /// A gRPC client that sends the cluster secret.
-    pub async fn grpc_client(&self) -> WorkerClient<InterceptedService<Channel, AttachSecret>> {
+    /// A gRPC client that sends the gateway credential.
+    pub async fn grpc_client(
+        &self,
+    ) -> WorkerClient<InterceptedService<Channel, AttachSecret<bulkhead_proto::auth::Member>>> {
         let channel = Endpoint::from_shared(self.grpc.clone())
             .unwrap()
             .connect()
