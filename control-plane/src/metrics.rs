@@ -436,13 +436,9 @@ mod tests {
     #[test]
     fn methods_come_from_the_proto_and_strangers_are_unknown() {
         let m = Metrics::new();
-        assert!(m.known.contains(&("ControlPlane".into(), "Grant".into())));
+        assert!(m.known.contains(&("Member".into(), "Grant".into())));
         assert!(m.known.contains(&("Raft".into(), "AppendEntries".into())));
-        m.grpc_call(
-            "/bulkhead.control.v1.ControlPlane/Grant",
-            tonic::Code::Ok,
-            0.01,
-        );
+        m.grpc_call("/bulkhead.control.v1.Member/Grant", tonic::Code::Ok, 0.01);
         m.grpc_call(
             "/bulkhead.control.v1.Raft/Nonsense",
             tonic::Code::Unauthenticated,
@@ -452,7 +448,7 @@ mod tests {
         prometheus_client::encoding::text::encode(&mut out, &m.registry).unwrap_or_default();
         assert!(
             out.contains(
-                "bulkhead_control_plane_grpc_requests_total{service=\"ControlPlane\",method=\"Grant\",code=\"Ok\"} 1"
+                "bulkhead_control_plane_grpc_requests_total{service=\"Member\",method=\"Grant\",code=\"Ok\"} 1"
             ),
             "{out}"
         );

@@ -49,6 +49,39 @@ pub struct Workers {
     channels: Mutex<HashMap<String, Channel>>,
 }
 
+/// Calls a worker, retrying for up to 3 s while it refuses this gateway's
+/// credential: a worker learns of a new gateway credential with its next
+/// registration reply, which a refused call hastens.
+async fn admitted<T, F, Fut>(call: F) -> Result<T, Status>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match call().await {
+            Err(status)
+                if refused_credential(&status)
+                    && tokio::time::Instant::now() + delay < deadline =>
+            {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(500));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether a worker refused this gateway's credential.
+fn refused_credential(status: &Status) -> bool {
+    status.code() == Code::Unauthenticated
+        && status
+            .metadata()
+            .get(bulkhead_proto::ERROR_CODE_METADATA)
+            .is_some_and(|v| v.as_bytes() == bulkhead_proto::auth::INVALID_CREDENTIAL.as_bytes())
+}
+
 /// Whether an error means the worker never took the request (it cannot be
 /// reached, or it is shutting down), so the next worker may.
 fn unreachable(status: &Status) -> bool {
@@ -96,10 +129,12 @@ impl Workers {
         let mut last = Status::unavailable("no worker serves this tenant's model right now");
         let mut failed = 0;
         for worker in ranked {
-            let result = match self.client(&worker.addr) {
-                Ok(mut client) => client.generate(self.request(request.clone())).await,
-                Err(e) => Err(e),
-            };
+            let result = admitted(|| async {
+                self.client(&worker.addr)?
+                    .generate(self.request(request.clone()))
+                    .await
+            })
+            .await;
             match result {
                 Ok(stream) => return Ok((stream.into_inner(), worker.worker_id.clone(), failed)),
                 Err(status) if unreachable(&status) => {
@@ -115,10 +150,12 @@ impl Workers {
 
     /// One worker's live numbers (slots, KV memory per tenant, tokens/s).
     pub async fn stats(&self, worker: &cp::WorkerInfo) -> Result<pb::StatsResponse, Status> {
-        let mut client = self.client(&worker.addr)?;
-        let mut req = self.request(pb::StatsRequest {});
-        req.set_timeout(Duration::from_secs(2));
-        Ok(client.stats(req).await?.into_inner())
+        admitted(|| async {
+            let mut req = self.request(pb::StatsRequest {});
+            req.set_timeout(Duration::from_secs(2));
+            Ok(self.client(&worker.addr)?.stats(req).await?.into_inner())
+        })
+        .await
     }
 
     /// The exact prompt token count, from the first worker that answers.
@@ -129,10 +166,12 @@ impl Workers {
     ) -> Result<pb::CountTokensResponse, Status> {
         let mut last = Status::unavailable("no worker serves this tenant's model right now");
         for worker in ranked {
-            let result = match self.client(&worker.addr) {
-                Ok(mut client) => client.count_tokens(self.request(request.clone())).await,
-                Err(e) => Err(e),
-            };
+            let result = admitted(|| async {
+                self.client(&worker.addr)?
+                    .count_tokens(self.request(request.clone()))
+                    .await
+            })
+            .await;
             match result {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) if unreachable(&status) => last = status,

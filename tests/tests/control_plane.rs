@@ -124,8 +124,8 @@ async fn a_write_on_the_leader_is_seen_by_a_read_on_a_follower() -> anyhow::Resu
         "bulkhead_control_plane_tenant_used_tokens{tenant=\"tenant-0\"} 0\n",
         "bulkhead_control_plane_tenant_outstanding_tokens{tenant=\"tenant-0\"} 0\n",
         "bulkhead_control_plane_tenant_slots_held{tenant=\"tenant-0\"} 0\n",
-        "bulkhead_control_plane_grpc_requests_total{service=\"ControlPlane\",method=\"CreateTenant\",code=\"Ok\"}",
-        "bulkhead_control_plane_grpc_request_duration_seconds_count{service=\"ControlPlane\",method=\"CreateTenant\"}",
+        "bulkhead_control_plane_grpc_requests_total{service=\"Admin\",method=\"CreateTenant\",code=\"Ok\"}",
+        "bulkhead_control_plane_grpc_request_duration_seconds_count{service=\"Admin\",method=\"CreateTenant\"}",
         "bulkhead_control_plane_raft_last_applied_index ",
     ] {
         assert!(metrics.contains(series), "no {series} in:\n{metrics}");
@@ -310,7 +310,9 @@ async fn admin_calls_need_the_token_and_bad_input_changes_nothing() -> anyhow::R
 
     // A malformed gRPC call gets a clear status, and nothing changes.
     let client = cp.client();
-    let err = client
+    let err = cp
+        .member_client()
+        .await?
         .member()
         .send(
             pb::GrantRequest {
@@ -346,11 +348,13 @@ async fn watchers_see_tenants_keys_and_workers_in_order_and_resume() -> anyhow::
     let cp = ControlPlanes::start(3, &[])?;
     let leader = cp.leader(Duration::from_secs(10)).await?;
     // Watch through a follower: changes arrive there in commit order too.
-    let follower = ControlPlaneClient::new(
-        vec![cp.nodes[(leader + 1) % 3].addr.clone()],
-        Some(cp.admin_token.clone()),
-    );
+    let gateway = bulkhead_proto::Credential::new(&cp.credential("gateway").await?)
+        .map_err(anyhow::Error::msg)?;
+    let follower = ControlPlaneClient::new(vec![cp.nodes[(leader + 1) % 3].addr.clone()], None)
+        .with_credential(gateway);
     let client = cp.client();
+    let member = cp.member_client().await?;
+    let fleet = cp.fleet_client().await?;
     cp.cli(&["tenant", "create", "acme"])?;
     let mut stream = follower
         .member()
@@ -380,9 +384,9 @@ async fn watchers_see_tenants_keys_and_workers_in_order_and_resume() -> anyhow::
     );
     // A gateway resolves the key to its tenant; the use is recorded.
     let auth = |plaintext: String| {
-        let client = &client;
+        let member = &member;
         async move {
-            client
+            member
                 .member()
                 .send(
                     pb::AuthenticateRequest {
@@ -419,7 +423,7 @@ async fn watchers_see_tenants_keys_and_workers_in_order_and_resume() -> anyhow::
         slots: 8,
         ..Default::default()
     };
-    let registered = client
+    let registered = fleet
         .fleet()
         .send(
             pb::RegisterWorkerRequest {
@@ -474,7 +478,7 @@ async fn sessions_stay_within_their_tenant_and_go_with_it() -> anyhow::Result<()
     let cp = ControlPlanes::start(1, &[])?;
     cp.cli(&["tenant", "create", "acme"])?;
     cp.cli(&["tenant", "create", "globex"])?;
-    let client = cp.client();
+    let client = cp.member_client().await?;
     let append = |tenant: &str, texts: &[(&str, &str)]| {
         let req = pb::AppendTurnsRequest {
             tenant_id: tenant.into(),

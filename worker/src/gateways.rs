@@ -1,11 +1,14 @@
 //! Which gateways may call this worker's gRPC service: those whose
 //! credential (`x-bulkhead-credential`) hashes to one the control plane
 //! lists in its registration replies, renewed with every heartbeat, so a
-//! revoked gateway is refused within one renewal. Credentials given in the
-//! config are accepted too (a worker without a control plane: benches).
+//! revoked gateway is refused within one renewal. A credential it does not
+//! know asks for a renewal at once (at most one a second), so a new
+//! gateway's retry gets through. Credentials given in the config are
+//! accepted too (a worker without a control plane: benches).
 
 use std::collections::HashSet;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use bulkhead_proto::Credential;
 use bulkhead_proto::auth::{CREDENTIAL_METADATA, INVALID_CREDENTIAL, refusal};
@@ -16,6 +19,9 @@ use tonic::{Request, Status};
 pub struct Gateways {
     fixed: Arc<HashSet<String>>,
     listed: Arc<RwLock<HashSet<String>>>,
+    /// Woken when a call brought an unknown credential.
+    renew: Arc<tokio::sync::Notify>,
+    last_renewal_asked: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Gateways {
@@ -29,6 +35,25 @@ impl Gateways {
                     .collect(),
             ),
             listed: Arc::default(),
+            renew: Arc::default(),
+            last_renewal_asked: Arc::default(),
+        }
+    }
+
+    /// Resolves when a caller brought a credential this worker does not
+    /// know: the registration loop renews then instead of waiting.
+    pub async fn renewal_wanted(&self) {
+        self.renew.notified().await;
+    }
+
+    fn ask_renewal(&self) {
+        let mut last = self
+            .last_renewal_asked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            *last = Some(Instant::now());
+            self.renew.notify_one();
         }
     }
 
@@ -68,6 +93,7 @@ impl tonic::service::Interceptor for Gateways {
         if self.accepts(&bulkhead_client::hash_secret(secret)) {
             Ok(req)
         } else {
+            self.ask_renewal();
             Err(refusal(
                 Status::unauthenticated("this credential is not a gateway credential in force"),
                 INVALID_CREDENTIAL,

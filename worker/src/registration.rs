@@ -154,6 +154,7 @@ pub async fn register_loop(
             tokio::select! {
                 () = tokio::time::sleep(every) => {}
                 Ok(()) = info.changed() => {}
+                () = gateways.renewal_wanted() => {}
             }
         }
     };
