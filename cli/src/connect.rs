@@ -17,11 +17,46 @@ pub struct Connect {
     /// The admin token printed when the cluster was initialized.
     #[arg(long, env = env::ADMIN_TOKEN, hide_env_values = true, global = true)]
     admin_token: Option<String>,
+    #[command(flatten)]
+    tls: Tls,
 }
 
 impl Connect {
     pub(crate) fn client(&self) -> ControlPlaneClient {
+        if let Err(e) = self.tls.install() {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }
         ControlPlaneClient::new(self.control_plane.clone(), self.admin_token.clone())
+    }
+}
+
+/// TLS for a process's listeners and connections (`bulkhead_client::tls`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct Tls {
+    /// This process's TLS certificate (PEM): its listeners serve TLS, and it presents the
+    /// certificate when it calls another component.
+    #[arg(long, env = env::TLS_CERT, global = true)]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = env::TLS_KEY, global = true)]
+    tls_key: Option<std::path::PathBuf>,
+    /// The CA that signs the cluster's certificates (PEM): connections to other components use
+    /// TLS and check their certificates with it, and gRPC listeners demand a client certificate
+    /// it signed (mTLS).
+    #[arg(long, env = env::TLS_CA, global = true)]
+    tls_ca: Option<std::path::PathBuf>,
+}
+
+impl Tls {
+    /// Makes these this process's TLS settings.
+    pub(crate) fn install(&self) -> anyhow::Result<()> {
+        bulkhead_client::tls::install(&bulkhead_client::tls::TlsFiles {
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            ca: self.tls_ca.clone(),
+        })
+        .map_err(|e| anyhow!(e))
     }
 }
 

@@ -13,6 +13,8 @@ use crate::env;
 
 #[derive(Args, Debug)]
 pub struct ControlPlaneArgs {
+    #[command(flatten)]
+    pub tls: crate::connect::Tls,
     /// This node's id (a positive integer, unique in the cluster).
     #[arg(long)]
     node_id: u64,
@@ -69,6 +71,7 @@ fn parse_members(list: &str) -> anyhow::Result<BTreeMap<u64, String>> {
 }
 
 pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
+    args.tls.install()?;
     if args.node_id == 0 {
         bail!("--node-id must be above 0");
     }

@@ -18,6 +18,10 @@ pub const CONTROL_PLANE: &str = "BULKHEAD_CONTROL_PLANE";
 pub const ADMIN_TOKEN: &str = "BULKHEAD_ADMIN_TOKEN";
 /// The cluster secret itself (or use `--cluster-secret-file`).
 pub const CLUSTER_SECRET: &str = "BULKHEAD_CLUSTER_SECRET";
+/// This process's TLS certificate, key and the cluster's CA (PEM files).
+pub const TLS_CERT: &str = "BULKHEAD_TLS_CERT";
+pub const TLS_KEY: &str = "BULKHEAD_TLS_KEY";
+pub const TLS_CA: &str = "BULKHEAD_TLS_CA";
 /// A gateway's or worker's own credential (or use `--credential-file`).
 pub const CREDENTIAL: &str = "BULKHEAD_CREDENTIAL";
 

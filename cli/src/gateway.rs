@@ -12,6 +12,8 @@ use crate::env;
 
 #[derive(Args, Debug)]
 pub struct GatewayArgs {
+    #[command(flatten)]
+    pub tls: crate::connect::Tls,
     /// Address of the OpenAI-compatible API (and /metrics).
     #[arg(long, default_value = "127.0.0.1:18789")]
     listen: SocketAddr,
@@ -41,6 +43,7 @@ pub struct GatewayArgs {
 }
 
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    args.tls.install()?;
     let credential = env::require_credential(args.credential_file.as_deref())?;
     let gateway_id = match args.gateway_id {
         Some(id) => GatewayId::new(id).context("--gateway-id")?,

@@ -27,6 +27,8 @@ const DEFAULT_CONSOLE: &str = "127.0.0.1:8080";
 
 #[derive(Args, Debug)]
 pub struct UpArgs {
+    #[command(flatten)]
+    pub tls: crate::connect::Tls,
     /// Where everything is kept: the control plane's database, the usage spool, the admin token
     /// and the cluster secret. Restarted on the same directory, nothing is lost.
     #[arg(long, env = env::DATA_DIR, default_value = "bulkhead-data")]
@@ -96,6 +98,7 @@ pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    args.tls.install()?;
     let dir = &args.data_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let secret_text = read_or_create(&dir.join("cluster.secret"), || {

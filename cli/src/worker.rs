@@ -91,6 +91,8 @@ impl LiveModelArgs {
 
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
+    #[command(flatten)]
+    pub tls: crate::connect::Tls,
     /// gRPC listen address (gateways call it).
     #[arg(long, default_value = "127.0.0.1:7200")]
     listen: SocketAddr,
@@ -161,6 +163,7 @@ fn advertise_addr(advertise: Option<String>, bound: SocketAddr) -> anyhow::Resul
 }
 
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    args.tls.install()?;
     let credential = env::credential(args.credential_file.as_deref())?;
     let control_plane: Vec<String> = args
         .control_plane

@@ -15,6 +15,7 @@
 
 pub mod client;
 pub mod tenant_config;
+pub mod tls;
 
 use axum::extract::Request;
 use axum::http::{StatusCode, header};
@@ -38,16 +39,27 @@ pub fn hash_secret(secret: &str) -> String {
         .collect()
 }
 
-/// A lazily connected channel to a node's gRPC port.
+/// A lazily connected channel to a node's gRPC port (TLS when this
+/// process has a CA, see [`tls`]).
 pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(endpoint(addr)?
+        .connect_timeout(std::time::Duration::from_secs(1))
+        .connect_lazy())
+}
+
+/// The endpoint of a component's gRPC address (`host:port`), with this
+/// process's TLS settings.
+pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
     let url = if addr.starts_with("http://") || addr.starts_with("https://") {
         addr.to_owned()
     } else {
-        format!("http://{addr}")
+        format!("{}://{addr}", tls::scheme())
     };
-    Ok(Endpoint::from_shared(url)?
-        .connect_timeout(std::time::Duration::from_secs(1))
-        .connect_lazy())
+    let endpoint = Endpoint::from_shared(url)?;
+    match tls::client_config() {
+        Some(config) => endpoint.tls_config(config),
+        None => Ok(endpoint),
+    }
 }
 
 /// The snippet names a text refers to as `@shared:NAME`, in order, once each.

@@ -143,12 +143,13 @@ async fn serve(
     app: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // Tokens are small writes: without TCP_NODELAY, Nagle holds them back.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    // TLS when this process has a certificate (`bulkhead_client::tls`);
+    // `tap_io` gives handlers the client's address (`ConnectInfo`).
     axum::serve(
-        listener,
+        axum::serve::ListenerExt::tap_io(
+            bulkhead_client::tls::HttpListener::new(listener)?,
+            |_| {},
+        ),
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)

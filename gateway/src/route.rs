@@ -11,7 +11,7 @@ use bulkhead_proto::Credential;
 use bulkhead_proto::control as cp;
 use bulkhead_proto::worker as pb;
 use bulkhead_proto::worker::worker_client::WorkerClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
 /// 64-bit FNV-1a with MurmurHash3's finalizer (FNV alone mixes the last bytes
@@ -102,7 +102,7 @@ impl Workers {
         if let Some(channel) = channels.get(addr) {
             return Ok(WorkerClient::new(channel.clone()));
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        let endpoint = bulkhead_client::endpoint(addr)
             .map_err(|e| Status::unavailable(format!("bad worker address {addr:?}: {e}")))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)

@@ -283,7 +283,13 @@ pub async fn run(
         .merge(ops)
         // The same answer as the control plane's port for unknown paths.
         .fallback(bulkhead_client::fallback);
-    let grpc_server = tonic::transport::Server::builder()
+    let mut grpc_server = tonic::transport::Server::builder();
+    if let Some(tls) = bulkhead_client::tls::server_config() {
+        grpc_server = grpc_server
+            .tls_config(tls)
+            .map_err(|e| WorkerError::Engine(format!("TLS: {e}")))?;
+    }
+    let grpc_server = grpc_server
         .accept_http1(true)
         .add_routes(tonic::service::Routes::from(app))
         .serve_with_incoming_shutdown(
@@ -298,9 +304,8 @@ pub async fn run(
                 worker_id: config.worker_id.clone(),
             };
             axum::serve(
-                axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                    let _ = tcp.set_nodelay(true);
-                }),
+                bulkhead_client::tls::HttpListener::new(listener)
+                    .map_err(|e| WorkerError::Engine(format!("http listener: {e}")))?,
                 http::router(state, config.max_body_bytes, config.http_token.clone()),
             )
             .with_graceful_shutdown(stopped(stop_rx.clone()))

@@ -1,0 +1,174 @@
+//! TLS on every listener and mTLS between roles, with certificates made by
+//! `rcgen`: `bulkhead up` given a certificate, key and CA serves its API
+//! over HTTPS only, its gRPC ports demand a client certificate the CA
+//! signed, and its gateway reaches its control plane and worker over mTLS
+//! (a chat answers).
+
+use std::path::Path;
+use std::time::Duration;
+
+use bulkhead_tests::system::MODEL;
+use bulkhead_tests::{Process, demo_model, free_port};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
+/// Writes `NAME.pem` and `NAME.key`: a certificate for 127.0.0.1 signed by
+/// `issuer`.
+fn leaf(dir: &Path, name: &str, issuer: &CertifiedIssuer<'_, KeyPair>) -> anyhow::Result<()> {
+    let key = KeyPair::generate()?;
+    let params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
+    let cert = params.signed_by(&key, issuer)?;
+    std::fs::write(dir.join(format!("{name}.pem")), cert.pem())?;
+    std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem())?;
+    Ok(())
+}
+
+fn ca(dir: &Path, name: &str) -> anyhow::Result<CertifiedIssuer<'static, KeyPair>> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
+    std::fs::write(dir.join(format!("{name}.pem")), issuer.pem())?;
+    Ok(issuer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_serves_https_and_its_roles_speak_mtls() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pki = dir.path().join("pki");
+    std::fs::create_dir_all(&pki)?;
+    let cluster_ca = ca(&pki, "ca")?;
+    leaf(&pki, "node", &cluster_ca)?;
+    leaf(&pki, "operator", &cluster_ca)?;
+    // A certificate from a CA the cluster does not trust.
+    let rogue_ca = ca(&pki, "rogue-ca")?;
+    leaf(&pki, "rogue", &rogue_ca)?;
+    let file = |name: &str| pki.join(name).display().to_string();
+
+    let (api_port, cp_port) = (free_port(), free_port());
+    let cp = format!("127.0.0.1:{cp_port}");
+    let args = vec![
+        "up".to_owned(),
+        "--data-dir".into(),
+        dir.path().join("data").display().to_string(),
+        "--api".into(),
+        format!("127.0.0.1:{api_port}"),
+        "--control-plane".into(),
+        cp.clone(),
+        "--worker".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "--no-console".into(),
+        "--model".into(),
+        format!("{MODEL}={}", demo_model().display()),
+        "--slots".into(),
+        "2".into(),
+        "--context".into(),
+        "1024".into(),
+        "--tls-cert".into(),
+        file("node.pem"),
+        "--tls-key".into(),
+        file("node.key"),
+        "--tls-ca".into(),
+        file("ca.pem"),
+    ];
+    let mut up = Process::spawn(&args)?;
+    let token = up.wait_for("admin token:", Duration::from_secs(60))?;
+    up.wait_for(
+        "registered with the control plane",
+        Duration::from_secs(120),
+    )?;
+
+    // The API speaks HTTPS with the cluster's certificate, and not plain HTTP.
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(
+            pki.join("ca.pem"),
+        )?)?)
+        .build()?;
+    let base = format!("https://127.0.0.1:{api_port}");
+    let health = https.get(format!("{base}/health")).send().await?;
+    assert_eq!(health.status(), 200);
+    let plain = reqwest::get(format!("http://127.0.0.1:{api_port}/health")).await;
+    assert!(
+        plain.as_ref().map_or(true, |r| !r.status().is_success()),
+        "plain HTTP must not be served: {plain:?}"
+    );
+    // A client that does not trust the cluster's CA cannot connect.
+    assert!(reqwest::get(format!("{base}/health")).await.is_err());
+
+    // The admin commands reach the control plane with the operator's
+    // certificate (mTLS)...
+    let bulkhead = |extra: &[&str]| -> anyhow::Result<std::process::Output> {
+        let mut cmd = std::process::Command::new(bulkhead_tests::bulkhead_bin()?);
+        cmd.args(extra)
+            .args(["--control-plane", &cp, "--admin-token", &token])
+            .env_remove("BULKHEAD_TLS_CERT")
+            .env_remove("BULKHEAD_TLS_KEY")
+            .env_remove("BULKHEAD_TLS_CA");
+        Ok(cmd.output()?)
+    };
+    let with_cert = |cert: &str, key: &str| {
+        vec![
+            "--tls-ca".to_owned(),
+            file("ca.pem"),
+            "--tls-cert".to_owned(),
+            file(cert),
+            "--tls-key".to_owned(),
+            file(key),
+        ]
+    };
+    let operator = with_cert("operator.pem", "operator.key");
+    let operator: Vec<&str> = operator.iter().map(String::as_str).collect();
+    let out = bulkhead(&[&["tenant", "create", "acme"][..], &operator].concat())?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = bulkhead(&[&["key", "create", "--tenant", "acme"][..], &operator].concat())?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    assert!(key.starts_with("bk_"), "{key}");
+
+    // ...and are refused without a client certificate and with one from
+    // another CA (each after the client's 15 s of retries); nothing changes.
+    let ca_only = ["--tls-ca", &file("ca.pem")];
+    let rogue = with_cert("rogue.pem", "rogue.key");
+    let rogue: Vec<&str> = rogue.iter().map(String::as_str).collect();
+    for (what, tls) in [
+        ("no client certificate", &ca_only[..]),
+        ("a certificate of another CA", &rogue[..]),
+    ] {
+        let out = bulkhead(&[&["tenant", "create", "evil"][..], tls].concat())?;
+        assert!(!out.status.success(), "{what}: the call went through");
+    }
+    let out = bulkhead(&[&["tenant", "list"][..], &operator].concat())?;
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(list.contains("acme") && !list.contains("evil"), "{list}");
+
+    // A chat: the gateway reaches the control plane and the worker over mTLS.
+    let answer = https
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({
+            "max_tokens": 4,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": "Say hi."}]
+        }))
+        .send()
+        .await?;
+    let status = answer.status();
+    let body: serde_json::Value = answer.json().await?;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["usage"]["completion_tokens"].as_u64().unwrap_or(0) > 0,
+        "{body}"
+    );
+    Ok(())
+}
