@@ -306,6 +306,10 @@ struct Prepared {
     prompt_bound: u64,
     /// Whether the caller set max_tokens (else it may be lowered to fit).
     explicit_max_tokens: bool,
+    /// The snippets the user's messages name (`@shared:<name>`), resolved
+    /// once the request is admitted, and where in the messages they go.
+    shared: Vec<String>,
+    shared_at: usize,
 }
 
 fn turn_role(role: &str) -> Option<&'static str> {
@@ -411,15 +415,10 @@ async fn prepare(
             content: t.content,
         }));
     }
-    context.extend(shared_knowledge(state, &caller, &user, &messages).await?);
+    let shared = shared_names(&messages);
+    let shared_at = context.len();
     context.extend(messages);
-    // Byte-level BPE: a token covers at least one byte, plus a few template
-    // tokens per message.
-    let prompt_bound: u64 = context
-        .iter()
-        .map(|m| m.content.len() as u64 + m.role.len() as u64 + 8)
-        .sum::<u64>()
-        + 16;
+    let prompt_bound = token_bound(&context) + 16;
     let sampling = pb::Sampling {
         temperature: req.temperature,
         top_p: req.top_p,
@@ -450,19 +449,22 @@ async fn prepare(
         include_usage: req.include_usage(),
         prompt_bound,
         explicit_max_tokens: max_tokens.is_some(),
+        shared,
+        shared_at,
     })
 }
 
-/// The snippets of other tenants the user's messages name (`@shared:<name>`),
-/// as system messages to put before them. The control plane checks the
-/// grants and records each use and refusal in the audit trail; a snippet the
-/// tenant may not read refuses the whole request (403).
-async fn shared_knowledge(
-    state: &AppState,
-    caller: &Caller,
-    user: &Option<UserId>,
-    messages: &[pb::ChatMessage],
-) -> Result<Vec<pb::ChatMessage>, GatewayError> {
+/// An upper bound of the tokens of `messages`: byte-level BPE spends at
+/// least one byte a token, plus a few template tokens per message.
+fn token_bound(messages: &[pb::ChatMessage]) -> u64 {
+    messages
+        .iter()
+        .map(|m| m.content.len() as u64 + m.role.len() as u64 + 8)
+        .sum()
+}
+
+/// The snippet names the user's messages refer to, in order, once each.
+fn shared_names(messages: &[pb::ChatMessage]) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     for m in messages.iter().filter(|m| m.role == "user") {
         for name in bulkhead_client::references(&m.content) {
@@ -471,14 +473,24 @@ async fn shared_knowledge(
             }
         }
     }
-    if names.is_empty() {
-        return Ok(Vec::new());
-    }
+    names
+}
+
+/// The snippets of other tenants named `names` (`@shared:<name>`), as
+/// system messages to put before the user's. The control plane checks the
+/// grants and records each use and refusal in the audit trail; a snippet the
+/// tenant may not read refuses the whole request (403).
+async fn shared_knowledge(
+    state: &AppState,
+    caller: &Caller,
+    user_id: &str,
+    names: Vec<String>,
+) -> Result<Vec<pb::ChatMessage>, GatewayError> {
     state.throttle.take(&caller.tenant.id, "shared-snippet")?;
     let msg = cp::ResolveSharedRequest {
         tenant_id: caller.tenant.id.clone(),
         names,
-        user_id: user.as_ref().map(ToString::to_string).unwrap_or_default(),
+        user_id: user_id.to_owned(),
     };
     let actor: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
         format!("gateway {} key {}", state.gateway_id, caller.key_id)
@@ -659,7 +671,27 @@ async fn admit_and_generate(
         });
     }
     let need = fit_request(state, &mut p, &ranked).await?;
-    let permit = state.quotas.admit(&tenant, need).await?;
+    let mut permit = state.quotas.admit(&tenant, need).await?;
+    if !p.shared.is_empty() {
+        // `@shared:` is resolved (an audited Raft write) only for a request
+        // the tenant's quota admits; with the snippets in, it is admitted
+        // again for its new size.
+        let names = std::mem::take(&mut p.shared);
+        let snippets = match shared_knowledge(state, &p.caller, &p.request.user_id, names).await {
+            Ok(snippets) => snippets,
+            Err(e) => {
+                permit.refund();
+                return Err(e);
+            }
+        };
+        p.prompt_bound += token_bound(&snippets);
+        p.request
+            .messages
+            .splice(p.shared_at..p.shared_at, snippets);
+        permit.refund();
+        let need = fit_request(state, &mut p, &ranked).await?;
+        permit = state.quotas.admit(&tenant, need).await?;
+    }
     let (stream, worker, failovers) = match state.workers.generate(&ranked, &p.request).await {
         Ok(started) => started,
         Err(status) => {

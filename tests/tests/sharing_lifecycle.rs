@@ -242,6 +242,42 @@ async fn a_granted_tenant_reads_a_shared_snippet_and_nothing_else() -> anyhow::R
         "{gamma_trail:?}"
     );
 
+    // A tenant with no quota left is refused before its `@shared:` is
+    // resolved: no Raft write, nothing in its audit trail.
+    let broke = up.tenant_with_key("broke", &["--plan", "pro", "--daily-tokens", "300"])?;
+    client
+        .admin()
+        .send(grant("broke"), |mut c, req| async move {
+            c.grant_share(req).await
+        })
+        .await?;
+    let mut spent = false;
+    for _ in 0..40 {
+        let a = up.api.ask(&broke, "Count to three.", 24).await?;
+        if a.status == 429 {
+            spent = true;
+            break;
+        }
+        assert_eq!(a.status, 200, "{:?}", a.body);
+    }
+    assert!(spent, "the quota of 300 tokens never ran out");
+    let a = up
+        .api
+        .ask(
+            &broke,
+            "Count the policy's rules. @shared:policy_2026_q1",
+            24,
+        )
+        .await?;
+    assert_eq!(a.status, 429, "{:?}", a.body);
+    let trail = audit_actions(&client, "broke").await?;
+    assert!(
+        !trail
+            .iter()
+            .any(|a| a == "share.used" || a == "share.refused"),
+        "nothing was resolved for a request the quota refused: {trail:?}"
+    );
+
     // When acme stops sharing, its grants no longer open anything.
     up.admin(&["tenant", "update", "acme", "--knowledge-share", "false"])?;
     let a = up
