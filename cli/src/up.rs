@@ -280,7 +280,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
         println!("control plane: {cp_addr}");
         println!(
-            "metrics: http://{api_addr}/metrics (with the admin token) http://{cp_addr}/metrics http://{worker_addr}/metrics"
+            "metrics: http://{api_addr}/metrics (with the admin token) http://{cp_addr}/metrics http://{worker_addr}/metrics (with a metrics credential: `bulkhead credential create --role metrics`)"
         );
         println!("admin token: {token}");
         println!(

@@ -168,3 +168,29 @@ fn describe(sm: &StateMachine, secret: &str) -> String {
         None => "an unknown or revoked credential".into(),
     }
 }
+
+/// Whether an HTTP request may read the per-tenant metrics: it carries
+/// `Authorization: Bearer` with the admin token or a metrics credential.
+pub fn may_scrape(sm: &StateMachine, headers: &axum::http::HeaderMap) -> bool {
+    let Some(token) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let Ok(view) = sm.view() else {
+        return false;
+    };
+    let hash = hash_secret(token.trim());
+    let admin = view
+        .admin_hash()
+        .ok()
+        .flatten()
+        .is_some_and(|expected| constant_time_eq(hash.as_bytes(), expected.as_bytes()));
+    admin
+        || credentials::by_hash(&view, &hash)
+            .ok()
+            .flatten()
+            .is_some_and(|c| c.role == Role::Metrics)
+}

@@ -20,6 +20,9 @@ pub const CREDENTIAL_HASHES: &str = "credential_hashes";
 pub enum Role {
     Gateway,
     Worker,
+    /// A metrics scraper (Prometheus): `GET /metrics` on the control plane's
+    /// and the workers' ports, and nothing else.
+    Metrics,
 }
 
 impl Role {
@@ -27,8 +30,9 @@ impl Role {
         match role {
             "gateway" => Ok(Self::Gateway),
             "worker" => Ok(Self::Worker),
+            "metrics" => Ok(Self::Metrics),
             other => Err(format!(
-                "unknown role `{other}`: a credential is for a `gateway` or a `worker`"
+                "unknown role `{other}`: a credential is for a `gateway`, a `worker` or `metrics`"
             )),
         }
     }
@@ -37,6 +41,7 @@ impl Role {
         match self {
             Self::Gateway => "gateway",
             Self::Worker => "worker",
+            Self::Metrics => "metrics",
         }
     }
 
@@ -45,6 +50,7 @@ impl Role {
         match self {
             Self::Gateway => "bkg_",
             Self::Worker => "bkw_",
+            Self::Metrics => "bkm_",
         }
     }
 }
@@ -112,11 +118,12 @@ pub fn by_hash(db: &impl Lookup, hash: &str) -> io::Result<Option<CredentialReco
         .filter(|c| c.revoked_at_ms == 0))
 }
 
-/// The hashes of the gateway credentials in force (what workers accept).
-pub fn gateway_hashes(db: &impl Lookup) -> io::Result<Vec<String>> {
+/// The hashes of the credentials of `role` in force (workers accept the
+/// gateways' calls and the scrapers' `GET /metrics`).
+pub fn hashes_of(db: &impl Lookup, role: Role) -> io::Result<Vec<String>> {
     Ok(list(db, false)?
         .into_iter()
-        .filter(|c| c.role == Role::Gateway)
+        .filter(|c| c.role == role)
         .map(|c| c.hash)
         .collect())
 }

@@ -363,7 +363,22 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-async fn metrics(State(state): State<HttpState>) -> Response {
+/// The per-tenant metrics: for the admin token or a metrics credential
+/// (`bulkhead credential create --role metrics`), else 401.
+async fn metrics(State(state): State<HttpState>, headers: axum::http::HeaderMap) -> Response {
+    if !crate::callers::may_scrape(&state.sm, &headers) {
+        return (
+            axum::http::StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            axum::Json(json!({"error": {
+                "message": "the metrics name every tenant: send `Authorization: Bearer` with a metrics credential (`bulkhead credential create --role metrics`) or the admin token",
+                "type": "authentication_error",
+                "param": null,
+                "code": "metrics_credential_required",
+            }})),
+        )
+            .into_response();
+    }
     let body = tokio::task::spawn_blocking(move || state.metrics.render(&state.raft, &state.sm))
         .await
         .unwrap_or_default();

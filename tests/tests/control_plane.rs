@@ -13,8 +13,13 @@ fn stderr(out: &std::process::Output) -> String {
 }
 
 /// GET over plain HTTP/1.1; anything but 200 is an error.
-async fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
-    let resp = reqwest::get(format!("http://{addr}{path}")).await?;
+/// `GET path` with `Authorization: Bearer token` (when given).
+async fn http_get(addr: &str, path: &str, token: Option<&str>) -> anyhow::Result<String> {
+    let mut req = reqwest::Client::new().get(format!("http://{addr}{path}"));
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    let resp = req.send().await?;
     anyhow::ensure!(resp.status() == 200, "GET {path}: {}", resp.status());
     Ok(resp.text().await?)
 }
@@ -116,8 +121,22 @@ async fn a_write_on_the_leader_is_seen_by_a_read_on_a_follower() -> anyhow::Resu
     let out = cp.cli_at(&follower_addr, &["tenant", "create", "via-follower"])?;
     assert!(out.status.success(), "{}", stderr(&out));
 
-    // The gRPC port also serves Prometheus metrics and health over plain HTTP/1.1.
-    let metrics = http_get(&leader_addr, "/metrics").await?;
+    // The gRPC port also serves Prometheus metrics and health over plain
+    // HTTP/1.1. The metrics name every tenant: a scraper needs a metrics
+    // credential (or the admin token); other credentials are refused.
+    let refused = reqwest::get(format!("http://{leader_addr}/metrics")).await?;
+    assert_eq!(refused.status(), 401);
+    let refused = refused.text().await?;
+    assert!(!refused.contains("tenant-0"), "{refused}");
+    let gateway = cp.credential("gateway").await?;
+    assert!(
+        http_get(&leader_addr, "/metrics", Some(&gateway))
+            .await
+            .is_err()
+    );
+    let scraper = cp.credential("metrics").await?;
+    assert!(scraper.starts_with("bkm_"), "{scraper}");
+    let metrics = http_get(&leader_addr, "/metrics", Some(&scraper)).await?;
     for series in [
         "bulkhead_control_plane_raft_leader 1\n",
         "bulkhead_control_plane_tenant_quota_tokens{tenant=\"tenant-0\"} 1234\n",
@@ -130,13 +149,13 @@ async fn a_write_on_the_leader_is_seen_by_a_read_on_a_follower() -> anyhow::Resu
     ] {
         assert!(metrics.contains(series), "no {series} in:\n{metrics}");
     }
-    let metrics = http_get(&follower_addr, "/metrics").await?;
+    let metrics = http_get(&follower_addr, "/metrics", Some(&cp.admin_token)).await?;
     assert!(
         metrics.contains("bulkhead_control_plane_raft_leader 0\n"),
         "{metrics}"
     );
     let health: serde_json::Value =
-        serde_json::from_str(&http_get(&leader_addr, "/health").await?)?;
+        serde_json::from_str(&http_get(&leader_addr, "/health", None).await?)?;
     assert_eq!(health["state"], "leader", "{health}");
     assert_eq!(health["node_id"], cp.nodes[leader].id, "{health}");
     let resp = reqwest::get(format!("http://{leader_addr}/nonexistent")).await?;

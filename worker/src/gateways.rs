@@ -19,6 +19,8 @@ use tonic::{Request, Status};
 pub struct Gateways {
     fixed: Arc<HashSet<String>>,
     listed: Arc<RwLock<HashSet<String>>>,
+    /// The metrics credentials in force, for `GET /metrics` on the gRPC port.
+    scrapers: Arc<RwLock<HashSet<String>>>,
     /// Woken when a call brought an unknown credential.
     renew: Arc<tokio::sync::Notify>,
     last_renewal_asked: Arc<Mutex<Option<Instant>>>,
@@ -35,6 +37,7 @@ impl Gateways {
                     .collect(),
             ),
             listed: Arc::default(),
+            scrapers: Arc::default(),
             renew: Arc::default(),
             last_renewal_asked: Arc::default(),
         }
@@ -57,13 +60,25 @@ impl Gateways {
         }
     }
 
-    /// The control plane's current list (hex SHA-256 hashes).
-    pub fn set_listed(&self, hashes: Vec<String>) {
-        let hashes: HashSet<String> = hashes.into_iter().collect();
-        match self.listed.write() {
-            Ok(mut listed) => *listed = hashes,
-            Err(p) => *p.into_inner() = hashes,
+    /// The control plane's current lists (hex SHA-256 hashes) of gateway
+    /// and metrics credentials.
+    pub fn set_listed(&self, gateways: Vec<String>, scrapers: Vec<String>) {
+        for (set, hashes) in [(&self.listed, gateways), (&self.scrapers, scrapers)] {
+            let hashes: HashSet<String> = hashes.into_iter().collect();
+            match set.write() {
+                Ok(mut set) => *set = hashes,
+                Err(p) => *p.into_inner() = hashes,
+            }
         }
+    }
+
+    /// Whether `token` (a bearer token) is a metrics credential in force.
+    pub fn may_scrape(&self, token: &str) -> bool {
+        let hash = bulkhead_client::hash_secret(token);
+        self.scrapers
+            .read()
+            .map(|s| s.contains(&hash))
+            .unwrap_or_else(|p| p.into_inner().contains(&hash))
     }
 
     fn accepts(&self, hash: &str) -> bool {

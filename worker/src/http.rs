@@ -45,9 +45,11 @@ pub struct HttpState {
 }
 
 pub fn router(state: HttpState, max_body_bytes: usize, token: Option<String>) -> Router {
+    // With a token, the metrics (they name tenants) need it too.
     let api = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
-        .route("/v1/models", get(models));
+        .route("/v1/models", get(models))
+        .route("/metrics", get(metrics));
     let api = match token {
         Some(token) => {
             let token: Arc<str> = token.into();
@@ -68,17 +70,37 @@ pub fn router(state: HttpState, max_body_bytes: usize, token: Option<String>) ->
         None => api,
     };
     api.route("/health", get(health))
-        .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state((state, max_body_bytes))
 }
 
-/// `GET /health` and `GET /metrics` alone: what the gRPC port also serves.
-pub fn ops_router(state: HttpState) -> Router {
+/// `GET /health` (open) and `GET /metrics` on the gRPC port; the metrics
+/// name tenants, so they need a metrics credential the control plane lists
+/// (`bulkhead credential create --role metrics`), sent as a bearer token.
+pub fn ops_router(state: HttpState, scrapers: crate::gateways::Gateways) -> Router {
     Router::new()
         .route("/health", get(health))
-        .route("/metrics", get(metrics))
+        .route(
+            "/metrics",
+            get(move |state: AppState, headers: HeaderMap| async move {
+                let token = headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "));
+                if token.is_some_and(|t| scrapers.may_scrape(t.trim())) {
+                    metrics(state).await
+                } else {
+                    let body = json!({"error": {
+                        "message": "the metrics name tenants: send `Authorization: Bearer` with a metrics credential (`bulkhead credential create --role metrics`)",
+                        "type": "authentication_error",
+                        "param": null,
+                        "code": "metrics_credential_required",
+                    }});
+                    (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response()
+                }
+            }),
+        )
         .with_state((state, 0))
 }
 

@@ -271,13 +271,17 @@ pub async fn run(
         engine: Arc::clone(&engine),
         worker_id: config.worker_id.clone(),
     };
-    // The gRPC port also answers `GET /metrics` and `GET /health` (HTTP/1.1
-    // or 2, no secret), so a worker without `--http` can be scraped.
-    let ops = http::ops_router(http::HttpState {
-        engine: Arc::clone(&engine),
-        metrics: Arc::clone(&metrics),
-        worker_id: config.worker_id.clone(),
-    });
+    // The gRPC port also answers `GET /health` (open) and `GET /metrics`
+    // (with a metrics credential), over HTTP/1.1 or 2, so a worker without
+    // `--http` can be scraped.
+    let ops = http::ops_router(
+        http::HttpState {
+            engine: Arc::clone(&engine),
+            metrics: Arc::clone(&metrics),
+            worker_id: config.worker_id.clone(),
+        },
+        gateways.clone(),
+    );
     let app = tonic::service::Routes::new(WorkerServer::with_interceptor(service, gateways))
         .into_axum_router()
         .merge(ops)

@@ -132,7 +132,10 @@ pub async fn register_loop(
                 .await;
             let loading = current.models.is_empty();
             if let Ok(reply) = &result {
-                gateways.set_listed(reply.gateway_credentials.clone());
+                gateways.set_listed(
+                    reply.gateway_credentials.clone(),
+                    reply.metrics_credentials.clone(),
+                );
                 replies.send_replace(reply.clone());
             }
             match result {

@@ -294,8 +294,9 @@ async fn a_tenant_with_many_requests_cannot_starve_a_tenant_with_one() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
 
-    // ...but it serves /metrics and /health over plain HTTP/1.1, so a worker
-    // without --http (as in `bulkhead up`) can be scraped.
+    // ...but it serves /health over plain HTTP/1.1, and /metrics, which
+    // name tenants, only to a metrics credential the control plane lists
+    // (this worker has none), so a worker without --http can be scraped.
     let get = |path: &str| {
         let url = format!("{}{path}", w.grpc);
         async move {
@@ -304,10 +305,19 @@ async fn a_tenant_with_many_requests_cannot_starve_a_tenant_with_one() {
             resp.text().await.unwrap()
         }
     };
-    let on_grpc_port = get("/metrics").await;
+    let refused = reqwest::get(format!("{}/metrics", w.grpc)).await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let refused = refused.text().await.unwrap();
+    assert!(!refused.contains("busy"), "{refused}");
+    let on_http_port = reqwest::get(format!("{}/metrics", w.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
-        on_grpc_port.contains("bulkhead_worker_tenant_peak_active_requests{tenant=\"busy\"} 2"),
-        "{on_grpc_port}"
+        on_http_port.contains("bulkhead_worker_tenant_peak_active_requests{tenant=\"busy\"} 2"),
+        "{on_http_port}"
     );
     let health: serde_json::Value = serde_json::from_str(&get("/health").await).unwrap();
     assert_eq!(health["status"], "ok", "{health}");

@@ -43,7 +43,14 @@ impl pb::fleet_server::Fleet for ControlPlaneService {
             worker: Some(worker_to_pb(worker)),
             load: placement.load,
             unneeded: placement.unneeded,
-            gateway_credentials: crate::credentials::gateway_hashes(&view)?,
+            gateway_credentials: crate::credentials::hashes_of(
+                &view,
+                crate::credentials::Role::Gateway,
+            )?,
+            metrics_credentials: crate::credentials::hashes_of(
+                &view,
+                crate::credentials::Role::Metrics,
+            )?,
         }))
     }
 
