@@ -150,6 +150,16 @@ impl Api {
 
     /// Sends a request and reads the whole answer, streamed or not.
     pub async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Answer> {
+        self.send_telling(req, None).await
+    }
+
+    /// Like [`Self::send`], and says on `first` when the first bytes of a
+    /// streamed answer arrived (the request is being generated).
+    pub async fn send_telling(
+        &self,
+        req: reqwest::RequestBuilder,
+        mut first: Option<tokio::sync::oneshot::Sender<()>>,
+    ) -> anyhow::Result<Answer> {
         let resp = req.send().await?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
@@ -177,6 +187,9 @@ impl Api {
         let mut bytes = resp.bytes_stream();
         while let Some(chunk) = bytes.next().await {
             raw.push_str(&String::from_utf8_lossy(&chunk?));
+            if let Some(first) = first.take() {
+                let _ = first.send(());
+            }
         }
         let mut events = Vec::new();
         let (mut text, mut usage, mut stream_error) = (String::new(), None, None);
@@ -386,12 +399,55 @@ pub struct Cluster {
     _dir: tempfile::TempDir,
 }
 
+/// How big a [`Cluster`] to start: `Cluster::builder().workers(2).start()`.
+#[derive(Debug, Clone)]
+pub struct ClusterBuilder {
+    control_nodes: u64,
+    workers: usize,
+    gateways: usize,
+}
+
+impl ClusterBuilder {
+    /// Control-plane nodes (default 1).
+    #[must_use]
+    pub fn control_nodes(mut self, n: u64) -> Self {
+        self.control_nodes = n;
+        self
+    }
+
+    /// Workers (default 1).
+    #[must_use]
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// Gateways (default 1).
+    #[must_use]
+    pub fn gateways(mut self, n: usize) -> Self {
+        self.gateways = n;
+        self
+    }
+
+    /// Starts everything and returns once each part says it is ready on
+    /// its readiness endpoint: every worker registered with its model (the
+    /// control plane's worker list), every gateway routing to a worker (its
+    /// `/health`).
+    pub async fn start(self) -> anyhow::Result<Cluster> {
+        Cluster::start(self.control_nodes, self.workers, self.gateways).await
+    }
+}
+
 impl Cluster {
-    pub async fn start(
-        control_nodes: u64,
-        workers: usize,
-        gateways: usize,
-    ) -> anyhow::Result<Self> {
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder {
+            control_nodes: 1,
+            workers: 1,
+            gateways: 1,
+        }
+    }
+
+    async fn start(control_nodes: u64, workers: usize, gateways: usize) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let nats = Nats::start(&dir.path().join("nats"));
         let control = ControlPlanes::start(control_nodes, &["--nats", &nats.url()])?;
@@ -432,12 +488,34 @@ impl Cluster {
                 "2".into(),
             ];
             let credential = cluster.control.credential("worker").await?;
-            let mut process =
+            let process =
                 Process::spawn_with_env(&args, &[("BULKHEAD_CREDENTIAL", credential.as_str())])?;
-            process.wait_for("registered with the control plane", Duration::from_secs(60))?;
             cluster.workers.push(process);
             cluster.worker_http.push(http);
         }
+        // Ready: the control plane lists every worker with its model loaded.
+        let admin = cluster.control.client();
+        eventually(
+            "every worker registered with its model",
+            Duration::from_secs(120),
+            || async {
+                let list = admin
+                    .admin()
+                    .send(
+                        bulkhead_proto::control::ListWorkersRequest {},
+                        |mut c, r| async move { c.list_workers(r).await },
+                    )
+                    .await
+                    .ok()?;
+                let ready = (0..workers).all(|i| {
+                    list.workers.iter().any(|w| {
+                        w.worker_id == format!("worker-{i}") && w.models.iter().any(|m| m == MODEL)
+                    })
+                });
+                ready.then_some(())
+            },
+        )
+        .await?;
         for i in 0..gateways {
             let addr = format!("127.0.0.1:{}", free_port());
             let args = [

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bulkhead_tests::system::{Answer, Api, Cluster, MODEL, eventually};
@@ -34,7 +34,13 @@ async fn ledger_reaches(cluster: &Cluster, tenant: &str, expected: u64) -> u64 {
 
 #[tokio::test]
 async fn quota_and_concurrency_hold_across_two_gateways() {
-    let cluster = Cluster::start(1, 1, 2).await.unwrap();
+    let cluster = Cluster::builder()
+        .control_nodes(1)
+        .workers(1)
+        .gateways(2)
+        .start()
+        .await
+        .unwrap();
     const QUOTA: u64 = 1500;
     let key = cluster
         .tenant_with_key(
@@ -136,14 +142,19 @@ async fn quota_and_concurrency_hold_across_two_gateways() {
     // SIGTERM drains a gateway: its running stream finishes, it exits
     // cleanly, and it gives its allowance back.
     let api = cluster.apis[1].clone();
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
     let streaming = tokio::spawn(async move {
         let req = api.post("/v1/chat/completions", &key).json(&json!({
             "model": MODEL, "stream": true, "max_tokens": 40, "temperature": 0,
             "messages": [{"role": "user", "content": "Describe a forest."}],
         }));
-        api.send(req).await.unwrap()
+        api.send_telling(req, Some(first_tx)).await.unwrap()
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Terminate once the stream is under way (its first bytes arrived).
+    tokio::time::timeout(Duration::from_secs(30), first_rx)
+        .await
+        .expect("the stream started within 30 s")
+        .expect("the stream started");
     let mut gateways = cluster.gateways;
     let status = tokio::task::spawn_blocking(move || {
         let status = gateways[1].terminate(Duration::from_secs(30));
@@ -190,6 +201,18 @@ enum Seen {
     CleanError,
 }
 
+/// Waits until `by` more requests were answered than now.
+async fn answers_grow(answered: &AtomicUsize, by: usize, when: &str) {
+    let target = answered.load(Ordering::SeqCst) + by;
+    eventually(
+        &format!("{by} answers {when}"),
+        Duration::from_secs(90),
+        || async { (answered.load(Ordering::SeqCst) >= target).then_some(()) },
+    )
+    .await
+    .unwrap();
+}
+
 async fn stream_once(api: &Api, key: &str, user: &str) -> Seen {
     let req = api
         .post("/v1/chat/completions", key)
@@ -225,7 +248,13 @@ async fn stream_once(api: &Api, key: &str, user: &str) -> Seen {
 
 #[tokio::test]
 async fn a_worker_and_the_leader_dying_under_load_give_clean_errors_and_an_exact_ledger() {
-    let mut cluster = Cluster::start(3, 2, 2).await.unwrap();
+    let mut cluster = Cluster::builder()
+        .control_nodes(3)
+        .workers(2)
+        .gateways(2)
+        .start()
+        .await
+        .unwrap();
     let key = cluster
         .tenant_with_key(
             "f",
@@ -234,21 +263,28 @@ async fn a_worker_and_the_leader_dying_under_load_give_clean_errors_and_an_exact
         .await
         .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
     let mut clients = Vec::new();
     for i in 0..6 {
         let api = cluster.apis[i % 2].clone();
-        let (key, stop) = (key.clone(), Arc::clone(&stop));
+        let (key, stop, answered) = (key.clone(), Arc::clone(&stop), Arc::clone(&answered));
         clients.push(tokio::spawn(async move {
             let mut seen = Vec::new();
             while !stop.load(Ordering::Relaxed) {
-                seen.push(stream_once(&api, &key, &format!("user-{i}")).await);
+                let s = stream_once(&api, &key, &format!("user-{i}")).await;
+                if matches!(s, Seen::Answered { .. }) {
+                    answered.fetch_add(1, Ordering::SeqCst);
+                }
+                seen.push(s);
             }
             seen
         }));
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Each fault comes once answers are flowing, and the next once more
+    // answers came after it (no fixed waits).
+    answers_grow(&answered, 6, "before any fault").await;
     cluster.workers[0].kill();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    answers_grow(&answered, 6, "after a worker died").await;
     let leader = cluster
         .control
         .leader(Duration::from_secs(5))
@@ -256,7 +292,7 @@ async fn a_worker_and_the_leader_dying_under_load_give_clean_errors_and_an_exact
         .unwrap();
     cluster.control.kill(leader);
     let leader_killed = Instant::now();
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    answers_grow(&answered, 6, "after the leader died").await;
     stop.store(true, Ordering::Relaxed);
     let mut seen = Vec::new();
     for c in clients {
@@ -292,7 +328,13 @@ async fn a_worker_and_the_leader_dying_under_load_give_clean_errors_and_an_exact
 
 #[tokio::test]
 async fn without_the_control_plane_a_gateway_spends_only_what_it_holds_then_says_so() {
-    let mut cluster = Cluster::start(1, 1, 1).await.unwrap();
+    let mut cluster = Cluster::builder()
+        .control_nodes(1)
+        .workers(1)
+        .gateways(1)
+        .start()
+        .await
+        .unwrap();
     let key = cluster
         .tenant_with_key("solo", &["--daily-tokens", "1000000"])
         .await

@@ -198,6 +198,28 @@ async fn eight_concurrent_sessions_all_progress_together() {
     w.stop().await;
 }
 
+/// Waits until the worker holds `n` requests, running or queued (its `Stats`).
+async fn submitted(w: &TestWorker, n: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = w
+            .grpc_client()
+            .await
+            .stats(bulkhead_proto::worker::StatsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if stats.active_requests + stats.queued_requests >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker never held {n} requests: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await; // polling interval
+    }
+}
+
 #[tokio::test]
 async fn a_tenant_with_many_requests_cannot_starve_a_tenant_with_one() {
     let w = TestWorker::start(Options {
@@ -224,9 +246,9 @@ async fn a_tenant_with_many_requests_cannot_starve_a_tenant_with_one() {
             while stream.message().await.unwrap().is_some() {}
             first
         }));
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // In order: each is in the worker (running or queued) before the next.
+        submitted(&w, i + 1).await;
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
     let mut client = w.grpc_client().await;
     let mut stream = client
         .generate(grpc_request(

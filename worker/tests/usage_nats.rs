@@ -107,7 +107,12 @@ async fn every_finished_request_yields_exactly_one_event_across_outage_and_resta
         request(&w, &id).await;
         ids.push(id);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Each answered request's event is in the spool (the publisher cannot
+    // reach NATS).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while spooled(spool.path()) < 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await; // polling interval
+    }
     assert_eq!(spooled(spool.path()), 3);
     nats.restart();
     wait_for_events(&nats.url(), 6).await;
