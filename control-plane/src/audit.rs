@@ -5,7 +5,7 @@
 //! own hash over (previous hash, tenant, seq, time, actor, action, detail), so
 //! editing, removing or reordering a stored record breaks the chain at that
 //! record, and [`verify`] finds the first broken link. Records are written
-//! only inside [`crate::state::apply`], in the same transaction as the change
+//! only inside the state machine's `apply`, in the same transaction as the change
 //! they describe. A deleted tenant's chain is kept (its deletion is the last
 //! record); a tenant created again under the same id continues it.
 

@@ -13,8 +13,8 @@ use tonic::{Request, Status};
 
 use crate::credentials::{self, CredentialRecord, Role};
 use crate::error::ControlPlaneError;
-use crate::service::hash_secret;
-use crate::store::StateMachine;
+use crate::storage::StateMachine;
+use bulkhead_client::hash_secret;
 
 /// The one kind of caller a service accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

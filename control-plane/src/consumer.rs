@@ -23,8 +23,8 @@ use prost::Message;
 
 use crate::error::ControlPlaneError;
 use crate::metrics::Metrics;
+use crate::node::write;
 use crate::raft::Raft;
-use crate::service::write;
 use crate::state::{Command, Reply, UsageRecord};
 
 /// Durable consumer name shared by every control-plane node.

@@ -6,7 +6,7 @@ use std::io;
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::{Rejection, Reply};
+use crate::error::Rejection;
 use crate::store::{Lookup, Tables};
 
 /// Credential id -> [`CredentialRecord`], revoked ones included.
@@ -68,32 +68,39 @@ pub struct CredentialRecord {
 }
 
 /// Stores a new credential; a name in use by one in force is refused.
-pub fn create(t: &Tables, record: CredentialRecord) -> io::Result<Reply> {
+pub fn create(
+    t: &Tables,
+    record: CredentialRecord,
+) -> io::Result<Result<CredentialRecord, Rejection>> {
     if list(t, false)?.iter().any(|c| c.name == record.name) {
-        return Ok(Reply::Rejected(Rejection::Conflict(format!(
+        return Ok(Err(Rejection::Conflict(format!(
             "a credential named `{}` is already in force; revoke it first or choose another name",
             record.name
         ))));
     }
     t.put(CREDENTIAL_HASHES, &record.hash, &record.credential_id)?;
     t.put(CREDENTIALS, &record.credential_id, &record)?;
-    Ok(Reply::Credential(record))
+    Ok(Ok(record))
 }
 
 /// Revokes the credential in force with id or name `which`.
-pub fn revoke(t: &Tables, which: &str, now_ms: i64) -> io::Result<Reply> {
+pub fn revoke(
+    t: &Tables,
+    which: &str,
+    now_ms: i64,
+) -> io::Result<Result<CredentialRecord, Rejection>> {
     let Some(mut record) = list(t, false)?
         .into_iter()
         .find(|c| c.credential_id == which || c.name == which)
     else {
-        return Ok(Reply::Rejected(Rejection::NotFound(format!(
+        return Ok(Err(Rejection::NotFound(format!(
             "no credential in force is named `{which}`"
         ))));
     };
     record.revoked_at_ms = now_ms.max(1);
     t.delete(CREDENTIAL_HASHES, &record.hash)?;
     t.put(CREDENTIALS, &record.credential_id, &record)?;
-    Ok(Reply::Credential(record))
+    Ok(Ok(record))
 }
 
 /// Credentials, oldest first; revoked ones only when asked.

@@ -4,10 +4,34 @@
 
 use tonic::Status;
 
-use crate::state::Rejection;
+use serde::{Deserialize, Serialize};
 
 /// Metadata key with the leader's address on an `Unavailable` status.
 pub use bulkhead_client::LEADER_METADATA;
+
+/// Why the state refused a command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    #[error("unknown tenant `{0}`")]
+    UnknownTenant(String),
+    #[error("tenant `{0}` already exists")]
+    DuplicateTenant(String),
+    #[error("unknown key `{0}`")]
+    UnknownKey(String),
+    #[error("key `{0}` already exists")]
+    DuplicateKey(String),
+    #[error("unknown session `{0}`")]
+    UnknownSession(String),
+    #[error("session `{0}` already exists")]
+    DuplicateSession(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// The tenant's plan or state does not allow it.
+    #[error("{0}")]
+    NotAllowed(String),
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlPlaneError {

@@ -20,14 +20,17 @@ pub mod credentials;
 pub mod error;
 pub mod ledger;
 pub mod metrics;
+pub mod node;
 pub mod outbox;
 pub mod placement;
 pub mod plans;
 pub mod raft;
+pub mod raft_types;
 pub mod service;
 pub mod sessions;
 pub mod sharing;
 pub mod state;
+pub mod storage;
 pub mod store;
 pub mod usage_export;
 pub mod webhooks;
@@ -108,7 +111,7 @@ pub async fn run(
             config.data_dir.display()
         ))
     })?;
-    let (log, sm) = store::open(&config.data_dir.join("control-plane.redb"))?;
+    let (log, sm) = storage::open(&config.data_dir.join("control-plane.redb"))?;
     let raft_config = openraft::Config {
         cluster_name: "bulkhead".into(),
         heartbeat_interval: 100,

@@ -31,7 +31,7 @@ use serde_json::json;
 
 use crate::ledger;
 use crate::raft::Raft;
-use crate::store::StateMachine;
+use crate::storage::StateMachine;
 
 const PREFIX: &str = "bulkhead_control_plane";
 

@@ -2,7 +2,7 @@
 //!
 //! An event (quota low, burst approved, ...) becomes one message per matching
 //! endpoint, written in the same transaction as the change that caused it.
-//! The leader delivers pending messages ([`crate::webhooks`]) and records
+//! The leader delivers pending messages (the `webhooks` module) and records
 //! every attempt through Raft; the next attempt's time follows from the
 //! number of attempts (exponential backoff), so a new leader continues where
 //! the old one stopped.

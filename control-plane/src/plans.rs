@@ -4,7 +4,15 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::Limits;
+/// Per-request and per-day limits of a tenant.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub daily_tokens: u64,
+    pub max_concurrent: u32,
+    pub max_request_tokens: u32,
+    pub context_window: u32,
+    pub context_turns: u32,
+}
 
 /// What a plan allows a tenant to do.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

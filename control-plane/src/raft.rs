@@ -24,27 +24,10 @@ use serde::de::DeserializeOwned;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::state::{Command, Reply};
-use crate::store::StateMachine;
+use crate::state::Command;
+use crate::storage::StateMachine;
 
-openraft::declare_raft_types!(
-    /// bulkhead's Raft types: commands in, replies out, nodes by address.
-    pub TypeConfig:
-        D = Command,
-        R = Reply,
-        NodeId = u64,
-        Node = openraft::BasicNode,
-);
-
-pub type NodeId = u64;
-pub type Node = openraft::BasicNode;
-pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
-pub type Vote = openraft::alias::VoteOf<TypeConfig>;
-pub type Entry = openraft::alias::EntryOf<TypeConfig>;
-pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
-pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
-pub type SnapshotData = Vec<u8>;
-pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
+pub use crate::raft_types::*;
 pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
 
 type RpcErr = RPCError<TypeConfig>;
@@ -190,7 +173,7 @@ impl RaftNetworkV2<TypeConfig> for Connection {
 }
 
 /// The server side of Raft's traffic. Served behind the cluster secret's
-/// interceptor (see `crate::run`).
+/// interceptor (see the node's `run`).
 pub struct RaftService {
     pub raft: Raft,
 }

@@ -58,11 +58,13 @@ pub fn validate_name(name: &str) -> Result<(), String> {
 
 pub use bulkhead_client::references;
 
-/// Whether `grantee` may read `snippet`, and if not, why.
+/// Whether `grantee` may read `snippet`, and if not, why. `shares_now`
+/// says whether a tenant shares knowledge now (its plan's feature).
 pub fn may_read(
     db: &impl Lookup,
     grantee: &str,
     name: &str,
+    shares_now: impl Fn(&str) -> io::Result<bool>,
 ) -> io::Result<Result<SnippetRecord, String>> {
     let Some(s) = db.get::<SnippetRecord>(SNIPPETS, name)? else {
         return Ok(Err(format!("there is no shared snippet `{name}`")));
@@ -71,10 +73,7 @@ pub fn may_read(
         return Ok(Ok(s));
     }
     // A tenant that stopped sharing shares nothing, grants or not.
-    let sharing = db
-        .get::<crate::state::TenantRecord>(crate::state::TENANTS, &s.tenant_id)?
-        .is_some_and(|owner| owner.knowledge_share);
-    if !sharing {
+    if !shares_now(&s.tenant_id)? {
         return Ok(Err(format!(
             "tenant `{}` does not share knowledge now, so shared snippet `{name}` cannot be read",
             s.tenant_id

@@ -55,10 +55,12 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
             t.put(META, ADMIN_HASH, &token_hash)?;
             Ok(Reply::AdminInitialized(true))
         }
-        Command::CreateCredential { credential } => credentials::create(t, credential),
-        Command::RevokeCredential { credential, now_ms } => {
-            credentials::revoke(t, &credential, now_ms)
+        Command::CreateCredential { credential } => {
+            Ok(credential_reply(credentials::create(t, credential)?))
         }
+        Command::RevokeCredential { credential, now_ms } => Ok(credential_reply(
+            credentials::revoke(t, &credential, now_ms)?,
+        )),
         Command::CreateTenant { mut tenant } => {
             if t.get::<TenantRecord>(TENANTS, &tenant.id)?.is_some() {
                 return Ok(Reply::Rejected(Rejection::DuplicateTenant(tenant.id)));
@@ -536,7 +538,10 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
             let mut snippets = Vec::new();
             let mut refused = None;
             for name in names {
-                match sharing::may_read(t, &tenant_id, &name)? {
+                match sharing::may_read(t, &tenant_id, &name, |owner| {
+                    Ok(t.get::<TenantRecord>(TENANTS, owner)?
+                        .is_some_and(|o| o.knowledge_share))
+                })? {
                     Ok(s) => {
                         let detail = serde_json::json!({
                             "snippet": name, "owner": s.tenant_id, "reader": tenant_id,
@@ -617,3 +622,7 @@ fn scope<'a, 't>(t: &'a Tables<'t>, tenant_id: &str) -> io::Result<Option<Tenant
 
 #[cfg(test)]
 mod tests;
+
+fn credential_reply(r: Result<credentials::CredentialRecord, Rejection>) -> Reply {
+    r.map_or_else(Reply::Rejected, Reply::Credential)
+}

@@ -1,87 +1,30 @@
-//! redb storage for openraft: the Raft log and vote, and the state machine.
+//! The application tables of a node's redb file: typed reads and writes
+//! inside one transaction ([`Tables`], for `state::apply`), read-only views
+//! at one point in time ([`View`]), and what both can do ([`Lookup`]).
 //!
-//! One redb file per node holds both. Tables whose names start with `raft_`
-//! are the log and its metadata; `sm_meta` holds what openraft needs of the
-//! state machine (last applied log id, membership, the current snapshot);
-//! every other table is application state (tenants, keys, ledger, ...),
-//! written only by [`crate::state::apply`] through a [`Tables`] handle. A
-//! snapshot carries every application table, so a node that fell behind a
-//! purged log catches up completely. Every commit uses redb's default
-//! `Durability::Immediate`: openraft is told a write is flushed only after the
-//! fsync. Transactions never live across an `.await`.
+//! Tables whose names start with `raft_` and `sm_meta` belong to openraft's
+//! storage (`storage`); every other table is application state (tenants,
+//! keys, ledger, ...), written only by the state machine's `apply`. Values
+//! are JSON. Transactions never live across an `.await`.
 
-use std::collections::BTreeMap;
-use std::fmt::Debug;
 use std::io;
-use std::ops::{Bound, RangeBounds};
-use std::path::Path;
-use std::sync::Arc;
 
-use futures::{Stream, TryStreamExt};
-use openraft::entry::RaftEntry;
-use openraft::storage::{EntryResponder, IOFlushed, RaftLogStorage, RaftStateMachine};
-use openraft::{EntryPayload, LogState, OptionalSend, RaftLogReader, RaftSnapshotBuilder};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+use redb::{ReadableTable, TableDefinition};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 
-use crate::raft::{
-    Entry, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig, Vote,
-};
-use crate::state::{self, Reply};
-
-const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_logs");
-const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
-const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
-
-fn app_table(name: &str) -> TableDefinition<'_, &'static str, &'static str> {
+pub(crate) fn app_table(name: &str) -> TableDefinition<'_, &'static str, &'static str> {
     TableDefinition::new(name)
 }
 
-fn is_app_table(name: &str) -> bool {
+/// Whether a table of the redb file is application state (not openraft's).
+pub(crate) fn is_app_table(name: &str) -> bool {
     !name.starts_with("raft_") && name != "sm_meta"
 }
 
 pub(crate) fn io_err<E: std::fmt::Display>(e: E) -> io::Error {
     io::Error::other(e.to_string())
 }
-
-fn enc<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
-    serde_json::to_vec(v).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
-fn dec<T: DeserializeOwned>(b: &[u8]) -> io::Result<T> {
-    serde_json::from_slice(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
-/// Opens (or creates) a node's redb file, creating the fixed tables.
-pub fn open(path: &Path) -> io::Result<(LogStore, StateMachine)> {
-    let db = Database::create(path).map_err(|e| {
-        io::Error::other(format!(
-            "opening control-plane database {}: {e}",
-            path.display()
-        ))
-    })?;
-    let wtx = db.begin_write().map_err(io_err)?;
-    {
-        wtx.open_table(LOGS).map_err(io_err)?;
-        wtx.open_table(RAFT_META).map_err(io_err)?;
-        wtx.open_table(SM_META).map_err(io_err)?;
-    }
-    wtx.commit().map_err(io_err)?;
-    let db = Arc::new(db);
-    let (applied_tx, _) = watch::channel(0);
-    let sm = StateMachine {
-        db: db.clone(),
-        applied: Arc::new(applied_tx),
-    };
-    let applied = sm.read_applied()?.0.map_or(0, |l| l.index());
-    sm.applied.send_replace(applied);
-    Ok((LogStore { db }, sm))
-}
-
-// ------------------------------------------------------------------ tables
 
 type AppTable<'t> = redb::Table<'t, &'static str, &'static str>;
 
@@ -96,7 +39,7 @@ pub struct Tables<'t> {
 }
 
 impl<'t> Tables<'t> {
-    fn new(wtx: &'t redb::WriteTransaction) -> Self {
+    pub(crate) fn new(wtx: &'t redb::WriteTransaction) -> Self {
         Self {
             wtx,
             open: std::cell::RefCell::new(std::collections::HashMap::new()),
@@ -228,6 +171,10 @@ pub struct View {
 }
 
 impl View {
+    pub(crate) fn new(rtx: redb::ReadTransaction) -> Self {
+        Self { rtx }
+    }
+
     pub fn get<T: DeserializeOwned>(&self, table: &str, key: &str) -> io::Result<Option<T>> {
         let t = match self.rtx.open_table(app_table(table)) {
             Ok(t) => t,
@@ -282,399 +229,5 @@ impl View {
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(Vec::new()),
             Err(e) => Err(io_err(e)),
         }
-    }
-}
-
-// ------------------------------------------------------------------ log
-
-#[derive(Clone)]
-pub struct LogStore {
-    db: Arc<Database>,
-}
-
-impl LogStore {
-    fn get_meta<T: DeserializeOwned>(&self, key: &str) -> io::Result<Option<T>> {
-        let rtx = self.db.begin_read().map_err(io_err)?;
-        let t = rtx.open_table(RAFT_META).map_err(io_err)?;
-        t.get(key)
-            .map_err(io_err)?
-            .map(|v| dec(v.value()))
-            .transpose()
-    }
-
-    fn put_meta<T: Serialize>(&self, key: &str, value: &T) -> io::Result<()> {
-        let bytes = enc(value)?;
-        let wtx = self.db.begin_write().map_err(io_err)?;
-        {
-            let mut t = wtx.open_table(RAFT_META).map_err(io_err)?;
-            t.insert(key, bytes.as_slice()).map_err(io_err)?;
-        }
-        wtx.commit().map_err(io_err)
-    }
-}
-
-impl RaftLogReader<TypeConfig> for LogStore {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
-        &mut self,
-        range: RB,
-    ) -> Result<Vec<Entry>, io::Error> {
-        let bounds: (Bound<u64>, Bound<u64>) =
-            (range.start_bound().cloned(), range.end_bound().cloned());
-        let rtx = self.db.begin_read().map_err(io_err)?;
-        let t = rtx.open_table(LOGS).map_err(io_err)?;
-        let mut out = Vec::new();
-        for item in t.range::<u64>(bounds).map_err(io_err)? {
-            let (_, v) = item.map_err(io_err)?;
-            out.push(dec::<Entry>(v.value())?);
-        }
-        Ok(out)
-    }
-
-    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        self.get_meta("vote")
-    }
-}
-
-impl RaftLogStorage<TypeConfig> for LogStore {
-    type LogReader = Self;
-
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        let last_purged_log_id: Option<LogId> = self.get_meta("last_purged")?;
-        let rtx = self.db.begin_read().map_err(io_err)?;
-        let t = rtx.open_table(LOGS).map_err(io_err)?;
-        let last = match t.last().map_err(io_err)? {
-            Some((_, v)) => Some(dec::<Entry>(v.value())?.log_id()),
-            None => None,
-        };
-        Ok(LogState {
-            last_log_id: last.or(last_purged_log_id),
-            last_purged_log_id,
-        })
-    }
-
-    async fn get_log_reader(&mut self) -> Self::LogReader {
-        self.clone()
-    }
-
-    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        self.put_meta("vote", vote)
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        self.put_meta("committed", &committed)
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        Ok(self.get_meta::<Option<LogId>>("committed")?.flatten())
-    }
-
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: IOFlushed<TypeConfig>,
-    ) -> Result<(), io::Error>
-    where
-        I: IntoIterator<Item = Entry> + OptionalSend,
-        I::IntoIter: OptionalSend,
-    {
-        let result = (|| {
-            let wtx = self.db.begin_write().map_err(io_err)?;
-            {
-                let mut t = wtx.open_table(LOGS).map_err(io_err)?;
-                for entry in entries {
-                    t.insert(entry.index(), enc(&entry)?.as_slice())
-                        .map_err(io_err)?;
-                }
-            }
-            // Durability::Immediate: the entries are on disk when commit returns.
-            wtx.commit().map_err(io_err)
-        })();
-        match result {
-            Ok(()) => {
-                callback.io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.io_completed(Err(io::Error::other(e.to_string())));
-                Err(e)
-            }
-        }
-    }
-
-    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
-        let start = last_log_id.map_or(0, |l| l.index() + 1);
-        let wtx = self.db.begin_write().map_err(io_err)?;
-        {
-            let mut t = wtx.open_table(LOGS).map_err(io_err)?;
-            t.retain_in::<u64, _>(start.., |_, _| false)
-                .map_err(io_err)?;
-        }
-        wtx.commit().map_err(io_err)
-    }
-
-    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        let bytes = enc(&log_id)?;
-        let wtx = self.db.begin_write().map_err(io_err)?;
-        {
-            let mut m = wtx.open_table(RAFT_META).map_err(io_err)?;
-            m.insert("last_purged", bytes.as_slice()).map_err(io_err)?;
-            let mut t = wtx.open_table(LOGS).map_err(io_err)?;
-            t.retain_in::<u64, _>(..=log_id.index(), |_, _| false)
-                .map_err(io_err)?;
-        }
-        wtx.commit().map_err(io_err)
-    }
-}
-
-// ------------------------------------------------------------------ state machine
-
-/// A cheap handle on the state machine: Raft owns one clone, the services keep
-/// another to read. `applied` announces the last applied log index.
-#[derive(Clone)]
-pub struct StateMachine {
-    db: Arc<Database>,
-    applied: Arc<watch::Sender<u64>>,
-}
-
-/// A snapshot: openraft's meta and every application table.
-#[derive(Serialize, Deserialize)]
-struct SnapshotFile {
-    meta: SnapshotMeta,
-    tables: BTreeMap<String, BTreeMap<String, String>>,
-}
-
-impl StateMachine {
-    /// A consistent read of the application tables as applied on this node.
-    pub fn view(&self) -> io::Result<View> {
-        Ok(View {
-            rtx: self.db.begin_read().map_err(io_err)?,
-        })
-    }
-
-    /// Watches the last applied log index.
-    pub fn applied(&self) -> watch::Receiver<u64> {
-        self.applied.subscribe()
-    }
-
-    fn read_applied(&self) -> io::Result<(Option<LogId>, StoredMembership)> {
-        let rtx = self.db.begin_read().map_err(io_err)?;
-        let t = rtx.open_table(SM_META).map_err(io_err)?;
-        let applied = match t.get("last_applied").map_err(io_err)? {
-            Some(v) => dec(v.value())?,
-            None => None,
-        };
-        let membership = match t.get("last_membership").map_err(io_err)? {
-            Some(v) => dec(v.value())?,
-            None => StoredMembership::default(),
-        };
-        Ok((applied, membership))
-    }
-}
-
-impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
-    type SnapshotData = SnapshotData;
-
-    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let rtx = self.db.begin_read().map_err(io_err)?;
-        let meta_t = rtx.open_table(SM_META).map_err(io_err)?;
-        let last_log_id: Option<LogId> = match meta_t.get("last_applied").map_err(io_err)? {
-            Some(v) => dec(v.value())?,
-            None => None,
-        };
-        let last_membership: StoredMembership =
-            match meta_t.get("last_membership").map_err(io_err)? {
-                Some(v) => dec(v.value())?,
-                None => StoredMembership::default(),
-            };
-        let mut tables = BTreeMap::new();
-        for handle in rtx.list_tables().map_err(io_err)? {
-            let name = handle.name().to_owned();
-            if !is_app_table(&name) {
-                continue;
-            }
-            let t = rtx.open_table(app_table(&name)).map_err(io_err)?;
-            let mut rows = BTreeMap::new();
-            for item in t.iter().map_err(io_err)? {
-                let (k, v) = item.map_err(io_err)?;
-                rows.insert(k.value().to_owned(), v.value().to_owned());
-            }
-            tables.insert(name, rows);
-        }
-        drop(meta_t);
-        drop(rtx);
-        let meta = SnapshotMeta {
-            last_log_id,
-            last_membership,
-        };
-        let bytes = enc(&SnapshotFile {
-            meta: meta.clone(),
-            tables,
-        })?;
-        let wtx = self.db.begin_write().map_err(io_err)?;
-        {
-            let mut t = wtx.open_table(SM_META).map_err(io_err)?;
-            t.insert("snapshot", bytes.as_slice()).map_err(io_err)?;
-        }
-        wtx.commit().map_err(io_err)?;
-        Ok(Snapshot {
-            meta,
-            snapshot: bytes,
-        })
-    }
-}
-
-impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotData = SnapshotData;
-    type SnapshotBuilder = Self;
-
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
-        self.read_applied()
-    }
-
-    async fn apply<S>(&mut self, entries: S) -> Result<(), io::Error>
-    where
-        S: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
-    {
-        let batch: Vec<EntryResponder<TypeConfig>> = entries.try_collect().await?;
-        let mut responses = Vec::with_capacity(batch.len());
-        let mut last_index = None;
-        let wtx = self.db.begin_write().map_err(io_err)?;
-        {
-            let tables = Tables::new(&wtx);
-            let mut last_applied = None;
-            let mut membership = None;
-            for (entry, responder) in batch {
-                let log_id = entry.log_id();
-                let reply = match entry.payload {
-                    EntryPayload::Blank => Reply::Done,
-                    EntryPayload::Normal(command) => state::apply(&tables, command)?,
-                    EntryPayload::Membership(m) => {
-                        membership = Some(StoredMembership::new(Some(log_id), m));
-                        Reply::Done
-                    }
-                };
-                last_index = Some(log_id.index());
-                last_applied = Some(log_id);
-                if let Some(r) = responder {
-                    responses.push((r, reply));
-                }
-            }
-            let mut meta = wtx.open_table(SM_META).map_err(io_err)?;
-            if let Some(m) = membership {
-                meta.insert("last_membership", enc(&m)?.as_slice())
-                    .map_err(io_err)?;
-            }
-            if last_applied.is_some() {
-                meta.insert("last_applied", enc(&last_applied)?.as_slice())
-                    .map_err(io_err)?;
-            }
-        }
-        wtx.commit().map_err(io_err)?;
-        if let Some(index) = last_index {
-            self.applied.send_replace(index);
-        }
-        // Clients hear back only once the state is durable.
-        for (r, reply) in responses {
-            r.send(reply);
-        }
-        Ok(())
-    }
-
-    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        self.clone()
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: SnapshotData,
-    ) -> Result<(), io::Error> {
-        let file: SnapshotFile = dec(&snapshot)?;
-        let wtx = self.db.begin_write().map_err(io_err)?;
-        {
-            let existing: Vec<String> = wtx
-                .list_tables()
-                .map_err(io_err)?
-                .map(|h| h.name().to_owned())
-                .filter(|n| is_app_table(n))
-                .collect();
-            for name in existing {
-                wtx.delete_table(app_table(&name)).map_err(io_err)?;
-            }
-            for (name, rows) in &file.tables {
-                let mut t = wtx.open_table(app_table(name)).map_err(io_err)?;
-                for (k, v) in rows {
-                    t.insert(k.as_str(), v.as_str()).map_err(io_err)?;
-                }
-            }
-            let mut m = wtx.open_table(SM_META).map_err(io_err)?;
-            m.insert("last_applied", enc(&meta.last_log_id)?.as_slice())
-                .map_err(io_err)?;
-            m.insert("last_membership", enc(&meta.last_membership)?.as_slice())
-                .map_err(io_err)?;
-            m.insert("snapshot", snapshot.as_slice()).map_err(io_err)?;
-        }
-        wtx.commit().map_err(io_err)?;
-        if let Some(l) = meta.last_log_id {
-            self.applied.send_replace(l.index());
-        }
-        Ok(())
-    }
-
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        let rtx = self.db.begin_read().map_err(io_err)?;
-        let t = rtx.open_table(SM_META).map_err(io_err)?;
-        let Some(v) = t.get("snapshot").map_err(io_err)? else {
-            return Ok(None);
-        };
-        let bytes = v.value().to_vec();
-        let file: SnapshotFile = dec(&bytes)?;
-        Ok(Some(Snapshot {
-            meta: file.meta,
-            snapshot: bytes,
-        }))
-    }
-}
-
-/// Runs `f` on the application tables in one committed write (for unit
-/// tests of `state::apply`).
-#[cfg(test)]
-pub(crate) fn with_tables<R>(
-    sm: &StateMachine,
-    f: impl FnOnce(&Tables) -> io::Result<R>,
-) -> io::Result<R> {
-    let wtx = sm.db.begin_write().map_err(io_err)?;
-    let out = f(&Tables::new(&wtx))?;
-    wtx.commit().map_err(io_err)?;
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use openraft::StorageError;
-    use openraft::testing::log::{StoreBuilder, Suite};
-    use openraft::type_config::TypeConfigExt;
-    use tempfile::TempDir;
-
-    use super::*;
-
-    struct RedbBuilder;
-
-    impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RedbBuilder {
-        async fn build(
-            &self,
-        ) -> Result<(TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
-            let dir =
-                TempDir::new().map_err(|e| StorageError::write(TypeConfig::err_from_error(&e)))?;
-            let (log, sm) = open(&dir.path().join("cp.redb"))
-                .map_err(|e| StorageError::write(TypeConfig::err_from_error(&e)))?;
-            Ok((dir, log, sm))
-        }
-    }
-
-    /// openraft's own storage conformance suite.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn redb_store_passes_the_openraft_suite() {
-        Suite::test_all(RedbBuilder).await.unwrap();
     }
 }

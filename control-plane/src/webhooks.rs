@@ -19,9 +19,9 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::task::JoinSet;
 
+use crate::node::{self as service, Handles};
 use crate::outbox::{self, AttemptRecord, DeliveryRecord};
 use crate::raft::Raft;
-use crate::service::{self, Handles};
 use crate::state::Command;
 
 /// How long one attempt may take, connection and answer together.

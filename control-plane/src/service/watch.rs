@@ -5,7 +5,8 @@ use bulkhead_proto::control as pb;
 use tonic::Status;
 
 use crate::error::ControlPlaneError;
-use crate::store::{StateMachine, View};
+use crate::storage::StateMachine;
+use crate::store::View;
 
 use super::*;
 

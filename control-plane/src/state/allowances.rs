@@ -224,7 +224,7 @@ pub(super) fn apply_usage(t: &Tables, events: Vec<UsageRecord>) -> io::Result<Re
             let pkey = format!(
                 "{}/{day}/{}",
                 e.tenant_id,
-                crate::service::hash_secret(&e.prompt_preview)
+                bulkhead_client::hash_secret(&e.prompt_preview)
             );
             let mut p = t
                 .get::<PromptCount>(PROMPTS, &pkey)?

@@ -7,23 +7,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::bursts::BurstRecord;
+pub use crate::error::Rejection;
 use crate::ledger::Allowance;
 use crate::outbox::{DeliveryRecord, WebhookRecord};
 use crate::plans::Features;
+pub use crate::plans::Limits;
 use crate::sessions::SessionRecord;
 use crate::sharing::{ShareRecord, SnippetRecord};
 
 use super::*;
-
-/// Per-request and per-day limits of a tenant.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Limits {
-    pub daily_tokens: u64,
-    pub max_concurrent: u32,
-    pub max_request_tokens: u32,
-    pub context_window: u32,
-    pub context_turns: u32,
-}
 
 /// A tenant as the control plane stores it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -286,30 +278,6 @@ pub struct TurnAppend {
     pub session_id: String,
     pub user_id: String,
     pub turns: Vec<(String, String)>,
-}
-
-/// Why the state refused a command.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-pub enum Rejection {
-    #[error("unknown tenant `{0}`")]
-    UnknownTenant(String),
-    #[error("tenant `{0}` already exists")]
-    DuplicateTenant(String),
-    #[error("unknown key `{0}`")]
-    UnknownKey(String),
-    #[error("key `{0}` already exists")]
-    DuplicateKey(String),
-    #[error("unknown session `{0}`")]
-    UnknownSession(String),
-    #[error("session `{0}` already exists")]
-    DuplicateSession(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
-    /// The tenant's plan or state does not allow it.
-    #[error("{0}")]
-    NotAllowed(String),
 }
 
 /// What a command answers.

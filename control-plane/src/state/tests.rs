@@ -1,5 +1,5 @@
 use super::*;
-use crate::store::{StateMachine, with_tables};
+use crate::storage::{StateMachine, with_tables};
 
 const DAY_MS: i64 = 86_400_000;
 // 2026-11-26T12:00:00Z
@@ -7,7 +7,7 @@ const NOW: i64 = 1_795_694_400_000;
 
 fn open() -> (tempfile::TempDir, StateMachine) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (_, sm) = crate::store::open(&dir.path().join("cp.redb")).expect("open");
+    let (_, sm) = crate::storage::open(&dir.path().join("cp.redb")).expect("open");
     (dir, sm)
 }
 
