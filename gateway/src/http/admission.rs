@@ -1,0 +1,186 @@
+//! Admission and relay of a chat request: the request-token limit, the
+//! tenant's quota and concurrency, the worker that takes it, and the answer
+//! streamed or whole.
+
+use super::*;
+
+/// Enforces `max_request_tokens`: with the cheap upper bound when it fits,
+/// else with the exact count from a worker. Returns the tokens to reserve.
+pub(super) async fn fit_request(
+    state: &AppState,
+    p: &mut Prepared,
+    ranked: &[cp::WorkerInfo],
+) -> Result<u64, GatewayError> {
+    let limit = u64::from(
+        p.caller
+            .tenant
+            .limits
+            .as_ref()
+            .map_or(0, |l| l.max_request_tokens),
+    );
+    let max_tokens = u64::from(p.request.max_tokens);
+    if limit == 0 || p.prompt_bound + max_tokens <= limit {
+        return Ok(p.prompt_bound + max_tokens);
+    }
+    let counted = state
+        .workers
+        .count_tokens(
+            ranked,
+            &pb::CountTokensRequest {
+                model: p.request.model.clone(),
+                messages: p.request.messages.clone(),
+            },
+        )
+        .await
+        .map_err(|s| GatewayError::from_worker(&s))?;
+    let prompt = u64::from(counted.prompt_tokens);
+    p.prompt_bound = prompt;
+    if prompt + max_tokens <= limit {
+        return Ok(prompt + max_tokens);
+    }
+    if !p.explicit_max_tokens && prompt < limit {
+        p.request.max_tokens = u32::try_from(limit - prompt).unwrap_or(u32::MAX);
+        return Ok(limit);
+    }
+    Err(GatewayError::BadRequest {
+        message: format!(
+            "this request needs up to {} tokens ({prompt} in the prompt and context, {max_tokens} for the completion), more than your tenant's limit of {limit} tokens per request; shorten the messages or lower max_tokens",
+            prompt + max_tokens
+        ),
+        param: Some("max_tokens"),
+        code: Some("request_token_limit_exceeded"),
+    })
+}
+
+pub(super) async fn chat_completions(
+    State(state): S,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let prepared = match authenticate(&state, &headers) {
+        Ok(caller) => {
+            let tenant = caller.tenant.id.clone();
+            prepare(&state, caller, &headers, body)
+                .await
+                .map_err(|e| (tenant, e))
+        }
+        Err(e) => Err((String::new(), e)),
+    };
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err((tenant, e)) => {
+            state.metrics.observe_request(
+                &tenant,
+                e.status().as_u16(),
+                started.elapsed().as_secs_f64(),
+            );
+            return e.into_response();
+        }
+    };
+    let span = tracing::info_span!(
+        "chat",
+        tenant = %prepared.caller.tenant.id,
+        user = %prepared.request.user_id,
+        request_id = %prepared.request.request_id,
+        session = %prepared.request.session_id,
+    );
+    let tenant = prepared.caller.tenant.id.clone();
+    async move {
+        match admit_and_generate(&state, prepared).await {
+            Ok(response) => response,
+            Err(e) => {
+                tracing::info!(status = e.status().as_u16(), error = %e, "request refused");
+                state.metrics.observe_request(
+                    &tenant,
+                    e.status().as_u16(),
+                    started.elapsed().as_secs_f64(),
+                );
+                e.into_response()
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+pub(super) async fn admit_and_generate(
+    state: &Arc<AppState>,
+    mut p: Prepared,
+) -> Result<Response, GatewayError> {
+    let started = Instant::now();
+    let tenant = Arc::clone(&p.caller.tenant);
+    let affinity = if p.request.session_id.is_empty() {
+        p.request.user_id.clone()
+    } else {
+        p.request.session_id.clone()
+    };
+    let ranked = rank(
+        &tenant.id,
+        &affinity,
+        state
+            .directory
+            .workers_for(&p.request.model, &p.request.adapter),
+    );
+    if ranked.is_empty() {
+        let model = p.request.model.clone();
+        return Err(match state.directory.loading(&model) {
+            Some(progress) => GatewayError::ModelLoading { model, progress },
+            None => GatewayError::Unavailable(format!(
+                "no worker serves the model `{model}` right now; retry shortly"
+            )),
+        });
+    }
+    let need = fit_request(state, &mut p, &ranked).await?;
+    let mut permit = state.quotas.admit(&tenant, need).await?;
+    if !p.shared.is_empty() {
+        // `@shared:` is resolved (an audited Raft write) only for a request
+        // the tenant's quota admits; with the snippets in, it is admitted
+        // again for its new size.
+        let names = std::mem::take(&mut p.shared);
+        let snippets = match shared_knowledge(state, &p.caller, &p.request.user_id, names).await {
+            Ok(snippets) => snippets,
+            Err(e) => {
+                permit.refund();
+                return Err(e);
+            }
+        };
+        p.prompt_bound += token_bound(&snippets);
+        p.request
+            .messages
+            .splice(p.shared_at..p.shared_at, snippets);
+        permit.refund();
+        let need = fit_request(state, &mut p, &ranked).await?;
+        permit = state.quotas.admit(&tenant, need).await?;
+    }
+    let (stream, worker, failovers) = match state.workers.generate(&ranked, &p.request).await {
+        Ok(started) => started,
+        Err(status) => {
+            permit.refund();
+            return Err(GatewayError::from_worker(&status));
+        }
+    };
+    state.metrics.worker_failovers.inc_by(u64::from(failovers));
+    tracing::debug!(worker = %worker, "routed");
+    let outcome = Outcome {
+        state: Arc::clone(state),
+        tenant_id: tenant.id.clone(),
+        session_id: p.request.session_id.clone(),
+        user_id: p.request.user_id.clone(),
+        new_turns: std::mem::take(&mut p.new_turns),
+        started,
+    };
+    let completion = openai::Completion::new(&p.request.request_id, &p.request.model);
+    if p.stream {
+        Ok(stream_answer(
+            outcome,
+            permit,
+            stream,
+            completion,
+            p.include_usage,
+            &p.request.request_id,
+        ))
+    } else {
+        Ok(whole_answer(outcome, permit, stream, completion, &p.request.request_id).await)
+    }
+}

@@ -1,0 +1,91 @@
+//! Who is calling: the tenant's API key (and `X-Tenant-ID`, which must agree),
+//! the user and session headers, and the errors that name them.
+
+use super::*;
+
+/// The token of an `Authorization: Bearer <token>` header value (the scheme
+/// in any case), if it has one.
+pub(crate) fn bearer_token(value: &str) -> Option<&str> {
+    value
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|token| !token.is_empty())
+}
+
+pub(super) fn header_str<'a>(
+    headers: &'a HeaderMap,
+    name: &str,
+) -> Result<Option<&'a str>, GatewayError> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str().map_err(|_| {
+                GatewayError::bad_request(format!("header {name} must be ASCII"), None)
+            })
+        })
+        .transpose()
+}
+
+/// Step 1: the key names the tenant; `X-Tenant-ID`, if sent, must agree.
+pub(super) fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, GatewayError> {
+    if !state.directory.is_synced() {
+        return Err(GatewayError::Unavailable(
+            "the gateway is still loading tenants and keys from the control plane; retry in a moment".into(),
+        ));
+    }
+    let key = header_str(headers, header::AUTHORIZATION.as_str())?
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| {
+            GatewayError::Unauthorized(
+                "no API key: send your tenant's key as `Authorization: Bearer <key>`".into(),
+            )
+        })?;
+    let caller = state.directory.authenticate(key).ok_or_else(|| {
+        GatewayError::Unauthorized("the API key is not valid (unknown or revoked)".into())
+    })?;
+    if let Some(claimed) = header_str(headers, TENANT_HEADER)?
+        && claimed != caller.tenant.id
+    {
+        return Err(GatewayError::Forbidden(format!(
+            "X-Tenant-ID names tenant {claimed:?} but the API key belongs to another tenant"
+        )));
+    }
+    Ok(caller)
+}
+
+pub(super) fn user_id(
+    headers: &HeaderMap,
+    body: Option<&str>,
+) -> Result<Option<UserId>, GatewayError> {
+    match header_str(headers, USER_HEADER)? {
+        Some(u) => UserId::new(u)
+            .map(Some)
+            .map_err(|e| GatewayError::bad_request(format!("header X-User-ID: {e}"), None)),
+        None => body
+            .map(UserId::new)
+            .transpose()
+            .map_err(|e| GatewayError::bad_request(e.to_string(), Some("user"))),
+    }
+}
+
+pub(super) fn session_id(raw: &str) -> Result<SessionId, GatewayError> {
+    SessionId::new(raw).map_err(|e| GatewayError::bad_request(e.to_string(), Some("session_id")))
+}
+
+/// The control plane's "not found" on a session call, as the caller reads it.
+pub(super) fn not_found_as_session(e: GatewayError, id: &str) -> GatewayError {
+    match e {
+        GatewayError::NotFound { .. } => session_not_found(id),
+        e => e,
+    }
+}
+
+pub(super) fn session_not_found(id: &str) -> GatewayError {
+    GatewayError::NotFound {
+        message: format!("no session {id:?} in your tenant; create one with POST /v1/sessions"),
+        code: "session_not_found",
+    }
+}

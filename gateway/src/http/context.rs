@@ -1,0 +1,266 @@
+//! A chat request made ready for a worker: validated, with the tenant's
+//! system prompt, the session's recent turns and (once admitted) the shared
+//! snippets it names, and an upper bound of its prompt.
+
+use super::*;
+
+/// An uploaded body, or the error that describes why there is none.
+pub(super) fn body_or_error(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Bytes, GatewayError> {
+    match body {
+        Ok(body) => Ok(body),
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(GatewayError::TooLarge(limit)),
+        Err(r) => Err(GatewayError::bad_request(r.body_text(), None)),
+    }
+}
+
+/// A chat request, validated and with its context assembled.
+pub(super) struct Prepared {
+    pub(super) caller: Caller,
+    pub(super) request: pb::GenerateRequest,
+    /// The request's own messages, to append to the session afterwards.
+    pub(super) new_turns: Vec<cp::Turn>,
+    pub(super) stream: bool,
+    pub(super) include_usage: bool,
+    /// Upper bound of the prompt's tokens (exact when it had to be).
+    pub(super) prompt_bound: u64,
+    /// Whether the caller set max_tokens (else it may be lowered to fit).
+    pub(super) explicit_max_tokens: bool,
+    /// The snippets the user's messages name (`@shared:<name>`), resolved
+    /// once the request is admitted, and where in the messages they go.
+    pub(super) shared: Vec<String>,
+    pub(super) shared_at: usize,
+}
+
+pub(super) fn turn_role(role: &str) -> Option<&'static str> {
+    match role {
+        "system" | "developer" => Some("system"),
+        "user" => Some("user"),
+        "assistant" => Some("assistant"),
+        _ => None,
+    }
+}
+
+pub(super) async fn prepare(
+    state: &AppState,
+    caller: Caller,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Prepared, GatewayError> {
+    let body = body_or_error(body, state.max_body_bytes)?;
+    let req = ChatRequest::parse(&body).map_err(|e| GatewayError::bad_request(e, None))?;
+    if req.n.is_some_and(|n| n != 1) {
+        return Err(GatewayError::bad_request(
+            "only n = 1 is supported",
+            Some("n"),
+        ));
+    }
+    let tenant = Arc::clone(&caller.tenant);
+    let model = tenant_model(state, &tenant)?;
+    if !req.model.is_empty() && req.model != model {
+        return Err(GatewayError::NotFound {
+            message: format!(
+                "the model `{}` is not available to your tenant; GET /v1/models lists yours (`{model}`)",
+                req.model
+            ),
+            code: "model_not_found",
+        });
+    }
+    if let Some(adapter) = req.adapter.as_deref().filter(|a| !a.is_empty())
+        && adapter != tenant.adapter
+    {
+        return Err(GatewayError::NotFound {
+            message: format!("the adapter `{adapter}` is not available to your tenant"),
+            code: "adapter_not_found",
+        });
+    }
+    let max_tokens = req.max_tokens();
+    if max_tokens == Some(0) {
+        return Err(GatewayError::bad_request(
+            "max_tokens must be at least 1",
+            Some("max_tokens"),
+        ));
+    }
+    let user = user_id(headers, req.user.as_deref())?;
+    let session = match header_str(headers, SESSION_HEADER)?.or(req.session_id.as_deref()) {
+        Some(raw) => Some(session_id(raw)?),
+        None => None,
+    };
+    let mut new_turns = Vec::with_capacity(req.messages.len());
+    let mut messages = Vec::new();
+    for m in &req.messages {
+        let text = m
+            .text()
+            .map_err(|e| GatewayError::bad_request(e, Some("messages")))?;
+        if let Some(role) = turn_role(&m.role) {
+            new_turns.push(cp::Turn {
+                role: role.into(),
+                content: text.clone(),
+                ..Default::default()
+            });
+        }
+        messages.push(pb::ChatMessage {
+            role: m.role.clone(),
+            content: text,
+        });
+    }
+    let limits = tenant.limits.unwrap_or_default();
+    let mut context = Vec::new();
+    if !tenant.system_prompt.is_empty()
+        && !messages
+            .iter()
+            .any(|m| m.role == "system" || m.role == "developer")
+    {
+        context.push(pb::ChatMessage {
+            role: "system".into(),
+            content: tenant.system_prompt.clone(),
+        });
+    }
+    if let Some(session) = session.as_ref().filter(|_| limits.context_turns > 0) {
+        let msg = cp::GetTurnsRequest {
+            tenant_id: tenant.id.clone(),
+            session_id: session.to_string(),
+            last: limits.context_turns,
+        };
+        let turns = state
+            .turn_reads
+            .call(msg)
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::NotFound => session_not_found(session.as_str()),
+                _ => GatewayError::from_control_plane(&s),
+            })?;
+        context.extend(turns.turns.into_iter().map(|t| pb::ChatMessage {
+            role: t.role,
+            content: t.content,
+        }));
+    }
+    let shared = shared_names(&messages);
+    let shared_at = context.len();
+    context.extend(messages);
+    let prompt_bound = token_bound(&context) + 16;
+    let sampling = pb::Sampling {
+        temperature: req.temperature,
+        top_p: req.top_p,
+        seed: req.seed32(),
+    };
+    let request = pb::GenerateRequest {
+        request_id: RequestId::generate().to_string(),
+        tenant_id: tenant.id.clone(),
+        session_id: session.map(|s| s.to_string()).unwrap_or_default(),
+        user_id: user.map(|u| u.to_string()).unwrap_or_default(),
+        model,
+        adapter: tenant.adapter.clone(),
+        adapter_scale: (!tenant.adapter.is_empty() && tenant.adapter_scale > 0.0)
+            .then_some(tenant.adapter_scale),
+        messages: context,
+        max_tokens: max_tokens.unwrap_or_else(|| default_max_tokens(&limits, prompt_bound)),
+        sampling: Some(sampling),
+        stop: req.stop_sequences(),
+        gateway_id: state.gateway_id.to_string(),
+        ignore_eos: req.ignore_eos,
+        context_window: limits.context_window,
+    };
+    Ok(Prepared {
+        caller,
+        request,
+        new_turns,
+        stream: req.stream,
+        include_usage: req.include_usage(),
+        prompt_bound,
+        explicit_max_tokens: max_tokens.is_some(),
+        shared,
+        shared_at,
+    })
+}
+
+/// An upper bound of the tokens of `messages`: byte-level BPE spends at
+/// least one byte a token, plus a few template tokens per message.
+pub(super) fn token_bound(messages: &[pb::ChatMessage]) -> u64 {
+    messages
+        .iter()
+        .map(|m| m.content.len() as u64 + m.role.len() as u64 + 8)
+        .sum()
+}
+
+/// The snippet names the user's messages refer to, in order, once each.
+pub(super) fn shared_names(messages: &[pb::ChatMessage]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for m in messages.iter().filter(|m| m.role == "user") {
+        for name in bulkhead_client::references(&m.content) {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    names
+}
+
+/// The snippets of other tenants named `names` (`@shared:<name>`), as
+/// system messages to put before the user's. The control plane checks the
+/// grants and records each use and refusal in the audit trail; a snippet the
+/// tenant may not read refuses the whole request (403).
+pub(super) async fn shared_knowledge(
+    state: &AppState,
+    caller: &Caller,
+    user_id: &str,
+    names: Vec<String>,
+) -> Result<Vec<pb::ChatMessage>, GatewayError> {
+    state.throttle.take(&caller.tenant.id, "shared-snippet")?;
+    let msg = cp::ResolveSharedRequest {
+        tenant_id: caller.tenant.id.clone(),
+        names,
+        user_id: user_id.to_owned(),
+    };
+    let actor: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
+        format!("gateway {} key {}", state.gateway_id, caller.key_id)
+            .parse()
+            .ok();
+    let found = state
+        .client
+        .member()
+        .send_for(CONTROL_PLANE_DEADLINE, msg, move |mut c, mut req| {
+            if let Some(a) = actor.clone() {
+                req.metadata_mut()
+                    .insert(bulkhead_client::ACTOR_METADATA, a);
+            }
+            async move { c.resolve_shared(req).await }
+        })
+        .await
+        .map_err(|s| match s.code() {
+            tonic::Code::PermissionDenied => GatewayError::Denied {
+                message: format!(
+                    "{}; its owner's administrator can share it with `bulkhead share grant`",
+                    s.message()
+                ),
+                code: "shared_snippet_not_available",
+                param: Some("messages"),
+            },
+            _ => GatewayError::from_control_plane(&s),
+        })?;
+    Ok(found
+        .snippets
+        .into_iter()
+        .map(|s| pb::ChatMessage {
+            role: "system".into(),
+            content: format!(
+                "Shared knowledge `{}` (from {}):\n{}",
+                s.name, s.tenant_id, s.content
+            ),
+        })
+        .collect())
+}
+
+/// The completion budget of a request that names none: [`DEFAULT_MAX_TOKENS`],
+/// or less when the tenant's context window leaves less room after the
+/// prompt's upper bound (a prompt that may not fit at all keeps the default,
+/// and the worker's exact count decides).
+pub(super) fn default_max_tokens(limits: &cp::Limits, prompt_bound: u64) -> u32 {
+    let room = u64::from(limits.context_window).saturating_sub(prompt_bound);
+    if limits.context_window == 0 || room == 0 {
+        return DEFAULT_MAX_TOKENS;
+    }
+    u32::try_from(room.min(u64::from(DEFAULT_MAX_TOKENS))).unwrap_or(DEFAULT_MAX_TOKENS)
+}
