@@ -151,6 +151,16 @@ pub fn server_config() -> Option<ServerTlsConfig> {
     Some(config)
 }
 
+/// A gRPC server builder that serves TLS when this process has a
+/// certificate (and demands client certificates with a CA).
+pub fn grpc_server() -> Result<tonic::transport::Server, String> {
+    let server = tonic::transport::Server::builder();
+    match server_config() {
+        Some(tls) => server.tls_config(tls).map_err(|e| format!("TLS: {e}")),
+        None => Ok(server),
+    }
+}
+
 /// The acceptor of this process's HTTP listeners; `None` without a
 /// certificate.
 pub fn http_acceptor() -> Option<tokio_rustls::TlsAcceptor> {

@@ -183,13 +183,8 @@ pub async fn run(
             metrics::track_grpc,
         ));
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = bulkhead_client::tls::server_config() {
-        server = server
-            .tls_config(tls)
-            .map_err(|e| ControlPlaneError::Internal(format!("TLS: {e}")))?;
-    }
-    let server = server
+    let server = bulkhead_client::tls::grpc_server()
+        .map_err(ControlPlaneError::Internal)?
         .accept_http1(true)
         .add_routes(tonic::service::Routes::from(app))
         .serve_with_incoming_shutdown(

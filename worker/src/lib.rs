@@ -287,13 +287,8 @@ pub async fn run(
         .merge(ops)
         // The same answer as the control plane's port for unknown paths.
         .fallback(bulkhead_client::fallback);
-    let mut grpc_server = tonic::transport::Server::builder();
-    if let Some(tls) = bulkhead_client::tls::server_config() {
-        grpc_server = grpc_server
-            .tls_config(tls)
-            .map_err(|e| WorkerError::Engine(format!("TLS: {e}")))?;
-    }
-    let grpc_server = grpc_server
+    let grpc_server = bulkhead_client::tls::grpc_server()
+        .map_err(WorkerError::Engine)?
         .accept_http1(true)
         .add_routes(tonic::service::Routes::from(app))
         .serve_with_incoming_shutdown(
