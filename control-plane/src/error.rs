@@ -54,21 +54,32 @@ pub enum ControlPlaneError {
     /// This node is broken (storage, Raft fatal): not the caller's fault.
     #[error("control plane failure: {0}")]
     Internal(String),
+    /// The state refused a command (its code travels in the status).
+    #[error("{0}")]
+    Rejected(Rejection),
+}
+
+impl Rejection {
+    /// The machine-readable code of the refusal, sent in the status's
+    /// `x-bulkhead-error-code` metadata (callers never read the message).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::UnknownTenant(_) => "tenant_not_found",
+            Rejection::DuplicateTenant(_) => "tenant_exists",
+            Rejection::UnknownKey(_) => "key_not_found",
+            Rejection::DuplicateKey(_) => "key_exists",
+            Rejection::UnknownSession(_) => "session_not_found",
+            Rejection::DuplicateSession(_) => "session_exists",
+            Rejection::NotFound(_) => "not_found",
+            Rejection::Conflict(_) => "conflict",
+            Rejection::NotAllowed(_) => "not_allowed",
+        }
+    }
 }
 
 impl From<Rejection> for ControlPlaneError {
     fn from(r: Rejection) -> Self {
-        match r {
-            Rejection::UnknownTenant(_)
-            | Rejection::UnknownKey(_)
-            | Rejection::UnknownSession(_)
-            | Rejection::NotFound(_) => ControlPlaneError::NotFound(r.to_string()),
-            Rejection::DuplicateTenant(_)
-            | Rejection::DuplicateKey(_)
-            | Rejection::DuplicateSession(_)
-            | Rejection::Conflict(_) => ControlPlaneError::AlreadyExists(r.to_string()),
-            Rejection::NotAllowed(_) => ControlPlaneError::FailedPrecondition(r.to_string()),
-        }
+        ControlPlaneError::Rejected(r)
     }
 }
 
@@ -107,6 +118,24 @@ impl From<ControlPlaneError> for Status {
             ControlPlaneError::PermissionDenied(_) => Status::permission_denied(message),
             ControlPlaneError::Unavailable(_) => Status::unavailable(message),
             ControlPlaneError::Internal(_) => Status::internal(message),
+            ControlPlaneError::Rejected(r) => {
+                let mut status = match r {
+                    Rejection::UnknownTenant(_)
+                    | Rejection::UnknownKey(_)
+                    | Rejection::UnknownSession(_)
+                    | Rejection::NotFound(_) => Status::not_found(message),
+                    Rejection::DuplicateTenant(_)
+                    | Rejection::DuplicateKey(_)
+                    | Rejection::DuplicateSession(_)
+                    | Rejection::Conflict(_) => Status::already_exists(message),
+                    Rejection::NotAllowed(_) => Status::failed_precondition(message),
+                };
+                status.metadata_mut().insert(
+                    bulkhead_proto::ERROR_CODE_METADATA,
+                    tonic::metadata::MetadataValue::from_static(r.code()),
+                );
+                status
+            }
         }
     }
 }

@@ -191,19 +191,20 @@ impl GatewayError {
     /// refused (503, not the caller's fault).
     pub fn from_control_plane(status: &tonic::Status) -> Self {
         let message = status.message().to_owned();
+        let code = control_plane_code(status);
         match status.code() {
             Code::NotFound => Self::NotFound {
                 message,
-                code: "not_found",
+                code: code.unwrap_or("not_found"),
             },
             Code::InvalidArgument | Code::OutOfRange => Self::bad_request(message, None),
             Code::AlreadyExists => Self::Conflict {
                 message,
-                code: "already_exists",
+                code: code.unwrap_or("already_exists"),
             },
             Code::FailedPrecondition => Self::Conflict {
                 message,
-                code: "failed_precondition",
+                code: code.unwrap_or("failed_precondition"),
             },
             Code::PermissionDenied => Self::Denied {
                 message,
@@ -220,6 +221,29 @@ impl GatewayError {
             _ => Self::Upstream(format!("the control plane failed: {message}")),
         }
     }
+}
+
+/// The control plane's code for a refusal (`x-bulkhead-error-code`), when
+/// it is one of those it sends: the gateway answers with it as the error's
+/// `code`, and never reads the message to tell refusals apart.
+pub(crate) fn control_plane_code(status: &tonic::Status) -> Option<&'static str> {
+    const SENT: [&str; 9] = [
+        "tenant_not_found",
+        "tenant_exists",
+        "key_not_found",
+        "key_exists",
+        "session_not_found",
+        "session_exists",
+        "not_found",
+        "conflict",
+        "not_allowed",
+    ];
+    let code = status
+        .metadata()
+        .get(bulkhead_proto::ERROR_CODE_METADATA)?
+        .to_str()
+        .ok()?;
+    SENT.iter().copied().find(|known| *known == code)
 }
 
 /// OpenAI's duration format for `x-ratelimit-reset-tokens`: `1h2m3s`.

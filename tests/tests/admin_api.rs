@@ -324,7 +324,7 @@ async fn a_tenant_lifecycle_over_http_only() {
         .call("POST", "/admin/v1/tenants", Some(json!({"id": "acme"})))
         .await;
     assert_eq!(again.status, 409, "{}", again.text);
-    assert_eq!(error_of(&again)["code"], "already_exists");
+    assert_eq!(error_of(&again)["code"], "tenant_exists");
     let r = api.get("/admin/v1/tenants/nobody").await;
     assert_eq!(r.status, 404, "{}", r.text);
     error_of(&r);
@@ -505,7 +505,7 @@ async fn a_tenant_lifecycle_over_http_only() {
         .await;
     assert!(matches!(r.status, 409 | 422), "{}", r.text);
     let e = error_of(&r);
-    assert_eq!(e["code"], "failed_precondition");
+    assert_eq!(e["code"], "not_allowed");
     let message = e["message"].as_str().unwrap();
     assert!(
         message.contains("basic") && message.contains("burst"),

@@ -154,7 +154,7 @@ async fn two_tenants_sessions_stay_apart_and_survive_a_restart() {
         .await
         .unwrap();
     assert_eq!(again.status, 409, "{:?}", again.body);
-    assert_eq!(again.code(), "already_exists", "{:?}", again.body);
+    assert_eq!(again.code(), "session_exists", "{:?}", again.body);
     let listed = up.api.send(up.api.get("/v1/sessions", &hr)).await.unwrap();
     let ids: Vec<&str> = listed.body["data"]
         .as_array()

@@ -121,11 +121,11 @@ impl AdminError {
             Code::NotFound => Self::NotFound(message),
             Code::AlreadyExists => Self::Conflict {
                 message,
-                code: "already_exists",
+                code: crate::error::control_plane_code(status).unwrap_or("already_exists"),
             },
             Code::FailedPrecondition => Self::Conflict {
                 message,
-                code: "failed_precondition",
+                code: crate::error::control_plane_code(status).unwrap_or("failed_precondition"),
             },
             Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => {
                 Self::Unavailable(format!(
