@@ -129,6 +129,9 @@ pub struct Allowance {
     pub day: String,
     pub slots: u32,
     pub expires_at_ms: i64,
+    /// Tokens of usage events applied against this allowance on `day`.
+    #[serde(default)]
+    pub applied: u64,
 }
 
 impl Allowance {
@@ -136,6 +139,11 @@ impl Allowance {
     pub fn tokens_on(&self, day: &str) -> u64 {
         if self.day == day { self.tokens } else { 0 }
     }
+}
+
+/// Whether `day` is a ledger day (`YYYY-MM-DD`).
+pub fn is_day(day: &str) -> bool {
+    day.len() == 10 && chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").is_ok()
 }
 
 /// The ledger day (`YYYY-MM-DD` in the tenant's time zone) that `at_ms` falls
@@ -269,6 +277,7 @@ mod tests {
             day: "2026-11-25".into(),
             slots: 1,
             expires_at_ms: 0,
+            applied: 0,
         };
         assert_eq!(a.tokens_on("2026-11-26"), 0);
         assert_eq!(a.tokens_on("2026-11-25"), 50);

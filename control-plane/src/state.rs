@@ -597,10 +597,21 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
                 }
             }
             let mut n = 0;
-            for (akey, a) in t.scan::<Allowance>(ALLOWANCES, "")? {
-                if a.expires_at_ms + ledger::RECLAIM_GRACE_MS < now_ms {
+            for (akey, mut a) in t.scan::<Allowance>(ALLOWANCES, "")? {
+                if !reclaimable(t, &akey, &a, now_ms)? {
+                    continue;
+                }
+                n += 1;
+                if a.tokens == 0 || !allowance_day_is_today(t, &akey, &a, now_ms)? {
                     t.delete(ALLOWANCES, &akey)?;
-                    n += 1;
+                } else {
+                    // The gateway stopped renewing: its concurrency slots
+                    // come back now, but its tokens stay outstanding until
+                    // the day ends, since usage of requests it admitted may
+                    // still arrive (a worker's spool, a NATS outage) and is
+                    // charged against them.
+                    a.slots = 0;
+                    t.put(ALLOWANCES, &akey, &a)?;
                 }
             }
             Ok(Reply::Reclaimed(n))
@@ -625,4 +636,34 @@ mod tests;
 
 fn credential_reply(r: Result<credentials::CredentialRecord, Rejection>) -> Reply {
     r.map_or_else(Reply::Rejected, Reply::Credential)
+}
+
+/// Whether Reclaim has something to do with allowance `a`: its gateway
+/// stopped renewing it more than the grace ago, and it still holds slots, or
+/// tokens of a day that is over, or nothing at all.
+pub(crate) fn reclaimable(
+    db: &impl crate::store::Lookup,
+    akey: &str,
+    a: &Allowance,
+    now_ms: i64,
+) -> io::Result<bool> {
+    if a.expires_at_ms + ledger::RECLAIM_GRACE_MS >= now_ms {
+        return Ok(false);
+    }
+    Ok(a.slots > 0 || a.tokens == 0 || !allowance_day_is_today(db, akey, a, now_ms)?)
+}
+
+/// Whether allowance `a` (key `tenant/gateway`) belongs to its tenant's
+/// current day (an unknown tenant has none).
+fn allowance_day_is_today(
+    db: &impl crate::store::Lookup,
+    akey: &str,
+    a: &Allowance,
+    now_ms: i64,
+) -> io::Result<bool> {
+    let tenant_id = akey.split('/').next().unwrap_or_default();
+    Ok(match db.get::<TenantRecord>(TENANTS, tenant_id)? {
+        Some(tenant) => ledger::day_of(now_ms, &tenant.time_zone).0 == a.day,
+        None => false,
+    })
 }

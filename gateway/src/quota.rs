@@ -11,6 +11,14 @@
 //! never exceeds what the control plane still counts as this gateway's: the
 //! gateway can only under-spend, never over-spend (Q1). When the control
 //! plane cannot be reached it spends what it holds and then answers 503 (Q4).
+//!
+//! Usage reaches the ledger later than a request settles here (through a
+//! worker's spool and NATS). The gateway counts what it settled on the day,
+//! the control plane what it applied against this allowance; when a lapsed
+//! allowance is taken up again from the control plane's figure, the
+//! difference (usage still on its way) is left out, or it would be spent
+//! twice. Each request carries the day it was admitted under, so the
+//! ledger charges it to that day even when it ends after midnight.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -53,6 +61,10 @@ struct Held {
     outstanding: u64,
     max_concurrent: u32,
     resets_at_ms: i64,
+    /// The quota day of the allowance (`YYYY-MM-DD`), and the tokens
+    /// settled on it here (usage the ledger may not have applied yet).
+    day: String,
+    settled: u64,
     last_active: Option<Instant>,
     /// Tokens reserved since `demand_since`.
     demand_reserved: u64,
@@ -141,6 +153,8 @@ pub struct Permit {
     quota: Arc<TenantQuota>,
     metrics: Arc<Metrics>,
     reserved: u64,
+    /// The quota day the tokens were reserved from.
+    day: String,
     done: bool,
 }
 
@@ -153,6 +167,12 @@ pub struct Budget {
 }
 
 impl Permit {
+    /// The quota day the request was admitted under: its usage is charged
+    /// to it.
+    pub fn day(&self) -> &str {
+        &self.day
+    }
+
     pub fn budget(&self) -> Budget {
         let held = self.quota.lock();
         Budget {
@@ -181,6 +201,9 @@ impl Permit {
         let mut held = self.quota.lock();
         held.reserved = held.reserved.saturating_sub(self.reserved);
         held.tokens = held.tokens.saturating_sub(spent);
+        if held.day == self.day {
+            held.settled = held.settled.saturating_add(spent);
+        }
         held.slots_used = held.slots_used.saturating_sub(1);
         held.last_active = Some(Instant::now());
         self.metrics.observe_allowance(
@@ -236,6 +259,7 @@ impl Quotas {
             quota: Arc::clone(quota),
             metrics: Arc::clone(&self.metrics),
             reserved: need,
+            day: held.day.clone(),
             done: false,
         })
     }
@@ -331,10 +355,16 @@ impl Quotas {
     fn absorb(&self, tenant_id: &str, quota: &TenantQuota, a: &pb::Allowance) {
         let mut held = quota.lock();
         let now = crate::now_ms();
+        if held.day != a.day {
+            held.day.clone_from(&a.day);
+            held.settled = 0;
+        }
         if !held.valid(now) && held.reserved == 0 && held.slots_used == 0 {
             // A lapsed or earlier day's allowance: start from what the
-            // control plane says this gateway holds now.
-            held.tokens = a.tokens;
+            // control plane says this gateway holds now, less what it
+            // settled here that the ledger has not applied yet.
+            let in_transit = held.settled.saturating_sub(a.applied_tokens);
+            held.tokens = a.tokens.saturating_sub(in_transit);
             held.slots = a.slots;
         } else {
             held.tokens = (held.tokens + a.granted_tokens).min(a.tokens.max(held.reserved));
@@ -562,6 +592,49 @@ mod tests {
         // One grant's deadline (3 s) and some slack, not five of them.
         let took = started.elapsed();
         assert!(took < GRANT_DEADLINE * 2, "the fifth waited {took:?}");
+    }
+
+    /// Q1 across a lease lapse while usage lags: the control plane still
+    /// counts tokens this gateway settled (their events are on their way),
+    /// and taking its figure as it is would spend them twice.
+    #[test]
+    fn a_lapsed_allowance_is_taken_up_without_the_usage_still_in_transit() {
+        let quotas = Quotas::new(
+            GatewayId::new("gw-test").expect("an id"),
+            Arc::new(ControlPlaneClient::new(Vec::new(), None)),
+            Arc::new(Metrics::new()),
+        );
+        let quota = quotas.tenant("acme");
+        let now = crate::now_ms();
+        let grant = |tokens: u64, applied: u64, expires_at_ms: i64| pb::Allowance {
+            tokens,
+            slots: 1,
+            expires_at_ms,
+            day: "2026-11-26".into(),
+            quota: 1_000,
+            resets_at_ms: now + 3_600_000,
+            granted_tokens: tokens,
+            applied_tokens: applied,
+            ..Default::default()
+        };
+        quotas.absorb("acme", &quota, &grant(1_000, 0, now + 30_000));
+        let permit = quotas.try_reserve("acme", &quota, 600).expect("admitted");
+        assert_eq!(permit.day(), "2026-11-26");
+        permit.settle(600);
+        assert_eq!(quota.lock().available(), 400);
+        // The lease lapses; NATS is slow, so the ledger has applied none of
+        // the 600 and the control plane still says this gateway holds 1000.
+        quota.lock().expires_at_ms = now - 1;
+        quotas.absorb("acme", &quota, &grant(1_000, 0, now + 30_000));
+        assert_eq!(
+            quota.lock().available(),
+            400,
+            "the 600 tokens in transit must not be spent again"
+        );
+        // Once the ledger applied them, the figures agree.
+        quota.lock().expires_at_ms = now - 1;
+        quotas.absorb("acme", &quota, &grant(400, 600, now + 30_000));
+        assert_eq!(quota.lock().available(), 400);
     }
 
     #[test]

@@ -649,6 +649,7 @@ fn emit_usage(
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
             prompt_preview: crate::request::prompt_preview(&params.messages),
+            quota_day: params.quota_day.clone(),
         };
         if sink.send(event).is_err() {
             tracing::error!(

@@ -253,6 +253,8 @@ fn parse_request(
         stop,
         // The worker's own API knows no tenant configs: the model's window applies.
         context_window: None,
+        // No gateway admitted it: the day it finishes.
+        quota_day: String::new(),
     };
     Ok((params, req.stream, include_usage))
 }

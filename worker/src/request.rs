@@ -187,6 +187,9 @@ pub struct GenerateParams {
     /// The tenant's own context window, when it has one; the request gets
     /// the smaller of it and the model's.
     pub context_window: Option<u32>,
+    /// The quota day the gateway admitted the request under (empty: none),
+    /// passed on in the usage event.
+    pub quota_day: String,
 }
 
 /// The span every log line of a request's handling carries: tenant, user,
@@ -269,6 +272,7 @@ impl TryFrom<pb::GenerateRequest> for GenerateParams {
             sampling,
             stop: req.stop,
             context_window: (req.context_window != 0).then_some(req.context_window),
+            quota_day: req.quota_day,
         })
     }
 }

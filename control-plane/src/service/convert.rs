@@ -48,6 +48,11 @@ pub(super) fn key_to_pb(k: KeyRecord) -> pb::ApiKey {
 }
 
 pub(super) fn allowance_to_pb(a: crate::state::AllowanceView) -> pb::Allowance {
+    let applied_tokens = if a.allowance.day == a.day {
+        a.allowance.applied
+    } else {
+        0
+    };
     pb::Allowance {
         tenant_id: a.tenant_id,
         gateway_id: a.gateway_id,
@@ -62,6 +67,7 @@ pub(super) fn allowance_to_pb(a: crate::state::AllowanceView) -> pb::Allowance {
         resets_at_ms: a.resets_at_ms,
         granted_tokens: a.granted_tokens,
         granted_slots: a.granted_slots,
+        applied_tokens,
     }
 }
 

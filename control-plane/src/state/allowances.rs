@@ -86,6 +86,7 @@ pub(super) fn grant(
     if mine.day != day {
         // Tokens granted for an earlier day are void; slots carry over.
         mine.tokens = 0;
+        mine.applied = 0;
         mine.day = day.clone();
     }
     let lkey = key2(tenant_id, &day);
@@ -180,7 +181,14 @@ pub(super) fn apply_usage(t: &Tables, events: Vec<UsageRecord>) -> io::Result<Re
             duplicates += 1;
             continue;
         };
-        let (day, _) = ledger::day_of(e.finished_at_ms, &tenant.time_zone);
+        // Charged to the day whose allowance the gateway reserved it from
+        // (a request that ends after midnight belongs to the day it was
+        // admitted on), else to the day it finished.
+        let day = if ledger::is_day(&e.quota_day) {
+            e.quota_day.clone()
+        } else {
+            ledger::day_of(e.finished_at_ms, &tenant.time_zone).0
+        };
         t.put(EVENTS, &e.event_id, &day)?;
         // Every figure saturates: they come from workers, and `apply` must
         // never panic (it would on every replica at once).
@@ -214,6 +222,7 @@ pub(super) fn apply_usage(t: &Tables, events: Vec<UsageRecord>) -> io::Result<Re
                 && a.day == day
             {
                 a.tokens = a.tokens.saturating_sub(total);
+                a.applied = a.applied.saturating_add(total);
                 t.put(ALLOWANCES, &akey, &a)?;
             }
         }

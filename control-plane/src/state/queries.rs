@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::io;
 
-use crate::ledger::{self, Allowance, LedgerDay};
+use crate::ledger::{Allowance, LedgerDay};
 use crate::store::View;
 
 use super::*;
@@ -174,7 +174,10 @@ impl View {
         Ok(self
             .scan::<Allowance>(ALLOWANCES, "")?
             .iter()
-            .filter(|(_, a)| a.expires_at_ms + ledger::RECLAIM_GRACE_MS < now_ms)
+            .map(|(akey, a)| super::reclaimable(self, akey, a, now_ms))
+            .collect::<io::Result<Vec<bool>>>()?
+            .into_iter()
+            .filter(|due| *due)
             .count()
             + self
                 .workers()?

@@ -119,6 +119,10 @@ pub struct UsageRecord {
     pub cached_tokens: u64,
     pub duration_ms: u64,
     pub finished_at_ms: i64,
+    /// The quota day the gateway admitted the request under; its usage is
+    /// charged to that day (empty: the day it finished).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub quota_day: String,
     /// The request's last user message, cut to [`PROMPT_PREVIEW_CHARS`];
     /// counted in [`PROMPTS`], not kept with the recent requests.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -137,6 +141,7 @@ impl From<&bulkhead_proto::worker::UsageEvent> for UsageRecord {
             cached_tokens: e.cached_tokens.into(),
             duration_ms: e.duration_ms,
             finished_at_ms: e.finished_at_ms,
+            quota_day: e.quota_day.clone(),
             prompt_preview: e
                 .prompt_preview
                 .chars()

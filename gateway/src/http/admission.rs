@@ -153,6 +153,8 @@ pub(super) async fn admit_and_generate(
         let need = fit_request(state, &mut p, &ranked).await?;
         permit = state.quotas.admit(&tenant, need).await?;
     }
+    // The usage is charged to the day the tokens were reserved from.
+    p.request.quota_day = permit.day().to_owned();
     let (stream, worker, failovers) = match state.workers.generate(&ranked, &p.request).await {
         Ok(started) => started,
         Err(status) => {

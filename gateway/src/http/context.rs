@@ -162,6 +162,8 @@ pub(super) async fn prepare(
         gateway_id: state.gateway_id.to_string(),
         ignore_eos: req.ignore_eos,
         context_window: limits.context_window,
+        // Set once admitted: the day of the allowance it is reserved from.
+        quota_day: String::new(),
     };
     Ok(Prepared {
         caller,
