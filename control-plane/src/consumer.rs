@@ -100,9 +100,13 @@ async fn apply_local(raft: &Raft, events: &[UsageEvent], metrics: &Metrics) -> R
 }
 
 async fn consume(raft: &Raft, nats_url: &str, metrics: &Metrics) -> Result<(), String> {
-    let client = async_nats::connect(nats_url)
-        .await
-        .map_err(|e| format!("connecting to NATS at {nats_url}: {e}"))?;
+    let (options, url) = bulkhead_proto::usage::nats_options(nats_url);
+    let client = options.connect(url.as_str()).await.map_err(|e| {
+        format!(
+            "connecting to NATS at {}: {e}",
+            bulkhead_proto::usage::redacted_nats_url(nats_url)
+        )
+    })?;
     let js = jetstream::new(client);
     let stream = js
         .get_or_create_stream(bulkhead_proto::usage::stream_config())

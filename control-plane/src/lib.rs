@@ -91,7 +91,13 @@ impl std::fmt::Debug for ControlPlaneConfig {
             .field("advertise", &self.advertise)
             .field("data_dir", &self.data_dir)
             .field("init", &self.init)
-            .field("nats", &self.nats)
+            .field(
+                "nats",
+                &self
+                    .nats
+                    .as_deref()
+                    .map(bulkhead_proto::usage::redacted_nats_url),
+            )
             .field("snapshot_logs", &self.snapshot_logs)
             .field("cluster_secret", &self.cluster_secret)
             .field("local_usage", &self.local_usage.is_some())

@@ -52,3 +52,75 @@ pub struct LocalUsageBatch {
 pub type LocalUsageSender = tokio::sync::mpsc::Sender<LocalUsageBatch>;
 /// The receiving end, owned by the control plane.
 pub type LocalUsageReceiver = tokio::sync::mpsc::Receiver<LocalUsageBatch>;
+
+/// Connection options for a NATS URL that may carry credentials:
+/// `nats://user:password@host:4222` (user and password) or
+/// `nats://token@host:4222` (a token). Answers the options with them set
+/// and the URL without them (the client would not send them otherwise, and
+/// they must not end up in logs).
+pub fn nats_options(url: &str) -> (async_nats::ConnectOptions, String) {
+    let options = async_nats::ConnectOptions::new();
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (options, url.to_owned());
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return (options, url.to_owned());
+    };
+    let decode = |s: &str| percent_decode(s);
+    let options = match userinfo.split_once(':') {
+        Some((user, password)) => options.user_and_password(decode(user), decode(password)),
+        None => options.token(decode(userinfo)),
+    };
+    (options, format!("{scheme}://{host}"))
+}
+
+/// `%XX` escapes of a URL's user part, decoded (a password may hold `@`).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&s[i + 1..(i + 3).min(s.len())], 16)
+        {
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A NATS URL with its credentials blanked, for logs.
+pub fn redacted_nats_url(url: &str) -> String {
+    match url.split_once("://").and_then(|(scheme, rest)| {
+        rest.rsplit_once('@')
+            .map(|(_, host)| format!("{scheme}://<credentials>@{host}"))
+    }) {
+        Some(redacted) => redacted,
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_leave_the_url() {
+        let (_, url) = nats_options("nats://bulk:s%40cret@10.0.0.9:4222");
+        assert_eq!(url, "nats://10.0.0.9:4222");
+        assert_eq!(percent_decode("s%40cret"), "s@cret");
+        let (_, url) = nats_options("nats://tok@host:4222");
+        assert_eq!(url, "nats://host:4222");
+        let (_, url) = nats_options("nats://host:4222");
+        assert_eq!(url, "nats://host:4222");
+        assert_eq!(
+            redacted_nats_url("nats://bulk:secret@host:4222"),
+            "nats://<credentials>@host:4222"
+        );
+    }
+}

@@ -27,23 +27,44 @@ pub struct Nats {
     child: Option<Child>,
     pub port: u16,
     store: PathBuf,
+    /// The user and password the server demands, if any.
+    auth: Option<(String, String)>,
 }
 
 impl Nats {
     /// Starts a server that keeps its JetStream data in `store`.
     pub fn start(store: &Path) -> Self {
+        Self::start_as(store, None)
+    }
+
+    /// Starts a server that admits only `user` with `password`.
+    pub fn start_with_user(store: &Path, user: &str, password: &str) -> Self {
+        Self::start_as(store, Some((user.to_owned(), password.to_owned())))
+    }
+
+    fn start_as(store: &Path, auth: Option<(String, String)>) -> Self {
         let port = free_port();
         let mut nats = Self {
             child: None,
             port,
             store: store.to_path_buf(),
+            auth,
         };
         nats.restart();
         nats
     }
 
+    /// The URL without credentials.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The URL with the user and password, when the server demands them.
+    pub fn url_with_credentials(&self) -> String {
+        match &self.auth {
+            Some((user, password)) => format!("nats://{user}:{password}@127.0.0.1:{}", self.port),
+            None => self.url(),
+        }
     }
 
     /// Starts the server again on the same port and store.
@@ -59,6 +80,14 @@ impl Nats {
                 "-sd",
             ])
             .arg(&self.store)
+            .args(self.auth.iter().flat_map(|(u, p)| {
+                [
+                    "--user".to_owned(),
+                    u.clone(),
+                    "--pass".to_owned(),
+                    p.clone(),
+                ]
+            }))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

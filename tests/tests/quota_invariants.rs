@@ -329,3 +329,67 @@ fn chrono_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
+
+/// NATS with credentials: the control plane consumes usage as a user of
+/// the server (`nats://user:password@host`), and a client without them
+/// cannot publish usage at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_over_a_nats_that_demands_credentials() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let nats = Nats::start_with_user(&dir.path().join("nats"), "bulkhead", "s3cret-usage");
+    let cp = ControlPlanes::start(1, &["--nats", &nats.url_with_credentials()])?;
+    cp.cli(&["tenant", "create", "acme", "--daily-tokens", "1000"])?;
+    // A stranger who reaches the port is refused.
+    let stranger = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(2))
+        .connect(nats.url())
+        .await;
+    assert!(
+        stranger.is_err(),
+        "NATS let a client in without credentials"
+    );
+    // A worker with the credentials publishes; the ledger counts it once.
+    let (options, url) = bulkhead_proto::usage::nats_options(&nats.url_with_credentials());
+    let js = async_nats::jetstream::new(options.connect(url.as_str()).await?);
+    js.get_or_create_stream(bulkhead_proto::usage::stream_config())
+        .await?;
+    let event = UsageEvent {
+        event_id: "ev-auth-1".into(),
+        tenant_id: "acme".into(),
+        prompt_tokens: 30,
+        completion_tokens: 12,
+        finished_at_ms: chrono_now(),
+        ..Default::default()
+    };
+    js.publish(event.subject(), event.encode_to_vec().into())
+        .await?
+        .await?;
+    let admin = cp.client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let report = admin
+            .admin()
+            .send(
+                pb::UsageRequest {
+                    tenant_id: "acme".into(),
+                    days: 2,
+                },
+                |mut c, r| async move { c.usage(r).await },
+            )
+            .await?;
+        let used: u64 = report
+            .days
+            .iter()
+            .map(|d| d.prompt_tokens + d.completion_tokens)
+            .sum();
+        if used == 42 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the event never reached the ledger: {used}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}

@@ -104,7 +104,7 @@ fn sequence_of(path: &Path) -> Option<u64> {
 }
 
 /// Where spooled usage events go.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub enum UsageSink {
     /// Nowhere: events are logged only (no spool, no publisher).
     #[default]
@@ -113,6 +113,20 @@ pub enum UsageSink {
     Nats(String),
     /// The control plane in the same process (the all-in-one mode).
     Local(LocalUsageSender),
+}
+
+impl std::fmt::Debug for UsageSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            // The URL may carry NATS credentials.
+            Self::Nats(url) => f
+                .debug_tuple("Nats")
+                .field(&bulkhead_proto::usage::redacted_nats_url(url))
+                .finish(),
+            Self::Local(_) => f.write_str("Local"),
+        }
+    }
 }
 
 /// Most events sent in one in-process batch.
@@ -188,11 +202,12 @@ impl Target {
 }
 
 async fn connect_nats(nats_url: &str) -> Option<async_nats::jetstream::Context> {
-    match async_nats::ConnectOptions::new()
+    let (options, url) = bulkhead_proto::usage::nats_options(nats_url);
+    match options
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(2))
         .max_reconnects(None)
-        .connect(nats_url)
+        .connect(url.as_str())
         .await
     {
         Ok(client) => {
@@ -201,7 +216,7 @@ async fn connect_nats(nats_url: &str) -> Option<async_nats::jetstream::Context> 
             Some(js)
         }
         Err(e) => {
-            tracing::error!(url = %nats_url, error = %e, "cannot use NATS; usage stays in the spool");
+            tracing::error!(url = %bulkhead_proto::usage::redacted_nats_url(nats_url), error = %e, "cannot use NATS; usage stays in the spool");
             None
         }
     }
