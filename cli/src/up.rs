@@ -70,6 +70,10 @@ pub struct UpArgs {
     live: LiveModelArgs,
     #[command(flatten)]
     engine: EngineArgs,
+    /// The usage spool's size cap: past it the worker takes no new requests (503
+    /// `usage_spool_full`) until the backlog is delivered; nothing is lost.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub spool_max_mib: u64,
 }
 
 /// Reads `path`, or writes `make()` there (readable by the owner only).
@@ -231,6 +235,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         gpu_layers: args.engine.gpu_layers(),
         usage,
         spool_dir: dir.join("usage-spool"),
+        spool_max_bytes: args.spool_max_mib << 20,
         max_body_bytes: bulkhead_gateway::DEFAULT_MAX_BODY_BYTES,
         http_token: None,
         credential: Some(worker_credential),

@@ -128,6 +128,10 @@ pub struct WorkerArgs {
     /// or set BULKHEAD_CREDENTIAL). The gRPC port accepts the gateways the control plane lists.
     #[arg(long)]
     credential_file: Option<PathBuf>,
+    /// The usage spool's size cap: past it the worker takes no new requests (503
+    /// `usage_spool_full`) until NATS has taken the backlog; nothing is lost.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    spool_max_mib: u64,
     /// Directory for the worker's local state (the usage spool).
     #[arg(long, env = env::DATA_DIR, default_value = "bulkhead-data/worker")]
     data_dir: PathBuf,
@@ -232,6 +236,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         gpu_layers: args.engine.gpu_layers(),
         usage: args.nats.map_or(UsageSink::None, UsageSink::Nats),
         spool_dir: args.data_dir.join("usage-spool"),
+        spool_max_bytes: args.spool_max_mib << 20,
         max_body_bytes: args.max_body_bytes,
         http_token: args.http_token,
         credential,

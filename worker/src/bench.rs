@@ -388,6 +388,7 @@ impl BenchWorker {
             gpu_layers,
             usage: crate::UsageSink::None,
             spool_dir: std::env::temp_dir().join("bulkhead-bench-spool"),
+            spool_max_bytes: crate::usage::DEFAULT_SPOOL_MAX_BYTES,
             max_body_bytes: 1 << 20,
             http_token: None,
             credential: None,

@@ -49,13 +49,15 @@ struct Submission {
 /// finish what is in flight and exit.
 pub struct Engine {
     commands: Mutex<Option<mpsc::Sender<Submission>>>,
+    /// The usage queue, for its spool's fill: no new request while it is full.
+    spool: Option<UsageSender>,
     catalog: Arc<Catalog>,
     snapshot: Arc<Mutex<Snapshot>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// Where finished requests' usage events go.
-pub type UsageSender = UnboundedSender<pb::UsageEvent>;
+pub use crate::usage::UsageSender;
 
 impl Engine {
     pub fn start(
@@ -72,6 +74,7 @@ impl Engine {
             ));
         }
         let (tx, rx) = mpsc::channel();
+        let usage_handle = usage.clone();
         let snapshot = Arc::new(Mutex::new(Snapshot::default()));
         let thread_catalog = Arc::clone(&catalog);
         let thread_snapshot = Arc::clone(&snapshot);
@@ -101,6 +104,7 @@ impl Engine {
             .map_err(|e| WorkerError::Engine(format!("spawning the engine thread: {e}")))?;
         Ok(Self {
             commands: Mutex::new(Some(tx)),
+            spool: usage_handle,
             catalog,
             snapshot,
             thread: Mutex::new(Some(thread)),
@@ -117,6 +121,12 @@ impl Engine {
         &self,
         params: GenerateParams,
     ) -> Result<(Prepared, tokio::sync::mpsc::UnboundedReceiver<Event>), WorkerError> {
+        if let Some((bytes, cap)) = self.spool.as_ref().and_then(UsageSender::spool_full) {
+            return Err(WorkerError::UsageSpoolFull {
+                spooled_mib: bytes >> 20,
+                cap_mib: cap >> 20,
+            });
+        }
         let prepared = self.catalog.prepare(params)?;
         let summary = Prepared {
             params: prepared.params.clone(),
@@ -651,7 +661,7 @@ fn emit_usage(
             prompt_preview: crate::request::prompt_preview(&params.messages),
             quota_day: params.quota_day.clone(),
         };
-        if sink.send(event).is_err() {
+        if !sink.send_blocking(event) {
             tracing::error!(
                 tenant = %params.tenant,
                 user = params.user.as_ref().map_or("", |u| u.as_str()),

@@ -40,6 +40,13 @@ pub enum WorkerError {
         "this worker holds its most model variants (--max-contexts {0}: model, adapter and adapter scale), all of them busy; retry shortly"
     )]
     TooManyContexts(u32),
+    /// The usage spool is at its cap: the sink (NATS, the control plane)
+    /// has not taken the events for a while. No new request until it has;
+    /// nothing is lost.
+    #[error(
+        "this worker's usage spool is full ({spooled_mib} MiB of usage not yet delivered to the control plane, cap {cap_mib} MiB): it takes no new requests until NATS accepts them; retry shortly or on another worker"
+    )]
+    UsageSpoolFull { spooled_mib: u64, cap_mib: u64 },
     /// A failure inside the engine; not the caller's fault.
     #[error("engine failure: {0}")]
     Engine(String),
@@ -68,7 +75,9 @@ impl WorkerError {
             Self::InvalidRequest { .. } | Self::ContextExceeded { .. } => StatusCode::BAD_REQUEST,
             Self::UnknownModel(_) | Self::UnknownAdapter { .. } => StatusCode::NOT_FOUND,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::ShuttingDown | Self::TooManyContexts(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ShuttingDown | Self::TooManyContexts(_) | Self::UsageSpoolFull { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Engine(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -81,7 +90,9 @@ impl WorkerError {
             | Self::UnknownModel(_)
             | Self::UnknownAdapter { .. }
             | Self::BodyTooLarge { .. } => "invalid_request_error",
-            Self::ShuttingDown | Self::TooManyContexts(_) => "service_unavailable",
+            Self::ShuttingDown | Self::TooManyContexts(_) | Self::UsageSpoolFull { .. } => {
+                "service_unavailable"
+            }
             Self::Engine(_) => "server_error",
         }
     }
@@ -93,6 +104,7 @@ impl WorkerError {
             Self::UnknownAdapter { .. } => Some("adapter_not_found"),
             Self::ContextExceeded { .. } => Some("context_length_exceeded"),
             Self::BodyTooLarge { .. } => Some("request_too_large"),
+            Self::UsageSpoolFull { .. } => Some("usage_spool_full"),
             _ => None,
         }
     }
@@ -126,9 +138,9 @@ impl From<WorkerError> for tonic::Status {
             WorkerError::UnknownModel(_) | WorkerError::UnknownAdapter { .. } => {
                 tonic::Status::not_found(message)
             }
-            WorkerError::ShuttingDown | WorkerError::TooManyContexts(_) => {
-                tonic::Status::unavailable(message)
-            }
+            WorkerError::ShuttingDown
+            | WorkerError::TooManyContexts(_)
+            | WorkerError::UsageSpoolFull { .. } => tonic::Status::unavailable(message),
             WorkerError::Engine(_) => tonic::Status::internal(message),
         };
         if let Some(code) = code {

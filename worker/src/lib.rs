@@ -69,6 +69,9 @@ pub struct WorkerConfig {
     pub usage: UsageSink,
     /// Directory of the usage spool.
     pub spool_dir: PathBuf,
+    /// The spool's size cap: past it the worker takes no new requests (503
+    /// `usage_spool_full`) until the sink has caught up.
+    pub spool_max_bytes: u64,
     pub max_body_bytes: usize,
     /// The token every call of the HTTP API must carry; `None` trusts every
     /// caller (only for a loopback listener: the CLI refuses otherwise).
@@ -101,8 +104,9 @@ pub async fn run(
             (None, None)
         }
         sink => {
-            let spool = usage::Spool::open(&config.spool_dir)?;
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let gauge = Arc::new(usage::SpoolGauge::new(config.spool_max_bytes));
+            let spool = usage::Spool::open(&config.spool_dir, Arc::clone(&gauge))?;
+            let (tx, rx) = usage::queue(gauge);
             (
                 Some(tx),
                 Some(tokio::spawn(usage::publish_loop(spool, sink.clone(), rx))),

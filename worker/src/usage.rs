@@ -8,9 +8,16 @@
 //! So a NATS outage or a worker restart loses nothing (the spool is replayed)
 //! and doubles nothing (JetStream drops a repeated message id inside its
 //! duplicate window, and the control plane dedups on the event id too).
+//!
+//! The engine hands events over a bounded queue (it waits when the writer is
+//! behind; nothing is dropped), and the writer commits what has queued up as
+//! one spool file with one fsync (group commit). The spool has a size cap:
+//! past it the worker takes no new requests (503 `usage_spool_full`) until
+//! the sink has caught up, and still loses nothing.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bulkhead_proto::usage::{LocalUsageBatch, LocalUsageSender};
@@ -18,52 +25,151 @@ use bulkhead_proto::worker::UsageEvent;
 
 use prost::Message;
 use tokio::sync::Notify;
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::Receiver;
 
 use crate::error::WorkerError;
 
-/// The on-disk spool: one file per event, named `<sequence>-<event id>.pb`
-/// so replay keeps the original order.
+/// Most events queued between the engine and the spool writer.
+pub const USAGE_QUEUE: usize = 4_096;
+/// Most events one spool file (one group commit) holds.
+const GROUP_MAX: usize = 512;
+/// The default size cap of the spool.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1 << 30;
+
+/// How many bytes the spool holds, against its cap: shared by the writer,
+/// the publisher (which deletes what the sink has) and the engine (which
+/// refuses new requests while the spool is full).
+#[derive(Debug)]
+pub struct SpoolGauge {
+    bytes: AtomicU64,
+    cap: u64,
+}
+
+impl SpoolGauge {
+    pub fn new(cap: u64) -> Self {
+        Self {
+            bytes: AtomicU64::new(0),
+            cap,
+        }
+    }
+
+    fn add(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::SeqCst);
+    }
+
+    fn sub(&self, n: u64) {
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| {
+                Some(b.saturating_sub(n))
+            });
+    }
+
+    /// `(bytes held, cap)` when the spool is at its cap.
+    pub fn full(&self) -> Option<(u64, u64)> {
+        let bytes = self.bytes.load(Ordering::SeqCst);
+        (bytes >= self.cap).then_some((bytes, self.cap))
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::SeqCst)
+    }
+}
+
+/// The engine's end of the usage queue, with the spool's gauge.
+#[derive(Debug, Clone)]
+pub struct UsageSender {
+    tx: tokio::sync::mpsc::Sender<UsageEvent>,
+    gauge: Arc<SpoolGauge>,
+}
+
+impl UsageSender {
+    /// Queues an event, waiting while the writer is behind (the engine
+    /// thread calls it; it must not be inside an async runtime). `false`:
+    /// the publisher is gone (the event is lost; the caller says so).
+    pub fn send_blocking(&self, event: UsageEvent) -> bool {
+        self.tx.blocking_send(event).is_ok()
+    }
+
+    /// `(bytes held, cap)` when the spool is at its cap.
+    pub fn spool_full(&self) -> Option<(u64, u64)> {
+        self.gauge.full()
+    }
+}
+
+/// A usage queue for `gauge`'s spool: the engine's sender and the
+/// publisher's receiver.
+pub fn queue(gauge: Arc<SpoolGauge>) -> (UsageSender, Receiver<UsageEvent>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(USAGE_QUEUE);
+    (UsageSender { tx, gauge }, rx)
+}
+
+/// The on-disk spool: one file per group of events, named
+/// `<sequence>-<first event id>.pbs` (events length-delimited) so replay
+/// keeps the original order; `.pb` files of one event each (an older
+/// worker's) are read too.
 pub struct Spool {
     dir: PathBuf,
     next: u64,
+    gauge: Arc<SpoolGauge>,
 }
 
 impl Spool {
-    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, WorkerError> {
+    pub fn open(dir: impl Into<PathBuf>, gauge: Arc<SpoolGauge>) -> Result<Self, WorkerError> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(|e| {
             WorkerError::Engine(format!("creating spool dir {}: {e}", dir.display()))
         })?;
-        let mut spool = Self { dir, next: 0 };
-        spool.next = spool
-            .pending()?
+        let mut spool = Self {
+            dir,
+            next: 0,
+            gauge,
+        };
+        let pending = spool.pending()?;
+        spool.next = pending
             .iter()
             .filter_map(|p| sequence_of(p))
             .max()
             .map_or(0, |n| n + 1);
+        spool
+            .gauge
+            .add(pending.iter().map(|p| file_size(p)).sum::<u64>());
         Ok(spool)
     }
 
-    /// Writes an event durably (fsync of the file and the directory).
+    /// Writes one event durably.
     pub fn write(&mut self, event: &UsageEvent) -> Result<PathBuf, WorkerError> {
-        let name = format!("{:020}-{}.pb", self.next, event.event_id);
+        self.write_group(std::slice::from_ref(event))
+    }
+
+    /// Writes a group of events durably as one file: one fsync of the file
+    /// and one of the directory for the whole group.
+    pub fn write_group(&mut self, events: &[UsageEvent]) -> Result<PathBuf, WorkerError> {
+        let first = events.first().map_or("", |e| e.event_id.as_str());
+        let name = format!("{:020}-{first}.pbs", self.next);
         self.next += 1;
         let path = self.dir.join(&name);
         let tmp = self.dir.join(format!(".{name}.tmp"));
         let io = |e: std::io::Error| {
             WorkerError::Engine(format!("writing usage spool {}: {e}", path.display()))
         };
+        let mut bytes = Vec::new();
+        for event in events {
+            event
+                .encode_length_delimited(&mut bytes)
+                .map_err(|e| WorkerError::Engine(format!("encoding a usage event: {e}")))?;
+        }
         {
             use std::io::Write;
             let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            f.write_all(&event.encode_to_vec()).map_err(io)?;
+            f.write_all(&bytes).map_err(io)?;
             f.sync_all().map_err(io)?;
         }
         std::fs::rename(&tmp, &path).map_err(io)?;
         std::fs::File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io)?;
+        self.gauge.add(bytes.len() as u64);
         Ok(path)
     }
 
@@ -79,12 +185,26 @@ impl Spool {
     }
 }
 
+fn file_size(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// Deletes a spool file whose events the sink has, and counts it off.
+fn remove_spooled(path: &Path, gauge: &SpoolGauge) {
+    let size = file_size(path);
+    if std::fs::remove_file(path).is_ok() {
+        gauge.sub(size);
+    }
+}
+
 /// Spooled event files in `dir`, oldest first.
 fn pending_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "pb") && sequence_of(p).is_some())
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "pb" || x == "pbs") && sequence_of(p).is_some()
+        })
         .collect();
     files.sort();
     Ok(files)
@@ -166,8 +286,8 @@ impl Target {
     }
 
     /// Publishes `pending` in order and deletes each file once the sink has
-    /// it; stops at the first failure.
-    async fn publish(&mut self, pending: &[PathBuf]) -> Result<(), String> {
+    /// all of it; stops at the first failure.
+    async fn publish(&mut self, pending: &[PathBuf], gauge: &SpoolGauge) -> Result<(), String> {
         if pending.is_empty() {
             return Ok(());
         }
@@ -187,13 +307,13 @@ impl Target {
                     publish_file(js, path)
                         .await
                         .map_err(|e| format!("{}: {e}", path.display()))?;
-                    let _ = std::fs::remove_file(path);
+                    remove_spooled(path, gauge);
                 }
                 Ok(())
             }
             Self::Local(tx) => {
                 for chunk in pending.chunks(LOCAL_BATCH) {
-                    send_local(tx, chunk).await?;
+                    send_local(tx, chunk, gauge).await?;
                 }
                 Ok(())
             }
@@ -224,12 +344,16 @@ async fn connect_nats(nats_url: &str) -> Option<async_nats::jetstream::Context> 
 
 /// Sends one batch of spool files to the in-process control plane and
 /// deletes them once it answers that the batch is committed.
-async fn send_local(tx: &LocalUsageSender, paths: &[PathBuf]) -> Result<(), String> {
+async fn send_local(
+    tx: &LocalUsageSender,
+    paths: &[PathBuf],
+    gauge: &SpoolGauge,
+) -> Result<(), String> {
     let mut events = Vec::with_capacity(paths.len());
     let mut sent = Vec::with_capacity(paths.len());
     for path in paths {
-        if let Some(event) = read_event(path)? {
-            events.push(event);
+        if let Some(read) = read_events(path)? {
+            events.extend(read);
             sent.push(path);
         }
     }
@@ -243,7 +367,7 @@ async fn send_local(tx: &LocalUsageSender, paths: &[PathBuf]) -> Result<(), Stri
     match tokio::time::timeout(LOCAL_TIMEOUT, answer).await {
         Ok(Ok(Ok(()))) => {
             for path in sent {
-                let _ = std::fs::remove_file(path);
+                remove_spooled(path, gauge);
             }
             Ok(())
         }
@@ -255,12 +379,30 @@ async fn send_local(tx: &LocalUsageSender, paths: &[PathBuf]) -> Result<(), Stri
     }
 }
 
-/// Reads a spool file; a torn or foreign one is moved aside (`Ok(None)`)
-/// rather than block the spool.
-fn read_event(path: &Path) -> Result<Option<UsageEvent>, String> {
+/// Reads a spool file's events (a group, or one event in an older `.pb`
+/// file); a torn or foreign one is moved aside (`Ok(None)`) rather than
+/// block the spool.
+fn read_events(path: &Path) -> Result<Option<Vec<UsageEvent>>, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    match UsageEvent::decode(bytes.as_slice()) {
-        Ok(event) => Ok(Some(event)),
+    let decoded = if path.extension().is_some_and(|x| x == "pb") {
+        UsageEvent::decode(bytes.as_slice()).map(|e| vec![e])
+    } else {
+        let mut rest = bytes.as_slice();
+        let mut events = Vec::new();
+        let mut result = Ok(());
+        while !rest.is_empty() {
+            match UsageEvent::decode_length_delimited(&mut rest) {
+                Ok(e) => events.push(e),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        result.map(|()| events)
+    };
+    match decoded {
+        Ok(events) => Ok(Some(events)),
         Err(e) => {
             let bad = path.with_extension("corrupt");
             tracing::error!(file = %path.display(), error = %e, "unreadable usage spool file moved aside");
@@ -275,19 +417,24 @@ fn read_event(path: &Path) -> Result<Option<UsageEvent>, String> {
 /// this task publishes the spool in order to `sink`, retrying with backoff.
 /// On close it makes a last attempt of a few seconds; what stays unpublished
 /// remains in the spool for the next start.
-pub async fn publish_loop(
-    mut spool: Spool,
-    sink: UsageSink,
-    mut events: UnboundedReceiver<UsageEvent>,
-) {
+pub async fn publish_loop(mut spool: Spool, sink: UsageSink, mut events: Receiver<UsageEvent>) {
     let dir = spool.dir().to_path_buf();
+    let gauge = Arc::clone(&spool.gauge);
     let notify = Arc::new(Notify::new());
     let (closed_tx, mut closed) = tokio::sync::watch::channel(false);
     let writer_notify = Arc::clone(&notify);
     let writer = std::thread::Builder::new().name("bulkhead-usage-spool".into()).spawn(move || {
-        while let Some(event) = events.blocking_recv() {
-            if let Err(e) = spool.write(&event) {
-                tracing::error!(tenant = %event.tenant_id, event = %event.event_id, error = %e, "usage event could not be spooled");
+        while let Some(first) = events.blocking_recv() {
+            // Group commit: whatever queued up meanwhile goes in the same file.
+            let mut group = vec![first];
+            while group.len() < GROUP_MAX {
+                match events.try_recv() {
+                    Ok(event) => group.push(event),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = spool.write_group(&group) {
+                tracing::error!(events = group.len(), error = %e, "usage events could not be spooled");
             }
             writer_notify.notify_one();
         }
@@ -305,7 +452,7 @@ pub async fn publish_loop(
         let mut failed = false;
         if target.usable() {
             let pending = pending_or_warn(&dir);
-            match target.publish(&pending).await {
+            match target.publish(&pending, &gauge).await {
                 Ok(()) => backoff = Duration::from_millis(100),
                 Err(e) => {
                     tracing::warn!(error = %e, "usage publish failed; will retry");
@@ -353,18 +500,26 @@ async fn ensure_stream(js: &async_nats::jetstream::Context) -> bool {
     }
 }
 
+/// Publishes a spool file's events: all sent first, then every
+/// acknowledgement awaited (pipelined, not one round trip per event).
 async fn publish_file(js: &async_nats::jetstream::Context, path: &Path) -> Result<(), String> {
-    let Some(event) = read_event(path)? else {
+    let Some(events) = read_events(path)? else {
         return Ok(());
     };
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", event.event_id.as_str());
-    headers.insert("Content-Type", "application/x-protobuf");
-    let ack = js
-        .publish_with_headers(event.subject(), headers, event.encode_to_vec().into())
-        .await
-        .map_err(|e| e.to_string())?;
-    ack.await.map_err(|e| e.to_string())?;
+    let mut acks = Vec::with_capacity(events.len());
+    for event in &events {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", event.event_id.as_str());
+        headers.insert("Content-Type", "application/x-protobuf");
+        acks.push(
+            js.publish_with_headers(event.subject(), headers, event.encode_to_vec().into())
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    for ack in acks {
+        ack.await.map_err(|e| e.to_string())?;
+    }
     Ok(())
 }
 
@@ -375,7 +530,11 @@ mod tests {
     #[test]
     fn spool_survives_reopen_and_keeps_order() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let mut spool = Spool::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let mut spool = Spool::open(
+            dir.path(),
+            Arc::new(SpoolGauge::new(DEFAULT_SPOOL_MAX_BYTES)),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         for id in ["b", "a", "c"] {
             let event = UsageEvent {
                 event_id: id.into(),
@@ -383,20 +542,17 @@ mod tests {
             };
             spool.write(&event).unwrap_or_else(|e| panic!("{e}"));
         }
-        let mut reopened = Spool::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let mut reopened = Spool::open(
+            dir.path(),
+            Arc::new(SpoolGauge::new(DEFAULT_SPOOL_MAX_BYTES)),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let names: Vec<String> = reopened
             .pending()
             .unwrap_or_else(|e| panic!("{e}"))
             .iter()
-            .map(|p| {
-                std::fs::read(p)
-                    .map(|b| {
-                        UsageEvent::decode(b.as_slice())
-                            .map(|e| e.event_id)
-                            .unwrap_or_default()
-                    })
-                    .unwrap_or_default()
-            })
+            .flat_map(|p| read_events(p).ok().flatten().unwrap_or_default())
+            .map(|e| e.event_id)
             .collect();
         assert_eq!(names, ["b", "a", "c"]);
         let path = reopened
@@ -411,11 +567,65 @@ mod tests {
         );
     }
 
+    /// A group is one file with one fsync; the gauge counts it, says when
+    /// the cap is reached, and counts off what the sink took.
+    #[test]
+    fn a_group_is_one_file_and_the_cap_is_counted() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let gauge = Arc::new(SpoolGauge::new(200));
+        let mut spool =
+            Spool::open(dir.path(), Arc::clone(&gauge)).unwrap_or_else(|e| panic!("{e}"));
+        let event = |id: &str| UsageEvent {
+            event_id: id.into(),
+            tenant_id: "acme".into(),
+            prompt_preview: "x".repeat(40),
+            ..Default::default()
+        };
+        let path = spool
+            .write_group(&[event("e1"), event("e2"), event("e3")])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let read: Vec<String> = read_events(&path)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| e.event_id)
+            .collect();
+        assert_eq!(read, ["e1", "e2", "e3"]);
+        assert_eq!(pending_in(dir.path()).unwrap_or_default().len(), 1);
+        assert_eq!(gauge.bytes(), file_size(&path));
+        assert!(gauge.full().is_none(), "{} of 200 bytes", gauge.bytes());
+        let second = spool
+            .write_group(&[event("e4"), event("e5")])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            gauge.full().is_some(),
+            "{} bytes past a cap of 200",
+            gauge.bytes()
+        );
+        // An older worker's one-event file is read too.
+        std::fs::write(
+            dir.path().join("00000000000000000009-old.pb"),
+            event("old").encode_to_vec(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let reopened = Spool::open(dir.path(), Arc::new(SpoolGauge::new(200)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(reopened.pending().unwrap_or_default().len(), 3);
+        remove_spooled(&path, &gauge);
+        remove_spooled(&second, &gauge);
+        assert_eq!(gauge.bytes(), 0);
+        assert!(gauge.full().is_none());
+    }
+
     #[tokio::test]
     async fn local_batches_leave_the_spool_only_once_committed() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let spool = Spool::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-        let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+        let spool = Spool::open(
+            dir.path(),
+            Arc::new(SpoolGauge::new(DEFAULT_SPOOL_MAX_BYTES)),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let (events_tx, events_rx) = tokio::sync::mpsc::channel(16);
         let (local_tx, mut local_rx) = tokio::sync::mpsc::channel(4);
         let publisher = tokio::spawn(publish_loop(spool, UsageSink::Local(local_tx), events_rx));
         for id in ["e1", "e2"] {
@@ -424,6 +634,7 @@ mod tests {
                     event_id: id.into(),
                     ..Default::default()
                 })
+                .await
                 .unwrap_or_else(|e| panic!("{e}"));
         }
         // The control plane is not ready yet: the events stay spooled and come again.

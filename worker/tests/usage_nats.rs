@@ -69,12 +69,27 @@ async fn wait_for_events(url: &str, n: usize) -> Vec<UsageEvent> {
     }
 }
 
+/// Events in the spool: a `.pbs` file holds a group, length-delimited.
 fn spooled(dir: &Path) -> usize {
+    let count = |path: std::path::PathBuf| -> usize {
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        let mut rest = bytes.as_slice();
+        let mut n = 0;
+        while !rest.is_empty() {
+            match UsageEvent::decode_length_delimited(&mut rest) {
+                Ok(_) => n += 1,
+                Err(_) => break,
+            }
+        }
+        n
+    };
     std::fs::read_dir(dir)
         .map(|d| {
             d.filter_map(Result::ok)
-                .filter(|e| e.path().extension().is_some_and(|x| x == "pb"))
-                .count()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "pbs"))
+                .map(count)
+                .sum()
         })
         .unwrap_or(0)
 }
@@ -225,4 +240,81 @@ async fn acknowledged_usage_leaves_the_stream() {
         limits.max_bytes > 0,
         "the stream has a size cap: {limits:?}"
     );
+}
+
+/// A full spool: with NATS away the spool reaches its cap, and the worker
+/// answers new requests 503 `usage_spool_full` instead of piling up more
+/// unbilled work; once NATS is back the backlog drains, requests are taken
+/// again, and every answered request's event arrives exactly once.
+#[tokio::test]
+async fn a_full_spool_refuses_new_work_and_loses_nothing() {
+    let store = tempfile::tempdir().unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let mut nats = Nats::start(store.path());
+    nats.stop();
+    let w = TestWorker::start(Options {
+        usage: bulkhead_worker::UsageSink::Nats(nats.url()),
+        spool_dir: Some(spool.path().to_path_buf()),
+        // Two small events' worth.
+        spool_max_bytes: 400,
+        ..Options::default()
+    })
+    .await;
+    let ask = |id: String| {
+        let w = &w;
+        async move {
+            w.client
+                .post(format!("{}/v1/chat/completions", w.http))
+                .header("X-Tenant-ID", "acme")
+                .header("X-Request-ID", id)
+                .json(&json!({"model": MODEL_NAME, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 3, "temperature": 0}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let mut answered = Vec::new();
+    let mut refused = None;
+    for i in 0..20 {
+        let id = format!("spooled-{i}");
+        let resp = ask(id.clone()).await;
+        if resp.status() == 503 {
+            refused = Some(resp.json::<serde_json::Value>().await.unwrap());
+            break;
+        }
+        assert_eq!(resp.status(), 200);
+        answered.push(id);
+        // The event is on disk before the next request is judged.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while spooled(spool.path()) < answered.len() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await; // polling interval
+        }
+    }
+    let refused = refused.expect("the spool never filled");
+    assert_eq!(refused["error"]["code"], "usage_spool_full", "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("NATS")),
+        "{refused}"
+    );
+    assert!(!answered.is_empty());
+    assert_eq!(spooled(spool.path()), answered.len(), "nothing lost");
+    // NATS back: the backlog goes out, and new work is taken again.
+    nats.restart();
+    let events = wait_for_events(&nats.url(), answered.len()).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let resp = ask("after-drain".into()).await;
+        if resp.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never took work again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ids: Vec<String> = events.iter().map(|e| e.request_id.clone()).collect();
+    for id in &answered {
+        assert_eq!(ids.iter().filter(|x| *x == id).count(), 1, "{id}: {ids:?}");
+    }
+    w.stop().await;
 }
