@@ -73,7 +73,8 @@ pub(crate) async fn commit(
     source: &'static str,
 ) -> Result<(u32, u32), ControlPlaneError> {
     let tenants = tenants_of(&events);
-    match write(raft, Command::ApplyUsage { events }).await? {
+    let now_ms = crate::node::now_ms();
+    match write(raft, Command::ApplyUsage { events, now_ms }).await? {
         Reply::UsageApplied {
             applied,
             duplicates,

@@ -212,7 +212,7 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
                 0,
             )?))
         }),
-        Command::ApplyUsage { events } => apply_usage(t, events),
+        Command::ApplyUsage { events, now_ms } => apply_usage(t, events, now_ms),
         Command::SetExportKey { key_hex } => {
             if let Some(stored) = t.get::<String>(META, EXPORT_KEY)? {
                 return Ok(Reply::ExportKey(stored));
@@ -292,14 +292,24 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
         Command::PruneTurns { now_ms } => {
             let mut n = outbox::prune(t, now_ms)?;
             for (_, tenant) in t.scan::<TenantRecord>(TENANTS, "")? {
+                let days = match tenant.features.retention_days {
+                    0 => plans::default_features(&tenant.plan).map_or(30, |f| f.retention_days),
+                    d => d,
+                };
+                let cutoff_ms = now_ms - i64::from(days) * 86_400_000;
                 if let Some(scope) = scope(t, &tenant.id)? {
-                    let days = match tenant.features.retention_days {
-                        0 => plans::default_features(&tenant.plan).map_or(30, |f| f.retention_days),
-                        d => d,
-                    };
-                    n += scope.prune(now_ms - i64::from(days) * 86_400_000)?;
+                    n += scope.prune(cutoff_ms)?;
                 }
+                // Prompt counts and per-user rows past retention too.
+                let (cutoff_day, _) = ledger::day_of(cutoff_ms, &tenant.time_zone);
+                let (from, to) = (
+                    format!("{}/", tenant.id),
+                    format!("{}/{cutoff_day}", tenant.id),
+                );
+                n += t.delete_range(PROMPTS, &from, &to)?;
+                n += t.delete_range(USERS, &from, &to)?;
             }
+            n += forget_old_event_ids(t, now_ms)?;
             Ok(Reply::Reclaimed(u32::try_from(n).unwrap_or(u32::MAX)))
         }
         Command::TouchKey { key_id, now_ms } => {
@@ -666,4 +676,17 @@ fn allowance_day_is_today(
         Some(tenant) => ledger::day_of(now_ms, &tenant.time_zone).0 == a.day,
         None => false,
     })
+}
+
+/// Drops the ids of events of days past the dedup horizon (by day, with a
+/// range delete); returns how many.
+fn forget_old_event_ids(t: &Tables, now_ms: i64) -> io::Result<usize> {
+    let (horizon, _) = ledger::day_of(now_ms - DEDUP_HORIZON_DAYS * 86_400_000, "");
+    let old = t.scan_range::<String>(EVENT_DAYS, "", &horizon)?;
+    for (key, _) in &old {
+        if let Some((_, id)) = key.split_once('/') {
+            t.delete(EVENTS, id)?;
+        }
+    }
+    t.delete_range(EVENT_DAYS, "", &horizon)
 }

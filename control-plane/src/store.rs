@@ -93,6 +93,26 @@ impl<'t> Tables<'t> {
         self.with(table, |t| scan_table(t, prefix, prefix))
     }
 
+    /// Every entry with a key from `start` (inclusive) to `end` (exclusive).
+    pub fn scan_range<T: DeserializeOwned>(
+        &self,
+        table: &str,
+        start: &str,
+        end: &str,
+    ) -> io::Result<Vec<(String, T)>> {
+        self.with(table, |t| {
+            let mut out = Vec::new();
+            for item in t.range::<&str>(start..end).map_err(io_err)? {
+                let (k, v) = item.map_err(io_err)?;
+                out.push((
+                    k.value().to_owned(),
+                    serde_json::from_str(v.value()).map_err(io_err)?,
+                ));
+            }
+            Ok(out)
+        })
+    }
+
     /// Drops a whole table (no error if it does not exist).
     pub fn drop_table(&self, table: &str) -> io::Result<()> {
         // A table cannot be deleted while a handle to it is open.
@@ -103,15 +123,17 @@ impl<'t> Tables<'t> {
 
     /// Deletes every entry whose key starts with `prefix`; returns how many.
     pub fn delete_prefix(&self, table: &str, prefix: &str) -> io::Result<usize> {
+        self.delete_range(table, prefix, &format!("{prefix}\u{10FFFF}"))
+    }
+
+    /// Deletes every entry with a key from `start` (inclusive) to `end`
+    /// (exclusive), visiting only those; returns how many.
+    pub fn delete_range(&self, table: &str, start: &str, end: &str) -> io::Result<usize> {
         self.with(table, |t| {
             let mut n = 0;
-            t.retain_in::<&str, _>(prefix.., |k, _| {
-                if k.starts_with(prefix) {
-                    n += 1;
-                    false
-                } else {
-                    true
-                }
+            t.retain_in::<&str, _>(start..end, |_, _| {
+                n += 1;
+                false
             })
             .map_err(io_err)?;
             Ok(n)

@@ -160,8 +160,12 @@ pub(super) fn view_allowance(
     })
 }
 
-pub(super) fn apply_usage(t: &Tables, events: Vec<UsageRecord>) -> io::Result<Reply> {
+pub(super) fn apply_usage(t: &Tables, events: Vec<UsageRecord>, now_ms: i64) -> io::Result<Reply> {
     let (mut applied, mut duplicates) = (0, 0);
+    // Events of a day before this were possibly counted already, their ids
+    // forgotten since (DEDUP_HORIZON_DAYS): not counted again.
+    let horizon =
+        (now_ms > 0).then(|| ledger::day_of(now_ms - (DEDUP_HORIZON_DAYS - 1) * 86_400_000, "").0);
     let mut tenants: BTreeMap<String, Option<TenantRecord>> = BTreeMap::new();
     // Each tenant's quota per day, read once per batch.
     let mut quotas: BTreeMap<(String, String), u64> = BTreeMap::new();
@@ -189,7 +193,12 @@ pub(super) fn apply_usage(t: &Tables, events: Vec<UsageRecord>) -> io::Result<Re
         } else {
             ledger::day_of(e.finished_at_ms, &tenant.time_zone).0
         };
+        if horizon.as_ref().is_some_and(|h| day < *h) {
+            duplicates += 1;
+            continue;
+        }
         t.put(EVENTS, &e.event_id, &day)?;
+        t.put(EVENT_DAYS, &key2(&day, &e.event_id), &String::new())?;
         // Every figure saturates: they come from workers, and `apply` must
         // never panic (it would on every replica at once).
         let total = e.prompt_tokens.saturating_add(e.completion_tokens);

@@ -126,6 +126,10 @@ pub enum Command {
     },
     ApplyUsage {
         events: Vec<UsageRecord>,
+        /// When the leader proposed it: events of a day past the dedup
+        /// horizon are not counted (0: no such check, an older entry).
+        #[serde(default)]
+        now_ms: i64,
     },
     /// Drops allowances that expired more than the reclaim grace ago, and
     /// workers whose lease lapsed.
@@ -207,7 +211,7 @@ impl fmt::Display for Command {
             Command::RevokeKey { key_id, .. } => write!(f, "revoke-key {key_id}"),
             Command::Grant { tenant_id, .. } => write!(f, "grant {tenant_id}"),
             Command::Return { tenant_id, .. } => write!(f, "return {tenant_id}"),
-            Command::ApplyUsage { events } => write!(f, "apply-usage x{}", events.len()),
+            Command::ApplyUsage { events, .. } => write!(f, "apply-usage x{}", events.len()),
             Command::Reclaim { .. } => write!(f, "reclaim"),
             Command::RegisterWorker { worker } => write!(f, "register-worker {}", worker.worker_id),
             Command::CreateSession { tenant_id, .. } => write!(f, "create-session {tenant_id}"),

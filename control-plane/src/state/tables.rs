@@ -13,6 +13,15 @@ pub const KEY_HASHES: &str = "key_hashes";
 pub const LEDGER: &str = "ledger";
 pub const ALLOWANCES: &str = "allowances";
 pub const EVENTS: &str = "usage_events";
+/// The same event ids by day (`day/event id`), so that those past the dedup
+/// horizon are dropped by a range delete instead of a scan of every id.
+pub const EVENT_DAYS: &str = "usage_event_days";
+/// How long an applied event's id is remembered to drop a repeat: the
+/// JetStream duplicate window (24 h) and a week for a worker's spool to
+/// come back after an outage. Usage arriving later than this after its day
+/// is not counted (it may have been, and its id forgotten): Q1 holds, and
+/// such an event is counted as a duplicate.
+pub const DEDUP_HORIZON_DAYS: i64 = 8;
 pub const USERS: &str = "usage_users";
 pub const META: &str = "meta";
 pub const WORKERS: &str = "workers";

@@ -170,7 +170,13 @@ fn quota_low_and_exhausted_fire_once_a_day_and_the_audit_chain_holds() {
         vec![usage("e4", "acme", 200), usage("e5", "acme", 1)],
     ];
     for b in batches {
-        run(&sm, Command::ApplyUsage { events: b });
+        run(
+            &sm,
+            Command::ApplyUsage {
+                events: b,
+                now_ms: NOW,
+            },
+        );
     }
     let view = sm.view().expect("view");
     let types: Vec<String> = outbox::deliveries(&view, "acme", "", 100)
@@ -210,7 +216,13 @@ fn prompts_and_latency_are_counted_per_day_and_go_with_the_tenant() {
         // A replay counts nothing.
         asked("e1", "acme", "hello", 30),
     ];
-    run(&sm, Command::ApplyUsage { events });
+    run(
+        &sm,
+        Command::ApplyUsage {
+            events,
+            now_ms: NOW,
+        },
+    );
     let view = sm.view().expect("view");
     let days = ["2026-11-26".to_owned()];
     let top = view.top_prompts("acme", &days, 5).expect("top");
@@ -366,6 +378,7 @@ fn huge_usage_and_quotas_saturate_instead_of_stopping_every_replica() {
         &sm,
         Command::ApplyUsage {
             events: vec![huge("e1"), huge("e2")],
+            now_ms: NOW,
         },
     );
     let l = sm
@@ -438,6 +451,7 @@ fn usage_arriving_after_reclaim_still_fits_the_quota() {
         &sm,
         Command::ApplyUsage {
             events: vec![late, spent],
+            now_ms: later,
         },
     );
     let (used, outstanding) = figures(&sm, "2026-11-26");
@@ -511,6 +525,7 @@ fn a_request_admitted_before_midnight_is_charged_to_its_day() {
         &sm,
         Command::ApplyUsage {
             events: vec![spanning, new_day],
+            now_ms: after + 6_000,
         },
     );
     let (used1, _) = figures(&sm, "2026-11-26");
@@ -533,4 +548,89 @@ fn grant_command(gateway: &str, tokens: u64, now_ms: i64, op: &str) -> Command {
         now_ms,
         op_id: op.into(),
     }
+}
+
+/// Retention: prompt counts and per-user rows go with the plan's retention
+/// days; event ids past the dedup horizon are forgotten, by day, and an
+/// event that old is not counted again (Q1 before Q2).
+#[test]
+fn old_rows_and_event_ids_are_pruned_and_a_stale_repeat_is_not_counted() {
+    let (_dir, sm) = open();
+    run(
+        &sm,
+        Command::CreateTenant {
+            tenant: tenant("acme", "basic", 1_000_000),
+        },
+    );
+    let asked = |id: &str, at: i64| UsageRecord {
+        user_id: "alice".into(),
+        prompt_preview: "hello".into(),
+        finished_at_ms: at,
+        ..usage(id, "acme", 10)
+    };
+    run(
+        &sm,
+        Command::ApplyUsage {
+            events: vec![asked("old", NOW), asked("new", NOW + 31 * DAY_MS)],
+            now_ms: NOW + 31 * DAY_MS,
+        },
+    );
+    let count = |table: &str| {
+        with_tables(&sm, |t| Ok(t.scan::<serde_json::Value>(table, "")?.len())).expect("scan")
+    };
+    assert_eq!(
+        (count(PROMPTS), count(USERS), count(EVENTS)),
+        (1, 1, 1),
+        "the old event is stale already"
+    );
+    run(
+        &sm,
+        Command::ApplyUsage {
+            events: vec![asked("old2", NOW + DAY_MS)],
+            now_ms: NOW + DAY_MS,
+        },
+    );
+    assert_eq!((count(PROMPTS), count(USERS), count(EVENTS)), (2, 2, 2));
+    // 31 days on: basic keeps 30 days of rows; ids go after 8 days.
+    run(
+        &sm,
+        Command::PruneTurns {
+            now_ms: NOW + 32 * DAY_MS,
+        },
+    );
+    assert_eq!(
+        (count(PROMPTS), count(USERS)),
+        (1, 1),
+        "day 1 is past retention"
+    );
+    assert_eq!(count(EVENTS), 1, "only the recent event id is kept");
+    assert_eq!(count(EVENT_DAYS), 1);
+    // The forgotten event comes again (a spool replayed late): not counted.
+    let before = sm
+        .view()
+        .expect("view")
+        .ledger_day("acme", "2026-11-27")
+        .expect("day")
+        .map_or(0, |l| l.used);
+    let reply = run(
+        &sm,
+        Command::ApplyUsage {
+            events: vec![asked("old2", NOW + DAY_MS)],
+            now_ms: NOW + 32 * DAY_MS,
+        },
+    );
+    assert_eq!(
+        reply,
+        Reply::UsageApplied {
+            applied: 0,
+            duplicates: 1
+        }
+    );
+    let after = sm
+        .view()
+        .expect("view")
+        .ledger_day("acme", "2026-11-27")
+        .expect("day")
+        .map_or(0, |l| l.used);
+    assert_eq!(before, after);
 }
