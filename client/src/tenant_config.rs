@@ -526,3 +526,56 @@ webhooks:
         assert!(e.contains("blank.yaml: no tenant configs"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use bulkhead_proto::fuzz;
+    use proptest::prelude::*;
+
+    const FIELDS: &[&str] = &[
+        "tenant_id",
+        "display_name",
+        "plan",
+        "plan_tier",
+        "daily_quota",
+        "max_concurrent",
+        "max_request_tokens",
+        "context_window",
+        "context_turns",
+        "model",
+        "model_path",
+        "adapter",
+        "adapter_path",
+        "adapter_scale",
+        "system_prompt",
+        "welcome_message",
+        "quick_prompts",
+        "time_zone",
+        "knowledge_share",
+        "burst",
+        "burst_percent",
+        "knowledge_sharing",
+        "max_keys",
+        "retention_days",
+        "webhooks",
+    ];
+
+    proptest! {
+        #![proptest_config(fuzz::config())]
+
+        /// Any text: configs, or an error that names the file; never a panic.
+        /// (JSON is YAML, so the shaped inputs are near-misses of a config.)
+        #[test]
+        fn fuzz_tenant_config_loader(text in prop_oneof![
+            ".{0,200}",
+            fuzz::object_with(FIELDS).prop_map(|v| v.to_string()),
+            prop::collection::vec(fuzz::object_with(FIELDS), 1..3)
+                .prop_map(|docs| docs.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n---\n")),
+        ]) {
+            match super::parse("fuzz.yaml", &text) {
+                Ok(configs) => prop_assert!(!configs.is_empty()),
+                Err(e) => prop_assert!(e.to_string().contains("fuzz.yaml"), "{e}"),
+            }
+        }
+    }
+}

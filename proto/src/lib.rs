@@ -5,6 +5,8 @@
 //! types live next to the wire type they convert.
 
 pub mod auth;
+#[cfg(any(test, feature = "fuzz"))]
+pub mod fuzz;
 pub mod ids;
 pub mod openai;
 pub mod usage;

@@ -221,3 +221,66 @@ impl Completion {
         out
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    fn message() -> impl Strategy<Value = serde_json::Value> {
+        prop_oneof![
+            crate::fuzz::object_with(&["role", "content", "name", "tool_call_id"]),
+            (".{0,12}", ".{0,40}")
+                .prop_map(|(role, content)| json!({"role": role, "content": content})),
+        ]
+    }
+
+    fn request() -> impl Strategy<Value = serde_json::Value> {
+        (
+            crate::fuzz::object_with(&[
+                "model",
+                "max_tokens",
+                "max_completion_tokens",
+                "temperature",
+                "top_p",
+                "seed",
+                "stop",
+                "stream",
+                "stream_options",
+                "user",
+                "n",
+                "adapter",
+                "adapter_scale",
+                "session_id",
+                "ignore_eos",
+            ]),
+            prop::collection::vec(message(), 0..4),
+        )
+            .prop_map(|(mut object, messages)| {
+                object["messages"] = serde_json::Value::Array(messages);
+                object
+            })
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config())]
+
+        /// Any body: a request, or an error that says what is wrong; never a panic.
+        #[test]
+        fn fuzz_chat_request_parser(body in crate::fuzz::body(request())) {
+            match ChatRequest::parse(&body) {
+                Ok(req) => {
+                    let _ = (req.max_tokens(), req.include_usage(), req.stop_sequences(), req.seed32());
+                    for m in &req.messages {
+                        if let Err(e) = m.text() {
+                            prop_assert!(!e.is_empty());
+                        }
+                    }
+                }
+                Err(e) => prop_assert!(e.starts_with("the request body"), "{e}"),
+            }
+        }
+    }
+}

@@ -195,3 +195,61 @@ pub(super) struct AuditQuery {
 pub(super) struct ConfigQuery {
     pub(super) source: Option<String>,
 }
+
+#[cfg(test)]
+mod fuzz {
+    use bulkhead_proto::fuzz;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::admin::extract::parse_json;
+
+    const TENANT_FIELDS: &[&str] = &[
+        "id",
+        "display_name",
+        "plan",
+        "limits",
+        "model",
+        "adapter",
+        "adapter_scale",
+        "system_prompt",
+        "welcome_message",
+        "quick_prompts",
+        "time_zone",
+        "knowledge_share",
+        "feature_overrides",
+        "daily_tokens",
+        "max_concurrent",
+    ];
+
+    /// A rejected body is a 400 that says what is wrong (`invalid_json`).
+    fn rejected<T>(result: Result<T, crate::admin::AdminError>) -> Result<(), TestCaseError> {
+        if let Err(e) = result {
+            prop_assert_eq!(e.status().as_u16(), 400);
+            prop_assert!(e.to_string().contains("JSON"), "{}", e);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(fuzz::config())]
+
+        /// Any body for the admin routes that take JSON: parsed, or a 400
+        /// naming the problem; never a panic.
+        #[test]
+        fn fuzz_admin_json_bodies(
+            tenant in fuzz::body(fuzz::object_with(TENANT_FIELDS)),
+            patch in fuzz::body(fuzz::object_with(TENANT_FIELDS)),
+            other in fuzz::body(fuzz::json()),
+        ) {
+            rejected(parse_json::<NewTenant>(&tenant))?;
+            rejected(parse_json::<PatchBody>(&patch))?;
+            rejected(parse_json::<NewNode>(&other))?;
+            rejected(parse_json::<NewKey>(&other))?;
+            rejected(parse_json::<NewWebhook>(&other))?;
+            rejected(parse_json::<SnippetBody>(&other))?;
+            rejected(parse_json::<ShareBody>(&other))?;
+            rejected(parse_json::<BurstAsk>(&other))?;
+        }
+    }
+}
