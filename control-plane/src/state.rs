@@ -29,6 +29,7 @@ mod consequences;
 mod ops;
 mod queries;
 mod records;
+mod retention;
 mod tables;
 mod tenants;
 
@@ -38,6 +39,8 @@ pub use command::*;
 use consequences::*;
 use ops::*;
 pub use records::*;
+pub(crate) use retention::reclaimable;
+use retention::*;
 pub use tables::*;
 use tenants::*;
 
@@ -289,29 +292,7 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
             scope.delete_session(&session_id)?;
             Ok(Reply::Session(session))
         }
-        Command::PruneTurns { now_ms } => {
-            let mut n = outbox::prune(t, now_ms)?;
-            for (_, tenant) in t.scan::<TenantRecord>(TENANTS, "")? {
-                let days = match tenant.features.retention_days {
-                    0 => plans::default_features(&tenant.plan).map_or(30, |f| f.retention_days),
-                    d => d,
-                };
-                let cutoff_ms = now_ms - i64::from(days) * 86_400_000;
-                if let Some(scope) = scope(t, &tenant.id)? {
-                    n += scope.prune(cutoff_ms)?;
-                }
-                // Prompt counts and per-user rows past retention too.
-                let (cutoff_day, _) = ledger::day_of(cutoff_ms, &tenant.time_zone);
-                let (from, to) = (
-                    format!("{}/", tenant.id),
-                    format!("{}/{cutoff_day}", tenant.id),
-                );
-                n += t.delete_range(PROMPTS, &from, &to)?;
-                n += t.delete_range(USERS, &from, &to)?;
-            }
-            n += forget_old_event_ids(t, now_ms)?;
-            Ok(Reply::Reclaimed(u32::try_from(n).unwrap_or(u32::MAX)))
-        }
+        Command::PruneTurns { now_ms } => prune(t, now_ms),
         Command::TouchKey { key_id, now_ms } => {
             let Some(mut key) = t.get::<KeyRecord>(KEYS, &key_id)? else {
                 return Ok(Reply::Rejected(Rejection::UnknownKey(key_id)));
@@ -594,38 +575,7 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
             }
             Ok(Reply::Shared { snippets, refused })
         }
-        Command::Reclaim { now_ms } => {
-            for (okey, op) in t.scan::<OpRecord>(OPS, "")? {
-                if op.at_ms + OP_MEMORY_MS < now_ms {
-                    t.delete(OPS, &okey)?;
-                }
-            }
-            for (id, w) in t.scan::<WorkerRecord>(WORKERS, "")? {
-                if w.expires_at_ms < now_ms {
-                    t.delete(WORKERS, &id)?;
-                    record_change(t, Change::WorkerGone(id))?;
-                }
-            }
-            let mut n = 0;
-            for (akey, mut a) in t.scan::<Allowance>(ALLOWANCES, "")? {
-                if !reclaimable(t, &akey, &a, now_ms)? {
-                    continue;
-                }
-                n += 1;
-                if a.tokens == 0 || !allowance_day_is_today(t, &akey, &a, now_ms)? {
-                    t.delete(ALLOWANCES, &akey)?;
-                } else {
-                    // The gateway stopped renewing: its concurrency slots
-                    // come back now, but its tokens stay outstanding until
-                    // the day ends, since usage of requests it admitted may
-                    // still arrive (a worker's spool, a NATS outage) and is
-                    // charged against them.
-                    a.slots = 0;
-                    t.put(ALLOWANCES, &akey, &a)?;
-                }
-            }
-            Ok(Reply::Reclaimed(n))
-        }
+        Command::Reclaim { now_ms } => reclaim(t, now_ms),
     }
 }
 
@@ -639,54 +589,9 @@ fn scope<'a, 't>(t: &'a Tables<'t>, tenant_id: &str) -> io::Result<Option<Tenant
         .map(|id| TenantScope::new(t, &id)))
 }
 
-// ------------------------------------------------------------------ queries
-
-#[cfg(test)]
-mod tests;
-
 fn credential_reply(r: Result<credentials::CredentialRecord, Rejection>) -> Reply {
     r.map_or_else(Reply::Rejected, Reply::Credential)
 }
 
-/// Whether Reclaim has something to do with allowance `a`: its gateway
-/// stopped renewing it more than the grace ago, and it still holds slots, or
-/// tokens of a day that is over, or nothing at all.
-pub(crate) fn reclaimable(
-    db: &impl crate::store::Lookup,
-    akey: &str,
-    a: &Allowance,
-    now_ms: i64,
-) -> io::Result<bool> {
-    if a.expires_at_ms + ledger::RECLAIM_GRACE_MS >= now_ms {
-        return Ok(false);
-    }
-    Ok(a.slots > 0 || a.tokens == 0 || !allowance_day_is_today(db, akey, a, now_ms)?)
-}
-
-/// Whether allowance `a` (key `tenant/gateway`) belongs to its tenant's
-/// current day (an unknown tenant has none).
-fn allowance_day_is_today(
-    db: &impl crate::store::Lookup,
-    akey: &str,
-    a: &Allowance,
-    now_ms: i64,
-) -> io::Result<bool> {
-    let tenant_id = akey.split('/').next().unwrap_or_default();
-    Ok(match db.get::<TenantRecord>(TENANTS, tenant_id)? {
-        Some(tenant) => ledger::day_of(now_ms, &tenant.time_zone).0 == a.day,
-        None => false,
-    })
-}
-
-/// Drops the ids of events of days past the dedup horizon (by day, with a
-/// range delete); returns how many.
-fn forget_old_event_ids(t: &Tables, now_ms: i64) -> io::Result<usize> {
-    let (horizon, _) = ledger::day_of(now_ms - DEDUP_HORIZON_DAYS * 86_400_000, "");
-    let old = t.scan_range::<String>(EVENT_DAYS, "", &horizon)?;
-    for (key, _) in &old {
-        if let Some((_, id)) = key.split_once('/') {
-            t.delete(EVENTS, id)?;
-        }
-    }
-    t.delete_range(EVENT_DAYS, "", &horizon)
-}
+#[cfg(test)]
+mod tests;
