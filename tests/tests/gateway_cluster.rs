@@ -1,15 +1,14 @@
 //! A real multi-process cluster: control-plane nodes, NATS, workers with the
 //! demo model, and two gateways. Quotas hold across gateways (Q1, Q2),
-//! `max_concurrent` holds counted at the worker (Q3), and a worker or the
-//! control-plane leader dying under load gives clients clean errors or
-//! answers, never a hang, with the ledger still exact.
+//! `max_concurrent` holds counted at the worker (Q3), a draining gateway
+//! finishes its streams, and a gateway cut off from the control plane
+//! spends only what it holds. (Workers and the leader dying under load are
+//! in `drills.rs`.)
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bulkhead_tests::system::{Answer, Api, Cluster, MODEL, eventually};
+use bulkhead_tests::system::{Cluster, MODEL, eventually};
 use serde_json::json;
 
 /// Waits until the ledger shows `expected` tokens used today by `tenant`.
@@ -195,137 +194,6 @@ async fn quota_and_concurrency_hold_across_two_gateways() {
 }
 
 /// How one streamed request ended, as its client saw it.
-#[derive(Debug)]
-enum Seen {
-    Answered { tokens: u64, at: Instant },
-    CleanError,
-}
-
-/// Waits until `by` more requests were answered than now.
-async fn answers_grow(answered: &AtomicUsize, by: usize, when: &str) {
-    let target = answered.load(Ordering::SeqCst) + by;
-    eventually(
-        &format!("{by} answers {when}"),
-        Duration::from_secs(90),
-        || async { (answered.load(Ordering::SeqCst) >= target).then_some(()) },
-    )
-    .await
-    .unwrap();
-}
-
-async fn stream_once(api: &Api, key: &str, user: &str) -> Seen {
-    let req = api
-        .post("/v1/chat/completions", key)
-        .header("X-User-ID", user)
-        .json(&json!({
-            "model": MODEL, "stream": true, "max_tokens": 48, "temperature": 0,
-            "messages": [{"role": "user", "content": "Write about rivers and mountains."}],
-        }));
-    let answer: Answer = tokio::time::timeout(Duration::from_secs(30), api.send(req))
-        .await
-        .expect("a request hung for 30 s")
-        .expect("the connection broke without an HTTP answer");
-    match (answer.status, &answer.stream_error, &answer.usage) {
-        (200, None, Some(_)) => Seen::Answered {
-            tokens: answer.total_tokens(),
-            at: Instant::now(),
-        },
-        (200, Some(e), _) => {
-            assert!(e["error"]["message"].as_str().is_some(), "{e:?}");
-            Seen::CleanError
-        }
-        (429 | 502 | 503, _, _) => {
-            assert!(
-                answer.body["error"]["message"].as_str().is_some(),
-                "{:?}",
-                answer.body
-            );
-            Seen::CleanError
-        }
-        other => panic!("unexpected answer {other:?}: {:?}", answer.body),
-    }
-}
-
-#[tokio::test]
-async fn a_worker_and_the_leader_dying_under_load_give_clean_errors_and_an_exact_ledger() {
-    let mut cluster = Cluster::builder()
-        .control_nodes(3)
-        .workers(2)
-        .gateways(2)
-        .start()
-        .await
-        .unwrap();
-    let key = cluster
-        .tenant_with_key(
-            "f",
-            &["--daily-tokens", "1000000", "--max-concurrent", "32"],
-        )
-        .await
-        .unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let answered = Arc::new(AtomicUsize::new(0));
-    let mut clients = Vec::new();
-    for i in 0..6 {
-        let api = cluster.apis[i % 2].clone();
-        let (key, stop, answered) = (key.clone(), Arc::clone(&stop), Arc::clone(&answered));
-        clients.push(tokio::spawn(async move {
-            let mut seen = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let s = stream_once(&api, &key, &format!("user-{i}")).await;
-                if matches!(s, Seen::Answered { .. }) {
-                    answered.fetch_add(1, Ordering::SeqCst);
-                }
-                seen.push(s);
-            }
-            seen
-        }));
-    }
-    // Each fault comes once answers are flowing, and the next once more
-    // answers came after it (no fixed waits).
-    answers_grow(&answered, 6, "before any fault").await;
-    cluster.workers[0].kill();
-    answers_grow(&answered, 6, "after a worker died").await;
-    let leader = cluster
-        .control
-        .leader(Duration::from_secs(5))
-        .await
-        .unwrap();
-    cluster.control.kill(leader);
-    let leader_killed = Instant::now();
-    answers_grow(&answered, 6, "after the leader died").await;
-    stop.store(true, Ordering::Relaxed);
-    let mut seen = Vec::new();
-    for c in clients {
-        seen.extend(c.await.unwrap());
-    }
-    let received: u64 = seen
-        .iter()
-        .map(|s| match s {
-            Seen::Answered { tokens, .. } => *tokens,
-            Seen::CleanError => 0,
-        })
-        .sum();
-    let after = seen
-        .iter()
-        .filter(|s| matches!(s, Seen::Answered { at, .. } if *at > leader_killed))
-        .count();
-    let errors = seen
-        .iter()
-        .filter(|s| matches!(s, Seen::CleanError))
-        .count();
-    eprintln!(
-        "{} requests: {errors} clean errors, {after} answered after the leader died, {received} tokens",
-        seen.len()
-    );
-    assert!(
-        after > 0,
-        "nothing was answered after the leader died: {seen:?}"
-    );
-    // Q2 (and Q1 trivially, with a large quota): the new leader's ledger
-    // holds exactly what clients were told, nothing of the broken requests.
-    ledger_reaches(&cluster, "f", received).await;
-}
-
 #[tokio::test]
 async fn without_the_control_plane_a_gateway_spends_only_what_it_holds_then_says_so() {
     let mut cluster = Cluster::builder()
