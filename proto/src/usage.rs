@@ -53,13 +53,26 @@ pub type LocalUsageSender = tokio::sync::mpsc::Sender<LocalUsageBatch>;
 /// The receiving end, owned by the control plane.
 pub type LocalUsageReceiver = tokio::sync::mpsc::Receiver<LocalUsageBatch>;
 
+/// The environment variable naming a CA file (PEM) that the NATS server's
+/// certificate must chain to; with it, NATS connections require TLS.
+pub const NATS_CA_ENV: &str = "BULKHEAD_NATS_CA";
+
 /// Connection options for a NATS URL that may carry credentials:
 /// `nats://user:password@host:4222` (user and password) or
 /// `nats://token@host:4222` (a token). Answers the options with them set
 /// and the URL without them (the client would not send them otherwise, and
-/// they must not end up in logs).
+/// they must not end up in logs). With `BULKHEAD_NATS_CA` set (or a
+/// `tls://` URL), the connection requires TLS and checks the server's
+/// certificate against that CA.
 pub fn nats_options(url: &str) -> (async_nats::ConnectOptions, String) {
-    let options = async_nats::ConnectOptions::new();
+    let mut options = async_nats::ConnectOptions::new();
+    if let Some(ca) = std::env::var_os(NATS_CA_ENV).filter(|v| !v.is_empty()) {
+        options = options
+            .add_root_certificates(std::path::PathBuf::from(ca))
+            .require_tls(true);
+    } else if url.starts_with("tls://") {
+        options = options.require_tls(true);
+    }
     let Some((scheme, rest)) = url.split_once("://") else {
         return (options, url.to_owned());
     };

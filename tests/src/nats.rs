@@ -29,6 +29,8 @@ pub struct Nats {
     store: PathBuf,
     /// The user and password the server demands, if any.
     auth: Option<(String, String)>,
+    /// The server's TLS certificate and key, if it speaks TLS only.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Nats {
@@ -42,6 +44,19 @@ impl Nats {
         Self::start_as(store, Some((user.to_owned(), password.to_owned())))
     }
 
+    /// Starts a server that speaks TLS only, with this certificate and key.
+    pub fn start_with_tls(store: &Path, cert: &Path, key: &Path) -> Self {
+        let mut nats = Self {
+            child: None,
+            port: free_port(),
+            store: store.to_path_buf(),
+            auth: None,
+            tls: Some((cert.to_path_buf(), key.to_path_buf())),
+        };
+        nats.restart();
+        nats
+    }
+
     fn start_as(store: &Path, auth: Option<(String, String)>) -> Self {
         let port = free_port();
         let mut nats = Self {
@@ -49,6 +64,7 @@ impl Nats {
             port,
             store: store.to_path_buf(),
             auth,
+            tls: None,
         };
         nats.restart();
         nats
@@ -86,6 +102,15 @@ impl Nats {
                     u.clone(),
                     "--pass".to_owned(),
                     p.clone(),
+                ]
+            }))
+            .args(self.tls.iter().flat_map(|(cert, key)| {
+                [
+                    "--tls".to_owned(),
+                    "--tlscert".to_owned(),
+                    cert.display().to_string(),
+                    "--tlskey".to_owned(),
+                    key.display().to_string(),
                 ]
             }))
             .stdout(Stdio::null())

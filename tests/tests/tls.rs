@@ -172,3 +172,87 @@ async fn up_serves_https_and_its_roles_speak_mtls() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// NATS over TLS: with `BULKHEAD_NATS_CA`, the worker publishes and the
+/// control plane consumes usage over TLS (the server's certificate checked
+/// against that CA), and a client speaking plain NATS is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_travels_over_a_nats_that_speaks_tls() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pki = dir.path().join("pki");
+    std::fs::create_dir_all(&pki)?;
+    let cluster_ca = ca(&pki, "ca")?;
+    leaf(&pki, "nats", &cluster_ca)?;
+    let nats = bulkhead_tests::nats::Nats::start_with_tls(
+        &dir.path().join("nats"),
+        &pki.join("nats.pem"),
+        &pki.join("nats.key"),
+    );
+    let plain = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(2))
+        .connect(nats.url())
+        .await;
+    assert!(plain.is_err(), "a plain client got in");
+
+    let (api_port, cp_port) = (free_port(), free_port());
+    let cp = format!("127.0.0.1:{cp_port}");
+    let args = vec![
+        "up".to_owned(),
+        "--data-dir".into(),
+        dir.path().join("data").display().to_string(),
+        "--api".into(),
+        format!("127.0.0.1:{api_port}"),
+        "--control-plane".into(),
+        cp.clone(),
+        "--worker".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "--no-console".into(),
+        "--model".into(),
+        format!("{MODEL}={}", demo_model().display()),
+        "--slots".into(),
+        "2".into(),
+        "--context".into(),
+        "1024".into(),
+        "--nats".into(),
+        nats.url(),
+    ];
+    let ca_path = pki.join("ca.pem").display().to_string();
+    let mut up = Process::spawn_with_env(&args, &[("BULKHEAD_NATS_CA", ca_path.as_str())])?;
+    let token = up.wait_for("admin token:", Duration::from_secs(60))?;
+    up.wait_for(
+        "registered with the control plane",
+        Duration::from_secs(120),
+    )?;
+    let key = bulkhead_tests::system::tenant_with_key(&cp, &token, "acme", &[])?;
+    let api = bulkhead_tests::system::Api::new(&format!("127.0.0.1:{api_port}"));
+    let answer = api.ask(&key, "Say hi.", 4).await?;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    let billed = answer.total_tokens();
+    // The event went worker -> NATS (TLS) -> control plane (TLS) -> ledger.
+    let admin = bulkhead_client::ControlPlaneClient::new(vec![cp], Some(token));
+    bulkhead_tests::system::eventually(
+        "the usage to reach the ledger over TLS",
+        Duration::from_secs(30),
+        || async {
+            let report = admin
+                .admin()
+                .send(
+                    bulkhead_proto::control::UsageRequest {
+                        tenant_id: "acme".into(),
+                        days: 2,
+                    },
+                    |mut c, r| async move { c.usage(r).await },
+                )
+                .await
+                .ok()?;
+            let used: u64 = report
+                .days
+                .iter()
+                .map(|d| d.prompt_tokens + d.completion_tokens)
+                .sum();
+            (used == billed).then_some(())
+        },
+    )
+    .await?;
+    Ok(())
+}
