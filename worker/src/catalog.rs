@@ -24,6 +24,7 @@ use crate::error::WorkerError;
 use crate::request::{ChatMessage, GenerateParams};
 
 mod files;
+pub mod ollama;
 mod progress;
 
 pub use files::{

@@ -52,6 +52,14 @@ impl std::str::FromStr for ModelSpec {
     type Err = String;
     fn from_str(value: &str) -> Result<Self, String> {
         let (name, path) = parse_name_path(value, "--model")?;
+        // `NAME=ollama:TAG`: the blob Ollama's manifest for TAG names.
+        let path = match path
+            .to_str()
+            .and_then(|p| p.strip_prefix(super::ollama::PREFIX))
+        {
+            Some(tag) => super::ollama::resolve(tag, &super::ollama::models_dir())?,
+            None => path,
+        };
         Ok(Self {
             name,
             path,
