@@ -162,7 +162,7 @@ pub async fn run(args: BenchControlPlaneArgs) -> anyhow::Result<()> {
         )
         .await?;
     // Grants are a gateway's calls: the bench is one, with its own credential.
-    let client = Arc::new(admin.issue_credential("gateway", "bench-cp").await?);
+    let client = Arc::new(admin.as_caller(admin.issue_credential("gateway", "bench-cp").await?));
     println!("cluster: 3 control-plane nodes and nats-server on loopback");
 
     // Usage events: publish, and time until the ledger counted them all.

@@ -253,10 +253,8 @@ pub async fn run(args: BenchGatewayArgs) -> anyhow::Result<()> {
         .context("the control plane stopped before it initialized")?;
     let admin = ControlPlaneClient::new(vec![cp_addr.clone()], Some(token));
     // Each role with its own credential, as in a real cluster.
-    let credential =
-        |client: ControlPlaneClient| client.credential().cloned().context("an issued credential");
-    let gateway_credential = credential(admin.issue_credential("gateway", "bench-gateway").await?)?;
-    let worker_credential = credential(admin.issue_credential("worker", "scripted-1").await?)?;
+    let gateway_credential = admin.issue_credential("gateway", "bench-gateway").await?;
+    let worker_credential = admin.issue_credential("worker", "scripted-1").await?;
     let interval = Duration::from_micros(args.token_interval_us);
     let engine = Arc::new(ScriptedEngine::new("scripted-1", interval));
     let gateways = Gateways::new(&[]);

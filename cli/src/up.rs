@@ -358,14 +358,10 @@ async fn own_credential(
             |mut c, r| async move { c.revoke_credential(r).await },
         )
         .await;
-    let client = admin
+    let credential = admin
         .issue_credential(role, name)
         .await
         .with_context(|| format!("issuing the {role}'s credential"))?;
-    let credential = client
-        .credential()
-        .cloned()
-        .context("an issued credential")?;
     write_private(&path, credential.expose())?;
     Ok(credential)
 }

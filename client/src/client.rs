@@ -85,10 +85,9 @@ impl ControlPlaneClient {
         self
     }
 
-    /// Issues a credential of `role` (`gateway` or `worker`) named `name`
-    /// through the admin service, and answers a client with the same
-    /// addresses that sends it instead of the admin token.
-    pub async fn issue_credential(&self, role: &str, name: &str) -> Result<Self, Status> {
+    /// Issues a credential of `role` (`gateway`, `worker` or `metrics`)
+    /// named `name` through the admin service.
+    pub async fn issue_credential(&self, role: &str, name: &str) -> Result<Credential, Status> {
         let created = self
             .admin()
             .send(
@@ -99,9 +98,14 @@ impl ControlPlaneClient {
                 |mut c, r| async move { c.create_credential(r).await },
             )
             .await?;
-        let credential =
-            Credential::new(&created.secret).map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Self::new(self.addrs.clone(), None).with_credential(credential))
+        Credential::new(&created.secret).map_err(Status::internal)
+    }
+
+    /// A client of the same nodes that calls as the holder of `credential`
+    /// (and sends no admin token).
+    #[must_use]
+    pub fn as_caller(&self, credential: Credential) -> Self {
+        Self::new(self.addrs.clone(), None).with_credential(credential)
     }
 
     /// The credential this client sends, if any.

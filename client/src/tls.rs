@@ -170,55 +170,50 @@ pub fn http_acceptor() -> Option<tokio_rustls::TlsAcceptor> {
 /// An HTTP listener that serves TLS when this process has a certificate:
 /// each connection's handshake runs on its own task, so a slow client does
 /// not hold up the others.
-pub struct HttpListener {
-    accepted: tokio::sync::mpsc::Receiver<(Io, std::net::SocketAddr)>,
-    local: std::net::SocketAddr,
+pub enum HttpListener {
+    /// No certificate: connections are accepted as they come.
+    Plain(tokio::net::TcpListener),
+    /// TLS: a task accepts and hands over connections whose handshake ended.
+    Tls {
+        accepted: tokio::sync::mpsc::Receiver<(Io, std::net::SocketAddr)>,
+        local: std::net::SocketAddr,
+    },
+}
+
+/// Tokens are small writes: without TCP_NODELAY, Nagle holds them back.
+fn accepted(tcp: &TcpStream) {
+    let _ = tcp.set_nodelay(true);
 }
 
 impl HttpListener {
     pub fn new(listener: tokio::net::TcpListener) -> std::io::Result<Self> {
+        let Some(acceptor) = http_acceptor() else {
+            return Ok(Self::Plain(listener));
+        };
         let local = listener.local_addr()?;
-        let acceptor = http_acceptor();
-        let (tx, accepted) = tokio::sync::mpsc::channel(64);
+        let (tx, accepted_rx) = tokio::sync::mpsc::channel(64);
+        let mut listener = listener;
         tokio::spawn(async move {
-            loop {
-                let (tcp, addr) = match listener.accept().await {
-                    Ok(conn) => conn,
-                    Err(_) => {
-                        // Out of descriptors and the like: back off, go on.
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
+            while !tx.is_closed() {
+                let (tcp, addr) = axum::serve::Listener::accept(&mut listener).await;
+                accepted(&tcp);
+                let (tx, acceptor) = (tx.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    let handshake = tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        acceptor.accept(tcp),
+                    )
+                    .await;
+                    if let Ok(Ok(tls)) = handshake {
+                        let _ = tx.send((Io::Tls(Box::new(tls)), addr)).await;
                     }
-                };
-                // Tokens are small writes: without TCP_NODELAY, Nagle holds them back.
-                let _ = tcp.set_nodelay(true);
-                if tx.is_closed() {
-                    return;
-                }
-                let tx = tx.clone();
-                match &acceptor {
-                    None => {
-                        if tx.send((Io::Plain(tcp), addr)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Some(acceptor) => {
-                        let acceptor = acceptor.clone();
-                        tokio::spawn(async move {
-                            let handshake = tokio::time::timeout(
-                                std::time::Duration::from_secs(10),
-                                acceptor.accept(tcp),
-                            )
-                            .await;
-                            if let Ok(Ok(tls)) = handshake {
-                                let _ = tx.send((Io::Tls(Box::new(tls)), addr)).await;
-                            }
-                        });
-                    }
-                }
+                });
             }
         });
-        Ok(Self { accepted, local })
+        Ok(Self::Tls {
+            accepted: accepted_rx,
+            local,
+        })
     }
 }
 
@@ -227,15 +222,27 @@ impl axum::serve::Listener for HttpListener {
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.accepted.recv().await {
-            Some(conn) => conn,
-            // The accept task ended: nothing more will come.
-            None => std::future::pending().await,
+        match self {
+            // axum's own accept loop (it backs off on errors such as running
+            // out of descriptors).
+            Self::Plain(listener) => {
+                let (tcp, addr) = axum::serve::Listener::accept(listener).await;
+                accepted(&tcp);
+                (Io::Plain(tcp), addr)
+            }
+            Self::Tls { accepted, .. } => match accepted.recv().await {
+                Some(conn) => conn,
+                // The accept task ended: nothing more will come.
+                None => std::future::pending().await,
+            },
         }
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
+        match self {
+            Self::Plain(listener) => listener.local_addr(),
+            Self::Tls { local, .. } => Ok(*local),
+        }
     }
 }
 

@@ -100,17 +100,7 @@ impl<'t> Tables<'t> {
         start: &str,
         end: &str,
     ) -> io::Result<Vec<(String, T)>> {
-        self.with(table, |t| {
-            let mut out = Vec::new();
-            for item in t.range::<&str>(start..end).map_err(io_err)? {
-                let (k, v) = item.map_err(io_err)?;
-                out.push((
-                    k.value().to_owned(),
-                    serde_json::from_str(v.value()).map_err(io_err)?,
-                ));
-            }
-            Ok(out)
-        })
+        self.with(table, |t| collect_range(t, start..end, ""))
     }
 
     /// Drops a whole table (no error if it does not exist).
@@ -148,8 +138,18 @@ fn scan_table<T: DeserializeOwned>(
     prefix: &str,
     from: &str,
 ) -> io::Result<Vec<(String, T)>> {
+    collect_range(t, from.max(prefix).., prefix)
+}
+
+/// The entries of `range` whose key starts with `prefix` (stopping at the
+/// first that does not), decoded, in key order.
+fn collect_range<'a, T: DeserializeOwned>(
+    t: &impl ReadableTable<&'static str, &'static str>,
+    range: impl std::ops::RangeBounds<&'a str> + 'a,
+    prefix: &str,
+) -> io::Result<Vec<(String, T)>> {
     let mut out = Vec::new();
-    for item in t.range::<&str>(from.max(prefix)..).map_err(io_err)? {
+    for item in t.range::<&str>(range).map_err(io_err)? {
         let (k, v) = item.map_err(io_err)?;
         if !k.value().starts_with(prefix) {
             break;

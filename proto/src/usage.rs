@@ -73,48 +73,44 @@ pub fn nats_options(url: &str) -> (async_nats::ConnectOptions, String) {
     } else if url.starts_with("tls://") {
         options = options.require_tls(true);
     }
-    let Some((scheme, rest)) = url.split_once("://") else {
+    let Ok(mut parsed) = url::Url::parse(url) else {
         return (options, url.to_owned());
     };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+    if parsed.username().is_empty() {
         return (options, url.to_owned());
+    }
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
     };
-    let decode = |s: &str| percent_decode(s);
-    let options = match userinfo.split_once(':') {
-        Some((user, password)) => options.user_and_password(decode(user), decode(password)),
-        None => options.token(decode(userinfo)),
+    let user = decode(parsed.username());
+    options = match parsed.password() {
+        Some(password) => options.user_and_password(user, decode(password)),
+        None => options.token(user),
     };
-    (options, format!("{scheme}://{host}"))
+    let _ = parsed.set_username("");
+    let _ = parsed.set_password(None);
+    (options, host_url(&parsed))
 }
 
-/// `%XX` escapes of a URL's user part, decoded (a password may hold `@`).
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(b) = u8::from_str_radix(&s[i + 1..(i + 3).min(s.len())], 16)
-        {
-            out.push(b);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+/// A URL as `scheme://host:port`, without credentials or a trailing slash.
+fn host_url(url: &url::Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    match url.port() {
+        Some(port) => format!("{}://{host}:{port}", url.scheme()),
+        None => format!("{}://{host}", url.scheme()),
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A NATS URL with its credentials blanked, for logs.
 pub fn redacted_nats_url(url: &str) -> String {
-    match url.split_once("://").and_then(|(scheme, rest)| {
-        rest.rsplit_once('@')
-            .map(|(_, host)| format!("{scheme}://<credentials>@{host}"))
-    }) {
-        Some(redacted) => redacted,
-        None => url.to_owned(),
+    match url::Url::parse(url) {
+        Ok(parsed) if !parsed.username().is_empty() => {
+            let host = host_url(&parsed);
+            host.replacen("://", "://<credentials>@", 1)
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -126,7 +122,9 @@ mod tests {
     fn credentials_leave_the_url() {
         let (_, url) = nats_options("nats://bulk:s%40cret@10.0.0.9:4222");
         assert_eq!(url, "nats://10.0.0.9:4222");
-        assert_eq!(percent_decode("s%40cret"), "s@cret");
+        // A stray `%` before a multi-byte character is no panic.
+        let (_, url) = nats_options("nats://bulk:%a\u{e9}@h:1");
+        assert_eq!(url, "nats://h:1");
         let (_, url) = nats_options("nats://tok@host:4222");
         assert_eq!(url, "nats://host:4222");
         let (_, url) = nats_options("nats://host:4222");

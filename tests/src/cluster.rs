@@ -145,26 +145,21 @@ impl ControlPlanes {
     /// A leader-following client with a fresh gateway credential (and no
     /// admin token), as a gateway calls.
     pub async fn member_client(&self) -> anyhow::Result<ControlPlaneClient> {
-        self.credential_client("gateway").await
+        Ok(self.client().as_caller(self.issue("gateway").await?))
     }
 
     /// A leader-following client with a fresh worker credential, as a
     /// worker calls.
     pub async fn fleet_client(&self) -> anyhow::Result<ControlPlaneClient> {
-        self.credential_client("worker").await
+        Ok(self.client().as_caller(self.issue("worker").await?))
     }
 
     /// The secret of a fresh credential of `role`, for a process to use.
     pub async fn credential(&self, role: &str) -> anyhow::Result<String> {
-        let client = self.credential_client(role).await?;
-        Ok(client
-            .credential()
-            .context("an issued credential")?
-            .expose()
-            .to_owned())
+        Ok(self.issue(role).await?.expose().to_owned())
     }
 
-    async fn credential_client(&self, role: &str) -> anyhow::Result<ControlPlaneClient> {
+    async fn issue(&self, role: &str) -> anyhow::Result<bulkhead_proto::Credential> {
         static ISSUED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = ISSUED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(self

@@ -387,6 +387,34 @@ impl Up {
     }
 }
 
+/// The arguments of a small `bulkhead up` on loopback ports (API
+/// `api_port`, control plane `cp_port`, no console, two slots of 1024
+/// tokens) serving `model` (`NAME=PATH`), for tests that start it
+/// themselves (with an environment, or TLS).
+pub fn up_args(dir: &Path, api_port: u16, cp_port: u16, model: &str) -> Vec<String> {
+    [
+        "up",
+        "--data-dir",
+        &dir.join("data").display().to_string(),
+        "--api",
+        &format!("127.0.0.1:{api_port}"),
+        "--control-plane",
+        &format!("127.0.0.1:{cp_port}"),
+        "--worker",
+        &format!("127.0.0.1:{}", free_port()),
+        "--no-console",
+        "--model",
+        model,
+        "--slots",
+        "2",
+        "--context",
+        "1024",
+    ]
+    .iter()
+    .map(|a| (*a).to_owned())
+    .collect()
+}
+
 /// A multi-process cluster: NATS, control-plane nodes, workers, gateways.
 pub struct Cluster {
     pub control: ControlPlanes,
@@ -575,6 +603,28 @@ impl Cluster {
             .iter()
             .map(|d| d.prompt_tokens + d.completion_tokens)
             .sum())
+    }
+
+    /// Waits until the ledger holds exactly `expected` tokens of `tenant`
+    /// (today and yesterday), and answers it; panics with what it holds if
+    /// it never does.
+    pub async fn ledger_reaches(&self, tenant: &str, expected: u64) -> u64 {
+        let result = eventually(
+            "the ledger to apply every usage event",
+            Duration::from_secs(20),
+            || async {
+                let used = self.used_today(tenant).await.ok()?;
+                (used == expected).then_some(used)
+            },
+        )
+        .await;
+        match result {
+            Ok(used) => used,
+            Err(e) => panic!(
+                "{e}: ledger says {:?}, clients received {expected}",
+                self.used_today(tenant).await
+            ),
+        }
     }
 
     /// A worker's metric value for a tenant (0 when absent).

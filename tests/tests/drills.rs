@@ -16,24 +16,6 @@ use serde_json::json;
 /// their deadlines.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Waits until the ledger holds exactly `expected` tokens of `tenant`.
-async fn ledger_reaches(cluster: &Cluster, tenant: &str, expected: u64) {
-    let got = eventually(
-        "the ledger to apply every usage event",
-        Duration::from_secs(20),
-        || async {
-            let used = cluster.used_today(tenant).await.ok()?;
-            (used == expected).then_some(used)
-        },
-    )
-    .await;
-    assert!(
-        got.is_ok(),
-        "ledger says {:?}, clients received {expected}",
-        cluster.used_today(tenant).await
-    );
-}
-
 /// Drill: a worker SIGKILLed mid-stream. The client gets a clean stream
 /// error, nothing of that request is billed, and its concurrency slot is
 /// free at once (the tenant may run one request, and the next is taken by
@@ -119,7 +101,7 @@ async fn a_worker_killed_mid_stream_bills_nothing_and_frees_the_slot() {
     );
     // Nothing of the broken request is billed: the ledger holds exactly the
     // next request's usage.
-    ledger_reaches(&cluster, "k", next.total_tokens()).await;
+    cluster.ledger_reaches("k", next.total_tokens()).await;
 }
 
 #[derive(Debug)]
@@ -251,5 +233,5 @@ async fn a_worker_and_the_leader_dying_under_load_give_clean_errors_and_an_exact
     );
     // Q2 (and Q1 trivially, with a large quota): the new leader's ledger
     // holds exactly what clients were told, nothing of the broken requests.
-    ledger_reaches(&cluster, "f", received).await;
+    cluster.ledger_reaches("f", received).await;
 }

@@ -11,26 +11,6 @@ use std::time::Duration;
 use bulkhead_tests::system::{Cluster, MODEL, eventually};
 use serde_json::json;
 
-/// Waits until the ledger shows `expected` tokens used today by `tenant`.
-async fn ledger_reaches(cluster: &Cluster, tenant: &str, expected: u64) -> u64 {
-    let result = eventually(
-        "the ledger to apply every usage event",
-        Duration::from_secs(20),
-        || async {
-            let used = cluster.used_today(tenant).await.ok()?;
-            (used == expected).then_some(used)
-        },
-    )
-    .await;
-    match result {
-        Ok(used) => used,
-        Err(e) => panic!(
-            "{e}: ledger says {:?}, clients received {expected}",
-            cluster.used_today(tenant).await
-        ),
-    }
-}
-
 #[tokio::test]
 async fn quota_and_concurrency_hold_across_two_gateways() {
     let cluster = Cluster::builder()
@@ -92,7 +72,7 @@ async fn quota_and_concurrency_hold_across_two_gateways() {
     eprintln!("{refusals} of 16 clients refused for the quota after {received} tokens");
     assert!(refusals > 0, "nobody was refused; {received} tokens served");
     // Q2: the ledger counts exactly what clients were told they used; Q1: within the quota.
-    let used = ledger_reaches(&cluster, "q", received).await;
+    let used = cluster.ledger_reaches("q", received).await;
     assert!(used <= QUOTA, "used {used} of a {QUOTA} quota");
     assert!(used > QUOTA / 2, "only {used} of {QUOTA} could be used");
 

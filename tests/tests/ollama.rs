@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use bulkhead_tests::system::{Api, tenant_with_key};
+use bulkhead_tests::system::{Api, tenant_with_key, up_args};
 use bulkhead_tests::{Process, bulkhead_bin, demo_model, free_port};
 
 /// `OLLAMA_MODELS` with the demo model as `smollm2:135m`.
@@ -46,24 +46,7 @@ async fn an_ollama_tag_is_served_and_a_missing_one_is_named() -> anyhow::Result<
 
     let (api_port, cp_port) = (free_port(), free_port());
     let cp = format!("127.0.0.1:{cp_port}");
-    let args = vec![
-        "up".to_owned(),
-        "--data-dir".into(),
-        dir.path().join("data").display().to_string(),
-        "--api".into(),
-        format!("127.0.0.1:{api_port}"),
-        "--control-plane".into(),
-        cp.clone(),
-        "--worker".into(),
-        format!("127.0.0.1:{}", free_port()),
-        "--no-console".into(),
-        "--model".into(),
-        "smollm2=ollama:smollm2:135m".into(),
-        "--slots".into(),
-        "2".into(),
-        "--context".into(),
-        "1024".into(),
-    ];
+    let args = up_args(dir.path(), api_port, cp_port, "smollm2=ollama:smollm2:135m");
     let mut up = Process::spawn_with_env(&args, &[("OLLAMA_MODELS", models_env.as_str())])?;
     let token = up.wait_for("admin token:", Duration::from_secs(60))?;
     up.wait_for(

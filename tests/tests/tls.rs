@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use bulkhead_tests::system::MODEL;
+use bulkhead_tests::system::{MODEL, up_args};
 use bulkhead_tests::{Process, demo_model, free_port};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 
@@ -45,30 +45,20 @@ async fn up_serves_https_and_its_roles_speak_mtls() -> anyhow::Result<()> {
 
     let (api_port, cp_port) = (free_port(), free_port());
     let cp = format!("127.0.0.1:{cp_port}");
-    let args = vec![
-        "up".to_owned(),
-        "--data-dir".into(),
-        dir.path().join("data").display().to_string(),
-        "--api".into(),
-        format!("127.0.0.1:{api_port}"),
-        "--control-plane".into(),
-        cp.clone(),
-        "--worker".into(),
-        format!("127.0.0.1:{}", free_port()),
-        "--no-console".into(),
-        "--model".into(),
-        format!("{MODEL}={}", demo_model().display()),
-        "--slots".into(),
-        "2".into(),
-        "--context".into(),
-        "1024".into(),
-        "--tls-cert".into(),
+    let mut args = up_args(
+        dir.path(),
+        api_port,
+        cp_port,
+        &format!("{MODEL}={}", demo_model().display()),
+    );
+    args.extend([
+        "--tls-cert".to_owned(),
         file("node.pem"),
-        "--tls-key".into(),
+        "--tls-key".to_owned(),
         file("node.key"),
-        "--tls-ca".into(),
+        "--tls-ca".to_owned(),
         file("ca.pem"),
-    ];
+    ]);
     let mut up = Process::spawn(&args)?;
     let token = up.wait_for("admin token:", Duration::from_secs(60))?;
     up.wait_for(
@@ -196,26 +186,13 @@ async fn usage_travels_over_a_nats_that_speaks_tls() -> anyhow::Result<()> {
 
     let (api_port, cp_port) = (free_port(), free_port());
     let cp = format!("127.0.0.1:{cp_port}");
-    let args = vec![
-        "up".to_owned(),
-        "--data-dir".into(),
-        dir.path().join("data").display().to_string(),
-        "--api".into(),
-        format!("127.0.0.1:{api_port}"),
-        "--control-plane".into(),
-        cp.clone(),
-        "--worker".into(),
-        format!("127.0.0.1:{}", free_port()),
-        "--no-console".into(),
-        "--model".into(),
-        format!("{MODEL}={}", demo_model().display()),
-        "--slots".into(),
-        "2".into(),
-        "--context".into(),
-        "1024".into(),
-        "--nats".into(),
-        nats.url(),
-    ];
+    let mut args = up_args(
+        dir.path(),
+        api_port,
+        cp_port,
+        &format!("{MODEL}={}", demo_model().display()),
+    );
+    args.extend(["--nats".to_owned(), nats.url()]);
     let ca_path = pki.join("ca.pem").display().to_string();
     let mut up = Process::spawn_with_env(&args, &[("BULKHEAD_NATS_CA", ca_path.as_str())])?;
     let token = up.wait_for("admin token:", Duration::from_secs(60))?;

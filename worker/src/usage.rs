@@ -138,6 +138,7 @@ impl Spool {
     }
 
     /// Writes one event durably.
+    #[cfg(test)]
     pub fn write(&mut self, event: &UsageEvent) -> Result<PathBuf, WorkerError> {
         self.write_group(std::slice::from_ref(event))
     }
