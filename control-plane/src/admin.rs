@@ -24,44 +24,51 @@ use crate::store::View;
 type Result<T, E = ControlPlaneError> = std::result::Result<T, E>;
 
 fn invalid(message: String) -> ControlPlaneError {
-    ControlPlaneError::InvalidArgument(message)
+    ControlPlaneError::bad_request(message)
 }
 
 /// Checks a tenant id for a new tenant.
 pub fn new_tenant_id(id: &str) -> Result<TenantId> {
-    let tid = TenantId::new(id).map_err(|e| invalid(format!("tenant_id: {e}")))?;
+    let tid =
+        TenantId::new(id).map_err(|e| ControlPlaneError::invalid("tenant_id", format!("{e}")))?;
     if id.starts_with('_') {
-        return Err(invalid(format!(
-            "tenant_id: ids starting with '_' are reserved, got {id:?}"
-        )));
+        return Err(ControlPlaneError::invalid(
+            "tenant_id",
+            format!("ids starting with '_' are reserved, got {id:?}"),
+        ));
     }
     Ok(tid)
 }
 
 pub fn validate_time_zone(tz: &str) -> Result<()> {
     if !tz.is_empty() && tz.parse::<chrono_tz::Tz>().is_err() {
-        return Err(invalid(format!(
-            "time_zone: unknown time zone {tz:?} (use an IANA name such as Europe/Berlin)"
-        )));
+        return Err(ControlPlaneError::invalid(
+            "time_zone",
+            format!("unknown time zone {tz:?} (use an IANA name such as Europe/Berlin)"),
+        ));
     }
     Ok(())
 }
 
 pub fn validate_plan(plan: &str) -> Result<()> {
     if plans::default_limits(plan).is_none() {
-        return Err(invalid(format!(
-            "plan: unknown plan {plan:?}; plans are {}",
-            plans::PLANS.join(", ")
-        )));
+        return Err(ControlPlaneError::invalid(
+            "plan",
+            format!(
+                "unknown plan {plan:?}; plans are {}",
+                plans::PLANS.join(", ")
+            ),
+        ));
     }
     Ok(())
 }
 
 pub fn validate_scale(scale: f32) -> Result<()> {
     if !(0.0..=4.0).contains(&scale) {
-        return Err(invalid(format!(
-            "adapter_scale: must be between 0 and 4, got {scale}"
-        )));
+        return Err(ControlPlaneError::invalid(
+            "adapter_scale",
+            format!("must be between 0 and 4, got {scale}"),
+        ));
     }
     Ok(())
 }
@@ -175,19 +182,23 @@ pub fn new_webhook_secret() -> String {
 
 /// Checks an endpoint's URL, events and secret.
 pub fn validate_webhook(url: &str, events: &[String], secret: &str) -> Result<()> {
-    let parsed =
-        reqwest::Url::parse(url).map_err(|e| invalid(format!("url: {url:?} is not a URL: {e}")))?;
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| ControlPlaneError::invalid("url", format!("{url:?} is not a URL: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none_or(str::is_empty) {
-        return Err(invalid(format!(
-            "url: a webhook URL must be http:// or https:// with a host, got {url:?}"
-        )));
+        return Err(ControlPlaneError::invalid(
+            "url",
+            format!("a webhook URL must be http:// or https:// with a host, got {url:?}"),
+        ));
     }
     for e in events {
         if !EVENT_TYPES.contains(&e.as_str()) {
-            return Err(invalid(format!(
-                "events: unknown event type {e:?}; event types are {}",
-                EVENT_TYPES.join(", ")
-            )));
+            return Err(ControlPlaneError::invalid(
+                "events",
+                format!(
+                    "unknown event type {e:?}; event types are {}",
+                    EVENT_TYPES.join(", ")
+                ),
+            ));
         }
     }
     if !secret.is_empty() {
@@ -197,9 +208,9 @@ pub fn validate_webhook(url: &str, events: &[String], secret: &str) -> Result<()
         match key {
             Some(k) if (24..=64).contains(&k.len()) => {}
             _ => {
-                return Err(invalid(
-                    "secret: a webhook secret is whsec_ followed by 24 to 64 bytes in base64"
-                        .into(),
+                return Err(ControlPlaneError::invalid(
+                    "secret",
+                    "a webhook secret is whsec_ followed by 24 to 64 bytes in base64",
                 ));
             }
         }

@@ -5,8 +5,8 @@
 //! (status) is open.
 
 use bulkhead_proto::auth::{
-    CLUSTER_SECRET_METADATA, CREDENTIAL_METADATA, INVALID_CREDENTIAL, WRONG_CALLER,
-    constant_time_eq, refusal,
+    CLUSTER_SECRET_METADATA, CREDENTIAL_METADATA, INVALID_ADMIN_TOKEN, INVALID_CREDENTIAL,
+    WRONG_CALLER, constant_time_eq, refusal,
 };
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};
@@ -65,6 +65,9 @@ impl tonic::service::Interceptor for Guard {
             Ok(None) => Ok(req),
             Err(e) => {
                 let code = match &e {
+                    ControlPlaneError::Unauthenticated(_) if self.caller == Caller::Admin => {
+                        Some(INVALID_ADMIN_TOKEN)
+                    }
                     ControlPlaneError::Unauthenticated(_) => Some(INVALID_CREDENTIAL),
                     ControlPlaneError::PermissionDenied(_) => Some(WRONG_CALLER),
                     _ => None,

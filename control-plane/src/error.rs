@@ -39,8 +39,13 @@ pub enum ControlPlaneError {
     NotLeader { leader: Option<String> },
     #[error("{0}")]
     Unauthenticated(String),
-    #[error("{0}")]
-    InvalidArgument(String),
+    /// The request is malformed; `param` names the field at fault, when one
+    /// does (it travels in the status's `x-bulkhead-error-param`).
+    #[error("{}{message}", .param.as_deref().map(|p| format!("{p}: ")).unwrap_or_default())]
+    InvalidArgument {
+        param: Option<String>,
+        message: String,
+    },
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -57,6 +62,24 @@ pub enum ControlPlaneError {
     /// The state refused a command (its code travels in the status).
     #[error("{0}")]
     Rejected(Rejection),
+}
+
+impl ControlPlaneError {
+    /// A malformed field: `param` names it.
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        ControlPlaneError::InvalidArgument {
+            param: Some(param.into()),
+            message: message.into(),
+        }
+    }
+
+    /// A malformed request that no single field is at fault for.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ControlPlaneError::InvalidArgument {
+            param: None,
+            message: message.into(),
+        }
+    }
 }
 
 impl Rejection {
@@ -111,7 +134,15 @@ impl From<ControlPlaneError> for Status {
                 status
             }
             ControlPlaneError::Unauthenticated(_) => Status::unauthenticated(message),
-            ControlPlaneError::InvalidArgument(_) => Status::invalid_argument(message),
+            ControlPlaneError::InvalidArgument { param, .. } => {
+                let mut status = Status::invalid_argument(message);
+                if let Some(value) = param.and_then(|p| p.parse().ok()) {
+                    status
+                        .metadata_mut()
+                        .insert(bulkhead_proto::ERROR_PARAM_METADATA, value);
+                }
+                status
+            }
             ControlPlaneError::NotFound(_) => Status::not_found(message),
             ControlPlaneError::AlreadyExists(_) => Status::already_exists(message),
             ControlPlaneError::FailedPrecondition(_) => Status::failed_precondition(message),

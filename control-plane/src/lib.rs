@@ -233,7 +233,7 @@ async fn bootstrap(
     on_admin_token: Option<OnAdminToken>,
 ) -> Result<(), ControlPlaneError> {
     if !members.contains_key(&config.node_id) {
-        return Err(ControlPlaneError::InvalidArgument(format!(
+        return Err(ControlPlaneError::bad_request(format!(
             "--init does not name this node ({})",
             config.node_id
         )));

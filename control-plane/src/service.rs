@@ -143,12 +143,11 @@ impl ControlPlaneService {
 }
 
 fn tenant_id(id: &str) -> Result<TenantId> {
-    TenantId::new(id).map_err(|e| ControlPlaneError::InvalidArgument(e.to_string()))
+    TenantId::new(id).map_err(|e| ControlPlaneError::bad_request(e.to_string()))
 }
 
 fn session_id(id: &str) -> Result<bulkhead_proto::SessionId> {
-    bulkhead_proto::SessionId::new(id)
-        .map_err(|e| ControlPlaneError::InvalidArgument(e.to_string()))
+    bulkhead_proto::SessionId::new(id).map_err(|e| ControlPlaneError::bad_request(e.to_string()))
 }
 
 fn unexpected(reply: &Reply) -> ControlPlaneError {
@@ -169,9 +168,10 @@ fn new_id(prefix: &str) -> String {
 /// Names the config field an error is about.
 fn prefix_field(field: &str, e: ControlPlaneError) -> ControlPlaneError {
     match e {
-        ControlPlaneError::InvalidArgument(m) => {
-            ControlPlaneError::InvalidArgument(format!("{field}.{m}"))
-        }
+        ControlPlaneError::InvalidArgument { param, message } => match param {
+            Some(p) => ControlPlaneError::invalid(format!("{field}.{p}"), message),
+            None => ControlPlaneError::invalid(field, message),
+        },
         other => other,
     }
 }

@@ -1,5 +1,5 @@
-//! The admin HTTP API, `/admin/v1/...`: every admin command of the control
-//! plane's `ControlPlane` gRPC service as JSON over HTTP (and one route that
+//! The admin HTTP API, `/admin/v1/...`: every call of the control plane's
+//! `Admin` gRPC service as JSON over HTTP (and one route that
 //! applies tenant config files, in YAML). `docs/admin-openapi.yaml` describes
 //! it; a test holds that file's routes equal to [`ROUTES`], and the router is
 //! built from the same table as [`ROUTES`].
@@ -11,14 +11,15 @@
 //! gateway <id> from <client ip>` so that the audit trail says where a change
 //! came from. A request without a token is answered 401 here.
 //!
-//! Bodies and answers use the field names of the proto messages
-//! (snake_case). Errors have the shape of the rest of the gateway's errors,
-//! `{"error":{"message","type","param","code"}}`. Control-plane statuses map
-//! to HTTP once, in [`AdminError::from_control_plane`]: Unauthenticated 401,
-//! PermissionDenied 403, InvalidArgument 400, NotFound 404, AlreadyExists 409
-//! (`already_exists`), FailedPrecondition 409 (`failed_precondition`: the
-//! request is well formed but the tenant's plan or the record's state does
-//! not allow it; nothing changed), Unavailable 503, anything else 502.
+//! Bodies and answers are the proto messages' derived serde (`proto/build.rs`),
+//! with their field names (snake_case). Errors have the shape of the rest
+//! of the gateway's errors, `{"error":{"message","type","param","code"}}`,
+//! and control-plane statuses map to HTTP once, for both APIs, in
+//! [`GatewayError::from_control_plane`]: Unauthenticated 401
+//! (`invalid_admin_token`), PermissionDenied 403, InvalidArgument 400 (the
+//! field at fault, from the status's metadata, as `param`), NotFound 404,
+//! AlreadyExists and FailedPrecondition 409 (the control plane's code, such
+//! as `tenant_exists` or `not_allowed`), Unavailable 503, anything else 502.
 
 use std::sync::Arc;
 
@@ -30,24 +31,20 @@ use axum::routing::{MethodFilter, on};
 use bulkhead_client::ControlPlaneClient;
 use bulkhead_proto::GatewayId;
 use bulkhead_proto::control as pb;
-use serde_json::{Value, json};
 
 use crate::directory::Directory;
 use crate::route::Workers;
 
 mod bodies;
 mod business;
-mod error;
 mod extract;
-mod json;
 mod monitor;
 mod usage;
 
+use crate::error::GatewayError;
 use bodies::*;
 use business::*;
-pub use error::AdminError;
 use extract::*;
-use json::*;
 use monitor::*;
 use usage::*;
 
@@ -65,7 +62,7 @@ pub struct AdminState {
     pub default_model: Option<String>,
 }
 
-type Answer = Result<Response, AdminError>;
+type Answer = Result<Response, GatewayError>;
 
 /// One table makes both [`ROUTES`] and the router, so they cannot drift.
 macro_rules! admin_routes {
@@ -126,7 +123,7 @@ pub fn router(state: AdminState) -> Router {
 }
 
 async fn method_not_allowed() -> Response {
-    AdminError::MethodNotAllowed.into_response()
+    GatewayError::MethodNotAllowed.into_response()
 }
 
 // ---------------------------------------------------------------------------
@@ -156,8 +153,8 @@ async fn cluster_status(admin: Admin) -> Answer {
             c.cluster_status(r).await
         })
         .await
-        .map_err(|s| AdminError::from_control_plane(&s))?;
-    ok(cluster_json(&s))
+        .map_err(|s| GatewayError::from_control_plane(&s))?;
+    ok(s)
 }
 
 async fn add_node(admin: Admin, JsonBody(b): JsonBody<NewNode>) -> Answer {
@@ -170,7 +167,7 @@ async fn add_node(admin: Admin, JsonBody(b): JsonBody<NewNode>) -> Answer {
             |mut c, r| async move { c.add_node(r).await },
         )
         .await?;
-    ok(cluster_json(&s))
+    ok(s)
 }
 
 async fn remove_node(admin: Admin, PathOf(id): PathOf<u64>) -> Answer {
@@ -179,7 +176,7 @@ async fn remove_node(admin: Admin, PathOf(id): PathOf<u64>) -> Answer {
             c.remove_node(r).await
         })
         .await?;
-    ok(cluster_json(&s))
+    ok(s)
 }
 
 async fn list_plans(admin: Admin) -> Answer {
@@ -188,18 +185,7 @@ async fn list_plans(admin: Admin) -> Answer {
             c.list_plans(r).await
         })
         .await?;
-    let plans: Vec<Value> = l
-        .plans
-        .iter()
-        .map(|p| {
-            json!({
-                "name": p.name,
-                "limits": limits_json(p.limits.as_ref()),
-                "features": features_json(p.features.as_ref()),
-            })
-        })
-        .collect();
-    ok(json!({ "plans": plans }))
+    ok(l)
 }
 
 async fn list_tenants(admin: Admin) -> Answer {
@@ -208,23 +194,15 @@ async fn list_tenants(admin: Admin) -> Answer {
             c.list_tenants(r).await
         })
         .await?;
-    let tenants: Vec<Value> = l.tenants.iter().map(tenant_json).collect();
-    ok(json!({ "tenants": tenants }))
+    ok(l)
 }
 
 async fn create_tenant(admin: Admin, JsonBody(b): JsonBody<NewTenant>) -> Answer {
-    let limits = b.limits.unwrap_or_default();
     let tenant = pb::Tenant {
         id: b.id,
         display_name: b.display_name,
         plan: b.plan,
-        limits: Some(pb::Limits {
-            daily_tokens: limits.daily_tokens,
-            max_concurrent: limits.max_concurrent,
-            max_request_tokens: limits.max_request_tokens,
-            context_window: limits.context_window,
-            context_turns: limits.context_turns,
-        }),
+        limits: Some(b.limits.unwrap_or_default()),
         model: b.model,
         adapter: b.adapter,
         adapter_scale: b.adapter_scale,
@@ -233,13 +211,13 @@ async fn create_tenant(admin: Admin, JsonBody(b): JsonBody<NewTenant>) -> Answer
         quick_prompts: b.quick_prompts,
         time_zone: b.time_zone,
         knowledge_share: b.knowledge_share,
-        feature_overrides: b.feature_overrides.map(Into::into),
+        feature_overrides: b.feature_overrides,
         ..Default::default()
     };
     let t = admin
         .send(tenant, |mut c, r| async move { c.create_tenant(r).await })
         .await?;
-    created(tenant_json(&t))
+    created(t)
 }
 
 async fn get_tenant(admin: Admin, PathOf(id): PathOf<String>) -> Answer {
@@ -248,7 +226,7 @@ async fn get_tenant(admin: Admin, PathOf(id): PathOf<String>) -> Answer {
             c.get_tenant(r).await
         })
         .await?;
-    ok(tenant_json(&t))
+    ok(t)
 }
 
 async fn update_tenant(
@@ -257,7 +235,7 @@ async fn update_tenant(
     JsonBody(b): JsonBody<PatchBody>,
 ) -> Answer {
     if let Some(other) = b.id.as_ref().filter(|other| **other != id) {
-        return Err(AdminError::bad_request(
+        return Err(GatewayError::bad_request(
             format!("id: the body names tenant {other:?} but the path names {id:?}"),
             Some("id"),
         ));
@@ -280,12 +258,12 @@ async fn update_tenant(
         quick_prompts: b.quick_prompts.unwrap_or_default(),
         time_zone: b.time_zone,
         knowledge_share: b.knowledge_share,
-        features: b.features.map(Into::into),
+        features: b.features,
     };
     let t = admin
         .send(patch, |mut c, r| async move { c.update_tenant(r).await })
         .await?;
-    ok(tenant_json(&t))
+    ok(t)
 }
 
 async fn delete_tenant(admin: Admin, PathOf(id): PathOf<String>) -> Answer {
@@ -294,10 +272,7 @@ async fn delete_tenant(admin: Admin, PathOf(id): PathOf<String>) -> Answer {
             c.delete_tenant(r).await
         })
         .await?;
-    ok(json!({
-        "tenant": d.tenant.as_ref().map_or(Value::Null, tenant_json),
-        "archive_path": d.archive_path,
-    }))
+    ok(d)
 }
 
 /// Tenant config files (YAML, one or more `---` documents), applied all or
@@ -309,18 +284,18 @@ async fn apply_tenant_configs(
 ) -> Answer {
     let source = q.source.unwrap_or_else(|| "request".to_owned());
     let text = std::str::from_utf8(&body)
-        .map_err(|_| AdminError::bad_request("the request body is not UTF-8 text", None))?;
+        .map_err(|_| GatewayError::bad_request("the request body is not UTF-8 text", None))?;
     if text.trim().is_empty() {
-        return Err(AdminError::bad_request(
+        return Err(GatewayError::bad_request(
             "the request body is empty; send one or more tenant configs in YAML",
             None,
         ));
     }
     let configs = bulkhead_client::tenant_config::parse(&source, text).map_err(|e| {
-        AdminError::BadRequest {
+        GatewayError::BadRequest {
             message: e.to_string(),
             param: None,
-            code: "invalid_config",
+            code: Some("invalid_config"),
         }
     })?;
     let reply = admin
@@ -330,27 +305,14 @@ async fn apply_tenant_configs(
         .await
         .map_err(|e| match e {
             // The message starts with the source, not a field of this body.
-            AdminError::BadRequest { message, code, .. } => AdminError::BadRequest {
+            GatewayError::BadRequest { message, code, .. } => GatewayError::BadRequest {
                 message,
                 param: None,
                 code,
             },
             e => e,
         })?;
-    let outcomes: Vec<Value> = reply
-        .outcomes
-        .iter()
-        .map(|o| {
-            json!({
-                "tenant_id": o.tenant_id,
-                "source": o.source,
-                "action": o.action,
-                "changed": o.changed,
-                "new_webhooks": o.new_webhooks.iter().map(created_webhook_json).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    ok(json!({ "outcomes": outcomes }))
+    ok(reply)
 }
 
 async fn list_keys(admin: Admin, PathOf(id): PathOf<String>) -> Answer {
@@ -359,8 +321,7 @@ async fn list_keys(admin: Admin, PathOf(id): PathOf<String>) -> Answer {
             c.list_keys(r).await
         })
         .await?;
-    let keys: Vec<Value> = l.keys.iter().map(key_json).collect();
-    ok(json!({ "keys": keys }))
+    ok(l)
 }
 
 async fn create_key(
@@ -377,10 +338,7 @@ async fn create_key(
             |mut c, r| async move { c.create_key(r).await },
         )
         .await?;
-    created(json!({
-        "key": k.key.as_ref().map_or(Value::Null, key_json),
-        "plaintext": k.plaintext,
-    }))
+    created(k)
 }
 
 async fn revoke_key(admin: Admin, PathOf(key_id): PathOf<String>) -> Answer {
@@ -389,15 +347,12 @@ async fn revoke_key(admin: Admin, PathOf(key_id): PathOf<String>) -> Answer {
             c.revoke_key(r).await
         })
         .await?;
-    ok(key_json(&k))
+    ok(k)
 }
 
 /// The CSV columns of `GET .../usage?format=csv`, one row per day.
 pub const USAGE_CSV_HEADER: &str =
     "day,prompt_tokens,completion_tokens,cached_tokens,requests,quota,avg_latency_ms";
-
-// ---------------------------------------------------------------------------
-// Proto messages as JSON (prost types do not derive serde)
 
 #[cfg(test)]
 mod tests {
@@ -406,6 +361,7 @@ mod tests {
     use axum::http::StatusCode;
 
     use super::*;
+    use serde_json::Value;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// Sends one HTTP/1.1 request and returns the status and body.
@@ -508,36 +464,6 @@ mod tests {
     }
 
     #[test]
-    fn control_plane_statuses_map_once() {
-        let cases = [
-            (
-                tonic::Status::unauthenticated("the admin token is wrong"),
-                401,
-            ),
-            (tonic::Status::permission_denied("no"), 403),
-            (tonic::Status::invalid_argument("url: must be http"), 400),
-            (tonic::Status::not_found("unknown tenant `x`"), 404),
-            (tonic::Status::already_exists("tenant `x` exists"), 409),
-            (tonic::Status::failed_precondition("plan basic"), 409),
-            (tonic::Status::unavailable("no leader"), 503),
-            (tonic::Status::internal("disk"), 502),
-        ];
-        for (status, http) in cases {
-            let e = AdminError::from_control_plane(&status);
-            assert_eq!(e.status().as_u16(), http, "{status:?}");
-            assert!(e.body()["error"]["message"].as_str().unwrap().len() > 1);
-        }
-        let e = AdminError::from_control_plane(&tonic::Status::invalid_argument(
-            "url: a webhook URL must be http:// or https://",
-        ));
-        assert_eq!(e.body()["error"]["param"], "url");
-        let e = AdminError::from_control_plane(&tonic::Status::invalid_argument(
-            "tenant `x` is wrong: no",
-        ));
-        assert_eq!(e.body()["error"]["param"], Value::Null);
-    }
-
-    #[test]
     fn bad_json_names_the_problem() {
         let e = parse_json::<NewTenant>(b"{\"id\": 3}").unwrap_err();
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
@@ -550,11 +476,5 @@ mod tests {
         assert_eq!(e.body()["error"]["code"], "invalid_json");
         // An empty body is an empty object.
         assert_eq!(parse_json::<BurstNote>(b"").unwrap().note, "");
-    }
-
-    #[test]
-    fn f32_fields_read_as_written() {
-        assert_eq!(f32_json(0.8), json!(0.8));
-        assert_eq!(f32_json(1.0), json!(1.0));
     }
 }

@@ -4,6 +4,7 @@
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bulkhead_proto::auth::INVALID_ADMIN_TOKEN;
 use tonic::Code;
 
 /// Why a request was refused by a tenant limit (HTTP 429).
@@ -24,21 +25,25 @@ pub struct Refusal {
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GatewayError {
-    #[error("{0}")]
-    Unauthorized(String),
+    /// No credential, or a wrong one: `invalid_api_key`, or on the admin API
+    /// `missing_admin_token` / `invalid_admin_token`.
+    #[error("{message}")]
+    Unauthorized { message: String, code: &'static str },
+    /// The key is valid but names another tenant than the request does.
     #[error("{0}")]
     Forbidden(String),
-    /// The tenant may not do this (a shared snippet it has no grant for).
+    /// The caller may not do this (a shared snippet it has no grant for, an
+    /// admin call the control plane refused).
     #[error("{message}")]
     Denied {
         message: String,
         code: &'static str,
-        param: Option<&'static str>,
+        param: Option<String>,
     },
     #[error("{message}")]
     BadRequest {
         message: String,
-        param: Option<&'static str>,
+        param: Option<String>,
         code: Option<&'static str>,
     },
     #[error("{message}")]
@@ -46,8 +51,10 @@ pub enum GatewayError {
     /// Valid, but the state says no (AlreadyExists, FailedPrecondition).
     #[error("{message}")]
     Conflict { message: String, code: &'static str },
-    #[error("the request body is larger than the limit of {0} bytes")]
-    TooLarge(usize),
+    #[error("this route does not take that method; see docs/admin-openapi.yaml")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    TooLarge(String),
     #[error("{}", .0.message)]
     RateLimited(Box<Refusal>),
     #[error("{0}")]
@@ -58,7 +65,7 @@ pub enum GatewayError {
         progress * 100.0
     )]
     ModelLoading { model: String, progress: f32 },
-    /// A worker failed while serving the request.
+    /// A worker or the control plane failed while serving the request.
     #[error("{0}")]
     Upstream(String),
     /// Too many session or sharing calls of one tenant in a short time.
@@ -70,21 +77,37 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
-    pub fn bad_request(message: impl Into<String>, param: Option<&'static str>) -> Self {
+    pub fn bad_request(message: impl Into<String>, param: Option<&str>) -> Self {
         Self::BadRequest {
             message: message.into(),
-            param,
+            param: param.map(str::to_owned),
             code: None,
         }
     }
 
+    /// A request without a valid API key.
+    pub fn invalid_api_key(message: impl Into<String>) -> Self {
+        Self::Unauthorized {
+            message: message.into(),
+            code: "invalid_api_key",
+        }
+    }
+
+    /// A body over the limit of `limit` bytes.
+    pub fn too_large(limit: usize) -> Self {
+        Self::TooLarge(format!(
+            "the request body is larger than the limit of {limit} bytes"
+        ))
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) | Self::Denied { .. } => StatusCode::FORBIDDEN,
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited(_) | Self::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) | Self::ModelLoading { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -96,10 +119,11 @@ impl GatewayError {
     /// OpenAI's `error.type`.
     fn kind(&self) -> &'static str {
         match self {
-            Self::Unauthorized(_) | Self::Forbidden(_) => "authentication_error",
+            Self::Unauthorized { .. } | Self::Forbidden(_) => "authentication_error",
             Self::BadRequest { .. }
             | Self::NotFound { .. }
             | Self::Conflict { .. }
+            | Self::MethodNotAllowed
             | Self::TooLarge(_) => "invalid_request_error",
             Self::RateLimited(_) | Self::Throttled(_) => "rate_limit_error",
             Self::Denied { .. } => "permission_error",
@@ -111,11 +135,13 @@ impl GatewayError {
     /// OpenAI's `error.code`.
     fn code(&self) -> Option<&'static str> {
         match self {
-            Self::Unauthorized(_) => Some("invalid_api_key"),
+            Self::Unauthorized { code, .. }
+            | Self::Denied { code, .. }
+            | Self::NotFound { code, .. }
+            | Self::Conflict { code, .. } => Some(code),
             Self::Forbidden(_) => Some("tenant_mismatch"),
-            Self::Denied { code, .. } => Some(code),
             Self::BadRequest { code, .. } => *code,
-            Self::NotFound { code, .. } | Self::Conflict { code, .. } => Some(code),
+            Self::MethodNotAllowed => Some("method_not_allowed"),
             Self::TooLarge(_) => Some("request_too_large"),
             Self::RateLimited(r) if r.limit == "max_concurrent" => {
                 Some("concurrency_limit_exceeded")
@@ -128,9 +154,9 @@ impl GatewayError {
         }
     }
 
-    fn param(&self) -> Option<&'static str> {
+    fn param(&self) -> Option<&str> {
         match self {
-            Self::BadRequest { param, .. } | Self::Denied { param, .. } => *param,
+            Self::BadRequest { param, .. } | Self::Denied { param, .. } => param.as_deref(),
             Self::NotFound { code, .. } if *code == "model_not_found" => Some("model"),
             _ => None,
         }
@@ -157,20 +183,12 @@ impl GatewayError {
             Code::OutOfRange => Self::BadRequest {
                 code: Some("context_length_exceeded"),
                 message,
-                param: Some("messages"),
+                param: Some("messages".into()),
             },
-            Code::InvalidArgument => Self::BadRequest {
-                code: None,
-                message,
-                param: None,
-            },
+            Code::InvalidArgument => Self::bad_request(message, None),
             Code::NotFound => Self::NotFound {
                 // The worker says which in metadata; never read from the text.
-                code: match status
-                    .metadata()
-                    .get(bulkhead_proto::ERROR_CODE_METADATA)
-                    .and_then(|v| v.to_str().ok())
-                {
+                code: match metadata(status, bulkhead_proto::ERROR_CODE_METADATA) {
                     Some("adapter_not_found") => "adapter_not_found",
                     _ => "model_not_found",
                 },
@@ -185,19 +203,30 @@ impl GatewayError {
         }
     }
 
-    /// A control plane's gRPC error on a call made for the caller: the same
-    /// statuses as the admin API gives ([`crate::admin::AdminError`]), except
-    /// Unauthenticated, which here means this gateway's own credential was
-    /// refused (503, not the caller's fault).
+    /// A control plane's gRPC error, for the OpenAI-style API and the admin
+    /// API alike: the one mapping of control-plane statuses to HTTP.
+    /// Unauthenticated is the caller's fault (401) only when the control
+    /// plane says the caller's admin token is wrong; otherwise it refused
+    /// this gateway's own credential (503, not the caller's fault). Codes
+    /// and the field at fault come from the status's metadata, never from
+    /// its message.
     pub fn from_control_plane(status: &tonic::Status) -> Self {
         let message = status.message().to_owned();
         let code = control_plane_code(status);
         match status.code() {
+            Code::Unauthenticated if code == Some(INVALID_ADMIN_TOKEN) => Self::Unauthorized {
+                message,
+                code: INVALID_ADMIN_TOKEN,
+            },
             Code::NotFound => Self::NotFound {
                 message,
                 code: code.unwrap_or("not_found"),
             },
-            Code::InvalidArgument | Code::OutOfRange => Self::bad_request(message, None),
+            Code::InvalidArgument | Code::OutOfRange => Self::BadRequest {
+                message,
+                param: metadata(status, bulkhead_proto::ERROR_PARAM_METADATA).map(str::to_owned),
+                code: Some(code.unwrap_or("invalid_argument")),
+            },
             Code::AlreadyExists => Self::Conflict {
                 message,
                 code: code.unwrap_or("already_exists"),
@@ -221,13 +250,29 @@ impl GatewayError {
             _ => Self::Upstream(format!("the control plane failed: {message}")),
         }
     }
+
+    /// An extractor's refusal (body, query string, path) as JSON.
+    pub fn rejected(status: StatusCode, what: &str, text: String) -> Self {
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            return Self::TooLarge(format!("the request body is too large: {text}"));
+        }
+        Self::BadRequest {
+            message: format!("{what}: {text}"),
+            param: None,
+            code: Some("invalid_request"),
+        }
+    }
+}
+
+fn metadata<'a>(status: &'a tonic::Status, key: &str) -> Option<&'a str> {
+    status.metadata().get(key)?.to_str().ok()
 }
 
 /// The control plane's code for a refusal (`x-bulkhead-error-code`), when
 /// it is one of those it sends: the gateway answers with it as the error's
 /// `code`, and never reads the message to tell refusals apart.
-pub(crate) fn control_plane_code(status: &tonic::Status) -> Option<&'static str> {
-    const SENT: [&str; 9] = [
+fn control_plane_code(status: &tonic::Status) -> Option<&'static str> {
+    const SENT: [&str; 10] = [
         "tenant_not_found",
         "tenant_exists",
         "key_not_found",
@@ -237,12 +282,9 @@ pub(crate) fn control_plane_code(status: &tonic::Status) -> Option<&'static str>
         "not_found",
         "conflict",
         "not_allowed",
+        INVALID_ADMIN_TOKEN,
     ];
-    let code = status
-        .metadata()
-        .get(bulkhead_proto::ERROR_CODE_METADATA)?
-        .to_str()
-        .ok()?;
+    let code = metadata(status, bulkhead_proto::ERROR_CODE_METADATA)?;
     SENT.iter().copied().find(|known| *known == code)
 }
 
@@ -321,6 +363,94 @@ mod tests {
             GatewayError::from_worker(&plain).code(),
             Some("model_not_found")
         );
+    }
+
+    fn with(mut status: tonic::Status, key: &'static str, value: &'static str) -> tonic::Status {
+        status
+            .metadata_mut()
+            .insert(key, tonic::metadata::MetadataValue::from_static(value));
+        status
+    }
+
+    /// One mapping serves the OpenAI-style API and the admin API; what tells
+    /// refusals apart travels in metadata, never in the message.
+    #[test]
+    fn control_plane_statuses_map_once() {
+        let code = bulkhead_proto::ERROR_CODE_METADATA;
+        let cases = [
+            (
+                with(
+                    tonic::Status::unauthenticated("the admin token is wrong"),
+                    code,
+                    INVALID_ADMIN_TOKEN,
+                ),
+                401,
+                Some(INVALID_ADMIN_TOKEN),
+            ),
+            // This gateway's own credential refused: not the caller's fault.
+            (
+                with(
+                    tonic::Status::unauthenticated("unknown credential"),
+                    code,
+                    "invalid_credential",
+                ),
+                503,
+                None,
+            ),
+            (
+                tonic::Status::permission_denied("no"),
+                403,
+                Some("permission_denied"),
+            ),
+            (
+                tonic::Status::invalid_argument("url: must be http"),
+                400,
+                Some("invalid_argument"),
+            ),
+            (
+                with(
+                    tonic::Status::not_found("unknown tenant `x`"),
+                    code,
+                    "tenant_not_found",
+                ),
+                404,
+                Some("tenant_not_found"),
+            ),
+            (
+                tonic::Status::already_exists("tenant `x` exists"),
+                409,
+                Some("already_exists"),
+            ),
+            (
+                with(
+                    tonic::Status::failed_precondition("plan basic"),
+                    code,
+                    "not_allowed",
+                ),
+                409,
+                Some("not_allowed"),
+            ),
+            (tonic::Status::unavailable("no leader"), 503, None),
+            (tonic::Status::internal("disk"), 502, None),
+        ];
+        for (status, http, expected) in cases {
+            let e = GatewayError::from_control_plane(&status);
+            assert_eq!(e.status().as_u16(), http, "{status:?}");
+            assert_eq!(e.code(), expected, "{status:?}");
+            assert!(e.body()["error"]["message"].as_str().unwrap().len() > 1);
+        }
+        // The field at fault comes from metadata; a message that merely
+        // starts like a field names none.
+        let e = GatewayError::from_control_plane(&with(
+            tonic::Status::invalid_argument("url: a webhook URL must be http:// or https://"),
+            bulkhead_proto::ERROR_PARAM_METADATA,
+            "url",
+        ));
+        assert_eq!(e.body()["error"]["param"], "url");
+        let e = GatewayError::from_control_plane(&tonic::Status::invalid_argument(
+            "url: a webhook URL must be http:// or https://",
+        ));
+        assert!(e.body()["error"]["param"].is_null());
     }
 
     #[test]

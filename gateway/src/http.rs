@@ -127,9 +127,8 @@ async fn metrics(State(state): S, headers: HeaderMap) -> Response {
         .and_then(bearer_token)
         .map(str::to_owned);
     let Some(token) = token else {
-        return GatewayError::Unauthorized(
-            "metrics name every tenant: send the admin token as `Authorization: Bearer <admin token>`"
-                .into(),
+        return GatewayError::invalid_api_key(
+            "metrics name every tenant: send the admin token as `Authorization: Bearer <admin token>`",
         )
         .into_response();
     };
@@ -144,7 +143,7 @@ async fn metrics(State(state): S, headers: HeaderMap) -> Response {
     match checked {
         Ok(_) => {}
         Err(status) if status.code() == tonic::Code::Unauthenticated => {
-            return GatewayError::Unauthorized(format!(
+            return GatewayError::invalid_api_key(format!(
                 "{}: metrics need the admin token",
                 status.message()
             ))

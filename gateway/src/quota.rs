@@ -388,7 +388,7 @@ impl Quotas {
     ) -> GatewayError {
         match status.code() {
             Code::NotFound => {
-                GatewayError::Unauthorized(format!("tenant {tenant_id} no longer exists"))
+                GatewayError::invalid_api_key(format!("tenant {tenant_id} no longer exists"))
             }
             _ => {
                 let held = quota.lock();

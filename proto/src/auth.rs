@@ -43,6 +43,9 @@ pub const CREDENTIAL_METADATA: &str = "x-bulkhead-credential";
 /// The error code (`x-bulkhead-error-code`) of a call a service's guard
 /// turned away for no or a wrong secret (Unauthenticated).
 pub const INVALID_CREDENTIAL: &str = "invalid_credential";
+/// The refusal code of the admin service when the caller's admin token is
+/// missing or wrong (the caller's fault, unlike a refused credential).
+pub const INVALID_ADMIN_TOKEN: &str = "invalid_admin_token";
 /// The error code of a call made with a valid secret of another caller
 /// (PermissionDenied).
 pub const WRONG_CALLER: &str = "wrong_caller";

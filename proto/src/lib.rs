@@ -8,6 +8,7 @@ pub mod auth;
 #[cfg(any(test, feature = "fuzz"))]
 pub mod fuzz;
 pub mod ids;
+pub mod json;
 pub mod openai;
 pub mod usage;
 
@@ -44,6 +45,9 @@ pub const USAGE_STREAM: &str = "BULKHEAD_USAGE";
 /// `error.code`, such as `adapter_not_found`), so that a caller never has to
 /// read the message text to tell errors apart.
 pub const ERROR_CODE_METADATA: &str = "x-bulkhead-error-code";
+/// gRPC metadata key of the request field an `InvalidArgument` is about
+/// (OpenAI's `error.param`), so that no caller reads it from the message.
+pub const ERROR_PARAM_METADATA: &str = "x-bulkhead-error-param";
 /// Subject prefix of usage events; the tenant id follows.
 pub const USAGE_SUBJECT_PREFIX: &str = "bulkhead.usage";
 

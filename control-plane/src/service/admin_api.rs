@@ -24,8 +24,8 @@ impl pb::admin_server::Admin for ControlPlaneService {
         self.require_leader()?;
         let r = req.into_inner();
         if r.id == 0 || r.addr.is_empty() {
-            return Err(ControlPlaneError::InvalidArgument(
-                "add-node needs a node id above 0 and an address".into(),
+            return Err(ControlPlaneError::bad_request(
+                "add-node needs a node id above 0 and an address",
             )
             .into());
         }
@@ -99,7 +99,7 @@ impl pb::admin_server::Admin for ControlPlaneService {
         let actor = Self::actor(&req);
         let r = req.into_inner();
         let role =
-            crate::credentials::Role::parse(&r.role).map_err(ControlPlaneError::InvalidArgument)?;
+            crate::credentials::Role::parse(&r.role).map_err(ControlPlaneError::bad_request)?;
         let name = r.name.trim();
         if name.is_empty()
             || name.len() > 64
@@ -107,7 +107,7 @@ impl pb::admin_server::Admin for ControlPlaneService {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         {
-            return Err(ControlPlaneError::InvalidArgument(format!(
+            return Err(ControlPlaneError::bad_request(format!(
                 "a credential's name is 1 to 64 letters, digits, `-`, `_` or `.` (got {name:?})"
             ))
             .into());

@@ -17,8 +17,9 @@ impl ControlPlaneService {
         tenant_id(&r.tenant_id)?;
         let reason = r.reason.trim().to_owned();
         if reason.is_empty() || reason.len() > 2_000 {
-            return Err(ControlPlaneError::InvalidArgument(
-                "reason: say why the burst is needed (1 to 2000 characters)".into(),
+            return Err(ControlPlaneError::invalid(
+                "reason",
+                "say why the burst is needed (1 to 2000 characters)",
             )
             .into());
         }
@@ -72,10 +73,10 @@ impl ControlPlaneService {
     ) -> R<pb::BurstList> {
         let r = req.into_inner();
         if !matches!(r.status.as_str(), "" | "pending" | "approved" | "denied") {
-            return Err(ControlPlaneError::InvalidArgument(format!(
-                "status: {:?} is not pending, approved or denied",
-                r.status
-            ))
+            return Err(ControlPlaneError::invalid(
+                "status",
+                format!("{:?} is not pending, approved or denied", r.status),
+            )
             .into());
         }
         let view = self.read().await?;
@@ -172,12 +173,15 @@ impl ControlPlaneService {
         let r = req.into_inner();
         tenant_id(&r.tenant_id)?;
         crate::sharing::validate_name(&r.name)
-            .map_err(|m| ControlPlaneError::InvalidArgument(format!("name: {m}")))?;
+            .map_err(|m| ControlPlaneError::invalid("name", m))?;
         if r.content.trim().is_empty() || r.content.len() > crate::sharing::MAX_SNIPPET_BYTES {
-            return Err(ControlPlaneError::InvalidArgument(format!(
-                "content: a snippet has 1 to {} bytes of text",
-                crate::sharing::MAX_SNIPPET_BYTES
-            ))
+            return Err(ControlPlaneError::invalid(
+                "content",
+                format!(
+                    "a snippet has 1 to {} bytes of text",
+                    crate::sharing::MAX_SNIPPET_BYTES
+                ),
+            )
             .into());
         }
         let snippet = crate::sharing::SnippetRecord {
@@ -233,14 +237,15 @@ impl ControlPlaneService {
         tenant_id(&r.owner_tenant_id)?;
         tenant_id(&r.grantee_tenant_id)?;
         if r.owner_tenant_id == r.grantee_tenant_id {
-            return Err(ControlPlaneError::InvalidArgument(
-                "grantee: a tenant always reads its own snippets".into(),
+            return Err(ControlPlaneError::invalid(
+                "grantee",
+                "a tenant always reads its own snippets",
             )
             .into());
         }
         if r.snippet != "*" {
             crate::sharing::validate_name(&r.snippet)
-                .map_err(|m| ControlPlaneError::InvalidArgument(format!("snippet: {m}")))?;
+                .map_err(|m| ControlPlaneError::invalid("snippet", m))?;
         }
         let grant = crate::sharing::ShareRecord {
             owner_tenant_id: r.owner_tenant_id,
@@ -296,10 +301,7 @@ impl ControlPlaneService {
         let r = req.into_inner();
         tenant_id(&r.tenant_id)?;
         if r.names.is_empty() || r.names.len() > 16 {
-            return Err(ControlPlaneError::InvalidArgument(
-                "names: name 1 to 16 shared snippets".into(),
-            )
-            .into());
+            return Err(ControlPlaneError::invalid("names", "name 1 to 16 shared snippets").into());
         }
         let actor = if r.user_id.is_empty() {
             via
@@ -331,10 +333,13 @@ impl ControlPlaneService {
     pub(super) async fn list_audit(&self, req: Request<pb::ListAuditRequest>) -> R<pb::AuditList> {
         let r = req.into_inner();
         if r.tenant_id.is_empty() {
-            return Err(ControlPlaneError::InvalidArgument(format!(
-                "tenant_id: name a tenant (or {} for changes that belong to none)",
-                crate::audit::CLUSTER_CHAIN
-            ))
+            return Err(ControlPlaneError::invalid(
+                "tenant_id",
+                format!(
+                    "name a tenant (or {} for changes that belong to none)",
+                    crate::audit::CLUSTER_CHAIN
+                ),
+            )
             .into());
         }
         let limit = if r.limit == 0 { 100 } else { r.limit as usize };

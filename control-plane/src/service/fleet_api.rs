@@ -15,12 +15,12 @@ impl pb::fleet_server::Fleet for ControlPlaneService {
         let r = req.into_inner();
         let w = r.worker.unwrap_or_default();
         bulkhead_proto::WorkerId::new(w.worker_id.as_str())
-            .map_err(|e| ControlPlaneError::InvalidArgument(e.to_string()))?;
+            .map_err(|e| ControlPlaneError::bad_request(e.to_string()))?;
         if w.addr.is_empty() || (w.models.is_empty() && w.loading.is_empty() && w.files.is_empty())
         {
-            return Err(ControlPlaneError::InvalidArgument(
+            return Err(ControlPlaneError::bad_request(
                 "a worker registers with its address and at least one model, loaded, loading or on file"
-                    .into(),
+                    ,
             )
             .into());
         }

@@ -18,7 +18,7 @@ impl ControlPlaneService {
         let r = req.into_inner();
         tenant_id(&r.tenant_id)?;
         bulkhead_proto::GatewayId::new(r.gateway_id.as_str())
-            .map_err(|e| ControlPlaneError::InvalidArgument(e.to_string()))?;
+            .map_err(|e| ControlPlaneError::bad_request(e.to_string()))?;
         match self
             .write(Command::Grant {
                 tenant_id: r.tenant_id,
@@ -72,7 +72,7 @@ impl ControlPlaneService {
     pub(super) async fn report_usage(&self, req: Request<pb::UsageBatch>) -> R<pb::UsageApplied> {
         let events: Vec<UsageRecord> = req.into_inner().events.iter().map(Into::into).collect();
         if let Some(bad) = events.iter().find(|e| e.event_id.is_empty()) {
-            return Err(ControlPlaneError::InvalidArgument(format!(
+            return Err(ControlPlaneError::bad_request(format!(
                 "a usage event of tenant `{}` has no event id",
                 bad.tenant_id
             ))
@@ -107,8 +107,8 @@ impl ControlPlaneService {
         req: Request<pb::UsageRangeRequest>,
     ) -> R<pb::UsageReport> {
         let r = req.into_inner();
-        let mut day_names = ledger::day_range(&r.from_day, &r.to_day)
-            .map_err(ControlPlaneError::InvalidArgument)?;
+        let mut day_names =
+            ledger::day_range(&r.from_day, &r.to_day).map_err(ControlPlaneError::bad_request)?;
         // Newest first, as `usage` answers.
         day_names.reverse();
         let view = self.read().await?;
@@ -121,8 +121,8 @@ impl ControlPlaneService {
         req: Request<pb::UsageExportRequest>,
     ) -> R<pb::UsageExport> {
         let r = req.into_inner();
-        let day_names = ledger::day_range(&r.from_day, &r.to_day)
-            .map_err(ControlPlaneError::InvalidArgument)?;
+        let day_names =
+            ledger::day_range(&r.from_day, &r.to_day).map_err(ControlPlaneError::bad_request)?;
         let view = self.read().await?;
         let tenant = known_tenant(&view, &r.tenant_id)?;
         let key = match view.export_key()? {

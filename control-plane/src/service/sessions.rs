@@ -189,16 +189,14 @@ pub(super) fn turn_append(r: pb::AppendTurnsRequest) -> Result<TurnAppend> {
     tenant_id(&r.tenant_id)?;
     session_id(&r.session_id)?;
     if r.turns.is_empty() {
-        return Err(ControlPlaneError::InvalidArgument(
-            "no turns to append".into(),
-        ));
+        return Err(ControlPlaneError::bad_request("no turns to append"));
     }
     if let Some(bad) = r
         .turns
         .iter()
         .find(|t| !matches!(t.role.as_str(), "user" | "assistant" | "system"))
     {
-        return Err(ControlPlaneError::InvalidArgument(format!(
+        return Err(ControlPlaneError::bad_request(format!(
             "turn role must be user, assistant or system, got {:?}",
             bad.role
         )));

@@ -247,9 +247,7 @@ impl ControlPlaneService {
         let actor = Self::actor(&req);
         let configs = req.into_inner().configs;
         if configs.is_empty() {
-            return Err(
-                ControlPlaneError::InvalidArgument("no tenant configs given".into()).into(),
-            );
+            return Err(ControlPlaneError::bad_request("no tenant configs given").into());
         }
         let view = self.read().await?;
         let now = now_ms();
@@ -270,10 +268,10 @@ impl ControlPlaneService {
             let features = t.feature_overrides.take();
             let mut record = build_tenant(t, features, now).map_err(at)?;
             if let Some(first) = seen.insert(record.id.clone(), source.clone()) {
-                return Err(at(ControlPlaneError::InvalidArgument(format!(
-                    "tenant_id: `{}` is also declared in {first}",
-                    record.id
-                ))));
+                return Err(at(ControlPlaneError::invalid(
+                    "tenant_id",
+                    format!("`{}` is also declared in {first}", record.id),
+                )));
             }
             let existing = view.tenant(&record.id)?;
             if let Some(e) = &existing {
@@ -292,10 +290,10 @@ impl ControlPlaneService {
                     .iter()
                     .any(|w: &crate::outbox::WebhookRecord| w.url == spec.url)
                 {
-                    return Err(at(ControlPlaneError::InvalidArgument(format!(
-                        "webhooks: {} is listed twice",
-                        spec.url
-                    ))));
+                    return Err(at(ControlPlaneError::invalid(
+                        "webhooks",
+                        format!("{} is listed twice", spec.url),
+                    )));
                 }
                 let same = current.iter().find(|w| w.url == spec.url);
                 webhooks.push(crate::outbox::WebhookRecord {

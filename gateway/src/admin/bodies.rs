@@ -10,38 +10,6 @@ pub(super) struct NewNode {
     pub(super) addr: String,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(super) struct LimitsBody {
-    pub(super) daily_tokens: u64,
-    pub(super) max_concurrent: u32,
-    pub(super) max_request_tokens: u32,
-    pub(super) context_window: u32,
-    pub(super) context_turns: u32,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(super) struct FeatureOverridesBody {
-    pub(super) burst: Option<bool>,
-    pub(super) burst_percent: Option<u32>,
-    pub(super) knowledge_sharing: Option<bool>,
-    pub(super) max_keys: Option<u32>,
-    pub(super) retention_days: Option<u32>,
-}
-
-impl From<FeatureOverridesBody> for pb::FeatureOverrides {
-    fn from(f: FeatureOverridesBody) -> Self {
-        Self {
-            burst: f.burst,
-            burst_percent: f.burst_percent,
-            knowledge_sharing: f.knowledge_sharing,
-            max_keys: f.max_keys,
-            retention_days: f.retention_days,
-        }
-    }
-}
-
 /// A new tenant: limits and features not given follow its plan.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,7 +19,7 @@ pub(super) struct NewTenant {
     pub(super) display_name: String,
     #[serde(default)]
     pub(super) plan: String,
-    pub(super) limits: Option<LimitsBody>,
+    pub(super) limits: Option<pb::Limits>,
     #[serde(default)]
     pub(super) model: String,
     #[serde(default)]
@@ -68,7 +36,7 @@ pub(super) struct NewTenant {
     pub(super) time_zone: String,
     #[serde(default)]
     pub(super) knowledge_share: bool,
-    pub(super) feature_overrides: Option<FeatureOverridesBody>,
+    pub(super) feature_overrides: Option<pb::FeatureOverrides>,
 }
 
 /// A tenant patch: only the fields given change.
@@ -91,7 +59,7 @@ pub(super) struct PatchBody {
     pub(super) quick_prompts: Option<Vec<String>>,
     pub(super) time_zone: Option<String>,
     pub(super) knowledge_share: Option<bool>,
-    pub(super) features: Option<FeatureOverridesBody>,
+    pub(super) features: Option<pb::FeatureOverrides>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -223,7 +191,7 @@ mod fuzz {
     ];
 
     /// A rejected body is a 400 that says what is wrong (`invalid_json`).
-    fn rejected<T>(result: Result<T, crate::admin::AdminError>) -> Result<(), TestCaseError> {
+    fn rejected<T>(result: Result<T, crate::admin::GatewayError>) -> Result<(), TestCaseError> {
         if let Err(e) = result {
             prop_assert_eq!(e.status().as_u16(), 400);
             prop_assert!(e.to_string().contains("JSON"), "{}", e);

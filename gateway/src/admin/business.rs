@@ -2,7 +2,6 @@
 
 use axum::body::Bytes;
 use bulkhead_proto::control as pb;
-use serde_json::{Value, json};
 
 use super::*;
 
@@ -16,8 +15,7 @@ pub(super) async fn list_bursts(admin: Admin, QueryOf(q): QueryOf<BurstFilter>) 
             |mut c, r| async move { c.list_bursts(r).await },
         )
         .await?;
-    let bursts: Vec<Value> = l.bursts.iter().map(burst_json).collect();
-    ok(json!({ "bursts": bursts }))
+    ok(l)
 }
 
 pub(super) async fn request_burst(
@@ -34,7 +32,7 @@ pub(super) async fn request_burst(
             |mut c, r| async move { c.request_burst(r).await },
         )
         .await?;
-    created(burst_json(&burst))
+    created(burst)
 }
 
 pub(super) async fn decide_burst(
@@ -53,7 +51,7 @@ pub(super) async fn decide_burst(
             |mut c, r| async move { c.decide_burst(r).await },
         )
         .await?;
-    ok(burst_json(&burst))
+    ok(burst)
 }
 
 pub(super) async fn approve_burst(
@@ -81,8 +79,7 @@ pub(super) async fn list_webhooks(admin: Admin, QueryOf(q): QueryOf<TenantFilter
             |mut c, r| async move { c.list_webhooks(r).await },
         )
         .await?;
-    let webhooks: Vec<Value> = l.webhooks.iter().map(webhook_json).collect();
-    ok(json!({ "webhooks": webhooks }))
+    ok(l)
 }
 
 pub(super) async fn create_webhook(admin: Admin, JsonBody(b): JsonBody<NewWebhook>) -> Answer {
@@ -97,7 +94,7 @@ pub(super) async fn create_webhook(admin: Admin, JsonBody(b): JsonBody<NewWebhoo
             |mut c, r| async move { c.create_webhook(r).await },
         )
         .await?;
-    created(created_webhook_json(&w))
+    created(w)
 }
 
 pub(super) async fn delete_webhook(admin: Admin, PathOf(webhook_id): PathOf<String>) -> Answer {
@@ -106,7 +103,7 @@ pub(super) async fn delete_webhook(admin: Admin, PathOf(webhook_id): PathOf<Stri
             c.delete_webhook(r).await
         })
         .await?;
-    ok(webhook_json(&w))
+    ok(w)
 }
 
 pub(super) async fn list_deliveries(admin: Admin, QueryOf(q): QueryOf<DeliveryFilter>) -> Answer {
@@ -120,37 +117,7 @@ pub(super) async fn list_deliveries(admin: Admin, QueryOf(q): QueryOf<DeliveryFi
             |mut c, r| async move { c.list_deliveries(r).await },
         )
         .await?;
-    let deliveries: Vec<Value> = l
-        .deliveries
-        .iter()
-        .map(|d| {
-            let attempts: Vec<Value> = d
-                .attempts
-                .iter()
-                .map(|a| {
-                    json!({
-                        "at_ms": a.at_ms,
-                        "status": a.status,
-                        "latency_ms": a.latency_ms,
-                        "error": a.error,
-                    })
-                })
-                .collect();
-            json!({
-                "message_id": d.message_id,
-                "webhook_id": d.webhook_id,
-                "tenant_id": d.tenant_id,
-                "event_type": d.event_type,
-                "payload": d.payload,
-                "created_at_ms": d.created_at_ms,
-                "state": d.state,
-                "next_attempt_at_ms": d.next_attempt_at_ms,
-                "attempts": attempts,
-                "url": d.url,
-            })
-        })
-        .collect();
-    ok(json!({ "deliveries": deliveries }))
+    ok(l)
 }
 
 pub(super) async fn list_snippets(admin: Admin, QueryOf(q): QueryOf<TenantFilter>) -> Answer {
@@ -162,8 +129,7 @@ pub(super) async fn list_snippets(admin: Admin, QueryOf(q): QueryOf<TenantFilter
             |mut c, r| async move { c.list_snippets(r).await },
         )
         .await?;
-    let snippets: Vec<Value> = l.snippets.iter().map(snippet_json).collect();
-    ok(json!({ "snippets": snippets }))
+    ok(l)
 }
 
 pub(super) async fn publish_snippet(
@@ -182,7 +148,7 @@ pub(super) async fn publish_snippet(
             |mut c, r| async move { c.publish_snippet(r).await },
         )
         .await?;
-    ok(snippet_json(&s))
+    ok(s)
 }
 
 pub(super) async fn delete_snippet(
@@ -194,7 +160,7 @@ pub(super) async fn delete_snippet(
             c.delete_snippet(r).await
         })
         .await?;
-    ok(snippet_json(&s))
+    ok(s)
 }
 
 pub(super) async fn list_shares(admin: Admin, QueryOf(q): QueryOf<TenantFilter>) -> Answer {
@@ -206,8 +172,7 @@ pub(super) async fn list_shares(admin: Admin, QueryOf(q): QueryOf<TenantFilter>)
             |mut c, r| async move { c.list_shares(r).await },
         )
         .await?;
-    let grants: Vec<Value> = l.grants.iter().map(share_json).collect();
-    ok(json!({ "grants": grants }))
+    ok(l)
 }
 
 pub(super) async fn grant_share(admin: Admin, JsonBody(b): JsonBody<ShareBody>) -> Answer {
@@ -222,7 +187,7 @@ pub(super) async fn grant_share(admin: Admin, JsonBody(b): JsonBody<ShareBody>) 
             |mut c, r| async move { c.grant_share(r).await },
         )
         .await?;
-    created(share_json(&g))
+    created(g)
 }
 
 /// The grant to revoke, named in the JSON body or else in the query string.
@@ -239,7 +204,7 @@ pub(super) async fn revoke_share(
                 grantee_tenant_id,
             },
             _ => {
-                return Err(AdminError::bad_request(
+                return Err(GatewayError::bad_request(
                     "name the grant to revoke: owner_tenant_id, snippet and grantee_tenant_id, in a JSON body or the query string",
                     None,
                 ));
@@ -259,7 +224,7 @@ pub(super) async fn revoke_share(
             |mut c, r| async move { c.revoke_share(r).await },
         )
         .await?;
-    ok(share_json(&g))
+    ok(g)
 }
 
 pub(super) async fn list_audit(
@@ -276,23 +241,7 @@ pub(super) async fn list_audit(
             |mut c, r| async move { c.list_audit(r).await },
         )
         .await?;
-    let records: Vec<Value> = l
-        .records
-        .iter()
-        .map(|a| {
-            json!({
-                "tenant_id": a.tenant_id,
-                "seq": a.seq,
-                "at_ms": a.at_ms,
-                "actor": a.actor,
-                "action": a.action,
-                "detail": a.detail,
-                "prev_hash": a.prev_hash,
-                "hash": a.hash,
-            })
-        })
-        .collect();
-    ok(json!({ "records": records }))
+    ok(l)
 }
 
 pub(super) async fn verify_audit(admin: Admin, QueryOf(q): QueryOf<TenantFilter>) -> Answer {
@@ -304,12 +253,5 @@ pub(super) async fn verify_audit(admin: Admin, QueryOf(q): QueryOf<TenantFilter>
             |mut c, r| async move { c.verify_audit(r).await },
         )
         .await?;
-    ok(json!({
-        "ok": v.ok,
-        "chains": v.chains,
-        "records": v.records,
-        "broken_tenant": v.broken_tenant,
-        "broken_seq": v.broken_seq,
-        "reason": v.reason,
-    }))
+    ok(v)
 }

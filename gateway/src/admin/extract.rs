@@ -1,5 +1,5 @@
 //! Extractors of the admin API: the operator's admin token, and JSON
-//! bodies, queries and paths whose rejections answer as [`AdminError`]s.
+//! bodies, queries and paths whose rejections answer as [`GatewayError`]s.
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request};
@@ -9,8 +9,8 @@ use axum::response::IntoResponse;
 use bulkhead_client::ACTOR_METADATA;
 use bulkhead_client::ControlPlaneClient;
 use bulkhead_proto::control::admin_client::AdminClient as Grpc;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,13 +28,13 @@ pub(super) struct Admin {
 }
 
 impl FromRequestParts<Arc<AdminState>> for Admin {
-    type Rejection = AdminError;
+    type Rejection = GatewayError;
 
     async fn from_request_parts(
         parts: &mut Parts,
         state: &Arc<AdminState>,
-    ) -> Result<Self, AdminError> {
-        let missing = || AdminError::Unauthorized {
+    ) -> Result<Self, GatewayError> {
+        let missing = || GatewayError::Unauthorized {
             message: "no admin token: send `Authorization: Bearer <admin token>`".into(),
             code: "missing_admin_token",
         };
@@ -42,7 +42,7 @@ impl FromRequestParts<Arc<AdminState>> for Admin {
             .headers
             .get(header::AUTHORIZATION)
             .ok_or_else(missing)?;
-        let value = value.to_str().map_err(|_| AdminError::Unauthorized {
+        let value = value.to_str().map_err(|_| GatewayError::Unauthorized {
             message: "the Authorization header is not ASCII; the admin token is wrong".into(),
             code: "invalid_admin_token",
         })?;
@@ -53,7 +53,7 @@ impl FromRequestParts<Arc<AdminState>> for Admin {
             .map_or_else(|| "an unknown address".to_owned(), |c| c.0.ip().to_string());
         let actor = format!("gateway {} from {from}", state.gateway_id);
         let actor = MetadataValue::try_from(actor.as_str()).map_err(|_| {
-            AdminError::Upstream(format!("the actor {actor:?} is not valid metadata"))
+            GatewayError::Upstream(format!("the actor {actor:?} is not valid metadata"))
         })?;
         Ok(Self {
             client: state.client.with_token(token.to_owned()),
@@ -64,7 +64,7 @@ impl FromRequestParts<Arc<AdminState>> for Admin {
 
 impl Admin {
     /// Sends `message` through `method` with the token and the actor.
-    pub(super) async fn send<M, T, F, Fut>(&self, message: M, method: F) -> Result<T, AdminError>
+    pub(super) async fn send<M, T, F, Fut>(&self, message: M, method: F) -> Result<T, GatewayError>
     where
         M: Clone,
         F: Fn(Grpc<Channel>, tonic::Request<M>) -> Fut,
@@ -78,7 +78,7 @@ impl Admin {
                 method(c, req)
             })
             .await
-            .map_err(|s| AdminError::from_control_plane(&s))
+            .map_err(|s| GatewayError::from_control_plane(&s))
     }
 }
 
@@ -88,17 +88,17 @@ impl Admin {
 pub(super) struct JsonBody<T>(pub(super) T);
 
 impl<T: DeserializeOwned> FromRequest<Arc<AdminState>> for JsonBody<T> {
-    type Rejection = AdminError;
+    type Rejection = GatewayError;
 
-    async fn from_request(req: Request, state: &Arc<AdminState>) -> Result<Self, AdminError> {
+    async fn from_request(req: Request, state: &Arc<AdminState>) -> Result<Self, GatewayError> {
         let bytes = Bytes::from_request(req, state)
             .await
-            .map_err(|r| AdminError::rejected(r.status(), "the request body", r.body_text()))?;
+            .map_err(|r| GatewayError::rejected(r.status(), "the request body", r.body_text()))?;
         parse_json(&bytes).map(Self)
     }
 }
 
-pub(super) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AdminError> {
+pub(super) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, GatewayError> {
     let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
@@ -111,10 +111,10 @@ pub(super) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AdminEr
             .find_map(|p| message.strip_prefix(p))
             .and_then(|rest| rest.split_once('`'))
             .map(|(field, _)| field.to_owned());
-        AdminError::BadRequest {
+        GatewayError::BadRequest {
             message: format!("the request body is not the JSON this route takes: {message}"),
             param,
-            code: "invalid_json",
+            code: Some("invalid_json"),
         }
     })
 }
@@ -123,16 +123,16 @@ pub(super) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AdminEr
 pub(super) struct QueryOf<T>(pub(super) T);
 
 impl<T: DeserializeOwned + Send> FromRequestParts<Arc<AdminState>> for QueryOf<T> {
-    type Rejection = AdminError;
+    type Rejection = GatewayError;
 
     async fn from_request_parts(
         parts: &mut Parts,
         state: &Arc<AdminState>,
-    ) -> Result<Self, AdminError> {
+    ) -> Result<Self, GatewayError> {
         Query::<T>::from_request_parts(parts, state)
             .await
             .map(|Query(q)| Self(q))
-            .map_err(|r| AdminError::rejected(r.status(), "the query string", r.body_text()))
+            .map_err(|r| GatewayError::rejected(r.status(), "the query string", r.body_text()))
     }
 }
 
@@ -140,23 +140,24 @@ impl<T: DeserializeOwned + Send> FromRequestParts<Arc<AdminState>> for QueryOf<T
 pub(super) struct PathOf<T>(pub(super) T);
 
 impl<T: DeserializeOwned + Send> FromRequestParts<Arc<AdminState>> for PathOf<T> {
-    type Rejection = AdminError;
+    type Rejection = GatewayError;
 
     async fn from_request_parts(
         parts: &mut Parts,
         state: &Arc<AdminState>,
-    ) -> Result<Self, AdminError> {
+    ) -> Result<Self, GatewayError> {
         Path::<T>::from_request_parts(parts, state)
             .await
             .map(|Path(p)| Self(p))
-            .map_err(|r| AdminError::rejected(r.status(), "the path", r.body_text()))
+            .map_err(|r| GatewayError::rejected(r.status(), "the path", r.body_text()))
     }
 }
 
-pub(super) fn ok(body: Value) -> Answer {
+/// 200 with `body` as JSON (a proto message's derived serde, or a `Value`).
+pub(super) fn ok(body: impl Serialize) -> Answer {
     Ok((StatusCode::OK, axum::Json(body)).into_response())
 }
 
-pub(super) fn created(body: Value) -> Answer {
+pub(super) fn created(body: impl Serialize) -> Answer {
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
 }

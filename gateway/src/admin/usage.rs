@@ -3,7 +3,6 @@
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use bulkhead_proto::control as pb;
-use serde_json::{Value, json};
 
 use super::*;
 
@@ -17,7 +16,7 @@ pub(super) async fn usage(
 ) -> Answer {
     let days = q.days.unwrap_or(DEFAULT_USAGE_DAYS);
     if !(1..=366).contains(&days) {
-        return Err(AdminError::bad_request(
+        return Err(GatewayError::bad_request(
             format!("days: must be 1 to 366, got {days}"),
             Some("days"),
         ));
@@ -26,7 +25,7 @@ pub(super) async fn usage(
         None | Some("json") => false,
         Some("csv") => true,
         Some(other) => {
-            return Err(AdminError::bad_request(
+            return Err(GatewayError::bad_request(
                 format!("format: {other:?} is not json or csv"),
                 Some("format"),
             ));
@@ -73,57 +72,7 @@ pub(super) async fn usage(
         )
             .into_response());
     }
-    let days: Vec<Value> = u
-        .days
-        .iter()
-        .map(|d| {
-            json!({
-                "day": d.day,
-                "prompt_tokens": d.prompt_tokens,
-                "completion_tokens": d.completion_tokens,
-                "cached_tokens": d.cached_tokens,
-                "requests": d.requests,
-                "quota": d.quota,
-                "outstanding": d.outstanding,
-                "total_latency_ms": d.total_latency_ms,
-                "max_latency_ms": d.max_latency_ms,
-                "avg_latency_ms": d.avg_latency_ms,
-                "p95_latency_ms": d.p95_latency_ms,
-            })
-        })
-        .collect();
-    let users: Vec<Value> = u
-        .users
-        .iter()
-        .map(|x| json!({"user_id": x.user_id, "tokens": x.tokens, "requests": x.requests}))
-        .collect();
-    let recent: Vec<Value> = u
-        .recent
-        .iter()
-        .map(|r| {
-            json!({
-                "event_id": r.event_id,
-                "user_id": r.user_id,
-                "prompt_tokens": r.prompt_tokens,
-                "completion_tokens": r.completion_tokens,
-                "cached_tokens": r.cached_tokens,
-                "duration_ms": r.duration_ms,
-                "finished_at_ms": r.finished_at_ms,
-            })
-        })
-        .collect();
-    let top_prompts: Vec<Value> = u
-        .top_prompts
-        .iter()
-        .map(|p| json!({"text": p.text, "count": p.count}))
-        .collect();
-    ok(json!({
-        "tenant_id": u.tenant_id,
-        "days": days,
-        "users": users,
-        "recent": recent,
-        "top_prompts": top_prompts,
-    }))
+    ok(u)
 }
 
 /// Both ends of a day range; a missing one is empty, which the control
@@ -134,13 +83,13 @@ pub(super) fn range_of(from: Option<String>, to: Option<String>) -> (String, Str
 
 /// The control plane names the range fields `from_day`/`to_day`; over HTTP
 /// they are the `from`/`to` query parameters.
-pub(super) fn range_param(e: AdminError) -> AdminError {
+pub(super) fn range_param(e: GatewayError) -> GatewayError {
     match e {
-        AdminError::BadRequest {
+        GatewayError::BadRequest {
             message,
             param,
             code,
-        } => AdminError::BadRequest {
+        } => GatewayError::BadRequest {
             param: match param.as_deref() {
                 Some("from_day") => Some("from".into()),
                 Some("to_day") => Some("to".into()),

@@ -47,7 +47,7 @@ pub(super) async fn fit_request(
             "this request needs up to {} tokens ({prompt} in the prompt and context, {max_tokens} for the completion), more than your tenant's limit of {limit} tokens per request; shorten the messages or lower max_tokens",
             prompt + max_tokens
         ),
-        param: Some("max_tokens"),
+        param: Some("max_tokens".into()),
         code: Some("request_token_limit_exceeded"),
     })
 }

@@ -39,12 +39,12 @@ pub(super) fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Call
         .map(str::trim)
         .filter(|k| !k.is_empty())
         .ok_or_else(|| {
-            GatewayError::Unauthorized(
-                "no API key: send your tenant's key as `Authorization: Bearer <key>`".into(),
+            GatewayError::invalid_api_key(
+                "no API key: send your tenant's key as `Authorization: Bearer <key>`",
             )
         })?;
     let caller = state.directory.authenticate(key).ok_or_else(|| {
-        GatewayError::Unauthorized("the API key is not valid (unknown or revoked)".into())
+        GatewayError::invalid_api_key("the API key is not valid (unknown or revoked)")
     })?;
     if let Some(claimed) = header_str(headers, TENANT_HEADER)?
         && claimed != caller.tenant.id

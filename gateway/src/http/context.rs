@@ -11,7 +11,9 @@ pub(super) fn body_or_error(
 ) -> Result<Bytes, GatewayError> {
     match body {
         Ok(body) => Ok(body),
-        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(GatewayError::TooLarge(limit)),
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(GatewayError::too_large(limit))
+        }
         Err(r) => Err(GatewayError::bad_request(r.body_text(), None)),
     }
 }
@@ -238,7 +240,7 @@ pub(super) async fn shared_knowledge(
                     s.message()
                 ),
                 code: "shared_snippet_not_available",
-                param: Some("messages"),
+                param: Some("messages".into()),
             },
             _ => GatewayError::from_control_plane(&s),
         })?;
