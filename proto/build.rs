@@ -1,10 +1,16 @@
 //! Compiles the .proto files with a vendored protoc, so no system protoc is needed.
 
-/// Bodies the admin API reads as they are: a field not given is its default,
-/// an unknown field is an error.
-const READ_AS_JSON: [&str; 2] = [
+/// Bodies and query strings the admin API reads as they are: a field not
+/// given is its default, an unknown field is an error.
+const READ_AS_JSON: [&str; 8] = [
     ".bulkhead.control.v1.Limits",
     ".bulkhead.control.v1.FeatureOverrides",
+    ".bulkhead.control.v1.ListBurstsRequest",
+    ".bulkhead.control.v1.ListWebhooksRequest",
+    ".bulkhead.control.v1.ListDeliveriesRequest",
+    ".bulkhead.control.v1.ListSnippetsRequest",
+    ".bulkhead.control.v1.ListSharesRequest",
+    ".bulkhead.control.v1.VerifyAuditRequest",
 ];
 
 /// A tenant's or plan's limits and features are always JSON objects.

@@ -24,13 +24,11 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, on};
 use bulkhead_client::ControlPlaneClient;
 use bulkhead_proto::GatewayId;
-use bulkhead_proto::control as pb;
 
 use crate::directory::Directory;
 use crate::route::Workers;
@@ -39,6 +37,7 @@ mod bodies;
 mod business;
 mod extract;
 mod monitor;
+mod tenants;
 mod usage;
 
 use crate::error::GatewayError;
@@ -46,6 +45,7 @@ use bodies::*;
 use business::*;
 use extract::*;
 use monitor::*;
+use tenants::*;
 use usage::*;
 
 /// What the admin routes need: who this gateway is, a client of the control
@@ -124,230 +124,6 @@ pub fn router(state: AdminState) -> Router {
 
 async fn method_not_allowed() -> Response {
     GatewayError::MethodNotAllowed.into_response()
-}
-
-// ---------------------------------------------------------------------------
-// Errors
-
-// ---------------------------------------------------------------------------
-// Extractors
-
-// ---------------------------------------------------------------------------
-// Request bodies and query strings (proto field names)
-
-// ---------------------------------------------------------------------------
-// Handlers
-
-/// `ClusterStatus` is open on the control plane; this route is not, so the
-/// token is checked first with a cheap admin read.
-async fn cluster_status(admin: Admin) -> Answer {
-    admin
-        .send(pb::ListPlansRequest {}, |mut c, r| async move {
-            c.list_plans(r).await
-        })
-        .await?;
-    let s = admin
-        .client
-        .cluster()
-        .send(pb::ClusterStatusRequest {}, |mut c, r| async move {
-            c.cluster_status(r).await
-        })
-        .await
-        .map_err(|s| GatewayError::from_control_plane(&s))?;
-    ok(s)
-}
-
-async fn add_node(admin: Admin, JsonBody(b): JsonBody<NewNode>) -> Answer {
-    let s = admin
-        .send(
-            pb::AddNodeRequest {
-                id: b.id,
-                addr: b.addr,
-            },
-            |mut c, r| async move { c.add_node(r).await },
-        )
-        .await?;
-    ok(s)
-}
-
-async fn remove_node(admin: Admin, PathOf(id): PathOf<u64>) -> Answer {
-    let s = admin
-        .send(pb::RemoveNodeRequest { id }, |mut c, r| async move {
-            c.remove_node(r).await
-        })
-        .await?;
-    ok(s)
-}
-
-async fn list_plans(admin: Admin) -> Answer {
-    let l = admin
-        .send(pb::ListPlansRequest {}, |mut c, r| async move {
-            c.list_plans(r).await
-        })
-        .await?;
-    ok(l)
-}
-
-async fn list_tenants(admin: Admin) -> Answer {
-    let l = admin
-        .send(pb::ListTenantsRequest {}, |mut c, r| async move {
-            c.list_tenants(r).await
-        })
-        .await?;
-    ok(l)
-}
-
-async fn create_tenant(admin: Admin, JsonBody(b): JsonBody<NewTenant>) -> Answer {
-    let tenant = pb::Tenant {
-        id: b.id,
-        display_name: b.display_name,
-        plan: b.plan,
-        limits: Some(b.limits.unwrap_or_default()),
-        model: b.model,
-        adapter: b.adapter,
-        adapter_scale: b.adapter_scale,
-        system_prompt: b.system_prompt,
-        welcome_message: b.welcome_message,
-        quick_prompts: b.quick_prompts,
-        time_zone: b.time_zone,
-        knowledge_share: b.knowledge_share,
-        feature_overrides: b.feature_overrides,
-        ..Default::default()
-    };
-    let t = admin
-        .send(tenant, |mut c, r| async move { c.create_tenant(r).await })
-        .await?;
-    created(t)
-}
-
-async fn get_tenant(admin: Admin, PathOf(id): PathOf<String>) -> Answer {
-    let t = admin
-        .send(pb::TenantRef { id }, |mut c, r| async move {
-            c.get_tenant(r).await
-        })
-        .await?;
-    ok(t)
-}
-
-async fn update_tenant(
-    admin: Admin,
-    PathOf(id): PathOf<String>,
-    JsonBody(b): JsonBody<PatchBody>,
-) -> Answer {
-    if let Some(other) = b.id.as_ref().filter(|other| **other != id) {
-        return Err(GatewayError::bad_request(
-            format!("id: the body names tenant {other:?} but the path names {id:?}"),
-            Some("id"),
-        ));
-    }
-    let patch = pb::TenantPatch {
-        id,
-        display_name: b.display_name,
-        plan: b.plan,
-        daily_tokens: b.daily_tokens,
-        max_concurrent: b.max_concurrent,
-        max_request_tokens: b.max_request_tokens,
-        context_window: b.context_window,
-        context_turns: b.context_turns,
-        model: b.model,
-        adapter: b.adapter,
-        adapter_scale: b.adapter_scale,
-        system_prompt: b.system_prompt,
-        welcome_message: b.welcome_message,
-        set_quick_prompts: b.quick_prompts.is_some(),
-        quick_prompts: b.quick_prompts.unwrap_or_default(),
-        time_zone: b.time_zone,
-        knowledge_share: b.knowledge_share,
-        features: b.features,
-    };
-    let t = admin
-        .send(patch, |mut c, r| async move { c.update_tenant(r).await })
-        .await?;
-    ok(t)
-}
-
-async fn delete_tenant(admin: Admin, PathOf(id): PathOf<String>) -> Answer {
-    let d = admin
-        .send(pb::TenantRef { id }, |mut c, r| async move {
-            c.delete_tenant(r).await
-        })
-        .await?;
-    ok(d)
-}
-
-/// Tenant config files (YAML, one or more `---` documents), applied all or
-/// nothing. `?source=` names them in error messages (default `request`).
-async fn apply_tenant_configs(
-    admin: Admin,
-    QueryOf(q): QueryOf<ConfigQuery>,
-    body: Bytes,
-) -> Answer {
-    let source = q.source.unwrap_or_else(|| "request".to_owned());
-    let text = std::str::from_utf8(&body)
-        .map_err(|_| GatewayError::bad_request("the request body is not UTF-8 text", None))?;
-    if text.trim().is_empty() {
-        return Err(GatewayError::bad_request(
-            "the request body is empty; send one or more tenant configs in YAML",
-            None,
-        ));
-    }
-    let configs = bulkhead_client::tenant_config::parse(&source, text).map_err(|e| {
-        GatewayError::BadRequest {
-            message: e.to_string(),
-            param: None,
-            code: Some("invalid_config"),
-        }
-    })?;
-    let reply = admin
-        .send(pb::ApplyTenantsRequest { configs }, |mut c, r| async move {
-            c.apply_tenants(r).await
-        })
-        .await
-        .map_err(|e| match e {
-            // The message starts with the source, not a field of this body.
-            GatewayError::BadRequest { message, code, .. } => GatewayError::BadRequest {
-                message,
-                param: None,
-                code,
-            },
-            e => e,
-        })?;
-    ok(reply)
-}
-
-async fn list_keys(admin: Admin, PathOf(id): PathOf<String>) -> Answer {
-    let l = admin
-        .send(pb::TenantRef { id }, |mut c, r| async move {
-            c.list_keys(r).await
-        })
-        .await?;
-    ok(l)
-}
-
-async fn create_key(
-    admin: Admin,
-    PathOf(tenant_id): PathOf<String>,
-    JsonBody(b): JsonBody<NewKey>,
-) -> Answer {
-    let k = admin
-        .send(
-            pb::CreateKeyRequest {
-                tenant_id,
-                name: b.name,
-            },
-            |mut c, r| async move { c.create_key(r).await },
-        )
-        .await?;
-    created(k)
-}
-
-async fn revoke_key(admin: Admin, PathOf(key_id): PathOf<String>) -> Answer {
-    let k = admin
-        .send(pb::RevokeKeyRequest { key_id }, |mut c, r| async move {
-            c.revoke_key(r).await
-        })
-        .await?;
-    ok(k)
 }
 
 /// The CSV columns of `GET .../usage?format=csv`, one row per day.

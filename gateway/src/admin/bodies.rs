@@ -85,19 +85,6 @@ pub(super) struct ExportQuery {
     pub(super) to: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(super) struct TenantFilter {
-    pub(super) tenant_id: String,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(super) struct BurstFilter {
-    pub(super) tenant_id: String,
-    pub(super) status: String,
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct BurstAsk {
@@ -122,14 +109,6 @@ pub(super) struct NewWebhook {
     pub(super) secret: String,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(super) struct DeliveryFilter {
-    pub(super) tenant_id: String,
-    pub(super) webhook_id: String,
-    pub(super) limit: u32,
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct SnippetBody {
@@ -142,6 +121,17 @@ pub(super) struct ShareBody {
     pub(super) owner_tenant_id: String,
     pub(super) snippet: String,
     pub(super) grantee_tenant_id: String,
+}
+
+impl From<ShareBody> for pb::ShareGrant {
+    fn from(b: ShareBody) -> Self {
+        Self {
+            owner_tenant_id: b.owner_tenant_id,
+            snippet: b.snippet,
+            grantee_tenant_id: b.grantee_tenant_id,
+            created_at_ms: 0,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
