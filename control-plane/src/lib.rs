@@ -130,18 +130,19 @@ pub async fn run(
     }
     .validate()
     .map_err(|e| ControlPlaneError::Internal(format!("raft config: {e}")))?;
+    let metrics = Arc::new(metrics::Metrics::new());
     let raft = Raft::new(
         config.node_id,
         Arc::new(raft_config),
         Network {
             secret: config.cluster_secret.clone(),
+            metrics: Arc::clone(&metrics),
         },
         log,
         sm.clone(),
     )
     .await
     .map_err(|e| ControlPlaneError::Internal(format!("starting raft: {e}")))?;
-    let metrics = Arc::new(metrics::Metrics::new());
     let handles = Handles {
         raft: raft.clone(),
         sm: sm.clone(),

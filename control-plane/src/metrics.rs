@@ -97,6 +97,9 @@ pub struct Metrics {
     pub granted_tokens: Family<TenantLabel, Counter>,
     pub returns: Family<TenantLabel, Counter>,
     pub returned_tokens: Family<TenantLabel, Counter>,
+    /// AppendEntries this node (as leader) cut short to stay under
+    /// `raft::MAX_APPEND_BYTES`; the rest follows in the next message.
+    pub raft_append_splits: Counter,
 }
 
 impl Default for Metrics {
@@ -118,6 +121,7 @@ impl Metrics {
             granted_tokens: Family::default(),
             returns: Family::default(),
             returned_tokens: Family::default(),
+            raft_append_splits: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -141,6 +145,11 @@ impl Metrics {
             m.usage_events_duplicate.clone(),
         );
         registry.register("grants", "Allowance grants to gateways", m.grants.clone());
+        registry.register(
+            "raft_append_splits",
+            "AppendEntries cut short to stay under the per-message byte cap",
+            m.raft_append_splits.clone(),
+        );
         registry.register(
             "granted_tokens",
             "Tokens granted to gateways",

@@ -41,6 +41,7 @@ pub struct Handles {
 
 /// Proposes a command on this node; a follower answers with the leader.
 pub(crate) async fn write(raft: &Raft, command: Command) -> Result<Reply> {
+    crate::raft::check_entry_size(&command)?;
     match raft.client_write(command).await {
         Ok(response) => match response.data {
             Reply::Rejected(r) => Err(r.into()),

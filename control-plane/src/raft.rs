@@ -60,12 +60,94 @@ pub(crate) use bulkhead_client::channel;
 /// The largest Raft message a node sends or accepts. tonic's default of
 /// 4 MiB is less than one AppendEntries can carry (entries of usage
 /// batches), and a message over it failed as a network error that openraft
-/// retried forever: replication stalled for good. With at most
-/// [`MAX_PAYLOAD_ENTRIES`] entries per message this leaves ample room.
+/// retried forever: replication stalled for good. Every message is kept far
+/// below it: AppendEntries by [`MAX_APPEND_BYTES`], one entry by
+/// [`MAX_ENTRY_BYTES`], snapshots by streaming them in chunks.
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 256 << 20;
 
 /// Most log entries in one AppendEntries (openraft's default is 300).
 pub const MAX_PAYLOAD_ENTRIES: u64 = 64;
+
+/// The bytes of entries one AppendEntries carries: a longer run of entries
+/// is sent as its longest prefix under this (at least one entry), and
+/// openraft sends the rest next ([`AppendEntriesResponse::PartialSuccess`]).
+pub const MAX_APPEND_BYTES: usize = 4 << 20;
+
+/// How long an AppendEntries may take: openraft's TTL (the heartbeat
+/// interval, 100 ms) at least a second, plus a second per 8 MiB it carries.
+/// A follower catching up on large entries writes each message to disk
+/// before it answers; under openraft's bare 100 ms every large message timed
+/// out and was sent again, forever, and the follower never caught up.
+fn append_timeout(ttl: std::time::Duration, bytes: usize) -> std::time::Duration {
+    let nanos = bytes as u128 * 1_000_000_000 / (8u128 << 20);
+    let carry = u64::try_from(nanos).unwrap_or(u64::MAX);
+    ttl.max(std::time::Duration::from_secs(1)) + std::time::Duration::from_nanos(carry)
+}
+
+/// The largest command the log takes. A bigger one is refused when it is
+/// proposed, with a clear error, instead of being written and then never
+/// replicating.
+pub const MAX_ENTRY_BYTES: usize = 64 << 20;
+
+/// The bytes `value` takes as JSON, counted no further than `limit + 1`.
+pub(crate) fn json_size_up_to<T: Serialize>(value: &T, limit: usize) -> usize {
+    struct Counter {
+        bytes: usize,
+        limit: usize,
+    }
+    impl std::io::Write for Counter {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.bytes += b.len();
+            if self.bytes > self.limit {
+                return Err(std::io::Error::other("over the limit"));
+            }
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter { bytes: 0, limit };
+    // An error here is the counter's own stop at the limit.
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.bytes
+}
+
+/// Refuses a command over [`MAX_ENTRY_BYTES`] before it reaches the log.
+pub(crate) fn check_entry_size(command: &Command) -> Result<(), crate::error::ControlPlaneError> {
+    let bytes = json_size_up_to(command, MAX_ENTRY_BYTES);
+    if bytes > MAX_ENTRY_BYTES {
+        return Err(crate::error::ControlPlaneError::bad_request(format!(
+            "the change ({command}) is over {} MiB, the most one Raft log entry holds; send it in parts",
+            MAX_ENTRY_BYTES >> 20
+        )));
+    }
+    Ok(())
+}
+
+/// `rpc` encoded under [`MAX_APPEND_BYTES`]: as it is, or, when its entries
+/// take more, its longest prefix of entries that fits (at least one), with
+/// the log id of the last entry sent.
+fn encode_capped(
+    mut rpc: AppendEntriesRequest<TypeConfig>,
+) -> Result<(Vec<u8>, Option<LogId>), Status> {
+    let data = encode(&rpc)?;
+    if data.len() <= MAX_APPEND_BYTES || rpc.entries.len() <= 1 {
+        return Ok((data, None));
+    }
+    let mut bytes = 0;
+    let mut keep = 0;
+    for entry in &rpc.entries {
+        bytes += json_size_up_to(entry, MAX_APPEND_BYTES);
+        if bytes > MAX_APPEND_BYTES && keep > 0 {
+            break;
+        }
+        keep += 1;
+    }
+    rpc.entries.truncate(keep);
+    let last = rpc.entries.last().map(|e| e.log_id);
+    Ok((encode(&rpc)?, last))
+}
 
 /// A Raft client whose message limits match the server's.
 pub(crate) fn raft_client(channel: Channel) -> RaftClient<Channel> {
@@ -78,12 +160,14 @@ pub(crate) fn raft_client(channel: Channel) -> RaftClient<Channel> {
 /// secret.
 pub struct Network {
     pub secret: ClusterSecret,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 pub struct Connection {
     target: NodeId,
     client: Option<RaftClient<Channel>>,
     secret: ClusterSecret,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -94,6 +178,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             client: channel(&node.addr).ok().map(raft_client),
             secret: self.secret.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -122,15 +207,38 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RpcErr> {
         let mut c = self.client()?;
-        let data = encode(&rpc).map_err(|s| RPCError::Network(NetworkError::new(&s)))?;
+        let (data, cut_at) =
+            encode_capped(rpc).map_err(|s| RPCError::Network(NetworkError::new(&s)))?;
+        if data.len() > MAX_RAFT_MESSAGE_BYTES {
+            // Cannot happen for entries under MAX_ENTRY_BYTES; say so plainly
+            // rather than as an opaque transport error.
+            let e = format!(
+                "one log entry to node {} is {} bytes, over the {} MiB a Raft message may carry",
+                self.target,
+                data.len(),
+                MAX_RAFT_MESSAGE_BYTES >> 20
+            );
+            tracing::error!("{e}");
+            return Err(RPCError::Network(NetworkError::from_string(e)));
+        }
+        if cut_at.is_some() {
+            self.metrics.raft_append_splits.inc();
+        }
+        let timeout = append_timeout(option.hard_ttl(), data.len());
         let mut req = self.request(pb::RaftPayload { data });
-        req.set_timeout(option.hard_ttl());
+        req.set_timeout(timeout);
         let reply = c
             .append_entries(req)
             .await
             .map_err(status_to_rpc)?
             .into_inner();
-        Ok(reply_data(reply)?)
+        let response: AppendEntriesResponse<TypeConfig> = reply_data(reply)?;
+        Ok(match (response, cut_at) {
+            (AppendEntriesResponse::Success, Some(last)) => {
+                AppendEntriesResponse::PartialSuccess(Some(last))
+            }
+            (response, _) => response,
+        })
     }
 
     async fn vote(
@@ -246,6 +354,7 @@ impl pb::raft_server::Raft for RaftService {
         req: Request<pb::RaftPayload>,
     ) -> Result<Response<pb::RaftReply>, Status> {
         let command: Command = decode(&req.into_inner().data)?;
+        check_entry_size(&command)?;
         let result = self.raft.client_write(command).await.map(|r| r.data);
         Ok(Response::new(reply(result)?))
     }
@@ -320,5 +429,81 @@ mod fuzz {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod cap {
+    use openraft::entry::RaftEntry;
+
+    use super::*;
+
+    fn entry(index: u64, bytes: usize) -> Entry {
+        Entry::new_normal(
+            openraft::testing::log_id::<TypeConfig>(1, 1, index),
+            Command::AppendTurns {
+                tenant_id: "t".into(),
+                session_id: "s".into(),
+                user_id: String::new(),
+                turns: vec![("user".into(), "x".repeat(bytes))],
+                now_ms: 0,
+            },
+        )
+    }
+
+    fn rpc(entries: Vec<Entry>) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            entries,
+            leader_commit: None,
+        }
+    }
+
+    fn sent(data: &[u8]) -> Vec<u64> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(data).unwrap();
+        rpc.entries.iter().map(|e| e.log_id.index).collect()
+    }
+
+    #[test]
+    fn append_entries_are_cut_to_the_byte_cap_and_never_below_one_entry() {
+        // Small entries go as they are, in one message.
+        let (data, cut) = encode_capped(rpc((1..=64).map(|i| entry(i, 1_000)).collect())).unwrap();
+        assert_eq!((sent(&data).len(), cut), (64, None));
+        // 1.5 MiB entries: two fit in 4 MiB, the rest follow.
+        let big = 3 << 19;
+        let (data, cut) = encode_capped(rpc((1..=5).map(|i| entry(i, big)).collect())).unwrap();
+        assert!(data.len() <= MAX_APPEND_BYTES, "{}", data.len());
+        assert_eq!(sent(&data), vec![1, 2]);
+        assert_eq!(cut.map(|l| l.index), Some(2));
+        // One entry over the cap still goes, alone (it is under MAX_ENTRY_BYTES).
+        let (data, cut) = encode_capped(rpc(vec![entry(7, 5 << 20), entry(8, 10)])).unwrap();
+        assert_eq!(sent(&data), vec![7]);
+        assert_eq!(cut.map(|l| l.index), Some(7));
+    }
+
+    #[test]
+    fn a_large_append_has_the_time_to_be_written() {
+        let ttl = std::time::Duration::from_millis(100);
+        assert_eq!(append_timeout(ttl, 0), std::time::Duration::from_secs(1));
+        assert_eq!(
+            append_timeout(ttl, 8 << 20),
+            std::time::Duration::from_secs(2)
+        );
+    }
+
+    #[test]
+    fn a_command_over_the_entry_limit_is_refused_before_the_log() {
+        let Entry { payload, .. } = entry(1, MAX_ENTRY_BYTES + 1);
+        let openraft::EntryPayload::Normal(command) = payload else {
+            unreachable!()
+        };
+        let e = check_entry_size(&command).unwrap_err();
+        assert!(e.to_string().contains("64 MiB"), "{e}");
+        let Entry { payload, .. } = entry(1, 1_000);
+        let openraft::EntryPayload::Normal(command) = payload else {
+            unreachable!()
+        };
+        assert!(check_entry_size(&command).is_ok());
     }
 }

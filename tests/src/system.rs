@@ -74,6 +74,29 @@ pub fn usage_csv_totals(csv: &str) -> Option<Vec<String>> {
     Some(total)
 }
 
+/// The ledger's tokens used by `tenant` today and yesterday, as the nodes
+/// `client` calls answer it (an admin client).
+pub async fn used_lately(
+    client: &bulkhead_control_plane::ControlPlaneClient,
+    tenant: &str,
+) -> anyhow::Result<u64> {
+    let report = client
+        .admin()
+        .send(
+            bulkhead_proto::control::UsageRequest {
+                tenant_id: tenant.to_owned(),
+                days: 2,
+            },
+            |mut c, req| async move { c.usage(req).await },
+        )
+        .await?;
+    Ok(report
+        .days
+        .iter()
+        .map(|d| d.prompt_tokens + d.completion_tokens)
+        .sum())
+}
+
 /// Creates a tenant with `limits` (CLI flags) and returns a fresh key of it.
 pub fn tenant_with_key(
     control_plane: &str,
@@ -587,22 +610,7 @@ impl Cluster {
     /// The ledger's tokens used by `tenant` today and yesterday (a test
     /// that runs across midnight splits its usage over two days).
     pub async fn used_today(&self, tenant: &str) -> anyhow::Result<u64> {
-        let client = self.control.client();
-        let report = client
-            .admin()
-            .send(
-                bulkhead_proto::control::UsageRequest {
-                    tenant_id: tenant.to_owned(),
-                    days: 2,
-                },
-                |mut c, req| async move { c.usage(req).await },
-            )
-            .await?;
-        Ok(report
-            .days
-            .iter()
-            .map(|d| d.prompt_tokens + d.completion_tokens)
-            .sum())
+        used_lately(&self.control.client(), tenant).await
     }
 
     /// Waits until the ledger holds exactly `expected` tokens of `tenant`
