@@ -1,5 +1,6 @@
 //! `bulkhead audit`: a tenant's hash-chained audit trail, and a check that
-//! every chain is intact (exit code 1 when one is not).
+//! every chain is intact (exit code 1 when one is not), and the same check
+//! of archive files that old records were moved to.
 
 use anyhow::bail;
 use bulkhead_proto::control as pb;
@@ -27,6 +28,56 @@ pub enum AuditCommand {
         #[arg(long, default_value = "")]
         tenant: String,
     },
+    /// Recompute archived records (files under <data dir>/archives/audit/, read here, not
+    /// through the cluster): each file's chain, and that each file of a chain continues the
+    /// one before. The last hash printed is the chain's anchor: the prev_hash of the oldest
+    /// record `audit list --hashes` shows. Exit code 1 when one is broken.
+    VerifyArchive {
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+    },
+}
+
+/// Checks archive files, in order of chain and first record.
+fn verify_archives(files: &[std::path::PathBuf]) -> anyhow::Result<()> {
+    use bulkhead_control_plane::audit::{ArchiveSummary, verify_archive};
+    let mut checked: Vec<(ArchiveSummary, &std::path::Path)> = Vec::new();
+    for file in files {
+        match verify_archive(file)? {
+            Ok(summary) => checked.push((summary, file)),
+            Err(reason) => {
+                println!("broken: {}: {reason}", file.display());
+                bail!("the audit archive does not verify");
+            }
+        }
+    }
+    checked.sort_by(|(a, _), (b, _)| (&a.chain, a.first_seq).cmp(&(&b.chain, b.first_seq)));
+    for pair in checked.windows(2) {
+        let ((before, bf), (after, af)) = (&pair[0], &pair[1]);
+        if before.chain == after.chain && after.prev_hash != before.last_hash {
+            println!(
+                "broken: {} does not continue {} (records {}..{} then {}..{})",
+                af.display(),
+                bf.display(),
+                before.first_seq,
+                before.last_seq,
+                after.first_seq,
+                after.last_seq
+            );
+            bail!("the audit archive does not verify");
+        }
+    }
+    for (s, file) in &checked {
+        println!(
+            "ok: {} records {}..{} of {}, ending at hash {}",
+            file.display(),
+            s.first_seq,
+            s.last_seq,
+            s.chain,
+            s.last_hash
+        );
+    }
+    Ok(())
 }
 
 pub async fn audit(connect: Connect, command: AuditCommand) -> anyhow::Result<()> {
@@ -93,6 +144,7 @@ pub async fn audit(connect: Connect, command: AuditCommand) -> anyhow::Result<()
             }
             println!("ok: {} chains, {} records verified", v.chains, v.records);
         }
+        AuditCommand::VerifyArchive { files } => verify_archives(&files)?,
     }
     Ok(())
 }

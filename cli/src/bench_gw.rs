@@ -236,6 +236,7 @@ pub async fn run(args: BenchGatewayArgs) -> anyhow::Result<()> {
             init: Some(BTreeMap::from([(1, cp_addr.clone())])),
             nats: None,
             snapshot_logs: 10_000,
+            audit_retention_days: 0,
             cluster_secret: secret.clone(),
             local_usage: None,
             on_admin_token: Some(Box::new(move |token| {

@@ -41,6 +41,11 @@ pub struct ControlPlaneArgs {
     /// Snapshot (and purge the log) every this many entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_logs: u64,
+    /// Audit records older than this many days are archived to files under
+    /// <data dir>/archives/audit/ and pruned from the database (0: kept for ever). Give every
+    /// node the same value: whichever leads applies it.
+    #[arg(long, default_value_t = bulkhead_control_plane::DEFAULT_AUDIT_RETENTION_DAYS)]
+    audit_retention_days: u32,
 }
 
 /// Parses `1=host:7100,2=host:7101`.
@@ -88,6 +93,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         init,
         nats: args.nats,
         snapshot_logs: args.snapshot_logs,
+        audit_retention_days: args.audit_retention_days,
         cluster_secret,
         local_usage: None,
         on_admin_token: Some(Box::new(|token| {

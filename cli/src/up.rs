@@ -64,6 +64,10 @@ pub struct UpArgs {
     /// The longest a chat request may take, in seconds (past it: 504, and the worker stops).
     #[arg(long, default_value_t = bulkhead_gateway::DEFAULT_REQUEST_DEADLINE.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     request_deadline_s: u64,
+    /// Audit records older than this many days are archived to files under
+    /// <data dir>/control-plane/archives/audit/ and pruned from the database (0: kept for ever).
+    #[arg(long, default_value_t = bulkhead_control_plane::DEFAULT_AUDIT_RETENTION_DAYS)]
+    audit_retention_days: u32,
     /// Where models are loaded from on demand (default: the demo model's directory,
     /// ~/.cache/bulkhead/models).
     #[command(flatten)]
@@ -176,6 +180,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         init: Some(BTreeMap::from([(1, cp_addr.clone())])),
         nats: args.nats.clone(),
         snapshot_logs: 10_000,
+        audit_retention_days: args.audit_retention_days,
         cluster_secret: secret.clone(),
         local_usage,
         on_admin_token: Some(Box::new(move |token| {

@@ -29,6 +29,7 @@ pub mod raft_types;
 pub mod service;
 pub mod sessions;
 pub mod sharing;
+pub mod snapshot;
 pub mod state;
 pub mod storage;
 pub mod store;
@@ -59,6 +60,10 @@ use crate::state::{Command, Reply};
 /// Callback that receives the admin token of a newly initialized cluster.
 pub type OnAdminToken = Box<dyn FnOnce(String) + Send + Sync>;
 
+/// How long audit records stay in the database before they are archived to
+/// files and pruned, unless a node is told otherwise.
+pub const DEFAULT_AUDIT_RETENTION_DAYS: u32 = 365;
+
 /// What a control-plane node needs to run.
 pub struct ControlPlaneConfig {
     pub node_id: NodeId,
@@ -72,6 +77,9 @@ pub struct ControlPlaneConfig {
     pub nats: Option<String>,
     /// Take a snapshot after this many log entries (and purge the log behind it).
     pub snapshot_logs: u64,
+    /// Audit records older than this many days are archived to files under
+    /// `<data dir>/archives/audit/` and pruned (0: kept for ever).
+    pub audit_retention_days: u32,
     /// Called once with the admin token when this node initializes the cluster.
     pub on_admin_token: Option<OnAdminToken>,
     /// The secret every member of the cluster sends: the Raft service refuses
@@ -99,6 +107,7 @@ impl std::fmt::Debug for ControlPlaneConfig {
                     .map(bulkhead_proto::usage::redacted_nats_url),
             )
             .field("snapshot_logs", &self.snapshot_logs)
+            .field("audit_retention_days", &self.audit_retention_days)
             .field("cluster_secret", &self.cluster_secret)
             .field("local_usage", &self.local_usage.is_some())
             .finish()
@@ -117,7 +126,8 @@ pub async fn run(
             config.data_dir.display()
         ))
     })?;
-    let (log, sm) = storage::open(&config.data_dir.join("control-plane.redb"))?;
+    let db_path = config.data_dir.join("control-plane.redb");
+    let (log, sm) = storage::open(&db_path)?;
     let raft_config = openraft::Config {
         cluster_name: "bulkhead".into(),
         heartbeat_interval: 100,
@@ -136,7 +146,7 @@ pub async fn run(
         Arc::new(raft_config),
         Network {
             secret: config.cluster_secret.clone(),
-            metrics: Arc::clone(&metrics),
+            append_splits: metrics.raft_append_splits.clone(),
         },
         log,
         sm.clone(),
@@ -158,9 +168,12 @@ pub async fn run(
     };
     let mut grpc = tonic::service::Routes::builder();
     grpc.add_service(tonic::service::interceptor::InterceptedService::new(
-        pb::raft_server::RaftServer::new(RaftService { raft: raft.clone() })
-            .max_decoding_message_size(raft::MAX_RAFT_MESSAGE_BYTES)
-            .max_encoding_message_size(raft::MAX_RAFT_MESSAGE_BYTES),
+        pb::raft_server::RaftServer::new(RaftService {
+            raft: raft.clone(),
+            snapshots: snapshot::SnapshotDir::beside(&db_path)?,
+        })
+        .max_decoding_message_size(raft::MAX_RAFT_MESSAGE_BYTES)
+        .max_encoding_message_size(raft::MAX_RAFT_MESSAGE_BYTES),
         config.cluster_secret.interceptor(),
     ))
     .add_service(pb::cluster_server::ClusterServer::new(api.clone()))
@@ -210,7 +223,12 @@ pub async fn run(
         .local_usage
         .take()
         .map(|rx| tokio::spawn(consumer::run_local(raft.clone(), rx, Arc::clone(&metrics))));
-    let leader_loops = tokio::spawn(leader_loops(raft.clone(), handles, config.nats.clone()));
+    let leader_loops = tokio::spawn(leader_loops(
+        raft.clone(),
+        handles,
+        config.nats.clone(),
+        config.audit_retention_days,
+    ));
     tracing::info!(node = config.node_id, addr = %config.advertise, "control-plane node running");
 
     shutdown.await;
@@ -318,7 +336,12 @@ async fn propose_anywhere(
 
 /// Runs the leader's loops (usage consumer, allowance reclaim, webhook
 /// delivery) while this node leads, and stops them as soon as it does not.
-async fn leader_loops(raft: Raft, handles: Handles, nats: Option<String>) {
+async fn leader_loops(
+    raft: Raft,
+    handles: Handles,
+    nats: Option<String>,
+    audit_retention_days: u32,
+) {
     let mut metrics = raft.metrics();
     let mut running: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     loop {
@@ -332,7 +355,10 @@ async fn leader_loops(raft: Raft, handles: Handles, nats: Option<String>) {
                     Arc::clone(&handles.metrics),
                 )));
             }
-            running.push(tokio::spawn(reclaim_loop(handles.clone())));
+            running.push(tokio::spawn(reclaim_loop(
+                handles.clone(),
+                audit_retention_days,
+            )));
             running.push(tokio::spawn(webhooks::run(handles.clone())));
         } else if !leading && !running.is_empty() {
             tracing::info!("this node no longer leads: stopping the leader's loops");
@@ -350,8 +376,10 @@ async fn leader_loops(raft: Raft, handles: Handles, nats: Option<String>) {
 }
 
 /// Reclaims allowances whose gateways stopped renewing them and drops
-/// workers whose lease lapsed.
-async fn reclaim_loop(handles: Handles) {
+/// workers whose lease lapsed; every 10 minutes, prunes what is past its
+/// keeping and archives audit records older than `audit_retention_days`
+/// (0: never).
+async fn reclaim_loop(handles: Handles, audit_retention_days: u32) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_prune = std::time::Instant::now();
     loop {
@@ -362,6 +390,12 @@ async fn reclaim_loop(handles: Handles) {
             if let Err(e) = service::write(&handles.raft, Command::PruneTurns { now_ms: now }).await
             {
                 tracing::warn!(error = %e, "pruning old turns failed");
+            }
+            if audit_retention_days > 0 {
+                let cutoff_ms = now - i64::from(audit_retention_days) * 86_400_000;
+                if let Err(e) = archive_audit(&handles, cutoff_ms).await {
+                    tracing::warn!(error = %e, "archiving old audit records failed");
+                }
             }
         }
         let due = handles
@@ -375,4 +409,34 @@ async fn reclaim_loop(handles: Handles) {
             tracing::warn!(error = %e, "reclaiming expired allowances failed");
         }
     }
+}
+
+/// Writes audit records older than `cutoff_ms` to files under
+/// `<data dir>/archives/audit/` (off the async runtime), then prunes each
+/// archived run through Raft.
+async fn archive_audit(handles: &Handles, cutoff_ms: i64) -> Result<(), ControlPlaneError> {
+    let sm = handles.sm.clone();
+    let dir = handles.data_dir.join("archives").join("audit");
+    let runs = tokio::task::spawn_blocking(move || {
+        crate::audit::archive_older_than(&sm.view()?, &dir, cutoff_ms)
+    })
+    .await
+    .map_err(|e| ControlPlaneError::Internal(e.to_string()))??;
+    for run in runs {
+        tracing::info!(
+            chain = %run.chain,
+            records = run.records,
+            archive = %run.archive,
+            "archived old audit records"
+        );
+        service::write(
+            &handles.raft,
+            Command::PruneAudit {
+                run,
+                now_ms: service::now_ms(),
+            },
+        )
+        .await?;
+    }
+    Ok(())
 }

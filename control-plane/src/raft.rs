@@ -160,14 +160,15 @@ pub(crate) fn raft_client(channel: Channel) -> RaftClient<Channel> {
 /// secret.
 pub struct Network {
     pub secret: ClusterSecret,
-    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// Counts AppendEntries cut short by `MAX_APPEND_BYTES` (a metric).
+    pub append_splits: prometheus_client::metrics::counter::Counter,
 }
 
 pub struct Connection {
     target: NodeId,
     client: Option<RaftClient<Channel>>,
     secret: ClusterSecret,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    append_splits: prometheus_client::metrics::counter::Counter,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -178,7 +179,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             client: channel(&node.addr).ok().map(raft_client),
             secret: self.secret.clone(),
-            metrics: self.metrics.clone(),
+            append_splits: self.append_splits.clone(),
         }
     }
 }
@@ -222,7 +223,7 @@ impl RaftNetworkV2<TypeConfig> for Connection {
             return Err(RPCError::Network(NetworkError::from_string(e)));
         }
         if cut_at.is_some() {
-            self.metrics.raft_append_splits.inc();
+            self.append_splits.inc();
         }
         let timeout = append_timeout(option.hard_ttl(), data.len());
         let mut req = self.request(pb::RaftPayload { data });
@@ -262,17 +263,36 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let mut c = self.client()?;
-        let head = encode(&(vote, snapshot.meta))
+        let file = snapshot.snapshot;
+        let bytes = file
+            .metadata()
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?
+            .len();
+        let head = encode(&(vote, snapshot.meta, bytes))
             .map_err(|s| StreamingError::Network(NetworkError::new(&s)))?;
-        let mut chunks = vec![pb::RaftPayload { data: head }];
-        chunks.extend(
-            snapshot
-                .snapshot
-                .chunks(1 << 20)
-                .map(|c| pb::RaftPayload { data: c.to_vec() }),
-        );
+        // The head, then the file in chunks as they are read: the receiver
+        // checks it got `bytes` of them, so a read that fails here cannot
+        // install a cut-off snapshot there.
+        let chunks =
+            futures::stream::unfold(Some(tokio::fs::File::from_std(file)), |file| async move {
+                use tokio::io::AsyncReadExt;
+                let mut file = file?;
+                let mut data = vec![0; SNAPSHOT_CHUNK_BYTES];
+                match file.read(&mut data).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        data.truncate(n);
+                        Some((pb::RaftPayload { data }, Some(file)))
+                    }
+                    Err(e) => {
+                        tracing::warn!("reading the snapshot to send: {e}");
+                        None
+                    }
+                }
+            });
+        let stream = futures::stream::iter([pb::RaftPayload { data: head }]).chain(chunks);
         let reply = c
-            .snapshot(self.request(futures::stream::iter(chunks)))
+            .snapshot(self.request(stream))
             .await
             .map_err(|s| StreamingError::Network(NetworkError::new(&s)))?
             .into_inner();
@@ -280,11 +300,33 @@ impl RaftNetworkV2<TypeConfig> for Connection {
     }
 }
 
+/// Writes a snapshot stream's chunks to `part` and answers their bytes.
+async fn receive(
+    stream: &mut Streaming<pb::RaftPayload>,
+    part: &std::path::Path,
+) -> std::io::Result<u64> {
+    use tokio::io::AsyncWriteExt;
+    let mut file = tokio::fs::File::create(part).await?;
+    let mut n = 0;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        file.write_all(&chunk.data).await?;
+        n += chunk.data.len() as u64;
+    }
+    file.sync_all().await?;
+    Ok(n)
+}
+
 /// The server side of Raft's traffic. Served behind the cluster secret's
 /// interceptor (see the node's `run`).
 pub struct RaftService {
     pub raft: Raft,
+    /// Where a snapshot being received is written.
+    pub snapshots: crate::snapshot::SnapshotDir,
 }
+
+/// The bytes of one message of a snapshot stream.
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 
 fn reply<T: Serialize, E: std::fmt::Display>(r: Result<T, E>) -> Result<pb::RaftReply, Status> {
     Ok(match r {
@@ -323,18 +365,29 @@ impl pb::raft_server::Raft for RaftService {
             .next()
             .await
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
-        let (vote, meta): (Vote, SnapshotMeta) = decode(&head.data)?;
-        let mut data = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            data.extend_from_slice(&chunk?.data);
-        }
+        let (vote, meta, bytes): (Vote, SnapshotMeta, u64) = decode(&head.data)?;
+        // To a file as it arrives, not into memory.
+        let part = self.snapshots.part("received");
+        let received = receive(&mut stream, &part).await;
+        let file = match received {
+            Ok(n) if n == bytes => std::fs::File::open(&part),
+            Ok(n) => Err(std::io::Error::other(format!(
+                "the snapshot stream ended after {n} of {bytes} bytes"
+            ))),
+            Err(e) => Err(e),
+        };
+        let file = file.map_err(|e| {
+            let _ = std::fs::remove_file(&part);
+            Status::internal(format!("receiving a snapshot: {e}"))
+        })?;
         let snapshot = Snapshot {
             meta,
-            snapshot: data,
+            snapshot: file,
         };
-        Ok(Response::new(reply(
-            self.raft.install_full_snapshot(vote, snapshot).await,
-        )?))
+        // Installing copies it; this part is no longer needed either way.
+        let result = self.raft.install_full_snapshot(vote, snapshot).await;
+        let _ = std::fs::remove_file(&part);
+        Ok(Response::new(reply(result)?))
     }
 
     async fn read_index(
@@ -400,6 +453,7 @@ mod fuzz {
         "AppendTurnsBatch",
         "DeleteSession",
         "PruneTurns",
+        "PruneAudit",
         "SetExportKey",
         "TouchKey",
     ];

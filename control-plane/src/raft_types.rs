@@ -19,5 +19,6 @@ pub type Vote = openraft::alias::VoteOf<TypeConfig>;
 pub type Entry = openraft::alias::EntryOf<TypeConfig>;
 pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
-pub type SnapshotData = Vec<u8>;
+/// An open snapshot file (`snapshot.rs`).
+pub type SnapshotData = std::fs::File;
 pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;

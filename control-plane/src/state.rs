@@ -293,6 +293,13 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
             Ok(Reply::Session(session))
         }
         Command::PruneTurns { now_ms } => prune(t, now_ms),
+        Command::PruneAudit { run, now_ms } => match audit::prune_archived(t, &run, now_ms)? {
+            Some(n) => Ok(Reply::Reclaimed(u32::try_from(n).unwrap_or(u32::MAX))),
+            None => Ok(Reply::Rejected(Rejection::Conflict(format!(
+                "audit chain `{}` no longer holds record {} as it was archived",
+                run.chain, run.through_seq
+            )))),
+        },
         Command::TouchKey { key_id, now_ms } => {
             let Some(mut key) = t.get::<KeyRecord>(KEYS, &key_id)? else {
                 return Ok(Reply::Rejected(Rejection::UnknownKey(key_id)));

@@ -10,7 +10,6 @@
 //! openraft is told a write is flushed only after the fsync. Transactions
 //! never live across an `.await`.
 
-use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
@@ -21,37 +20,38 @@ use futures::{Stream, TryStreamExt};
 use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, IOFlushed, RaftLogStorage, RaftStateMachine};
 use openraft::{EntryPayload, LogState, OptionalSend, RaftLogReader, RaftSnapshotBuilder};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::raft_types::{
     Entry, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig, Vote,
 };
+use crate::snapshot::SnapshotDir;
 use crate::state::{self, Reply};
-use crate::store::{Tables, View, app_table, io_err, is_app_table};
+use crate::store::{Tables, View, dec, enc, io_err};
 
 const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_logs");
 const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 
-fn enc<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
-    serde_json::to_vec(v).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
-fn dec<T: DeserializeOwned>(b: &[u8]) -> io::Result<T> {
-    serde_json::from_slice(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
+/// redb's page cache. Its default (1 GiB) lets a node's memory grow with its
+/// database, a snapshot's install above all; the state the services read
+/// is small and hot.
+const CACHE_BYTES: usize = 64 << 20;
 
 /// Opens (or creates) a node's redb file, creating the fixed tables.
 pub fn open(path: &Path) -> io::Result<(LogStore, StateMachine)> {
-    let db = Database::create(path).map_err(|e| {
-        io::Error::other(format!(
-            "opening control-plane database {}: {e}",
-            path.display()
-        ))
-    })?;
+    let db = redb::Builder::new()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(|e| {
+            io::Error::other(format!(
+                "opening control-plane database {}: {e}",
+                path.display()
+            ))
+        })?;
     let wtx = db.begin_write().map_err(io_err)?;
     {
         wtx.open_table(LOGS).map_err(io_err)?;
@@ -64,6 +64,7 @@ pub fn open(path: &Path) -> io::Result<(LogStore, StateMachine)> {
     let sm = StateMachine {
         db: db.clone(),
         applied: Arc::new(applied_tx),
+        snapshots: SnapshotDir::beside(path)?,
     };
     let applied = sm.read_applied()?.0.map_or(0, |l| l.index());
     sm.applied.send_replace(applied);
@@ -219,13 +220,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 pub struct StateMachine {
     db: Arc<Database>,
     applied: Arc<watch::Sender<u64>>,
-}
-
-/// A snapshot: openraft's meta and every application table.
-#[derive(Serialize, Deserialize)]
-struct SnapshotFile {
-    meta: SnapshotMeta,
-    tables: BTreeMap<String, BTreeMap<String, String>>,
+    snapshots: SnapshotDir,
 }
 
 impl StateMachine {
@@ -258,52 +253,19 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let rtx = self.db.begin_read().map_err(io_err)?;
-        let meta_t = rtx.open_table(SM_META).map_err(io_err)?;
-        let last_log_id: Option<LogId> = match meta_t.get("last_applied").map_err(io_err)? {
-            Some(v) => dec(v.value())?,
-            None => None,
-        };
-        let last_membership: StoredMembership =
-            match meta_t.get("last_membership").map_err(io_err)? {
-                Some(v) => dec(v.value())?,
-                None => StoredMembership::default(),
-            };
-        let mut tables = BTreeMap::new();
-        for handle in rtx.list_tables().map_err(io_err)? {
-            let name = handle.name().to_owned();
-            if !is_app_table(&name) {
-                continue;
-            }
-            let t = rtx.open_table(app_table(&name)).map_err(io_err)?;
-            let mut rows = BTreeMap::new();
-            for item in t.iter().map_err(io_err)? {
-                let (k, v) = item.map_err(io_err)?;
-                rows.insert(k.value().to_owned(), v.value().to_owned());
-            }
-            tables.insert(name, rows);
-        }
-        drop(meta_t);
-        drop(rtx);
-        let meta = SnapshotMeta {
-            last_log_id,
-            last_membership,
-        };
-        let bytes = enc(&SnapshotFile {
-            meta: meta.clone(),
-            tables,
-        })?;
-        let wtx = self.db.begin_write().map_err(io_err)?;
-        {
-            let mut t = wtx.open_table(SM_META).map_err(io_err)?;
-            t.insert("snapshot", bytes.as_slice()).map_err(io_err)?;
-        }
-        wtx.commit().map_err(io_err)?;
-        Ok(Snapshot {
-            meta,
-            snapshot: bytes,
-        })
+        let (db, snapshots) = (self.db.clone(), self.snapshots.clone());
+        let (meta, snapshot) = blocking(move || snapshots.build(&db, SM_META)).await?;
+        Ok(Snapshot { meta, snapshot })
     }
+}
+
+/// Runs blocking storage work (a snapshot's rows) off the async runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| io::Error::other(format!("snapshot task: {e}")))?
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -372,32 +334,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
-        let file: SnapshotFile = dec(&snapshot)?;
-        let wtx = self.db.begin_write().map_err(io_err)?;
-        {
-            let existing: Vec<String> = wtx
-                .list_tables()
-                .map_err(io_err)?
-                .map(|h| h.name().to_owned())
-                .filter(|n| is_app_table(n))
-                .collect();
-            for name in existing {
-                wtx.delete_table(app_table(&name)).map_err(io_err)?;
-            }
-            for (name, rows) in &file.tables {
-                let mut t = wtx.open_table(app_table(name)).map_err(io_err)?;
-                for (k, v) in rows {
-                    t.insert(k.as_str(), v.as_str()).map_err(io_err)?;
-                }
-            }
-            let mut m = wtx.open_table(SM_META).map_err(io_err)?;
-            m.insert("last_applied", enc(&meta.last_log_id)?.as_slice())
-                .map_err(io_err)?;
-            m.insert("last_membership", enc(&meta.last_membership)?.as_slice())
-                .map_err(io_err)?;
-            m.insert("snapshot", snapshot.as_slice()).map_err(io_err)?;
-        }
-        wtx.commit().map_err(io_err)?;
+        let (db, snapshots, m) = (self.db.clone(), self.snapshots.clone(), meta.clone());
+        blocking(move || snapshots.install(&db, SM_META, &m, snapshot)).await?;
         if let Some(l) = meta.last_log_id {
             self.applied.send_replace(l.index());
         }
@@ -405,17 +343,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        let rtx = self.db.begin_read().map_err(io_err)?;
-        let t = rtx.open_table(SM_META).map_err(io_err)?;
-        let Some(v) = t.get("snapshot").map_err(io_err)? else {
-            return Ok(None);
-        };
-        let bytes = v.value().to_vec();
-        let file: SnapshotFile = dec(&bytes)?;
-        Ok(Some(Snapshot {
-            meta: file.meta,
-            snapshot: bytes,
-        }))
+        let snapshots = self.snapshots.clone();
+        let current = blocking(move || snapshots.current()).await?;
+        Ok(current.map(|(meta, snapshot)| Snapshot { meta, snapshot }))
     }
 }
 
@@ -453,6 +383,43 @@ mod tests {
                 .map_err(|e| StorageError::write(TypeConfig::err_from_error(&e)))?;
             Ok((dir, log, sm))
         }
+    }
+
+    /// A snapshot moves every row of every application table to another
+    /// node, replacing what that node had, and becomes its current one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_file_carries_every_row_to_another_node() {
+        let (a, b) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+        let (_, mut from) = open(&a.path().join("cp.redb")).unwrap();
+        let (_, mut to) = open(&b.path().join("cp.redb")).unwrap();
+        with_tables(&from, |t| {
+            for i in 0..5_000 {
+                t.put(
+                    "tenants",
+                    &format!("t{i:05}"),
+                    &format!("line one\nline {i}"),
+                )?;
+            }
+            t.put("keys", "k", &"v")
+        })
+        .unwrap();
+        with_tables(&to, |t| t.put("stale", "gone", &1)).unwrap();
+        let built = from.build_snapshot().await.unwrap();
+        let meta = built.meta.clone();
+        to.install_snapshot(&meta, built.snapshot).await.unwrap();
+        let view = to.view().unwrap();
+        let rows: Vec<(String, String)> = view.scan("tenants", "").unwrap();
+        assert_eq!(rows.len(), 5_000);
+        assert_eq!(rows[42].1, "line one\nline 42");
+        assert_eq!(
+            view.get::<String>("keys", "k").unwrap().as_deref(),
+            Some("v")
+        );
+        assert_eq!(view.get::<u64>("stale", "gone").unwrap(), None);
+        // The installed snapshot is the receiver's current one, on disk.
+        let current = to.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, meta);
+        assert!(b.path().join("snapshots/current.jsonl").is_file());
     }
 
     /// openraft's own storage conformance suite.

@@ -149,17 +149,31 @@ fn collect_range<'a, T: DeserializeOwned>(
     prefix: &str,
 ) -> io::Result<Vec<(String, T)>> {
     let mut out = Vec::new();
+    visit_range(t, range, prefix, |k, v| {
+        out.push((k.to_owned(), v));
+        Ok(true)
+    })?;
+    Ok(out)
+}
+
+/// Hands the entries of `range` whose key starts with `prefix` to `f`, one
+/// at a time in key order, until one does not start with it or `f`
+/// answers false.
+fn visit_range<'a, T: DeserializeOwned>(
+    t: &impl ReadableTable<&'static str, &'static str>,
+    range: impl std::ops::RangeBounds<&'a str> + 'a,
+    prefix: &str,
+    mut f: impl FnMut(&str, T) -> io::Result<bool>,
+) -> io::Result<()> {
     for item in t.range::<&str>(range).map_err(io_err)? {
         let (k, v) = item.map_err(io_err)?;
-        if !k.value().starts_with(prefix) {
+        if !k.value().starts_with(prefix)
+            || !f(k.value(), serde_json::from_str(v.value()).map_err(io_err)?)?
+        {
             break;
         }
-        out.push((
-            k.value().to_owned(),
-            serde_json::from_str(v.value()).map_err(io_err)?,
-        ));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Reads that work the same inside a write ([`Tables`]) and on a [`View`],
@@ -239,6 +253,22 @@ impl View {
         self.scan_prefix_from(table, prefix, prefix)
     }
 
+    /// Hands the entries under `prefix` from key `from` on to `f`, one at a
+    /// time in key order, until `f` answers false (nothing is collected).
+    pub fn visit<T: DeserializeOwned>(
+        &self,
+        table: &str,
+        prefix: &str,
+        from: &str,
+        f: impl FnMut(&str, T) -> io::Result<bool>,
+    ) -> io::Result<()> {
+        match self.rtx.open_table(app_table(table)) {
+            Ok(t) => visit_range(&t, from.max(prefix).., prefix, f),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(()),
+            Err(e) => Err(io_err(e)),
+        }
+    }
+
     /// The entries under `prefix` from key `from` on, in key order.
     pub fn scan_prefix_from<T: DeserializeOwned>(
         &self,
@@ -252,4 +282,13 @@ impl View {
             Err(e) => Err(io_err(e)),
         }
     }
+}
+
+/// A value as the bytes of the Raft log and meta tables (JSON).
+pub(crate) fn enc<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+pub(crate) fn dec<T: DeserializeOwned>(b: &[u8]) -> io::Result<T> {
+    serde_json::from_slice(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }

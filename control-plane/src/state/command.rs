@@ -167,6 +167,12 @@ pub enum Command {
     PruneTurns {
         now_ms: i64,
     },
+    /// Prunes a run of an audit chain the leader archived to a file; the
+    /// chain keeps the run's last hash as its anchor (see `audit`).
+    PruneAudit {
+        run: crate::audit::ArchivedRun,
+        now_ms: i64,
+    },
     /// Records when a key was last used.
     /// Stores the usage export key unless one is stored already; answers
     /// the stored key.
@@ -221,6 +227,9 @@ impl fmt::Display for Command {
             }
             Command::DeleteSession { tenant_id, .. } => write!(f, "delete-session {tenant_id}"),
             Command::PruneTurns { .. } => write!(f, "prune-turns"),
+            Command::PruneAudit { run, .. } => {
+                write!(f, "prune-audit {} through {}", run.chain, run.through_seq)
+            }
             Command::TouchKey { key_id, .. } => write!(f, "touch-key {key_id}"),
             Command::SetExportKey { .. } => write!(f, "set-export-key"),
         }
