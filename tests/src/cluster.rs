@@ -11,6 +11,7 @@ use bulkhead_control_plane::ControlPlaneClient;
 use bulkhead_proto::ClusterSecret;
 use bulkhead_proto::control as pb;
 
+use crate::lan::Lan;
 use crate::{Process, bulkhead_bin, free_port};
 
 pub struct Node {
@@ -18,6 +19,10 @@ pub struct Node {
     pub addr: String,
     /// Founding nodes start with `--init`; a node that joins later without.
     founder: bool,
+    /// The network namespace it runs in, when placed on a host.
+    netns: Option<String>,
+    /// Its environment beyond the cluster secret (a host's TLS identity).
+    env: Vec<(String, String)>,
     dir: PathBuf,
     process: Option<Process>,
 }
@@ -37,14 +42,30 @@ impl ControlPlanes {
     /// Starts `n` founding nodes with `extra` arguments each and waits for the
     /// admin token.
     pub fn start(n: u64, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_on(n, extra, None)
+    }
+
+    /// Like [`Self::start`], with node `i` on host `cp<i>` of `lan` when
+    /// one is given (port 7100 of its address, with the host's TLS identity).
+    pub fn start_on(n: u64, extra: &[&str], lan: Option<&Lan>) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let nodes: Vec<Node> = (1..=n)
-            .map(|id| Node {
-                id,
-                addr: format!("127.0.0.1:{}", free_port()),
-                founder: true,
-                dir: dir.path().join(format!("node{id}")),
-                process: None,
+            .map(|id| {
+                let host = lan.map(|lan| lan.host(&format!("cp{id}")));
+                Node {
+                    id,
+                    addr: match host {
+                        Some(h) => format!("{}:7100", h.ip),
+                        None => format!("127.0.0.1:{}", free_port()),
+                    },
+                    founder: true,
+                    netns: host.map(|h| h.netns.clone()),
+                    env: lan
+                        .map(|lan| lan.tls_env(&format!("cp{id}")))
+                        .unwrap_or_default(),
+                    dir: dir.path().join(format!("node{id}")),
+                    process: None,
+                }
             })
             .collect();
         let init = nodes
@@ -86,8 +107,9 @@ impl ControlPlanes {
             args.extend(["--init".to_owned(), self.init.clone()]);
         }
         args.extend(self.extra.iter().cloned());
-        let process =
-            Process::spawn_with_env(&args, &[("BULKHEAD_CLUSTER_SECRET", self.secret.expose())])?;
+        let mut env = vec![("BULKHEAD_CLUSTER_SECRET", self.secret.expose())];
+        env.extend(node.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let process = Process::spawn_in(node.netns.as_deref(), &args, &env)?;
         self.nodes[i].process = Some(process);
         Ok(())
     }
@@ -99,6 +121,8 @@ impl ControlPlanes {
             id,
             addr: format!("127.0.0.1:{}", free_port()),
             founder: false,
+            netns: None,
+            env: Vec::new(),
             dir: self.dir.path().join(format!("node{id}")),
             process: None,
         });
@@ -204,6 +228,34 @@ impl ControlPlanes {
         if let Some(mut p) = self.nodes[i].process.take() {
             p.kill();
         }
+    }
+
+    /// SIGKILLs node `i` and deletes its data dir, as a lost disk would.
+    pub fn wipe(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill(i);
+        std::fs::remove_dir_all(&self.nodes[i].dir)?;
+        Ok(())
+    }
+
+    /// What node `i`'s process has printed so far (once collected by a wait).
+    pub fn output(&mut self, i: usize) -> String {
+        match self.nodes[i].process.as_mut() {
+            Some(p) => {
+                let _ = p.wait_for("\u{0}never", Duration::from_millis(200));
+                p.output()
+            }
+            None => String::new(),
+        }
+    }
+
+    /// Node `i`'s current snapshot file.
+    pub fn snapshot_path(&self, i: usize) -> PathBuf {
+        self.nodes[i].dir.join("snapshots/current.jsonl")
+    }
+
+    /// The peak memory of node `i`'s process so far, in KiB.
+    pub fn peak_rss_kib(&self, i: usize) -> Option<u64> {
+        self.nodes[i].process.as_ref()?.peak_rss_kib()
     }
 
     /// Starts node `i` again on its data dir.

@@ -83,7 +83,30 @@ impl Process {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        let mut child = Command::new(bulkhead_bin()?)
+        Self::spawn_in(None, args, env)
+    }
+
+    /// Starts `bulkhead ARGS` with extra environment variables, in network
+    /// namespace `netns` when one is given (a host of a [`lan::Lan`]).
+    pub fn spawn_in<I, S>(
+        netns: Option<&str>,
+        args: I,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut command = match netns {
+            // `ip netns exec` execs the program: the child is bulkhead itself.
+            Some(netns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", netns]).arg(bulkhead_bin()?);
+                c
+            }
+            None => Command::new(bulkhead_bin()?),
+        };
+        let mut child = command
             .args(args)
             .env("BULKHEAD_LOG", "info")
             .env_remove("BULKHEAD_ADMIN_TOKEN")
@@ -135,6 +158,16 @@ impl Process {
         let _ = self.child.wait();
     }
 
+    /// The most memory the process has held (its peak resident set, VmHWM),
+    /// in KiB; None where /proc does not say.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
     /// Every line seen so far.
     pub fn output(&self) -> String {
         self.seen.join("\n")
@@ -169,6 +202,8 @@ impl Drop for Process {
 }
 
 pub mod cluster;
+pub mod lan;
+pub mod load;
 pub mod nats;
 pub use nats::free_port;
 pub mod system;

@@ -31,6 +31,10 @@ pub struct Nats {
     auth: Option<(String, String)>,
     /// The server's TLS certificate and key, if it speaks TLS only.
     tls: Option<(PathBuf, PathBuf)>,
+    /// The address it listens on (127.0.0.1 unless placed on a host).
+    addr: String,
+    /// The network namespace it runs in, when placed on a host.
+    netns: Option<String>,
 }
 
 impl Nats {
@@ -52,6 +56,8 @@ impl Nats {
             store: store.to_path_buf(),
             auth: None,
             tls: Some((cert.to_path_buf(), key.to_path_buf())),
+            addr: "127.0.0.1".to_owned(),
+            netns: None,
         };
         nats.restart();
         nats
@@ -65,6 +71,30 @@ impl Nats {
             store: store.to_path_buf(),
             auth,
             tls: None,
+            addr: "127.0.0.1".to_owned(),
+            netns: None,
+        };
+        nats.restart();
+        nats
+    }
+
+    /// Starts a server in network namespace `netns`, listening on `addr`
+    /// at port 4222 (a host of a test network), speaking TLS only when
+    /// given a certificate and key.
+    pub fn start_on(
+        store: &Path,
+        netns: &str,
+        addr: &str,
+        tls: Option<(PathBuf, PathBuf)>,
+    ) -> Self {
+        let mut nats = Self {
+            child: None,
+            port: 4222,
+            store: store.to_path_buf(),
+            auth: None,
+            tls,
+            addr: addr.to_owned(),
+            netns: Some(netns.to_owned()),
         };
         nats.restart();
         nats
@@ -72,13 +102,15 @@ impl Nats {
 
     /// The URL without credentials.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}:{}", self.addr, self.port)
     }
 
     /// The URL with the user and password, when the server demands them.
     pub fn url_with_credentials(&self) -> String {
         match &self.auth {
-            Some((user, password)) => format!("nats://{user}:{password}@127.0.0.1:{}", self.port),
+            Some((user, password)) => {
+                format!("nats://{user}:{password}@{}:{}", self.addr, self.port)
+            }
             None => self.url(),
         }
     }
@@ -86,15 +118,16 @@ impl Nats {
     /// Starts the server again on the same port and store.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "nats-server is already running");
-        let child = Command::new("nats-server")
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", netns, "nats-server"]);
+                c
+            }
+            None => Command::new("nats-server"),
+        };
+        let child = command
+            .args(["-js", "-a", &self.addr, "-p", &self.port.to_string(), "-sd"])
             .arg(&self.store)
             .args(self.auth.iter().flat_map(|(u, p)| {
                 [
@@ -119,7 +152,7 @@ impl Nats {
             .unwrap_or_else(|e| panic!("nats-server not startable ({e}): run scripts/setup.sh"));
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while std::net::TcpStream::connect((self.addr.as_str(), self.port)).is_err() {
             assert!(Instant::now() < deadline, "nats-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }

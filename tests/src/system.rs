@@ -10,6 +10,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::cluster::ControlPlanes;
+use crate::lan::Lan;
 use crate::nats::Nats;
 use crate::{Process, bulkhead_bin, demo_model, free_port};
 
@@ -157,6 +158,17 @@ impl Api {
                 .build()
                 .unwrap_or_default(),
         }
+    }
+
+    /// A client of a gateway that serves HTTPS with a certificate `ca` signed.
+    pub fn https(addr: &str, ca: &Path) -> anyhow::Result<Self> {
+        Ok(Self {
+            base: format!("https://{addr}"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(ca)?)?)
+                .build()?,
+        })
     }
 
     pub fn post(&self, path: &str, key: &str) -> reqwest::RequestBuilder {
@@ -438,6 +450,11 @@ pub fn up_args(dir: &Path, api_port: u16, cp_port: u16, model: &str) -> Vec<Stri
     .collect()
 }
 
+/// `(String, String)` pairs as the `&str` pairs a process is spawned with.
+fn pairs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
 /// A multi-process cluster: NATS, control-plane nodes, workers, gateways.
 pub struct Cluster {
     pub control: ControlPlanes,
@@ -456,6 +473,7 @@ pub struct ClusterBuilder {
     control_nodes: u64,
     workers: usize,
     gateways: usize,
+    lan: Option<std::sync::Arc<Lan>>,
 }
 
 impl ClusterBuilder {
@@ -480,12 +498,21 @@ impl ClusterBuilder {
         self
     }
 
+    /// Each part on its own host of `lan` instead of loopback: NATS on
+    /// `nats`, control-plane node `i` on `cp<i>`, worker `i` on `wk<i>`,
+    /// gateway `i` on `gw<i>` (counting from 1).
+    #[must_use]
+    pub fn on(mut self, lan: std::sync::Arc<Lan>) -> Self {
+        self.lan = Some(lan);
+        self
+    }
+
     /// Starts everything and returns once each part says it is ready on
     /// its readiness endpoint: every worker registered with its model (the
     /// control plane's worker list), every gateway routing to a worker (its
     /// `/health`).
     pub async fn start(self) -> anyhow::Result<Cluster> {
-        Cluster::start(self.control_nodes, self.workers, self.gateways).await
+        Cluster::start(self).await
     }
 }
 
@@ -495,13 +522,41 @@ impl Cluster {
             control_nodes: 1,
             workers: 1,
             gateways: 1,
+            lan: None,
         }
     }
 
-    async fn start(control_nodes: u64, workers: usize, gateways: usize) -> anyhow::Result<Self> {
+    async fn start(b: ClusterBuilder) -> anyhow::Result<Self> {
+        let (workers, gateways, lan) = (b.workers, b.gateways, b.lan.as_deref());
+        // Where the `i`th part of a role runs: its netns and address.
+        // (With its host's TLS identity in its environment.)
+        let place = |role: &str, i: usize| match lan {
+            Some(lan) => {
+                let name = format!("{role}{}", i + 1);
+                let h = lan.host(&name);
+                (Some(h.netns.clone()), h.ip.clone(), lan.tls_env(&name))
+            }
+            None => (None, "127.0.0.1".to_owned(), Vec::new()),
+        };
+        let with = |mut env: Vec<(String, String)>, credential: &str| {
+            env.push(("BULKHEAD_CREDENTIAL".to_owned(), credential.to_owned()));
+            env
+        };
+        let port = |fixed: u16| if lan.is_some() { fixed } else { free_port() };
         let dir = tempfile::tempdir()?;
-        let nats = Nats::start(&dir.path().join("nats"));
-        let control = ControlPlanes::start(control_nodes, &["--nats", &nats.url()])?;
+        let nats = match lan {
+            Some(lan) => {
+                let h = lan.host("nats");
+                Nats::start_on(
+                    &dir.path().join("nats"),
+                    &h.netns,
+                    &h.ip,
+                    Some(lan.cert_of("nats")),
+                )
+            }
+            None => Nats::start(&dir.path().join("nats")),
+        };
+        let control = ControlPlanes::start_on(b.control_nodes, &["--nats", &nats.url()], lan)?;
         let model = format!("{MODEL}={}", demo_model().display());
         let mut cluster = Self {
             workers: Vec::new(),
@@ -513,12 +568,14 @@ impl Cluster {
             _dir: dir,
         };
         for i in 0..workers {
-            let http = format!("127.0.0.1:{}", free_port());
+            let (netns, ip, env) = place("wk", i);
+            // Loopback of its host: that API trusts X-Tenant-ID.
+            let http = format!("127.0.0.1:{}", port(8080));
             let spool = cluster._dir.path().join(format!("worker{i}"));
             let args = [
                 "worker".to_owned(),
                 "--listen".into(),
-                format!("127.0.0.1:{}", free_port()),
+                format!("{ip}:{}", port(7200)),
                 "--http".into(),
                 http.clone(),
                 "--model".into(),
@@ -538,9 +595,8 @@ impl Cluster {
                 "--threads".into(),
                 "2".into(),
             ];
-            let credential = cluster.control.credential("worker").await?;
-            let process =
-                Process::spawn_with_env(&args, &[("BULKHEAD_CREDENTIAL", credential.as_str())])?;
+            let env = with(env, &cluster.control.credential("worker").await?);
+            let process = Process::spawn_in(netns.as_deref(), &args, &pairs(&env))?;
             cluster.workers.push(process);
             cluster.worker_http.push(http);
         }
@@ -566,9 +622,21 @@ impl Cluster {
                 ready.then_some(())
             },
         )
-        .await?;
+        .await
+        .map_err(|e| {
+            let said: Vec<String> = cluster
+                .workers
+                .iter_mut()
+                .map(|w| {
+                    let _ = w.wait_for("\u{0}never", Duration::from_millis(200));
+                    w.output()
+                })
+                .collect();
+            e.context(format!("the workers said:\n{}", said.join("\n---\n")))
+        })?;
         for i in 0..gateways {
-            let addr = format!("127.0.0.1:{}", free_port());
+            let (netns, ip, env) = place("gw", i);
+            let addr = format!("{ip}:{}", port(18789));
             let args = [
                 "gateway".to_owned(),
                 "--listen".into(),
@@ -578,15 +646,38 @@ impl Cluster {
                 "--gateway-id".into(),
                 format!("gateway-{i}"),
             ];
-            let credential = cluster.control.credential("gateway").await?;
-            let process =
-                Process::spawn_with_env(&args, &[("BULKHEAD_CREDENTIAL", credential.as_str())])?;
-            let api = Api::new(&addr);
+            let env = with(env, &cluster.control.credential("gateway").await?);
+            let process = Process::spawn_in(netns.as_deref(), &args, &pairs(&env))?;
+            let api = match lan {
+                Some(lan) => Api::https(&addr, &lan.ca())?,
+                None => Api::new(&addr),
+            };
             api.ready().await?;
             cluster.gateways.push(process);
             cluster.apis.push(api);
         }
         Ok(cluster)
+    }
+
+    /// The index of the worker a gateway sends `tenant`'s requests with
+    /// this affinity (session id, else user id) to: the first of the
+    /// rendezvous order every gateway computes.
+    pub async fn routed_to(&self, tenant: &str, affinity: &str) -> anyhow::Result<usize> {
+        let workers = self
+            .control
+            .client()
+            .admin()
+            .send(
+                bulkhead_proto::control::ListWorkersRequest {},
+                |mut c, r| async move { c.list_workers(r).await },
+            )
+            .await?
+            .workers;
+        let first = bulkhead_gateway::route::rank(tenant, affinity, workers)
+            .into_iter()
+            .next()
+            .context("no worker is registered")?;
+        Ok(first.worker_id.trim_start_matches("worker-").parse()?)
     }
 
     /// Creates a tenant and a key of it, and waits until every gateway

@@ -4,11 +4,10 @@
 //! beside the other cluster tests on a small machine.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bulkhead_tests::system::{Answer, Api, Cluster, MODEL, eventually};
+use bulkhead_tests::load::Load;
+use bulkhead_tests::system::{Cluster, MODEL, eventually};
 use serde_json::json;
 
 /// The drills run one at a time: each starts a cluster with its own
@@ -34,23 +33,7 @@ async fn a_worker_killed_mid_stream_bills_nothing_and_frees_the_slot() {
         .tenant_with_key("k", &["--daily-tokens", "100000", "--max-concurrent", "1"])
         .await
         .unwrap();
-    // The worker the gateway routes this user to: the first of the
-    // rendezvous order the gateway computes.
-    let workers = cluster
-        .control
-        .client()
-        .admin()
-        .send(
-            bulkhead_proto::control::ListWorkersRequest {},
-            |mut c, r| async move { c.list_workers(r).await },
-        )
-        .await
-        .unwrap()
-        .workers;
-    let first = bulkhead_gateway::route::rank("k", "drill-user", workers)[0]
-        .worker_id
-        .clone();
-    let busy: usize = first.trim_start_matches("worker-").parse().unwrap();
+    let busy = cluster.routed_to("k", "drill-user").await.unwrap();
     let api = cluster.apis[0].clone();
     let (first_tx, first_rx) = tokio::sync::oneshot::channel();
     let streaming = {
@@ -104,57 +87,6 @@ async fn a_worker_killed_mid_stream_bills_nothing_and_frees_the_slot() {
     cluster.ledger_reaches("k", next.total_tokens()).await;
 }
 
-#[derive(Debug)]
-enum Seen {
-    Answered { tokens: u64, at: Instant },
-    CleanError,
-}
-
-/// Waits until `by` more requests were answered than now.
-async fn answers_grow(answered: &AtomicUsize, by: usize, when: &str) {
-    let target = answered.load(Ordering::SeqCst) + by;
-    eventually(
-        &format!("{by} answers {when}"),
-        Duration::from_secs(90),
-        || async { (answered.load(Ordering::SeqCst) >= target).then_some(()) },
-    )
-    .await
-    .unwrap();
-}
-
-async fn stream_once(api: &Api, key: &str, user: &str) -> Seen {
-    let req = api
-        .post("/v1/chat/completions", key)
-        .header("X-User-ID", user)
-        .json(&json!({
-            "model": MODEL, "stream": true, "max_tokens": 48, "temperature": 0,
-            "messages": [{"role": "user", "content": "Write about rivers and mountains."}],
-        }));
-    let answer: Answer = tokio::time::timeout(Duration::from_secs(30), api.send(req))
-        .await
-        .expect("a request hung for 30 s")
-        .expect("the connection broke without an HTTP answer");
-    match (answer.status, &answer.stream_error, &answer.usage) {
-        (200, None, Some(_)) => Seen::Answered {
-            tokens: answer.total_tokens(),
-            at: Instant::now(),
-        },
-        (200, Some(e), _) => {
-            assert!(e["error"]["message"].as_str().is_some(), "{e:?}");
-            Seen::CleanError
-        }
-        (429 | 502 | 503, _, _) => {
-            assert!(
-                answer.body["error"]["message"].as_str().is_some(),
-                "{:?}",
-                answer.body
-            );
-            Seen::CleanError
-        }
-        other => panic!("unexpected answer {other:?}: {:?}", answer.body),
-    }
-}
-
 #[tokio::test]
 async fn a_worker_and_the_leader_dying_under_load_give_clean_errors_and_an_exact_ledger() {
     let _serial = SERIAL.lock().await;
@@ -172,29 +104,12 @@ async fn a_worker_and_the_leader_dying_under_load_give_clean_errors_and_an_exact
         )
         .await
         .unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let answered = Arc::new(AtomicUsize::new(0));
-    let mut clients = Vec::new();
-    for i in 0..6 {
-        let api = cluster.apis[i % 2].clone();
-        let (key, stop, answered) = (key.clone(), Arc::clone(&stop), Arc::clone(&answered));
-        clients.push(tokio::spawn(async move {
-            let mut seen = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let s = stream_once(&api, &key, &format!("user-{i}")).await;
-                if matches!(s, Seen::Answered { .. }) {
-                    answered.fetch_add(1, Ordering::SeqCst);
-                }
-                seen.push(s);
-            }
-            seen
-        }));
-    }
+    let load = Load::start(&cluster.apis, &key, 6);
     // Each fault comes once answers are flowing, and the next once more
     // answers came after it (no fixed waits).
-    answers_grow(&answered, 6, "before any fault").await;
+    load.grows(6, "before any fault").await;
     cluster.workers[0].kill();
-    answers_grow(&answered, 6, "after a worker died").await;
+    load.grows(6, "after a worker died").await;
     let leader = cluster
         .control
         .leader(Duration::from_secs(5))
@@ -202,30 +117,13 @@ async fn a_worker_and_the_leader_dying_under_load_give_clean_errors_and_an_exact
         .unwrap();
     cluster.control.kill(leader);
     let leader_killed = Instant::now();
-    answers_grow(&answered, 6, "after the leader died").await;
-    stop.store(true, Ordering::Relaxed);
-    let mut seen = Vec::new();
-    for c in clients {
-        seen.extend(c.await.unwrap());
-    }
-    let received: u64 = seen
-        .iter()
-        .map(|s| match s {
-            Seen::Answered { tokens, .. } => *tokens,
-            Seen::CleanError => 0,
-        })
-        .sum();
-    let after = seen
-        .iter()
-        .filter(|s| matches!(s, Seen::Answered { at, .. } if *at > leader_killed))
-        .count();
-    let errors = seen
-        .iter()
-        .filter(|s| matches!(s, Seen::CleanError))
-        .count();
+    load.grows(6, "after the leader died").await;
+    let seen = load.stop().await;
+    let (received, errors) = (seen.tokens(), seen.errors());
+    let after = seen.answered_after(leader_killed);
     eprintln!(
         "{} requests: {errors} clean errors, {after} answered after the leader died, {received} tokens",
-        seen.len()
+        seen.0.len()
     );
     assert!(
         after > 0,
@@ -234,4 +132,73 @@ async fn a_worker_and_the_leader_dying_under_load_give_clean_errors_and_an_exact
     // Q2 (and Q1 trivially, with a large quota): the new leader's ledger
     // holds exactly what clients were told, nothing of the broken requests.
     cluster.ledger_reaches("f", received).await;
+}
+
+/// Drill: NATS down for 30 s under load, then back. Gateways keep
+/// admitting from the allowances they hold and workers keep answering,
+/// spooling their usage; the quota runs out during the outage and is
+/// refused with 429s, never overspent (Q1); once NATS is back every spooled
+/// event reaches the ledger exactly once (Q2), so it holds what clients
+/// were told, no more, no less.
+#[tokio::test]
+async fn nats_down_for_30_s_under_load_loses_nothing_and_overspends_nothing() {
+    const QUOTA: u64 = 6_000;
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::builder()
+        .control_nodes(1)
+        .workers(1)
+        .gateways(2)
+        .start()
+        .await
+        .unwrap();
+    let key = cluster
+        .tenant_with_key(
+            "n",
+            &[
+                "--daily-tokens",
+                &QUOTA.to_string(),
+                "--max-concurrent",
+                "8",
+            ],
+        )
+        .await
+        .unwrap();
+    let load = Load::start(&cluster.apis, &key, 4);
+    load.grows(4, "before NATS goes down").await;
+    cluster.nats.stop();
+    let down = Instant::now();
+    let before_outage = load.answered();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let during_outage = load.answered() - before_outage;
+    let used_during = cluster.used_today("n").await.unwrap();
+    cluster.nats.restart();
+    println!(
+        "drill: NATS down for {:?}: {during_outage} requests answered meanwhile; the ledger held {used_during} tokens then",
+        down.elapsed()
+    );
+    // The quota is spent before the clients stop, so Q1 is put to the test.
+    eventually(
+        "the quota to be spent",
+        Duration::from_secs(120),
+        || async {
+            let used = cluster.used_today("n").await.ok()?;
+            (used + 300 >= QUOTA).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let seen = load.stop().await;
+    let (received, refused) = (seen.tokens(), seen.errors());
+    println!(
+        "drill: {} requests, {refused} refused or cut, {received} tokens answered against a quota of {QUOTA}",
+        seen.0.len()
+    );
+    assert!(
+        during_outage > 0,
+        "nothing was answered while NATS was down"
+    );
+    // Q2: every answered request is billed once, nothing else is.
+    let used = cluster.ledger_reaches("n", received).await;
+    // Q1: never more than the quota.
+    assert!(used <= QUOTA, "{used} tokens used of a quota of {QUOTA}");
 }
