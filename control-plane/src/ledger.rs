@@ -95,22 +95,23 @@ impl LedgerDay {
 pub const MAX_RANGE_DAYS: i64 = 366;
 
 /// The days from `from` to `to` (`YYYY-MM-DD`, both inclusive), oldest first.
-/// The error names the field at fault, as `from_day: ...` or `to_day: ...`.
-pub fn day_range(from: &str, to: &str) -> Result<Vec<String>, String> {
-    let parse = |field: &str, s: &str| {
+/// The error names the field at fault (`from_day` or `to_day`) and why.
+pub fn day_range(from: &str, to: &str) -> Result<Vec<String>, (&'static str, String)> {
+    let parse = |field: &'static str, s: &str| {
         chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
             .ok()
             .filter(|_| s.len() == 10)
-            .ok_or_else(|| format!("{field}: {s:?} is not a day in the form YYYY-MM-DD"))
+            .ok_or_else(|| (field, format!("{s:?} is not a day in the form YYYY-MM-DD")))
     };
     let (start, end) = (parse("from_day", from)?, parse("to_day", to)?);
     if start > end {
-        return Err(format!("to_day: {to} is before from_day {from}"));
+        return Err(("to_day", format!("{to} is before from_day {from}")));
     }
     let len = (end - start).num_days() + 1;
     if len > MAX_RANGE_DAYS {
-        return Err(format!(
-            "to_day: the range covers {len} days, at most {MAX_RANGE_DAYS} are allowed"
+        return Err((
+            "to_day",
+            format!("the range covers {len} days, at most {MAX_RANGE_DAYS} are allowed"),
         ));
     }
     Ok(start
@@ -242,32 +243,12 @@ mod tests {
             ["2026-02-27", "2026-02-28", "2026-03-01"]
         );
         assert_eq!(day_range("2026-11-26", "2026-11-26").unwrap().len(), 1);
-        assert!(
-            day_range("2026-1-5", "2026-11-26")
-                .unwrap_err()
-                .starts_with("from_day:")
-        );
-        assert!(
-            day_range("yesterday", "2026-11-26")
-                .unwrap_err()
-                .starts_with("from_day:")
-        );
-        assert!(
-            day_range("2026-11-26", "2026-13-01")
-                .unwrap_err()
-                .starts_with("to_day:")
-        );
-        assert!(
-            day_range("2026-11-27", "2026-11-26")
-                .unwrap_err()
-                .starts_with("to_day:")
-        );
+        assert!(day_range("2026-1-5", "2026-11-26").unwrap_err().0 == "from_day");
+        assert!(day_range("yesterday", "2026-11-26").unwrap_err().0 == "from_day");
+        assert!(day_range("2026-11-26", "2026-13-01").unwrap_err().0 == "to_day");
+        assert!(day_range("2026-11-27", "2026-11-26").unwrap_err().0 == "to_day");
         assert_eq!(day_range("2025-01-01", "2026-01-01").unwrap().len(), 366);
-        assert!(
-            day_range("2025-01-01", "2026-01-02")
-                .unwrap_err()
-                .starts_with("to_day:")
-        );
+        assert!(day_range("2025-01-01", "2026-01-02").unwrap_err().0 == "to_day");
     }
 
     #[test]

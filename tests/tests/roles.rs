@@ -107,6 +107,10 @@ fn refused(status: &tonic::Status) -> bool {
     matches!(
         (status.code(), code),
         (Code::Unauthenticated, Some("invalid_credential"))
+            | (
+                Code::Unauthenticated,
+                Some(bulkhead_proto::auth::INVALID_ADMIN_TOKEN)
+            )
             | (Code::PermissionDenied, Some("wrong_caller"))
     )
 }

@@ -107,8 +107,8 @@ impl ControlPlaneService {
         req: Request<pb::UsageRangeRequest>,
     ) -> R<pb::UsageReport> {
         let r = req.into_inner();
-        let mut day_names =
-            ledger::day_range(&r.from_day, &r.to_day).map_err(ControlPlaneError::bad_request)?;
+        let mut day_names = ledger::day_range(&r.from_day, &r.to_day)
+            .map_err(|(field, message)| ControlPlaneError::invalid(field, message))?;
         // Newest first, as `usage` answers.
         day_names.reverse();
         let view = self.read().await?;
@@ -121,8 +121,8 @@ impl ControlPlaneService {
         req: Request<pb::UsageExportRequest>,
     ) -> R<pb::UsageExport> {
         let r = req.into_inner();
-        let day_names =
-            ledger::day_range(&r.from_day, &r.to_day).map_err(ControlPlaneError::bad_request)?;
+        let day_names = ledger::day_range(&r.from_day, &r.to_day)
+            .map_err(|(field, message)| ControlPlaneError::invalid(field, message))?;
         let view = self.read().await?;
         let tenant = known_tenant(&view, &r.tenant_id)?;
         let key = match view.export_key()? {
