@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks the container deployment end to end with podman, from nothing:
 # installs podman, podman-compose, runc, netavark, aardvark-dns, iptables
-# (netavark's firewall) and debootstrap (Debian's packages; runc because crun fails on this kind of
+# (netavark's firewall), nginx and debootstrap (Debian's packages; runc because crun fails on this kind of
 # host's rlimits and cgroups), makes a Debian bookworm base image with
 # debootstrap (Debian's archive, no registry), builds deploy/Containerfile
 # on it with the bulkhead binary, then:
@@ -10,8 +10,9 @@
 #      from ./tenants, a key, a chat through port 18789, the console on 8080;
 #   2. deploy/compose.cluster.yaml: NATS, three control-plane nodes, a
 #      worker and two gateways with their own credentials; a chat through
-#      each gateway; the leader's container killed, and a chat answered
-#      again after failover;
+#      each gateway; deploy/nginx.conf in front of both gateways (TLS
+#      terminated, a streamed answer arriving as it is generated); the
+#      leader's container killed, and a chat answered again after failover;
 #
 # and tears everything down. Run as root. BULKHEAD_BIN names the binary
 # (default target/release/bulkhead, built if missing).
@@ -23,7 +24,7 @@ say() { echo "test-deploy: $*"; }
 fail() { echo "test-deploy: FAILED: $*" >&2; exit 1; }
 
 need=()
-for cmd in podman podman-compose runc debootstrap iptables curl openssl; do
+for cmd in podman podman-compose runc debootstrap iptables nginx curl openssl; do
   command -v "$cmd" >/dev/null || need+=("$cmd")
 done
 [ -x /usr/lib/podman/netavark ] || need+=(netavark)
@@ -59,6 +60,7 @@ model="SmolLM2-135M-Instruct.Q4_1.gguf"
 work="$(mktemp -d)"
 cleanup() {
   set +e
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null
   # Containers first, with their anonymous volumes (the image's VOLUME).
   for project in bhone bhcluster; do
     podman ps -aq --filter "label=io.podman.compose.project=$project" | xargs -r podman rm -f -v >/dev/null 2>&1
@@ -161,6 +163,54 @@ until_ok 30 chat 18789 "$key" || fail "no answer through gw1"
 say "cluster: hr asked through gw1 (:18789): $(chat 18789 "$key")"
 until_ok 30 chat 18790 "$key" || fail "no answer through gw2"
 say "cluster: hr asked through gw2 (:18790): $(chat 18790 "$key")"
+
+# nginx in front of both gateways, as deploy/nginx.conf has it: TLS here,
+# and Server-Sent Events not buffered.
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 \
+  -addext subjectAltName=IP:127.0.0.1 -keyout "$work/nginx.key" -out "$work/nginx.pem" 2>/dev/null
+sed -e 's/10\.0\.0\.21:18789/127.0.0.1:18789/; s/10\.0\.0\.22:18789/127.0.0.1:18790/' \
+    -e 's/10\.0\.0\.21:8080/127.0.0.1:8080/; /10\.0\.0\.22:8080/d' \
+    -e 's/listen 443 ssl;/listen 127.0.0.1:8443 ssl;/' \
+    -e "s#/etc/nginx/tls/llm.example.com.pem#$work/nginx.pem#; s#/etc/nginx/tls/llm.example.com.key#$work/nginx.key#" \
+    deploy/nginx.conf > "$work/bulkhead.conf"
+# `http2 on;` needs nginx 1.25.1; Debian bookworm has 1.22.
+nginx -v 2>&1 | grep -qE 'nginx/1\.(2[5-9]|[3-9][0-9])' \
+  || sed -i 's/listen 127.0.0.1:8443 ssl;/listen 127.0.0.1:8443 ssl http2;/; /http2 on;/d' "$work/bulkhead.conf"
+cat > "$work/nginx-main.conf" <<EOF
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events {}
+http {
+    access_log off;
+    include $work/bulkhead.conf;
+}
+EOF
+nginx -p "$work" -c "$work/nginx-main.conf" || fail "nginx did not start with deploy/nginx.conf"
+# The time to the first token's chunk, not to the headers: a buffering
+# proxy sends those at once and holds the body.
+seen=$(python3 - "$work/nginx.pem" "$key" <<'PY'
+import json, ssl, sys, time, urllib.request
+ca, key = sys.argv[1:]
+body = {"model": "smollm2", "stream": True, "max_tokens": 96, "ignore_eos": True,
+        "temperature": 0, "messages": [{"role": "user", "content": "Tell a story."}]}
+req = urllib.request.Request("https://127.0.0.1:8443/v1/chat/completions",
+                             data=json.dumps(body).encode(),
+                             headers={"Authorization": f"Bearer {key}",
+                                      "Content-Type": "application/json"})
+start, first, chunks, done = time.monotonic(), None, 0, False
+with urllib.request.urlopen(req, context=ssl.create_default_context(cafile=ca), timeout=60) as r:
+    for line in r:
+        if line.startswith(b"data: {"):
+            chunks += 1
+            first = first if first is not None else time.monotonic() - start
+        done = done or line.startswith(b"data: [DONE]")
+total = time.monotonic() - start
+print(f"{chunks} chunks, the first after {first:.2f} s of {total:.2f} s")
+sys.exit(0 if done and chunks > 1 and first < total / 2 else 1)
+PY
+) || fail "the stream through nginx came whole or not at all: $seen"
+say "cluster: a stream through nginx (TLS, SSE unbuffered): $seen"
+kill "$(cat "$work/nginx.pid")"; rm -f "$work/nginx.pid"
 
 leader_id=$(cadmin cluster status | sed -n 's/^leader: *\([0-9]*\) at.*/\1/p')
 [ -n "$leader_id" ] || fail "no node knows a leader"
