@@ -3,8 +3,9 @@
 /// Log filter (tracing `EnvFilter` syntax).
 pub const LOG: &str = "BULKHEAD_LOG";
 // `BULKHEAD_NATS_CA`, the CA (PEM) a NATS server's certificate must chain
-// to (NATS over TLS), is read where NATS is dialled:
-// `bulkhead_proto::usage::NATS_CA_ENV`.
+// to (NATS over TLS), and `BULKHEAD_NATS_NKEY_FILE`, a file with the NKey
+// seed to sign in with, are read where NATS is dialled:
+// `bulkhead_proto::usage::{NATS_CA_ENV, NATS_NKEY_FILE_ENV}`.
 /// NATS server URL for usage events.
 pub const NATS_URL: &str = "BULKHEAD_NATS_URL";
 /// Directory for a role's local state (the worker's usage spool).

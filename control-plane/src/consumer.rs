@@ -101,7 +101,7 @@ async fn apply_local(raft: &Raft, events: &[UsageEvent], metrics: &Metrics) -> R
 }
 
 async fn consume(raft: &Raft, nats_url: &str, metrics: &Metrics) -> Result<(), String> {
-    let (options, url) = bulkhead_proto::usage::nats_options(nats_url);
+    let (options, url) = bulkhead_proto::usage::nats_options(nats_url)?;
     let client = options.connect(url.as_str()).await.map_err(|e| {
         format!(
             "connecting to NATS at {}: {e}",

@@ -57,15 +57,30 @@ pub type LocalUsageReceiver = tokio::sync::mpsc::Receiver<LocalUsageBatch>;
 /// certificate must chain to; with it, NATS connections require TLS.
 pub const NATS_CA_ENV: &str = "BULKHEAD_NATS_CA";
 
+/// The environment variable naming a file that holds an NKey seed
+/// (`SU...`, from `nk -gen user`): the connection authenticates with it.
+pub const NATS_NKEY_FILE_ENV: &str = "BULKHEAD_NATS_NKEY_FILE";
+
 /// Connection options for a NATS URL that may carry credentials:
 /// `nats://user:password@host:4222` (user and password) or
 /// `nats://token@host:4222` (a token). Answers the options with them set
 /// and the URL without them (the client would not send them otherwise, and
-/// they must not end up in logs). With `BULKHEAD_NATS_CA` set (or a
-/// `tls://` URL), the connection requires TLS and checks the server's
-/// certificate against that CA.
-pub fn nats_options(url: &str) -> (async_nats::ConnectOptions, String) {
+/// they must not end up in logs). With `BULKHEAD_NATS_NKEY_FILE` set, the
+/// connection signs in with that NKey seed. With `BULKHEAD_NATS_CA` set (or
+/// a `tls://` URL), the connection requires TLS and checks the server's
+/// certificate against that CA. Fails only when the NKey file cannot be
+/// read.
+pub fn nats_options(url: &str) -> Result<(async_nats::ConnectOptions, String), String> {
     let mut options = async_nats::ConnectOptions::new();
+    if let Some(path) = std::env::var_os(NATS_NKEY_FILE_ENV).filter(|v| !v.is_empty()) {
+        let seed = std::fs::read_to_string(&path).map_err(|e| {
+            format!(
+                "{NATS_NKEY_FILE_ENV}: reading the NKey seed {}: {e}",
+                std::path::Path::new(&path).display()
+            )
+        })?;
+        options = options.nkey(seed.trim().to_owned());
+    }
     if let Some(ca) = std::env::var_os(NATS_CA_ENV).filter(|v| !v.is_empty()) {
         options = options
             .add_root_certificates(std::path::PathBuf::from(ca))
@@ -74,10 +89,10 @@ pub fn nats_options(url: &str) -> (async_nats::ConnectOptions, String) {
         options = options.require_tls(true);
     }
     let Ok(mut parsed) = url::Url::parse(url) else {
-        return (options, url.to_owned());
+        return Ok((options, url.to_owned()));
     };
     if parsed.username().is_empty() {
-        return (options, url.to_owned());
+        return Ok((options, url.to_owned()));
     }
     let decode = |s: &str| {
         percent_encoding::percent_decode_str(s)
@@ -91,7 +106,7 @@ pub fn nats_options(url: &str) -> (async_nats::ConnectOptions, String) {
     };
     let _ = parsed.set_username("");
     let _ = parsed.set_password(None);
-    (options, host_url(&parsed))
+    Ok((options, host_url(&parsed)))
 }
 
 /// A URL as `scheme://host:port`, without credentials or a trailing slash.
@@ -120,15 +135,18 @@ mod tests {
 
     #[test]
     fn credentials_leave_the_url() {
-        let (_, url) = nats_options("nats://bulk:s%40cret@10.0.0.9:4222");
-        assert_eq!(url, "nats://10.0.0.9:4222");
+        let url = |u: &str| nats_options(u).map(|(_, url)| url);
+        assert_eq!(
+            url("nats://bulk:s%40cret@10.0.0.9:4222").as_deref(),
+            Ok("nats://10.0.0.9:4222")
+        );
         // A stray `%` before a multi-byte character is no panic.
-        let (_, url) = nats_options("nats://bulk:%a\u{e9}@h:1");
-        assert_eq!(url, "nats://h:1");
-        let (_, url) = nats_options("nats://tok@host:4222");
-        assert_eq!(url, "nats://host:4222");
-        let (_, url) = nats_options("nats://host:4222");
-        assert_eq!(url, "nats://host:4222");
+        assert_eq!(url("nats://bulk:%a\u{e9}@h:1").as_deref(), Ok("nats://h:1"));
+        assert_eq!(
+            url("nats://tok@host:4222").as_deref(),
+            Ok("nats://host:4222")
+        );
+        assert_eq!(url("nats://host:4222").as_deref(), Ok("nats://host:4222"));
         assert_eq!(
             redacted_nats_url("nats://bulk:secret@host:4222"),
             "nats://<credentials>@host:4222"

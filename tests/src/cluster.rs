@@ -42,12 +42,18 @@ impl ControlPlanes {
     /// Starts `n` founding nodes with `extra` arguments each and waits for the
     /// admin token.
     pub fn start(n: u64, extra: &[&str]) -> anyhow::Result<Self> {
-        Self::start_on(n, extra, None)
+        Self::start_on(n, extra, None, &[])
     }
 
-    /// Like [`Self::start`], with node `i` on host `cp<i>` of `lan` when
-    /// one is given (port 7100 of its address, with the host's TLS identity).
-    pub fn start_on(n: u64, extra: &[&str], lan: Option<&Lan>) -> anyhow::Result<Self> {
+    /// Like [`Self::start`], with `env` in every node's environment, and
+    /// node `i` on host `cp<i>` of `lan` when one is given (port 7100 of its
+    /// address, with the host's TLS identity).
+    pub fn start_on(
+        n: u64,
+        extra: &[&str],
+        lan: Option<&Lan>,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let nodes: Vec<Node> = (1..=n)
             .map(|id| {
@@ -62,7 +68,10 @@ impl ControlPlanes {
                     netns: host.map(|h| h.netns.clone()),
                     env: lan
                         .map(|lan| lan.tls_env(&format!("cp{id}")))
-                        .unwrap_or_default(),
+                        .unwrap_or_default()
+                        .into_iter()
+                        .chain(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())))
+                        .collect(),
                     dir: dir.path().join(format!("node{id}")),
                     process: None,
                 }

@@ -35,6 +35,8 @@ pub struct Nats {
     addr: String,
     /// The network namespace it runs in, when placed on a host.
     netns: Option<String>,
+    /// A configuration file it reads (`-c`), for what has no flag.
+    config: Option<PathBuf>,
 }
 
 impl Nats {
@@ -48,6 +50,29 @@ impl Nats {
         Self::start_as(store, Some((user.to_owned(), password.to_owned())))
     }
 
+    /// Starts a server that admits only the user with this NKey (its public
+    /// key, `U...`): a client signs in with the seed.
+    pub fn start_with_nkey(store: &Path, public_key: &str) -> Self {
+        let config = store.with_extension("conf");
+        std::fs::write(
+            &config,
+            format!("authorization {{ users = [ {{ nkey: \"{public_key}\" }} ] }}\n"),
+        )
+        .unwrap_or_else(|e| panic!("writing {}: {e}", config.display()));
+        let mut nats = Self {
+            child: None,
+            port: free_port(),
+            store: store.to_path_buf(),
+            auth: None,
+            tls: None,
+            addr: "127.0.0.1".to_owned(),
+            netns: None,
+            config: Some(config),
+        };
+        nats.restart();
+        nats
+    }
+
     /// Starts a server that speaks TLS only, with this certificate and key.
     pub fn start_with_tls(store: &Path, cert: &Path, key: &Path) -> Self {
         let mut nats = Self {
@@ -58,6 +83,7 @@ impl Nats {
             tls: Some((cert.to_path_buf(), key.to_path_buf())),
             addr: "127.0.0.1".to_owned(),
             netns: None,
+            config: None,
         };
         nats.restart();
         nats
@@ -73,6 +99,7 @@ impl Nats {
             tls: None,
             addr: "127.0.0.1".to_owned(),
             netns: None,
+            config: None,
         };
         nats.restart();
         nats
@@ -95,6 +122,7 @@ impl Nats {
             tls,
             addr: addr.to_owned(),
             netns: Some(netns.to_owned()),
+            config: None,
         };
         nats.restart();
         nats
@@ -129,6 +157,11 @@ impl Nats {
         let child = command
             .args(["-js", "-a", &self.addr, "-p", &self.port.to_string(), "-sd"])
             .arg(&self.store)
+            .args(
+                self.config
+                    .iter()
+                    .flat_map(|c| [PathBuf::from("-c"), c.clone()]),
+            )
             .args(self.auth.iter().flat_map(|(u, p)| {
                 [
                     "--user".to_owned(),

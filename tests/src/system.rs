@@ -556,7 +556,7 @@ impl Cluster {
             }
             None => Nats::start(&dir.path().join("nats")),
         };
-        let control = ControlPlanes::start_on(b.control_nodes, &["--nats", &nats.url()], lan)?;
+        let control = ControlPlanes::start_on(b.control_nodes, &["--nats", &nats.url()], lan, &[])?;
         let model = format!("{MODEL}={}", demo_model().display());
         let mut cluster = Self {
             workers: Vec::new(),

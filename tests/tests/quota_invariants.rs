@@ -349,8 +349,56 @@ async fn usage_over_a_nats_that_demands_credentials() -> anyhow::Result<()> {
         "NATS let a client in without credentials"
     );
     // A worker with the credentials publishes; the ledger counts it once.
-    let (options, url) = bulkhead_proto::usage::nats_options(&nats.url_with_credentials());
+    let (options, url) = bulkhead_proto::usage::nats_options(&nats.url_with_credentials())
+        .map_err(anyhow::Error::msg)?;
     let js = async_nats::jetstream::new(options.connect(url.as_str()).await?);
+    counted_once(&cp, &js).await
+}
+
+/// NATS with an NKey user: the control plane signs in with the seed in
+/// `BULKHEAD_NATS_NKEY_FILE`; a client without a key, or with another
+/// key's seed, cannot connect, and one with the seed publishes usage that
+/// the ledger counts once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_over_a_nats_that_demands_an_nkey() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let user = nkeys::KeyPair::new_user();
+    let seed_file = dir.path().join("usage.nk");
+    std::fs::write(&seed_file, user.seed()?)?;
+    let nats = Nats::start_with_nkey(&dir.path().join("nats"), &user.public_key());
+    let seed_path = seed_file.display().to_string();
+    let cp = ControlPlanes::start_on(
+        1,
+        &["--nats", &nats.url()],
+        None,
+        &[(bulkhead_proto::usage::NATS_NKEY_FILE_ENV, &seed_path)],
+    )?;
+    cp.cli(&["tenant", "create", "acme", "--daily-tokens", "1000"])?;
+    let other = nkeys::KeyPair::new_user().seed()?;
+    for (who, stranger) in [
+        ("no key", async_nats::ConnectOptions::new()),
+        ("another key", async_nats::ConnectOptions::with_nkey(other)),
+    ] {
+        let connected = stranger
+            .connection_timeout(Duration::from_secs(2))
+            .connect(nats.url())
+            .await;
+        assert!(connected.is_err(), "NATS let a client in with {who}");
+    }
+    let js = async_nats::jetstream::new(
+        async_nats::ConnectOptions::with_nkey(user.seed()?)
+            .connect(nats.url())
+            .await?,
+    );
+    counted_once(&cp, &js).await
+}
+
+/// Publishes one usage event of tenant `acme` (42 tokens) and waits until
+/// the ledger holds exactly it.
+async fn counted_once(
+    cp: &ControlPlanes,
+    js: &async_nats::jetstream::Context,
+) -> anyhow::Result<()> {
     js.get_or_create_stream(bulkhead_proto::usage::stream_config())
         .await?;
     let event = UsageEvent {

@@ -323,7 +323,13 @@ impl Target {
 }
 
 async fn connect_nats(nats_url: &str) -> Option<async_nats::jetstream::Context> {
-    let (options, url) = bulkhead_proto::usage::nats_options(nats_url);
+    let (options, url) = match bulkhead_proto::usage::nats_options(nats_url) {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot use NATS; usage stays in the spool");
+            return None;
+        }
+    };
     match options
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(2))
