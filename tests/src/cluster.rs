@@ -126,13 +126,27 @@ impl ControlPlanes {
     /// Starts node `id` with no `--init`, as an operator starts a node that
     /// `bulkhead cluster add-node` then adds, and returns its index.
     pub fn start_joining(&mut self, id: u64) -> anyhow::Result<usize> {
+        self.start_joining_from(id, None)
+    }
+
+    /// Like [`Self::start_joining`], on a copy of `backup` (a node's data
+    /// dir, as [`Self::back_up`] took it) when one is given.
+    pub fn start_joining_from(
+        &mut self,
+        id: u64,
+        backup: Option<&std::path::Path>,
+    ) -> anyhow::Result<usize> {
+        let dir = self.dir.path().join(format!("node{id}"));
+        if let Some(backup) = backup {
+            copy_dir(backup, &dir)?;
+        }
         self.nodes.push(Node {
             id,
             addr: format!("127.0.0.1:{}", free_port()),
             founder: false,
             netns: None,
             env: Vec::new(),
-            dir: self.dir.path().join(format!("node{id}")),
+            dir,
             process: None,
         });
         let i = self.nodes.len() - 1;
@@ -267,9 +281,32 @@ impl ControlPlanes {
         self.nodes[i].process.as_ref()?.peak_rss_kib()
     }
 
+    /// Backs node `i` up as an operator would: stops it (SIGTERM), copies
+    /// its data dir to `to`, and starts it again.
+    pub fn back_up(&mut self, i: usize, to: &std::path::Path) -> anyhow::Result<()> {
+        if let Some(mut p) = self.nodes[i].process.take() {
+            p.terminate(Duration::from_secs(30))?;
+        }
+        copy_dir(&self.nodes[i].dir, to)?;
+        self.spawn(i)
+    }
+
     /// Starts node `i` again on its data dir.
     pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
         self.kill(i);
         self.spawn(i)
     }
+}
+
+/// `cp -a from to`.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()?;
+    if !status.success() {
+        bail!("cp -a {} {} failed", from.display(), to.display());
+    }
+    Ok(())
 }

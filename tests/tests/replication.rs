@@ -311,3 +311,57 @@ async fn a_follower_that_lost_its_disk_is_replaced_and_catches_up_by_snapshot() 
     );
     Ok(())
 }
+
+/// Drill: a backup restored into a new node. A follower is stopped, its
+/// data dir copied (the backup) and the node started again; the cluster
+/// moves on; the copy is then started as node 9, added, and catches up
+/// from where the backup ends: it holds exactly the usage the leader holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_of_a_node_restores_into_a_new_node() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut cp = ControlPlanes::start(3, &[])?;
+    let Setup {
+        other,
+        fleet,
+        leader,
+        ..
+    } = Setup::of(&cp).await?;
+    let (before, after) = (300, 500);
+    for first in (0..before).step_by(100) {
+        report(&fleet, (first..first + 100).map(event).collect()).await?;
+    }
+    let backup = tempfile::tempdir()?;
+    let backup = backup.path().join("node-backup");
+    cp.back_up(other, &backup)?;
+    for first in (before..after).step_by(100) {
+        report(&fleet, (first..first + 100).map(event).collect()).await?;
+    }
+    let now = cp.status(leader).await?.last_applied;
+    let fresh = cp.start_joining_from(9, Some(&backup))?;
+    // It starts from the backup's state, not from nothing.
+    let loaded = cp.status(fresh).await?.last_applied;
+    assert!(
+        loaded >= 5 && loaded < now,
+        "node 9 started at entry {loaded} (the leader is at {now})"
+    );
+    let started = Instant::now();
+    let addr = cp.nodes[fresh].addr.clone();
+    cp.cli(&["cluster", "add-node", "--id", "9", "--addr", &addr])?;
+    let held = eventually(
+        "the restored node catches up",
+        Duration::from_secs(60),
+        || async { (used_at(&cp, fresh).await.ok()? == after * 5).then_some(()) },
+    )
+    .await;
+    held?;
+    let status = cp.status(fresh).await?;
+    println!(
+        "node 9, restored from a backup at entry {loaded}, caught up {} more events in {:.1?} (applied {}, snapshot {})",
+        after - before,
+        started.elapsed(),
+        status.last_applied,
+        status.snapshot_index
+    );
+    assert_eq!(used_at(&cp, leader).await?, after * 5);
+    Ok(())
+}
