@@ -114,12 +114,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     })?;
     let secret = ClusterSecret::new(&secret_text).map_err(anyhow::Error::msg)?;
     // Read before anything starts: a config that cannot be read stops `up` here.
-    let tenant_configs = args
+    let mut tenant_configs = args
         .tenants
         .as_deref()
         .map(crate::apply::load)
         .transpose()?;
-    let configs = tenant_configs.as_deref().unwrap_or_default();
+    let configs = tenant_configs.as_deref_mut().unwrap_or_default();
     let mut models = args.models;
     if models.is_empty() {
         let path = bulkhead_worker::demo_model_path();
@@ -137,6 +137,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     }
     serve_tenant_models(configs, &mut models)?;
+    let configs = &*configs;
     let default_model = models.first().map(|m| m.name.clone());
     let adapters = tenant_adapters(configs, default_model.as_deref().unwrap_or_default())?;
 
@@ -372,10 +373,11 @@ async fn own_credential(
 }
 
 /// Adds the model files that tenant configs name by `model_path` to
-/// `models`, under their file stem (the name the config gives the tenant),
-/// unless that name already serves that file.
+/// `models`, under their file stem (the name the config gives the tenant).
+/// A file already served (by `--model`, the demo model, or another config)
+/// is served once: the tenant is pointed at the name it is served under.
 fn serve_tenant_models(
-    configs: &[LoadedConfig],
+    configs: &mut [LoadedConfig],
     models: &mut Vec<ModelSpec>,
 ) -> anyhow::Result<()> {
     for c in configs {
@@ -389,27 +391,30 @@ fn serve_tenant_models(
                 path.display()
             );
         }
-        let name = c.model();
         let wanted = std::path::absolute(path)?;
-        if let Some(served) = models.iter().find(|m| m.name == name) {
-            if std::path::absolute(&served.path)? == wanted {
-                continue;
-            }
-            anyhow::bail!(
-                "{source}: model_path: {} would be served as `{name}`, but `{name}` is already served from {}",
-                path.display(),
-                served.path.display()
-            );
-        }
         if let Some(served) = models
             .iter()
             .find(|m| std::path::absolute(&m.path).is_ok_and(|p| p == wanted))
         {
+            if let Some(t) = c.config.tenant.as_mut()
+                && t.model != served.name
+            {
+                eprintln!(
+                    "{source}: model_path: {} is served as `{}`; tenant {} uses it",
+                    path.display(),
+                    served.name,
+                    t.id
+                );
+                t.model = served.name.clone();
+            }
+            continue;
+        }
+        let name = c.model();
+        if let Some(served) = models.iter().find(|m| m.name == name) {
             anyhow::bail!(
-                "{source}: model_path: {} is already served as `{}`; write `model: {}` instead",
+                "{source}: model_path: {} would be served as `{name}`, but `{name}` is already served from {}",
                 path.display(),
-                served.name,
-                served.name
+                served.path.display()
             );
         }
         models.push(ModelSpec {
@@ -463,4 +468,67 @@ fn tenant_adapters(
         }
     }
     Ok(adapters)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(id: &str, model_path: &std::path::Path) -> LoadedConfig {
+        let stem = model_path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned());
+        LoadedConfig {
+            config: bulkhead_proto::control::TenantConfig {
+                source: format!("tenants/{id}/config.yaml"),
+                tenant: Some(bulkhead_proto::control::Tenant {
+                    id: id.into(),
+                    model: stem.unwrap_or_default(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            model_path: Some(model_path.to_path_buf()),
+            adapter_path: None,
+        }
+    }
+
+    #[test]
+    fn a_model_file_named_by_many_tenants_and_the_default_is_served_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("SmolLM2-135M-Instruct.Q4_1.gguf");
+        std::fs::write(&file, b"gguf").expect("write");
+        let other = dir.path().join("other.gguf");
+        std::fs::write(&other, b"gguf").expect("write");
+        let mut models = vec![ModelSpec {
+            name: "smollm2".into(),
+            path: file.clone(),
+            chat_template: None,
+        }];
+        let mut configs = vec![
+            config("sales", &file),
+            config("hr", &file),
+            config("legal", &other),
+            config("ops", &other),
+        ];
+        serve_tenant_models(&mut configs, &mut models).expect("served");
+        let served: Vec<(&str, &std::path::Path)> = models
+            .iter()
+            .map(|m| (m.name.as_str(), m.path.as_path()))
+            .collect();
+        assert_eq!(
+            served,
+            [("smollm2", file.as_path()), ("other", other.as_path())]
+        );
+        let named: Vec<&str> = configs.iter().map(LoadedConfig::model).collect();
+        assert_eq!(named, ["smollm2", "smollm2", "other", "other"]);
+
+        // Two different files under one name are still refused.
+        let elsewhere = tempfile::tempdir().expect("temp dir");
+        let twin = elsewhere.path().join("other.gguf");
+        std::fs::write(&twin, b"gguf").expect("write");
+        let err = serve_tenant_models(&mut [config("x", &twin)], &mut models)
+            .expect_err("two files named `other`");
+        assert!(err.to_string().contains("already served from"), "{err}");
+    }
 }
