@@ -93,3 +93,5 @@ pub fn require_credential(
 }
 /// This gateway's id.
 pub const GATEWAY_ID: &str = "BULKHEAD_GATEWAY_ID";
+/// The tenant configs `bulkhead up` applies (default: ./tenants when present).
+pub const TENANTS_DIR: &str = "BULKHEAD_TENANTS_DIR";

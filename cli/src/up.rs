@@ -55,8 +55,8 @@ pub struct UpArgs {
     models: Vec<ModelSpec>,
     /// Tenant configs to apply once the cluster is up: a file, or a directory of <id>/config.yaml
     /// and *.yaml (as `bulkhead tenant apply`). Model files they name by `model_path` are served
-    /// too, under their file stem.
-    #[arg(long)]
+    /// too, under their file stem. Default: ./tenants when it is a directory.
+    #[arg(long, env = env::TENANTS_DIR)]
     tenants: Option<PathBuf>,
     /// Send usage events through this NATS server instead of the in-process channel.
     #[arg(long, env = env::NATS_URL)]
@@ -92,6 +92,10 @@ fn read_or_create(path: &Path, make: impl FnOnce() -> String) -> anyhow::Result<
     Ok(text)
 }
 
+/// The directory of tenant configs `up` loads when it is not told one, as
+/// the article keeps them.
+const DEFAULT_TENANTS: &str = "tenants";
+
 pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
@@ -105,8 +109,12 @@ pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: UpArgs) -> anyhow::Result<()> {
     args.tls.install()?;
+    if args.tenants.is_none() && Path::new(DEFAULT_TENANTS).is_dir() {
+        eprintln!("bulkhead up: loading the tenant configs in ./{DEFAULT_TENANTS}/");
+        args.tenants = Some(PathBuf::from(DEFAULT_TENANTS));
+    }
     let dir = &args.data_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let secret_text = read_or_create(&dir.join("cluster.secret"), || {

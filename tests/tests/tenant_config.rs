@@ -360,6 +360,16 @@ async fn configs_are_applied_all_or_nothing_and_named_when_refused() -> anyhow::
 /// `bulkhead up` with the given arguments after the usual ones, run to its
 /// exit (for starts that must fail).
 fn up_fails(data: &Path, extra: &[&str]) -> anyhow::Result<Output> {
+    up_fails_where(data, extra, |_| {})
+}
+
+/// [`up_fails`], with the command set up further (its directory, its
+/// environment) by `setup`.
+fn up_fails_where(
+    data: &Path,
+    extra: &[&str],
+    setup: impl FnOnce(&mut std::process::Command),
+) -> anyhow::Result<Output> {
     let mut args = vec![
         "up".to_owned(),
         "--data-dir".into(),
@@ -379,15 +389,18 @@ fn up_fails(data: &Path, extra: &[&str]) -> anyhow::Result<Output> {
         "--no-console".into(),
     ];
     args.extend(extra.iter().map(|s| (*s).to_owned()));
-    let mut child = std::process::Command::new(bulkhead_bin()?)
+    let mut command = std::process::Command::new(bulkhead_bin()?);
+    command
         .args(&args)
         .env("BULKHEAD_LOG", "warn")
         .env_remove("BULKHEAD_ADMIN_TOKEN")
         .env_remove("BULKHEAD_CONTROL_PLANE")
+        .env_remove("BULKHEAD_TENANTS_DIR")
         .env_remove("RUST_BACKTRACE")
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
+        .stderr(std::process::Stdio::piped());
+    setup(&mut command);
+    let mut child = command.spawn()?;
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     while child.try_wait()?.is_none() {
         if std::time::Instant::now() > deadline {
@@ -471,6 +484,34 @@ async fn up_starts_with_the_tenants_and_models_its_configs_name() -> anyhow::Res
         "{err}"
     );
     assert!(!stdout(&out).contains("bulkhead is up"), "{}", stdout(&out));
+    // Without --tenants, `up` applies ./tenants, as the article keeps them,
+    // or the directory BULKHEAD_TENANTS_DIR names: the refused config there
+    // stops it too.
+    let data = work.path().join("data-bad");
+    let cwd = work.path().join("elsewhere");
+    std::fs::create_dir_all(&cwd)?;
+    std::fs::rename(&bad, cwd.join("tenants"))?;
+    let out = up_fails_where(&data, &[], |c| {
+        c.current_dir(&cwd);
+    })?;
+    let err = stderr(&out);
+    assert!(
+        !out.status.success() && err.contains("invalid limit"),
+        "{err}"
+    );
+    assert!(
+        err.contains("loading the tenant configs in ./tenants/"),
+        "{err}"
+    );
+    std::fs::rename(cwd.join("tenants"), &bad)?;
+    let out = up_fails_where(&data, &[], |c| {
+        c.env("BULKHEAD_TENANTS_DIR", &bad);
+    })?;
+    let err = stderr(&out);
+    assert!(
+        !out.status.success() && err.contains("invalid limit"),
+        "{err}"
+    );
     // So are flags that contradict each other (`up_fails` passes --no-console).
     let out = up_fails(&work.path().join("data-bad"), &["--console", "127.0.0.1:1"])?;
     assert!(!out.status.success());
