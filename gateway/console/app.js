@@ -947,8 +947,16 @@ async function viewMonitor() {
         h('h2', {}, 'Tenants'),
         table(
           'monitor-tenants',
-          ['Tenant', 'Model', ['Active sessions', 'num'], ['In flight', 'num'], ['KV on device', 'num'], ['KV in host memory', 'num']],
-          m.tenants.map((t) => [t.display_name || t.tenant_id, h('span', {}, `${t.model} `, state(t.model_status)), [fmtInt(t.active_sessions), 'num'], [fmtInt(t.in_flight), 'num'], [fmtBytes(t.kv_device_bytes), 'num'], [fmtBytes(t.kv_host_bytes), 'num']]),
+          ['Tenant', 'Model', ['Tokens today', 'num'], ['Active sessions', 'num'], ['In flight', 'num'], ['KV on device', 'num'], ['KV in host memory', 'num']],
+          m.tenants.map((t) => [
+            t.display_name || t.tenant_id,
+            h('span', {}, `${t.model} `, state(t.model_status)),
+            [t.tokens_today == null ? '–' : `${fmtInt(t.tokens_today)} of ${fmtInt(t.daily_quota)}`, 'num'],
+            [fmtInt(t.active_sessions), 'num'],
+            [fmtInt(t.in_flight), 'num'],
+            [fmtBytes(t.kv_device_bytes), 'num'],
+            [fmtBytes(t.kv_host_bytes), 'num'],
+          ]),
         ),
       ),
       h(

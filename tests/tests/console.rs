@@ -644,7 +644,13 @@ async fn an_operator_manages_tenants_and_exports_usage_in_the_browser() -> anyho
     // No GPU on a CPU build: the GPU memory column says where it runs.
     assert!(b.text("#monitor-workers").await?.contains("CPU"));
     b.wait_text("#monitor-tenants", "Globex Corp").await?;
-    assert!(b.text("#monitor-tenants").await?.contains("ready"));
+    let tenants = b.text("#monitor-tenants").await?;
+    assert!(tenants.contains("ready"), "{tenants}");
+    // Today's tokens against the quota, as the ledger holds them.
+    assert!(
+        tenants.contains(&format!("{} of 50,000", format_number(used))),
+        "{tenants}"
+    );
     b.shot("monitor").await?;
 
     // Bursts, webhooks, audit: what the control plane has.

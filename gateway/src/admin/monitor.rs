@@ -1,5 +1,6 @@
 //! `GET /admin/v1/monitor`: the live view of tenants and workers (KV per
-//! tenant, slots, GPU memory, decode rate), from the workers' own stats.
+//! tenant, slots, GPU memory, decode rate), from the workers' own stats,
+//! and each tenant's tokens today against its quota, from the ledger.
 
 use axum::extract::State;
 use bulkhead_proto::control as pb;
@@ -10,7 +11,8 @@ use super::*;
 
 /// The live monitor: every worker's numbers as it reports them now, and per
 /// tenant the sessions whose KV is held on workers, the requests generating,
-/// their KV memory and whether the tenant's model is ready.
+/// their KV memory, whether the tenant's model is ready, and today's tokens
+/// against the daily quota.
 pub(super) async fn monitor(admin: Admin, State(state): State<Arc<AdminState>>) -> Answer {
     let l = admin
         .send(pb::ListTenantsRequest {}, |mut c, r| async move {
@@ -91,10 +93,28 @@ pub(super) async fn monitor(admin: Admin, State(state): State<Arc<AdminState>>) 
         }
         workers.push(entry);
     }
+    // Today's tokens against the quota, from each tenant's ledger.
+    let today = futures::future::join_all(l.tenants.iter().map(|t| {
+        let tenant_id = t.id.clone();
+        let admin = &admin;
+        async move {
+            let report = admin
+                .send(
+                    pb::UsageRequest { tenant_id, days: 1 },
+                    |mut c, r| async move { c.usage(r).await },
+                )
+                .await
+                .ok()?;
+            let day = report.days.into_iter().next()?;
+            Some((day.prompt_tokens + day.completion_tokens, day.quota))
+        }
+    }))
+    .await;
     let tenants: Vec<Value> = l
         .tenants
         .iter()
-        .map(|t| {
+        .zip(today)
+        .map(|(t, today)| {
             let [sessions, in_flight, device, host] =
                 per_tenant.get(t.id.as_str()).copied().unwrap_or_default();
             let model = state
@@ -110,6 +130,8 @@ pub(super) async fn monitor(admin: Admin, State(state): State<Arc<AdminState>>) 
                 "in_flight": in_flight,
                 "kv_device_bytes": device,
                 "kv_host_bytes": host,
+                "tokens_today": today.map(|(used, _)| used),
+                "daily_quota": today.map(|(_, quota)| quota),
             })
         })
         .collect();
