@@ -272,30 +272,19 @@ impl Lan {
     /// Host `from` can no longer reach the hosts `to` (nor they it, beyond
     /// what they send it): blackhole routes on `from`.
     pub fn partition(&self, from: &str, to: &[String]) -> anyhow::Result<()> {
-        for addr in to {
-            ip(&[
-                "-n",
-                &self.host(from).netns,
-                "route",
-                "add",
-                "blackhole",
-                addr,
-            ])?;
-        }
-        Ok(())
+        self.blackholes("add", from, to)
     }
 
     /// Undoes [`Self::partition`].
     pub fn mend(&self, from: &str, to: &[String]) -> anyhow::Result<()> {
+        self.blackholes("del", from, to)
+    }
+
+    /// `ip route add|del blackhole ADDR` on host `from`, for each of `to`.
+    fn blackholes(&self, op: &str, from: &str, to: &[String]) -> anyhow::Result<()> {
+        let netns = &self.host(from).netns;
         for addr in to {
-            ip(&[
-                "-n",
-                &self.host(from).netns,
-                "route",
-                "del",
-                "blackhole",
-                addr,
-            ])?;
+            ip(&["-n", netns, "route", op, "blackhole", addr])?;
         }
         Ok(())
     }

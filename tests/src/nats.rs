@@ -59,50 +59,42 @@ impl Nats {
             format!("authorization {{ users = [ {{ nkey: \"{public_key}\" }} ] }}\n"),
         )
         .unwrap_or_else(|e| panic!("writing {}: {e}", config.display()));
-        let mut nats = Self {
-            child: None,
-            port: free_port(),
-            store: store.to_path_buf(),
-            auth: None,
-            tls: None,
-            addr: "127.0.0.1".to_owned(),
-            netns: None,
-            config: Some(config),
-        };
-        nats.restart();
-        nats
+        let mut nats = Self::loopback(store);
+        nats.config = Some(config);
+        nats.started()
     }
 
     /// Starts a server that speaks TLS only, with this certificate and key.
     pub fn start_with_tls(store: &Path, cert: &Path, key: &Path) -> Self {
-        let mut nats = Self {
+        let mut nats = Self::loopback(store);
+        nats.tls = Some((cert.to_path_buf(), key.to_path_buf()));
+        nats.started()
+    }
+
+    fn start_as(store: &Path, auth: Option<(String, String)>) -> Self {
+        let mut nats = Self::loopback(store);
+        nats.auth = auth;
+        nats.started()
+    }
+
+    /// A server not started yet, on a free loopback port, with nothing
+    /// demanded of its clients.
+    fn loopback(store: &Path) -> Self {
+        Self {
             child: None,
             port: free_port(),
             store: store.to_path_buf(),
             auth: None,
-            tls: Some((cert.to_path_buf(), key.to_path_buf())),
-            addr: "127.0.0.1".to_owned(),
-            netns: None,
-            config: None,
-        };
-        nats.restart();
-        nats
-    }
-
-    fn start_as(store: &Path, auth: Option<(String, String)>) -> Self {
-        let port = free_port();
-        let mut nats = Self {
-            child: None,
-            port,
-            store: store.to_path_buf(),
-            auth,
             tls: None,
             addr: "127.0.0.1".to_owned(),
             netns: None,
             config: None,
-        };
-        nats.restart();
-        nats
+        }
+    }
+
+    fn started(mut self) -> Self {
+        self.restart();
+        self
     }
 
     /// Starts a server in network namespace `netns`, listening on `addr`
@@ -114,18 +106,12 @@ impl Nats {
         addr: &str,
         tls: Option<(PathBuf, PathBuf)>,
     ) -> Self {
-        let mut nats = Self {
-            child: None,
-            port: 4222,
-            store: store.to_path_buf(),
-            auth: None,
-            tls,
-            addr: addr.to_owned(),
-            netns: Some(netns.to_owned()),
-            config: None,
-        };
-        nats.restart();
-        nats
+        let mut nats = Self::loopback(store);
+        nats.port = 4222;
+        nats.tls = tls;
+        nats.addr = addr.to_owned();
+        nats.netns = Some(netns.to_owned());
+        nats.started()
     }
 
     /// The URL without credentials.
