@@ -67,9 +67,12 @@ cleanup() {
   done
   (cd "$work" && podman-compose -p bhone -f "$repo/deploy/compose.yaml" down -v >/dev/null 2>&1)
   (cd "$work" && podman-compose -p bhcluster -f "$repo/deploy/compose.cluster.yaml" down -v >/dev/null 2>&1)
+  podman network rm -f bhone_default bhcluster_default >/dev/null 2>&1
   rm -rf "$work"
 }
 trap cleanup EXIT
+# A network an earlier run left behind keeps stale name records.
+podman network rm -f bhone_default bhcluster_default >/dev/null 2>&1 || true
 
 base=localhost/debian-minbase:bookworm
 if ! podman image exists "$base"; then
@@ -150,15 +153,23 @@ token=$(podman logs cp1 2>/dev/null | sed -n 's/^admin token: //p' | head -1)
 export BULKHEAD_CONTROL_PLANE=cp1:7100,cp2:7100,cp3:7100
 cadmin() { podman exec -e BULKHEAD_ADMIN_TOKEN="$token" -e BULKHEAD_CONTROL_PLANE="$BULKHEAD_CONTROL_PLANE" "${CADMIN_ON:-cp2}" bulkhead "$@"; }
 until_ok 30 cadmin cluster status || fail "the control plane formed no cluster"
+# Issues ROLE's credential NAME into the secrets directory. Retried: a
+# container's name may not resolve yet just after the containers start.
+credential() {
+  cadmin credential create --role "$1" --name "$2" > "$work/credential.out" \
+    && tail -1 "$work/credential.out" > "$secrets/$2.credential"
+}
 for n in gw1 gw2; do
-  cadmin credential create --role gateway --name "$n" | tail -1 > "$secrets/$n.credential"
+  until_ok 30 credential gateway "$n" || fail "no credential for $n"
 done
-cadmin credential create --role worker --name wk1 | tail -1 > "$secrets/wk1.credential"
+until_ok 30 credential worker wk1 || fail "no credential for wk1"
 compose up -d || fail "compose up (cluster)"
 until_ok 120 curl -sf http://127.0.0.1:18789/health || { podman logs wk1 | tail -20; podman logs gw1 | tail -20; fail "gw1 never became healthy"; }
 until_ok 60 curl -sf http://127.0.0.1:18790/health || fail "gw2 never became healthy"
-cadmin tenant create hr --plan pro --daily-tokens 600000 --model smollm2 >/dev/null
-key=$(cadmin key create --tenant hr | tail -1)
+until_ok 30 cadmin tenant create hr --plan pro --daily-tokens 600000 --model smollm2 || fail "no tenant hr"
+until_ok 30 sh -c "podman exec -e BULKHEAD_ADMIN_TOKEN=$token -e BULKHEAD_CONTROL_PLANE=$BULKHEAD_CONTROL_PLANE cp2 bulkhead key create --tenant hr > $work/key.out" \
+  || fail "no key for hr"
+key=$(tail -1 "$work/key.out")
 until_ok 30 chat 18789 "$key" || fail "no answer through gw1"
 say "cluster: hr asked through gw1 (:18789): $(chat 18789 "$key")"
 until_ok 30 chat 18790 "$key" || fail "no answer through gw2"
