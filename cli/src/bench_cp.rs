@@ -6,14 +6,12 @@
 //!   (the same gRPC round trip without Raft);
 //! - failover: SIGKILL of the leader to the first committed write on the new one.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use async_nats::jetstream;
-use bulkhead_control_plane::ControlPlaneClient;
 use bulkhead_proto::control as pb;
 use bulkhead_proto::worker::UsageEvent;
 use clap::Args;
@@ -33,119 +31,144 @@ pub struct BenchControlPlaneArgs {
     callers: u64,
 }
 
-struct Kill(Vec<Child>);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// `n` different free ports: all are bound at once before any is released,
-/// so the system cannot hand out one of them twice.
-fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let held = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(held
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect::<Result<_, _>>()?)
-}
-
-async fn wait_port(port: u16) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        if Instant::now() > deadline {
-            bail!("nothing listens on port {port}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
-}
-
-fn rate(n: u64, d: Duration) -> f64 {
+pub(crate) fn rate(n: u64, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64().max(1e-9)
 }
 
-pub async fn run(args: BenchControlPlaneArgs) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let exe = std::env::current_exe()?;
-    let mut children = Kill(Vec::new());
-
-    let mut ports = free_ports(4)?;
-    let nats_port = ports.pop().context("four ports")?;
-    children.0.push(
-        Command::new("nats-server")
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &nats_port.to_string(),
-                "-sd",
-            ])
-            .arg(dir.path().join("nats"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting nats-server (scripts/setup.sh installs it)")?,
-    );
-    wait_port(nats_port).await?;
-    let nats_url = format!("nats://127.0.0.1:{nats_port}");
-
-    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let init = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}={a}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
-    let secret = bulkhead_proto::ClusterSecret::generate();
-    let mut token_out = None;
-    let mut node_index = Vec::new();
-    for (i, addr) in addrs.iter().enumerate() {
-        let mut child = Command::new(&exe)
-            .args([
-                "control-plane",
-                "--node-id",
-                &(i + 1).to_string(),
-                "--listen",
-                addr,
-            ])
-            .arg("--data-dir")
-            .arg(dir.path().join(format!("node{}", i + 1)))
-            .args(["--init", &init, "--nats", &nats_url])
-            .env("BULKHEAD_LOG", "warn")
-            .env(crate::env::CLUSTER_SECRET, secret.expose())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        if i == 0 {
-            token_out = child.stdout.take();
+/// Publishes `events` (subject, event) to JetStream as workers do, with the
+/// event id as `Nats-Msg-Id`, acknowledged 2,000 at a time; waits whenever
+/// `stream` holds more than `backlog` unconsumed events (its byte limit
+/// refuses events beyond it). Returns how many it published.
+pub(crate) async fn publish(
+    js: &jetstream::Context,
+    stream: &str,
+    backlog: u64,
+    events: impl Iterator<Item = (String, UsageEvent)>,
+) -> anyhow::Result<u64> {
+    let mut stream = js.get_stream(stream).await?;
+    let mut acks = Vec::new();
+    let mut n = 0u64;
+    for (subject, event) in events {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", event.event_id.as_str());
+        acks.push(
+            js.publish_with_headers(subject, headers, event.encode_to_vec().into())
+                .await?,
+        );
+        n += 1;
+        if acks.len() >= 2_000 {
+            for ack in acks.drain(..) {
+                ack.await?;
+            }
+            if n.is_multiple_of(100_000) {
+                while stream.info().await?.state.messages > backlog {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
         }
-        node_index.push(children.0.len());
-        children.0.push(child);
     }
-    let token = {
-        let out = token_out.context("node 1 stdout")?;
-        tokio::task::spawn_blocking(move || {
-            use std::io::BufRead;
-            std::io::BufReader::new(out)
-                .lines()
-                .map_while(Result::ok)
-                .find_map(|l| l.strip_prefix("admin token: ").map(str::to_owned))
+    for ack in acks.drain(..) {
+        ack.await?;
+    }
+    Ok(n)
+}
+
+/// Waits until the ledger counts `n` requests for `tenants` over the last
+/// `days` days (for at most `within` after `started`).
+pub(crate) async fn wait_for_ledger(
+    admin: &bulkhead_control_plane::ControlPlaneClient,
+    tenants: &[String],
+    days: u32,
+    n: u64,
+    started: Instant,
+    within: Duration,
+) -> anyhow::Result<()> {
+    loop {
+        let mut counted = 0;
+        for tenant_id in tenants {
+            let report = admin
+                .admin()
+                .send(
+                    pb::UsageRequest {
+                        tenant_id: tenant_id.clone(),
+                        days,
+                    },
+                    |mut c, req| async move { c.usage(req).await },
+                )
+                .await?;
+            counted += report.days.iter().map(|d| d.requests).sum::<u64>();
+        }
+        if counted >= n {
+            return Ok(());
+        }
+        if started.elapsed() > within {
+            bail!("the ledger counted {counted} of {n} events within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The baseline for usage events: a raw JetStream pull consumer at its own
+/// best, reading and acknowledging `n` events (at most a million, which fit
+/// the stream's byte limit) from a stream of its own with the usage
+/// stream's configuration, published beforehand. Returns events/s.
+pub(crate) async fn raw_consumer_rate(js: &jetstream::Context, n: u64) -> anyhow::Result<f64> {
+    let n = n.min(1_000_000);
+    let mut config = bulkhead_proto::usage::stream_config();
+    config.name = "BENCH_RAW".into();
+    config.subjects = vec!["bench-raw.>".into()];
+    let stream = js.get_or_create_stream(config).await?;
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    publish(
+        js,
+        "BENCH_RAW",
+        u64::MAX,
+        (0..n).map(|i| {
+            let event = UsageEvent {
+                event_id: format!("raw-{i}"),
+                tenant_id: "bench".into(),
+                prompt_tokens: 10,
+                completion_tokens: 5,
+                finished_at_ms: now_ms,
+                ..Default::default()
+            };
+            ("bench-raw.bench".to_owned(), event)
+        }),
+    )
+    .await?;
+    let consumer: jetstream::consumer::Consumer<jetstream::consumer::pull::Config> = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("bench-baseline".into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            max_ack_pending: 100_000,
+            ..Default::default()
         })
-        .await?
-        .context("the cluster printed no admin token")?
-    };
-    let admin = ControlPlaneClient::new(addrs.clone(), Some(token));
+        .await?;
+    let started = Instant::now();
+    let mut seen = 0;
+    while seen < n {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(bulkhead_control_plane::consumer::MAX_BATCH)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await?;
+        while let Some(m) = batch.next().await {
+            let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
+            UsageEvent::decode(m.payload.as_ref())?;
+            m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            seen += 1;
+        }
+    }
+    let took = started.elapsed();
+    js.delete_stream("BENCH_RAW").await?;
+    Ok(rate(n, took))
+}
+
+pub async fn run(args: BenchControlPlaneArgs) -> anyhow::Result<()> {
+    let mut cluster = crate::loopback::Loopback::start(3, &[]).await?;
+    let admin = &cluster.admin;
+    let nats_url = cluster.nats_url.clone();
     admin
         .admin()
         .send(
@@ -169,83 +192,39 @@ pub async fn run(args: BenchControlPlaneArgs) -> anyhow::Result<()> {
     let js = jetstream::new(async_nats::connect(&nats_url).await?);
     js.get_or_create_stream(bulkhead_proto::usage::stream_config())
         .await?;
+    let now_ms = chrono::Utc::now().timestamp_millis();
     let started = Instant::now();
-    let mut acks = Vec::new();
-    for i in 0..args.events {
-        let event = UsageEvent {
-            event_id: format!("bench-{i}"),
-            tenant_id: "bench".into(),
-            gateway_id: "bench-gw".into(),
-            prompt_tokens: 10,
-            completion_tokens: 5,
-            finished_at_ms: chrono::Utc::now().timestamp_millis(),
-            ..Default::default()
-        };
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", event.event_id.as_str());
-        acks.push(
-            js.publish_with_headers(event.subject(), headers, event.encode_to_vec().into())
-                .await?,
-        );
-        if acks.len() >= 2_000 {
-            for ack in acks.drain(..) {
-                ack.await?;
-            }
-        }
-    }
-    for ack in acks.drain(..) {
-        ack.await?;
-    }
+    publish(
+        &js,
+        bulkhead_proto::USAGE_STREAM,
+        u64::MAX,
+        (0..args.events).map(|i| {
+            let event = UsageEvent {
+                event_id: format!("bench-{i}"),
+                tenant_id: "bench".into(),
+                gateway_id: "bench-gw".into(),
+                prompt_tokens: 10,
+                completion_tokens: 5,
+                finished_at_ms: now_ms,
+                ..Default::default()
+            };
+            (event.subject(), event)
+        }),
+    )
+    .await?;
     let published = started.elapsed();
-    loop {
-        let report = admin
-            .admin()
-            .send(
-                pb::UsageRequest {
-                    tenant_id: "bench".into(),
-                    days: 1,
-                },
-                |mut c, req| async move { c.usage(req).await },
-            )
-            .await?;
-        if report.days.first().map_or(0, |d| d.requests) >= args.events {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(600) {
-            bail!("the ledger did not count all events within 10 minutes");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_ledger(
+        admin,
+        &["bench".into()],
+        1,
+        args.events,
+        started,
+        Duration::from_secs(600),
+    )
+    .await?;
     let applied = started.elapsed();
-
-    // Baseline: a raw pull consumer reading and acking the same events.
-    let stream = js.get_stream(bulkhead_proto::USAGE_STREAM).await?;
-    let consumer: jetstream::consumer::Consumer<jetstream::consumer::pull::Config> = stream
-        .create_consumer(jetstream::consumer::pull::Config {
-            durable_name: Some("bench-baseline".into()),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            max_ack_pending: 100_000,
-            ..Default::default()
-        })
-        .await?;
-    let started = Instant::now();
-    let mut seen = 0;
-    while seen < args.events {
-        let mut batch = consumer
-            .fetch()
-            .max_messages(bulkhead_control_plane::consumer::MAX_BATCH)
-            .expires(Duration::from_millis(500))
-            .messages()
-            .await?;
-        while let Some(m) = batch.next().await {
-            let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
-            UsageEvent::decode(m.payload.as_ref())?;
-            m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            seen += 1;
-        }
-    }
-    let raw = started.elapsed();
-    let (cp_rate, raw_rate) = (rate(args.events, applied), rate(args.events, raw));
+    let raw_rate = raw_consumer_rate(&js, args.events).await?;
+    let cp_rate = rate(args.events, applied);
     println!(
         "usage events: {} events, published in {:.2}s, all in the ledger after {:.2}s: {:.0} events/s; raw JetStream consumer {:.0} events/s; ratio {:.2}",
         args.events,
@@ -321,14 +300,12 @@ pub async fn run(args: BenchControlPlaneArgs) -> anyhow::Result<()> {
         .cluster()
         .call(|mut c| async move { c.cluster_status(pb::ClusterStatusRequest {}).await })
         .await?;
-    let leader = usize::try_from(state.leader_id).unwrap_or(0);
+    let leader = state.leader_id;
     if leader == 0 {
         bail!("no leader to kill");
     }
     let killed = Instant::now();
-    let child = &mut children.0[node_index[leader - 1]];
-    child.kill()?;
-    child.wait()?;
+    cluster.kill(state.leader_id)?;
     let mut attempt = 0u64;
     loop {
         attempt += 1;

@@ -236,6 +236,7 @@ pub async fn run(args: BenchGatewayArgs) -> anyhow::Result<()> {
             init: Some(BTreeMap::from([(1, cp_addr.clone())])),
             nats: None,
             snapshot_logs: 10_000,
+            prune_every: bulkhead_control_plane::DEFAULT_PRUNE_EVERY,
             audit_retention_days: 0,
             cluster_secret: secret.clone(),
             local_usage: None,

@@ -46,6 +46,9 @@ pub struct ControlPlaneArgs {
     /// node the same value: whichever leads applies it.
     #[arg(long, default_value_t = bulkhead_control_plane::DEFAULT_AUDIT_RETENTION_DAYS)]
     audit_retention_days: u32,
+    /// Seconds between the leader's prunes of what is past its keeping.
+    #[arg(long, default_value_t = bulkhead_control_plane::DEFAULT_PRUNE_EVERY.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    prune_every: u64,
 }
 
 /// Parses `1=host:7100,2=host:7101`.
@@ -94,6 +97,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         nats: args.nats,
         snapshot_logs: args.snapshot_logs,
         audit_retention_days: args.audit_retention_days,
+        prune_every: std::time::Duration::from_secs(args.prune_every),
         cluster_secret,
         local_usage: None,
         on_admin_token: Some(Box::new(|token| {

@@ -6,6 +6,7 @@ mod apply;
 mod audit;
 mod bench_cp;
 mod bench_gw;
+mod bench_soak;
 mod bench_up;
 mod burst;
 mod connect;
@@ -13,6 +14,7 @@ mod control_plane;
 mod credential;
 mod env;
 mod gateway;
+mod loopback;
 mod scripted_engine;
 mod share;
 mod up;
@@ -142,6 +144,9 @@ enum BenchCommand {
     RawLoop(worker::RawLoopArgs),
     /// Control-plane usage events/s, grants/s and failover time (3 nodes + NATS on loopback).
     ControlPlane(bench_cp::BenchControlPlaneArgs),
+    /// Millions of usage events and session turns into 3 nodes + NATS on loopback: each
+    /// node's memory and file sizes before and after retention, snapshot and catch-up times.
+    Soak(bench_soak::BenchSoakArgs),
     /// Latency the gateway path adds and the highest rate it sustains, against calling a
     /// scripted engine (not llama.cpp) directly.
     Gateway(bench_gw::BenchGatewayArgs),
@@ -197,6 +202,7 @@ fn run() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Worker(args)) => runtime.block_on(worker::bench(args)),
         Command::Bench(BenchCommand::RawLoop(args)) => worker::raw_loop(&args),
         Command::Bench(BenchCommand::ControlPlane(args)) => runtime.block_on(bench_cp::run(args)),
+        Command::Bench(BenchCommand::Soak(args)) => runtime.block_on(bench_soak::run(args)),
         Command::Bench(BenchCommand::Gateway(args)) => runtime.block_on(bench_gw::run(args)),
         Command::Bench(BenchCommand::Up(args)) => runtime.block_on(bench_up::run(args)),
     }

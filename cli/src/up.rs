@@ -189,6 +189,7 @@ pub async fn run(mut args: UpArgs) -> anyhow::Result<()> {
         init: Some(BTreeMap::from([(1, cp_addr.clone())])),
         nats: args.nats.clone(),
         snapshot_logs: 10_000,
+        prune_every: bulkhead_control_plane::DEFAULT_PRUNE_EVERY,
         audit_retention_days: args.audit_retention_days,
         cluster_secret: secret.clone(),
         local_usage,

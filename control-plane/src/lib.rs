@@ -64,6 +64,10 @@ pub type OnAdminToken = Box<dyn FnOnce(String) + Send + Sync>;
 /// files and pruned, unless a node is told otherwise.
 pub const DEFAULT_AUDIT_RETENTION_DAYS: u32 = 365;
 
+/// How often the leader prunes what is past its keeping, unless a node is
+/// told otherwise.
+pub const DEFAULT_PRUNE_EVERY: Duration = Duration::from_secs(600);
+
 /// What a control-plane node needs to run.
 pub struct ControlPlaneConfig {
     pub node_id: NodeId,
@@ -80,6 +84,9 @@ pub struct ControlPlaneConfig {
     /// Audit records older than this many days are archived to files under
     /// `<data dir>/archives/audit/` and pruned (0: kept for ever).
     pub audit_retention_days: u32,
+    /// How often the leader prunes what is past its keeping (turns, prompt
+    /// counts, per-user rows, event ids, audit records).
+    pub prune_every: Duration,
     /// Called once with the admin token when this node initializes the cluster.
     pub on_admin_token: Option<OnAdminToken>,
     /// The secret every member of the cluster sends: the Raft service refuses
@@ -108,6 +115,7 @@ impl std::fmt::Debug for ControlPlaneConfig {
             )
             .field("snapshot_logs", &self.snapshot_logs)
             .field("audit_retention_days", &self.audit_retention_days)
+            .field("prune_every", &self.prune_every)
             .field("cluster_secret", &self.cluster_secret)
             .field("local_usage", &self.local_usage.is_some())
             .finish()
@@ -227,7 +235,10 @@ pub async fn run(
         raft.clone(),
         handles,
         config.nats.clone(),
-        config.audit_retention_days,
+        Keeping {
+            audit_retention_days: config.audit_retention_days,
+            prune_every: config.prune_every,
+        },
     ));
     tracing::info!(node = config.node_id, addr = %config.advertise, "control-plane node running");
 
@@ -336,12 +347,7 @@ async fn propose_anywhere(
 
 /// Runs the leader's loops (usage consumer, allowance reclaim, webhook
 /// delivery) while this node leads, and stops them as soon as it does not.
-async fn leader_loops(
-    raft: Raft,
-    handles: Handles,
-    nats: Option<String>,
-    audit_retention_days: u32,
-) {
+async fn leader_loops(raft: Raft, handles: Handles, nats: Option<String>, keeping: Keeping) {
     let mut metrics = raft.metrics();
     let mut running: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     loop {
@@ -355,10 +361,7 @@ async fn leader_loops(
                     Arc::clone(&handles.metrics),
                 )));
             }
-            running.push(tokio::spawn(reclaim_loop(
-                handles.clone(),
-                audit_retention_days,
-            )));
+            running.push(tokio::spawn(reclaim_loop(handles.clone(), keeping)));
             running.push(tokio::spawn(webhooks::run(handles.clone())));
         } else if !leading && !running.is_empty() {
             tracing::info!("this node no longer leads: stopping the leader's loops");
@@ -375,21 +378,32 @@ async fn leader_loops(
     }
 }
 
+/// How long the leader keeps what it prunes.
+#[derive(Debug, Clone, Copy)]
+struct Keeping {
+    /// 0: audit records are kept for ever.
+    audit_retention_days: u32,
+    prune_every: Duration,
+}
+
 /// Reclaims allowances whose gateways stopped renewing them and drops
-/// workers whose lease lapsed; every 10 minutes, prunes what is past its
+/// workers whose lease lapsed; every `prune_every`, prunes what is past its
 /// keeping and archives audit records older than `audit_retention_days`
 /// (0: never).
-async fn reclaim_loop(handles: Handles, audit_retention_days: u32) {
+async fn reclaim_loop(handles: Handles, keeping: Keeping) {
+    let Keeping {
+        audit_retention_days,
+        prune_every,
+    } = keeping;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_prune = std::time::Instant::now();
     loop {
         tick.tick().await;
         let now = service::now_ms();
-        if last_prune.elapsed() > Duration::from_secs(600) {
+        if last_prune.elapsed() > prune_every {
             last_prune = std::time::Instant::now();
-            if let Err(e) = service::write(&handles.raft, Command::PruneTurns { now_ms: now }).await
-            {
-                tracing::warn!(error = %e, "pruning old turns failed");
+            if let Err(e) = prune(&handles, now).await {
+                tracing::warn!(error = %e, "pruning what is past its keeping failed");
             }
             if audit_retention_days > 0 {
                 let cutoff_ms = now - i64::from(audit_retention_days) * 86_400_000;
@@ -409,6 +423,35 @@ async fn reclaim_loop(handles: Handles, audit_retention_days: u32) {
             tracing::warn!(error = %e, "reclaiming expired allowances failed");
         }
     }
+}
+
+/// Rows (turns, sessions, event ids) one prune entry drops at most.
+const PRUNE_LIMIT: u32 = 50_000;
+
+/// Prunes what is past its keeping at `now_ms`, in entries of at most
+/// [`PRUNE_LIMIT`] rows, until one drops fewer: each entry's work and memory
+/// stay bounded however much is due.
+async fn prune(handles: &Handles, now_ms: i64) -> Result<(), ControlPlaneError> {
+    let started = std::time::Instant::now();
+    let mut total = 0u64;
+    loop {
+        let command = Command::PruneTurns {
+            now_ms,
+            limit: PRUNE_LIMIT,
+        };
+        match service::write(&handles.raft, command).await? {
+            Reply::Reclaimed(n) if n >= PRUNE_LIMIT => total += u64::from(n),
+            Reply::Reclaimed(n) => {
+                total += u64::from(n);
+                break;
+            }
+            _ => break,
+        }
+    }
+    if total > 0 {
+        tracing::info!(rows = total, took = ?started.elapsed(), "pruned what is past its keeping");
+    }
+    Ok(())
 }
 
 /// Writes audit records older than `cutoff_ms` to files under

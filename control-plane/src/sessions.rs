@@ -36,7 +36,7 @@ fn sessions_table(tenant: &TenantId) -> String {
     format!("sessions.{tenant}")
 }
 
-fn turns_table(tenant: &TenantId) -> String {
+pub(crate) fn turns_table(tenant: &TenantId) -> String {
     format!("turns.{tenant}")
 }
 
@@ -99,22 +99,35 @@ impl<'a, 't> TenantScope<'a, 't> {
         Ok(())
     }
 
-    /// Drops turns older than `cutoff_ms`, and sessions left empty and idle
-    /// since before it. Returns the turns dropped.
-    pub fn prune(&self, cutoff_ms: i64) -> io::Result<usize> {
-        let mut dropped = 0;
-        for (key, turn) in self.tables.scan::<TurnRecord>(&self.turns, "")? {
-            if turn.at_ms < cutoff_ms {
-                self.tables.delete(&self.turns, &key)?;
-                dropped += 1;
-            }
+    /// Drops turns older than `cutoff_ms`, and sessions idle since before
+    /// it: at most `budget` rows, so that one command's work stays bounded.
+    /// Returns the rows dropped.
+    pub fn prune(&self, cutoff_ms: i64, budget: usize) -> io::Result<usize> {
+        let mut old = Vec::new();
+        self.tables
+            .visit::<TurnRecord>(&self.turns, "", |key, turn| {
+                if turn.at_ms < cutoff_ms {
+                    old.push(key.to_owned());
+                }
+                Ok(old.len() < budget)
+            })?;
+        for key in &old {
+            self.tables.delete(&self.turns, key)?;
         }
-        for (id, session) in self.tables.scan::<SessionRecord>(&self.sessions, "")? {
-            if session.updated_at_ms < cutoff_ms {
-                self.tables.delete(&self.sessions, &id)?;
-            }
+        let mut idle = Vec::new();
+        if old.len() < budget {
+            self.tables
+                .visit::<SessionRecord>(&self.sessions, "", |id, session| {
+                    if session.updated_at_ms < cutoff_ms {
+                        idle.push(id.to_owned());
+                    }
+                    Ok(old.len() + idle.len() < budget)
+                })?;
         }
-        Ok(dropped)
+        for id in &idle {
+            self.tables.delete(&self.sessions, id)?;
+        }
+        Ok(old.len() + idle.len())
     }
 
     /// Drops every session and turn of the tenant.

@@ -292,7 +292,7 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
             scope.delete_session(&session_id)?;
             Ok(Reply::Session(session))
         }
-        Command::PruneTurns { now_ms } => prune(t, now_ms),
+        Command::PruneTurns { now_ms, limit } => prune(t, now_ms, limit),
         Command::PruneAudit { run, now_ms } => match audit::prune_archived(t, &run, now_ms)? {
             Some(n) => Ok(Reply::Reclaimed(u32::try_from(n).unwrap_or(u32::MAX))),
             None => Ok(Reply::Rejected(Rejection::Conflict(format!(

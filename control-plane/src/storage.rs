@@ -229,6 +229,12 @@ impl StateMachine {
         Ok(View::new(self.db.begin_read().map_err(io_err)?))
     }
 
+    /// Writes a snapshot of the state as applied now and makes it this
+    /// node's current one (what Raft's snapshot builder does). Blocking.
+    pub fn build_snapshot_file(&self) -> io::Result<(SnapshotMeta, SnapshotData)> {
+        self.snapshots.build(&self.db, SM_META)
+    }
+
     /// Watches the last applied log index.
     pub fn applied(&self) -> watch::Receiver<u64> {
         self.applied.subscribe()
@@ -253,8 +259,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let (db, snapshots) = (self.db.clone(), self.snapshots.clone());
-        let (meta, snapshot) = blocking(move || snapshots.build(&db, SM_META)).await?;
+        let sm = self.clone();
+        let (meta, snapshot) = blocking(move || sm.build_snapshot_file()).await?;
         Ok(Snapshot { meta, snapshot })
     }
 }

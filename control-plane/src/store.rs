@@ -93,14 +93,28 @@ impl<'t> Tables<'t> {
         self.with(table, |t| scan_table(t, prefix, prefix))
     }
 
-    /// Every entry with a key from `start` (inclusive) to `end` (exclusive).
-    pub fn scan_range<T: DeserializeOwned>(
+    /// Hands the entries under `prefix` to `f`, one at a time in key order,
+    /// until `f` answers false (nothing is collected). `f` must not call back
+    /// into this handle.
+    pub fn visit<T: DeserializeOwned>(
+        &self,
+        table: &str,
+        prefix: &str,
+        f: impl FnMut(&str, T) -> io::Result<bool>,
+    ) -> io::Result<()> {
+        self.with(table, |t| visit_range(t, prefix.., prefix, f))
+    }
+
+    /// Like [`Self::visit`], for the keys from `start` (inclusive) to `end`
+    /// (exclusive).
+    pub fn visit_range<T: DeserializeOwned>(
         &self,
         table: &str,
         start: &str,
         end: &str,
-    ) -> io::Result<Vec<(String, T)>> {
-        self.with(table, |t| collect_range(t, start..end, ""))
+        f: impl FnMut(&str, T) -> io::Result<bool>,
+    ) -> io::Result<()> {
+        self.with(table, |t| visit_range(t, start..end, "", f))
     }
 
     /// Drops a whole table (no error if it does not exist).

@@ -166,6 +166,10 @@ pub enum Command {
     /// plan unless overridden) and closed webhook deliveries past 30 days.
     PruneTurns {
         now_ms: i64,
+        /// At most this many turns, sessions and event ids dropped (0, as in
+        /// entries written before the limit: all).
+        #[serde(default)]
+        limit: u32,
     },
     /// Prunes a run of an audit chain the leader archived to a file; the
     /// chain keeps the run's last hash as its anchor (see `audit`).

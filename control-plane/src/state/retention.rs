@@ -47,8 +47,14 @@ pub(super) fn reclaim(t: &Tables, now_ms: i64) -> io::Result<Reply> {
 
 /// Drops what is past its keeping: closed webhook deliveries, turns,
 /// prompt counts and per-user rows past each tenant's retention, and event
-/// ids past the dedup horizon.
-pub(super) fn prune(t: &Tables, now_ms: i64) -> io::Result<Reply> {
+/// ids past the dedup horizon. Turns, sessions and event ids: at most
+/// `limit` (0: all), so that one entry's work and memory stay bounded; the
+/// leader prunes again while a prune drops `limit` or more.
+pub(super) fn prune(t: &Tables, now_ms: i64, limit: u32) -> io::Result<Reply> {
+    let mut budget = match limit {
+        0 => usize::MAX,
+        l => usize::try_from(l).unwrap_or(usize::MAX),
+    };
     let mut n = outbox::prune(t, now_ms)?;
     for (_, tenant) in t.scan::<TenantRecord>(TENANTS, "")? {
         let days = match tenant.features.retention_days {
@@ -56,8 +62,12 @@ pub(super) fn prune(t: &Tables, now_ms: i64) -> io::Result<Reply> {
             d => d,
         };
         let cutoff_ms = now_ms - i64::from(days) * 86_400_000;
-        if let Some(scope) = scope(t, &tenant.id)? {
-            n += scope.prune(cutoff_ms)?;
+        if let Some(scope) = scope(t, &tenant.id)?
+            && budget > 0
+        {
+            let dropped = scope.prune(cutoff_ms, budget)?;
+            budget -= dropped;
+            n += dropped;
         }
         // Prompt counts and per-user rows past retention too.
         let (cutoff_day, _) = ledger::day_of(cutoff_ms, &tenant.time_zone);
@@ -68,7 +78,7 @@ pub(super) fn prune(t: &Tables, now_ms: i64) -> io::Result<Reply> {
         n += t.delete_range(PROMPTS, &from, &to)?;
         n += t.delete_range(USERS, &from, &to)?;
     }
-    n += forget_old_event_ids(t, now_ms)?;
+    n += forget_old_event_ids(t, now_ms, budget)?;
     Ok(Reply::Reclaimed(u32::try_from(n).unwrap_or(u32::MAX)))
 }
 
@@ -102,15 +112,23 @@ fn allowance_day_is_today(
     })
 }
 
-/// Drops the ids of events of days past the dedup horizon (by day, with a
-/// range delete); returns how many.
-fn forget_old_event_ids(t: &Tables, now_ms: i64) -> io::Result<usize> {
+/// Drops the ids of events of days past the dedup horizon, oldest day
+/// first (found by day, not by a scan of every id), at most `budget`;
+/// returns how many.
+fn forget_old_event_ids(t: &Tables, now_ms: i64, budget: usize) -> io::Result<usize> {
     let (horizon, _) = ledger::day_of(now_ms - DEDUP_HORIZON_DAYS * 86_400_000, "");
-    let old = t.scan_range::<String>(EVENT_DAYS, "", &horizon)?;
-    for (key, _) in &old {
+    let mut old = Vec::new();
+    if budget > 0 {
+        t.visit_range::<String>(EVENT_DAYS, "", &horizon, |key, _| {
+            old.push(key.to_owned());
+            Ok(old.len() < budget)
+        })?;
+    }
+    for key in &old {
         if let Some((_, id)) = key.split_once('/') {
             t.delete(EVENTS, id)?;
         }
+        t.delete(EVENT_DAYS, key)?;
     }
-    t.delete_range(EVENT_DAYS, "", &horizon)
+    Ok(old.len())
 }

@@ -27,7 +27,13 @@ fn turns_are_kept_for_the_tenants_retention() {
             },
         );
     }
-    run(&sm, Command::PruneTurns { now_ms: NOW });
+    run(
+        &sm,
+        Command::PruneTurns {
+            now_ms: NOW,
+            limit: 0,
+        },
+    );
     let view = sm.view().expect("view");
     let turns = |id: &str| {
         let tid = TenantId::new(id).expect("id");
@@ -90,6 +96,7 @@ fn old_rows_and_event_ids_are_pruned_and_a_stale_repeat_is_not_counted() {
         &sm,
         Command::PruneTurns {
             now_ms: NOW + 32 * DAY_MS,
+            limit: 0,
         },
     );
     assert_eq!(
@@ -127,6 +134,73 @@ fn old_rows_and_event_ids_are_pruned_and_a_stale_repeat_is_not_counted() {
         .expect("day")
         .map_or(0, |l| l.used);
     assert_eq!(before, after);
+}
+
+/// One prune entry drops at most its limit of turns, sessions and event
+/// ids, whatever is due: the leader's entries stay small and a replica's
+/// memory bounded; repeated, they drop everything due, and only that.
+#[test]
+fn a_prune_drops_at_most_its_limit_and_repeated_drops_all_that_is_due() {
+    let (_dir, sm) = open();
+    run(
+        &sm,
+        Command::CreateTenant {
+            tenant: tenant("acme", "basic", u64::MAX / 4),
+        },
+    );
+    let append = |session: &str, now_ms: i64| Command::AppendTurns {
+        tenant_id: "acme".into(),
+        session_id: session.into(),
+        user_id: String::new(),
+        turns: vec![
+            ("user".into(), "hello".into()),
+            ("assistant".into(), "hi".into()),
+        ],
+        now_ms,
+    };
+    for s in 0..10 {
+        run(&sm, append(&format!("old-{s}"), NOW - 40 * DAY_MS));
+    }
+    run(&sm, append("recent", NOW));
+    let events = (0..25)
+        .map(|i| UsageRecord {
+            finished_at_ms: NOW - 9 * DAY_MS,
+            ..usage(&format!("e{i}"), "acme", 1)
+        })
+        .collect();
+    run(
+        &sm,
+        Command::ApplyUsage {
+            events,
+            now_ms: NOW - 9 * DAY_MS,
+        },
+    );
+    let count = |table: &str| {
+        with_tables(&sm, |t| Ok(t.scan::<serde_json::Value>(table, "")?.len())).expect("scan")
+    };
+    let turns_table = crate::sessions::turns_table(&TenantId::new("acme").expect("id"));
+    let due = 10 * 2 + 10 + 25;
+    let mut dropped = Vec::new();
+    loop {
+        let reply = run(
+            &sm,
+            Command::PruneTurns {
+                now_ms: NOW,
+                limit: 7,
+            },
+        );
+        let Reply::Reclaimed(n) = reply else {
+            panic!("{reply:?}")
+        };
+        assert!(n <= 7, "one entry dropped {n}, over its limit of 7");
+        dropped.push(n);
+        if n < 7 {
+            break;
+        }
+    }
+    assert_eq!(dropped.iter().sum::<u32>(), due, "{dropped:?}");
+    assert_eq!(count(&turns_table), 2, "the recent session's turns stay");
+    assert_eq!((count(EVENTS), count(EVENT_DAYS)), (0, 0));
 }
 
 #[test]
