@@ -165,10 +165,40 @@ pub(crate) async fn raw_consumer_rate(js: &jetstream::Context, n: u64) -> anyhow
     Ok(rate(n, took))
 }
 
+/// Usage events/s through the cluster against the raw consumer's: publishes
+/// events `0..n` made by `event`, times until the ledger counts them all
+/// (for `tenants`, over the last `days` days), and prints both rates.
+/// Returns the JetStream context it published with.
+pub(crate) async fn usage_events(
+    cluster: &crate::loopback::Loopback,
+    tenants: &[String],
+    days: u32,
+    n: u64,
+    event: impl Fn(u64) -> (String, UsageEvent),
+) -> anyhow::Result<jetstream::Context> {
+    let js = jetstream::new(async_nats::connect(&cluster.nats_url).await?);
+    js.get_or_create_stream(bulkhead_proto::usage::stream_config())
+        .await?;
+    let started = Instant::now();
+    publish(&js, bulkhead_proto::USAGE_STREAM, 500_000, (0..n).map(event)).await?;
+    let published = started.elapsed();
+    let within = Duration::from_secs(3600);
+    wait_for_ledger(&cluster.admin, tenants, days, n, started, within).await?;
+    let applied = started.elapsed();
+    let raw_rate = raw_consumer_rate(&js, n).await?;
+    let cp_rate = rate(n, applied);
+    println!(
+        "usage events: {n} events, published in {:.2}s, all in the ledger after {:.2}s: {cp_rate:.0} events/s; raw JetStream consumer {raw_rate:.0} events/s; ratio {:.2}",
+        published.as_secs_f64(),
+        applied.as_secs_f64(),
+        cp_rate / raw_rate
+    );
+    Ok(js)
+}
+
 pub async fn run(args: BenchControlPlaneArgs) -> anyhow::Result<()> {
     let mut cluster = crate::loopback::Loopback::start(3, &[]).await?;
     let admin = &cluster.admin;
-    let nats_url = cluster.nats_url.clone();
     admin
         .admin()
         .send(
@@ -189,51 +219,20 @@ pub async fn run(args: BenchControlPlaneArgs) -> anyhow::Result<()> {
     println!("cluster: 3 control-plane nodes and nats-server on loopback");
 
     // Usage events: publish, and time until the ledger counted them all.
-    let js = jetstream::new(async_nats::connect(&nats_url).await?);
-    js.get_or_create_stream(bulkhead_proto::usage::stream_config())
-        .await?;
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let started = Instant::now();
-    publish(
-        &js,
-        bulkhead_proto::USAGE_STREAM,
-        u64::MAX,
-        (0..args.events).map(|i| {
-            let event = UsageEvent {
-                event_id: format!("bench-{i}"),
-                tenant_id: "bench".into(),
-                gateway_id: "bench-gw".into(),
-                prompt_tokens: 10,
-                completion_tokens: 5,
-                finished_at_ms: now_ms,
-                ..Default::default()
-            };
-            (event.subject(), event)
-        }),
-    )
+    usage_events(&cluster, &["bench".into()], 1, args.events, |i| {
+        let event = UsageEvent {
+            event_id: format!("bench-{i}"),
+            tenant_id: "bench".into(),
+            gateway_id: "bench-gw".into(),
+            prompt_tokens: 10,
+            completion_tokens: 5,
+            finished_at_ms: now_ms,
+            ..Default::default()
+        };
+        (event.subject(), event)
+    })
     .await?;
-    let published = started.elapsed();
-    wait_for_ledger(
-        admin,
-        &["bench".into()],
-        1,
-        args.events,
-        started,
-        Duration::from_secs(600),
-    )
-    .await?;
-    let applied = started.elapsed();
-    let raw_rate = raw_consumer_rate(&js, args.events).await?;
-    let cp_rate = rate(args.events, applied);
-    println!(
-        "usage events: {} events, published in {:.2}s, all in the ledger after {:.2}s: {:.0} events/s; raw JetStream consumer {:.0} events/s; ratio {:.2}",
-        args.events,
-        published.as_secs_f64(),
-        applied.as_secs_f64(),
-        cp_rate,
-        raw_rate,
-        cp_rate / raw_rate
-    );
 
     // Grants (Raft writes) against status calls (no Raft), same callers.
     let measure = |grant: bool| {

@@ -18,13 +18,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use async_nats::jetstream;
 use bulkhead_control_plane::ControlPlaneClient;
 use bulkhead_proto::control as pb;
 use bulkhead_proto::worker::UsageEvent;
 use clap::Args;
 
-use crate::bench_cp::{publish, rate, raw_consumer_rate, wait_for_ledger};
+use crate::bench_cp::{publish, rate, usage_events, wait_for_ledger};
 use crate::loopback::Loopback;
 
 #[derive(Args, Debug)]
@@ -273,28 +272,11 @@ pub async fn run(args: BenchSoakArgs) -> anyhow::Result<()> {
     let hour = Duration::from_secs(3600);
 
     // The load: usage events through NATS, then turns.
-    let js = jetstream::new(async_nats::connect(&cluster.nats_url).await?);
-    js.get_or_create_stream(bulkhead_proto::usage::stream_config())
-        .await?;
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let started = Instant::now();
-    publish(
-        &js,
-        bulkhead_proto::USAGE_STREAM,
-        500_000,
-        (0..args.events).map(|i| event("soak", i, args.tenants, now_ms)),
-    )
+    let js = usage_events(&cluster, &tenants, 8, args.events, |i| {
+        event("soak", i, args.tenants, now_ms)
+    })
     .await?;
-    wait_for_ledger(&cluster.admin, &tenants, 8, args.events, started, hour).await?;
-    let applied = started.elapsed();
-    let raw = raw_consumer_rate(&js, args.events).await?;
-    let events_rate = rate(args.events, applied);
-    println!(
-        "usage events: all {} in the ledger after {:.1} s: {events_rate:.0} events/s; raw JetStream consumer {raw:.0} events/s; ratio {:.2}",
-        args.events,
-        applied.as_secs_f64(),
-        events_rate / raw
-    );
     let started = Instant::now();
     write_turns(&gateway, "soak", args.tenants, args.turns, args.turn_chars).await?;
     println!(

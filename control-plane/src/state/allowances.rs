@@ -160,6 +160,51 @@ pub(super) fn view_allowance(
     })
 }
 
+/// The rows of one table that a batch reads and changes: each read from the
+/// table at its first use, kept here while the batch changes it, and all
+/// written back once at the end (one read and one write a row, not an event).
+struct Rows<T> {
+    table: &'static str,
+    rows: BTreeMap<String, Option<T>>,
+}
+
+impl<T: serde::Serialize + serde::de::DeserializeOwned> Rows<T> {
+    fn new(table: &'static str) -> Self {
+        Self {
+            table,
+            rows: BTreeMap::new(),
+        }
+    }
+
+    /// The row at `key` as the batch sees it, read from the table the
+    /// first time.
+    fn slot(&mut self, t: &Tables, key: &str) -> io::Result<&mut Option<T>> {
+        Ok(match self.rows.entry(key.to_owned()) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => e.insert(t.get::<T>(self.table, key)?),
+        })
+    }
+
+    /// The row at `key`, if the table (or the batch) has it.
+    fn get_mut(&mut self, t: &Tables, key: &str) -> io::Result<Option<&mut T>> {
+        Ok(self.slot(t, key)?.as_mut())
+    }
+
+    /// The row at `key`, made by `new` if there is none.
+    fn entry(&mut self, t: &Tables, key: &str, new: impl FnOnce() -> T) -> io::Result<&mut T> {
+        Ok(self.slot(t, key)?.get_or_insert_with(new))
+    }
+
+    fn write(self, t: &Tables) -> io::Result<()> {
+        for (key, row) in self.rows {
+            if let Some(row) = row {
+                t.put(self.table, &key, &row)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 pub(super) fn apply_usage(t: &Tables, events: Vec<UsageRecord>, now_ms: i64) -> io::Result<Reply> {
     let (mut applied, mut duplicates) = (0, 0);
     // Events of a day before this were possibly counted already, their ids
@@ -169,6 +214,12 @@ pub(super) fn apply_usage(t: &Tables, events: Vec<UsageRecord>, now_ms: i64) -> 
     let mut tenants: BTreeMap<String, Option<TenantRecord>> = BTreeMap::new();
     // Each tenant's quota per day, read once per batch.
     let mut quotas: BTreeMap<(String, String), u64> = BTreeMap::new();
+    // The rows many events of a batch change, read once and written once.
+    let mut ledger_days = Rows::<LedgerDay>::new(LEDGER);
+    let mut allowances = Rows::<Allowance>::new(ALLOWANCES);
+    let mut seqs = Rows::<u64>::new(META);
+    let mut prompts = Rows::<PromptCount>::new(PROMPTS);
+    let mut users = Rows::<UserTotals>::new(USERS);
     for e in events {
         if e.event_id.is_empty() || t.get::<String>(EVENTS, &e.event_id)?.is_some() {
             duplicates += 1;
@@ -202,8 +253,7 @@ pub(super) fn apply_usage(t: &Tables, events: Vec<UsageRecord>, now_ms: i64) -> 
         // Every figure saturates: they come from workers, and `apply` must
         // never panic (it would on every replica at once).
         let total = e.prompt_tokens.saturating_add(e.completion_tokens);
-        let lkey = key2(&e.tenant_id, &day);
-        let mut l = t.get::<LedgerDay>(LEDGER, &lkey)?.unwrap_or_default();
+        let l = ledger_days.entry(t, &key2(&e.tenant_id, &day), LedgerDay::default)?;
         l.used = l.used.saturating_add(total);
         l.prompt_tokens = l.prompt_tokens.saturating_add(e.prompt_tokens);
         l.completion_tokens = l.completion_tokens.saturating_add(e.completion_tokens);
@@ -221,37 +271,33 @@ pub(super) fn apply_usage(t: &Tables, events: Vec<UsageRecord>, now_ms: i64) -> 
                     q
                 }
             };
-            quota_events(t, tenant, (&day, quota), &mut l, 0, e.finished_at_ms)?;
+            quota_events(t, tenant, (&day, quota), l, 0, e.finished_at_ms)?;
         }
-        t.put(LEDGER, &lkey, &l)?;
         if !e.gateway_id.is_empty() {
             // The tokens move from the admitting gateway's outstanding grant to used.
             let akey = key2(&e.tenant_id, &e.gateway_id);
-            if let Some(mut a) = t.get::<Allowance>(ALLOWANCES, &akey)?
+            if let Some(a) = allowances.get_mut(t, &akey)?
                 && a.day == day
             {
                 a.tokens = a.tokens.saturating_sub(total);
                 a.applied = a.applied.saturating_add(total);
-                t.put(ALLOWANCES, &akey, &a)?;
             }
         }
-        let seq_key = format!("recent_seq/{}", e.tenant_id);
-        let seq = t.get::<u64>(META, &seq_key)?.unwrap_or(0) + 1;
-        t.put(META, &seq_key, &seq)?;
+        let seq = seqs.entry(t, &format!("recent_seq/{}", e.tenant_id), || 0)?;
+        *seq += 1;
+        let seq = *seq;
         if !e.prompt_preview.is_empty() {
             let pkey = format!(
                 "{}/{day}/{}",
                 e.tenant_id,
                 bulkhead_client::hash_secret(&e.prompt_preview)
             );
-            let mut p = t
-                .get::<PromptCount>(PROMPTS, &pkey)?
-                .unwrap_or_else(|| PromptCount {
+            prompts
+                .entry(t, &pkey, || PromptCount {
                     text: e.prompt_preview.clone(),
                     count: 0,
-                });
-            p.count += 1;
-            t.put(PROMPTS, &pkey, &p)?;
+                })?
+                .count += 1;
         }
         let kept = UsageRecord {
             prompt_preview: String::new(),
@@ -266,13 +312,17 @@ pub(super) fn apply_usage(t: &Tables, events: Vec<UsageRecord>, now_ms: i64) -> 
         }
         if !e.user_id.is_empty() {
             let ukey = format!("{}/{day}/{}", e.tenant_id, e.user_id);
-            let mut u = t.get::<UserTotals>(USERS, &ukey)?.unwrap_or_default();
+            let u = users.entry(t, &ukey, UserTotals::default)?;
             u.tokens = u.tokens.saturating_add(total);
             u.requests += 1;
-            t.put(USERS, &ukey, &u)?;
         }
         applied += 1;
     }
+    ledger_days.write(t)?;
+    allowances.write(t)?;
+    seqs.write(t)?;
+    prompts.write(t)?;
+    users.write(t)?;
     Ok(Reply::UsageApplied {
         applied,
         duplicates,
