@@ -180,7 +180,13 @@ pub(crate) async fn usage_events(
     js.get_or_create_stream(bulkhead_proto::usage::stream_config())
         .await?;
     let started = Instant::now();
-    publish(&js, bulkhead_proto::USAGE_STREAM, 500_000, (0..n).map(event)).await?;
+    publish(
+        &js,
+        bulkhead_proto::USAGE_STREAM,
+        500_000,
+        (0..n).map(event),
+    )
+    .await?;
     let published = started.elapsed();
     let within = Duration::from_secs(3600);
     wait_for_ledger(&cluster.admin, tenants, days, n, started, within).await?;

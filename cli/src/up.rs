@@ -148,6 +148,10 @@ pub async fn run(mut args: UpArgs) -> anyhow::Result<()> {
     let configs = &*configs;
     let default_model = models.first().map(|m| m.name.clone());
     let adapters = tenant_adapters(configs, default_model.as_deref().unwrap_or_default())?;
+    let served = Served {
+        models: models.clone(),
+        adapters: adapters.clone(),
+    };
 
     let cp_listener = crate::bind("the control plane", args.control_plane).await?;
     let worker_listener = crate::bind("the worker", args.worker).await?;
@@ -310,10 +314,17 @@ pub async fn run(mut args: UpArgs) -> anyhow::Result<()> {
         let _ = std::io::stdout().flush();
     }
 
+    let reload = async {
+        match &args.tenants {
+            Some(path) => reload_tenants(&admin, path, &served).await,
+            None => std::future::pending().await,
+        }
+    };
     let failed = match applied {
         Err(e) => Some(("tenant configs", Ok(Err(e)))),
         Ok(()) => tokio::select! {
             () = crate::shutdown_signal() => None,
+            () = reload => None,
         r = &mut control_plane => Some(("control plane", r.map(|r| r.map_err(anyhow::Error::from)))),
         r = &mut worker => Some(("worker", r.map(|r| r.map_err(anyhow::Error::from)))),
         r = &mut gateway => Some(("gateway", r.map(|r| r.map_err(anyhow::Error::from)))),
@@ -347,6 +358,112 @@ pub async fn run(mut args: UpArgs) -> anyhow::Result<()> {
         Some((role, Ok(Err(e)))) => Err(e.context(format!("the {role} failed"))),
         Some((role, Err(e))) => anyhow::bail!("the {role} panicked: {e}"),
     }
+}
+
+/// `path` made absolute with `.` and `..` resolved by name, so that two
+/// configs naming one file by different relative paths agree (links are
+/// not followed: a link is served under its own name).
+fn same_file_path(path: &Path) -> std::io::Result<PathBuf> {
+    let mut out = PathBuf::new();
+    for part in std::path::absolute(path)?.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    Ok(out)
+}
+
+/// The model and adapter files `up` serves (from its start).
+struct Served {
+    models: Vec<ModelSpec>,
+    adapters: Vec<AdapterSpec>,
+}
+
+/// The tenant config files under `path` as they are now: each file's path,
+/// size and modification time.
+fn config_files(path: &Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![path.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        let Ok(meta) = std::fs::metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&p) {
+                todo.extend(entries.filter_map(Result::ok).map(|e| e.path()));
+            }
+        } else {
+            out.push((p, meta.len(), meta.modified().ok()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Applies the tenant configs under `path` again whenever its files change
+/// (looked at every 2 s), with the same all-or-nothing validation as at
+/// start and one line per tenant changed; a refused change is logged and
+/// the running configs stay. Model and adapter files must be among those
+/// `up` serves since its start (a new one needs a restart). A removed file
+/// deletes no tenant (`bulkhead tenant delete` archives one first).
+async fn reload_tenants(
+    admin: &bulkhead_control_plane::ControlPlaneClient,
+    path: &Path,
+    served: &Served,
+) {
+    let mut seen = config_files(path);
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let now = config_files(path);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        eprintln!(
+            "bulkhead up: the tenant configs in {} changed; applying them",
+            path.display()
+        );
+        if let Err(e) = reload_once(admin, path, served).await {
+            eprintln!(
+                "bulkhead up: the changed tenant configs in {} were not applied; the running ones stay: {e:#}",
+                path.display()
+            );
+        }
+    }
+}
+
+async fn reload_once(
+    admin: &bulkhead_control_plane::ControlPlaneClient,
+    path: &Path,
+    served: &Served,
+) -> anyhow::Result<()> {
+    let mut configs = crate::apply::load(path)?;
+    let mut models = served.models.clone();
+    serve_tenant_models(&mut configs, &mut models)?;
+    if let Some(new) = models.get(served.models.len()) {
+        anyhow::bail!(
+            "model_path {} is not served yet; restart `bulkhead up` to serve a new model file",
+            new.path.display()
+        );
+    }
+    let default_model = models.first().map(|m| m.name.as_str()).unwrap_or_default();
+    for a in tenant_adapters(&configs, default_model)? {
+        if !served
+            .adapters
+            .iter()
+            .any(|s| s.model == a.model && s.name == a.name)
+        {
+            anyhow::bail!(
+                "adapter_path {} is not served yet; restart `bulkhead up` to serve a new adapter file",
+                a.path.display()
+            );
+        }
+    }
+    crate::apply::apply(admin, configs).await
 }
 
 /// The credential of `up`'s own gateway or worker: the one saved in the
@@ -400,10 +517,10 @@ fn serve_tenant_models(
                 path.display()
             );
         }
-        let wanted = std::path::absolute(path)?;
+        let wanted = same_file_path(path)?;
         if let Some(served) = models
             .iter()
-            .find(|m| std::path::absolute(&m.path).is_ok_and(|p| p == wanted))
+            .find(|m| same_file_path(&m.path).is_ok_and(|p| p == wanted))
         {
             if let Some(t) = c.config.tenant.as_mut()
                 && t.model != served.name
@@ -462,7 +579,7 @@ fn tenant_adapters(
             .iter()
             .find(|a| a.model == model && a.name == t.adapter)
         {
-            Some(a) if std::path::absolute(&a.path)? == std::path::absolute(path)? => {}
+            Some(a) if same_file_path(&a.path)? == same_file_path(path)? => {}
             Some(a) => anyhow::bail!(
                 "{source}: adapter_path: {} would be served as `{model}:{}`, which another config serves from {}",
                 path.display(),
@@ -531,6 +648,13 @@ mod tests {
         );
         let named: Vec<&str> = configs.iter().map(LoadedConfig::model).collect();
         assert_eq!(named, ["smollm2", "smollm2", "other", "other"]);
+
+        // One file named by another relative path is still one file.
+        std::fs::create_dir_all(dir.path().join("sub")).expect("sub");
+        let mut again = vec![config("finance", &dir.path().join("sub/../other.gguf"))];
+        serve_tenant_models(&mut again, &mut models).expect("served");
+        assert_eq!(models.len(), 2, "no second copy of other.gguf");
+        assert_eq!(again[0].model(), "other");
 
         // Two different files under one name are still refused.
         let elsewhere = tempfile::tempdir().expect("temp dir");

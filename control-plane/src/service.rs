@@ -71,6 +71,16 @@ impl ControlPlaneService {
         }
     }
 
+    /// Whom a gateway's call is on behalf of, for the audit trail: what the
+    /// gateway sent as `x-bulkhead-actor` ("gateway gw-1 key key_…").
+    fn via<T>(req: &Request<T>) -> String {
+        req.metadata()
+            .get(ACTOR_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .map_or_else(|| "gateway".to_owned(), |v| v.chars().take(200).collect())
+    }
+
     /// Proposes an admin change that goes to the audit trail.
     async fn audited(&self, actor: String, command: Command) -> Result<Reply> {
         self.write(Command::Audited {

@@ -108,9 +108,13 @@ class ApiError extends Error {
 
 /** Calls the API with the signed-in credential (or `token`). */
 async function api(path, { method = 'GET', body, token, raw = false, signal, headers = {} } = {}) {
-  const secret = token ?? auth.get()?.secret;
+  const signedIn = auth.get();
+  const secret = token ?? signedIn?.secret;
   const h2 = { ...headers };
   if (secret) h2.authorization = `Bearer ${secret}`;
+  // A tenant's requests name their tenant, as the article's walkthrough
+  // shows in DevTools; the gateway refuses a key for another tenant.
+  if (!token && signedIn?.role === 'tenant' && signedIn.tenant) h2['x-tenant-id'] = signedIn.tenant;
   let payload;
   if (body !== undefined) {
     h2['content-type'] = 'application/json';
@@ -217,7 +221,7 @@ function viewSignin(message) {
         const key = $('#tenant-key').value.trim();
         try {
           const t = await api('/v1/tenant', { token: key });
-          auth.set({ role: 'tenant', secret: key, name: t.display_name });
+          auth.set({ role: 'tenant', secret: key, name: t.display_name, tenant: t.id });
           go('#/chat');
         } catch (err) {
           show(
@@ -311,6 +315,7 @@ async function viewChat() {
         h('h1', { id: 'tenant-name' }, t.display_name),
         h('button', { id: 'new-session', class: 'primary', type: 'button', onclick: newSession }, '+ New session'),
         h('ul', { id: 'sessions' }),
+        burstBox(t),
       ),
       h(
         'section',
@@ -392,6 +397,38 @@ async function loadSessions() {
 
 function markActive() {
   document.querySelectorAll('#sessions button').forEach((b) => b.classList.toggle('active', b.dataset.session === chat.current));
+}
+
+/** The "request burst quota" box, for tenants whose plan has bursts: a
+ * reason to send, and the tenant's latest requests with their decisions. */
+function burstBox(t) {
+  if (!t.features?.burst) return null;
+  const status = h('div', { id: 'burst-status', class: 'muted' });
+  const refresh = async () => {
+    const { data } = await api('/v1/burst_requests');
+    status.replaceChildren(
+      ...data.slice(0, 3).map((b) =>
+        h('div', { class: 'burst', dataset: { status: b.status } }, `${b.day}: ${b.status}, +${fmtInt(b.extra_tokens)} tokens`),
+      ),
+    );
+  };
+  const form = h(
+    'form',
+    {
+      id: 'burst-form',
+      onsubmit: attempt(status, async () => {
+        await api('/v1/burst_requests', { method: 'POST', body: { reason: $('#burst-reason').value } });
+        $('#burst-reason').value = '';
+        await refresh();
+      }),
+    },
+    h('h2', {}, 'More quota today'),
+    h('textarea', { id: 'burst-reason', placeholder: 'Why your team needs more tokens today', required: true }),
+    h('button', { id: 'burst-request', type: 'submit' }, 'Request burst quota'),
+    status,
+  );
+  refresh().catch((e) => show(status, 'error', e.message));
+  return form;
 }
 
 function newSession() {

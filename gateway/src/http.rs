@@ -36,6 +36,7 @@ use crate::route::{Workers, rank};
 mod admission;
 mod answer;
 mod auth;
+mod bursts;
 mod context;
 mod sessions;
 
@@ -85,6 +86,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/tenant", get(tenant_profile))
         .route("/v1/sessions", post(create_session).get(list_sessions))
+        .route(
+            "/v1/burst_requests",
+            post(bursts::request_burst).get(bursts::list_bursts),
+        )
         .route("/v1/sessions/{id}", delete(delete_session))
         .route("/v1/sessions/{id}/messages", get(session_messages))
         .route("/health", get(health))
@@ -185,6 +190,17 @@ async fn models(State(state): S, headers: HeaderMap) -> Result<axum::Json<Value>
 }
 
 /// The caller's tenant as its users see it.
+/// Whom a control-plane call is on behalf of, for the audit trail
+/// (`x-bulkhead-actor`): this gateway and the caller's key.
+fn actor(
+    state: &AppState,
+    caller: &Caller,
+) -> Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
+    format!("gateway {} key {}", state.gateway_id, caller.key_id)
+        .parse()
+        .ok()
+}
+
 async fn tenant_profile(
     State(state): S,
     headers: HeaderMap,
@@ -207,6 +223,9 @@ async fn tenant_profile(
             "max_concurrent": limits.max_concurrent,
             "max_request_tokens": limits.max_request_tokens,
             "context_turns": limits.context_turns,
+        },
+        "features": {
+            "burst": t.features.as_ref().is_some_and(|f| f.burst),
         },
     })))
 }

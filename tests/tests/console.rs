@@ -685,6 +685,113 @@ async fn an_operator_manages_tenants_and_exports_usage_in_the_browser() -> anyho
     Ok(())
 }
 
+/// The article's walkthrough (§4.3) in one browser: two tabs signed in as
+/// two tenants, sales and HR, ask and follow up in turn. Each follow-up's
+/// prompt carries its own session's history (its prompt grew by its own
+/// turns) and none of the other's (each transcript holds only its own code
+/// word); every request of each tab carried its own tenant's X-Tenant-ID.
+/// The enterprise tab shows the burst-request box and files one; the basic
+/// tab does not show it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tabs_of_one_browser_chat_as_two_tenants() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let up = Up::start(dir.path()).await?;
+    let sales = up.tenant_with_key("sales", &["--plan", "enterprise"])?;
+    let hr = up.tenant_with_key("hr", &["--plan", "basic"])?;
+    let b = Browser::start("two-tabs", dir.path()).await?;
+    // Records the X-Tenant-ID of every call the page makes.
+    let record = "window.__calls = []; const f = window.fetch;
+        window.fetch = (url, o = {}) => { window.__calls.push([String(url), (o.headers || {})['x-tenant-id'] || null]); return f(url, o); };
+        return true";
+    b.sign_in_tenant(&up.console, &sales).await?;
+    b.js(record).await?;
+    let tab1 = b.c.window().await?;
+    let tab2 = b.c.new_window(true).await?.handle;
+    b.c.switch_to_window(tab2.clone()).await?;
+    b.sign_in_tenant(&up.console, &hr).await?;
+    b.js(record).await?;
+
+    let steps = [
+        (&tab1, "Remember this code word: PINEAPPLE."),
+        (&tab2, "Remember this code word: GIRAFFE."),
+        (&tab1, "Repeat the code word."),
+        (&tab2, "Repeat the code word."),
+    ];
+    for (tab, text) in steps {
+        b.c.switch_to_window((*tab).clone()).await?;
+        b.send(text).await?;
+    }
+    b.shot("hr-tab").await?;
+    assert_eq!(b.count("#burst-form").await?, 0, "basic has no bursts");
+    b.c.switch_to_window(tab1.clone()).await?;
+    b.shot("sales-tab").await?;
+
+    for (tab, tenant, key, own, other) in [
+        (&tab1, "sales", &sales, "PINEAPPLE", "GIRAFFE"),
+        (&tab2, "hr", &hr, "GIRAFFE", "PINEAPPLE"),
+    ] {
+        b.c.switch_to_window(tab.clone()).await?;
+        let calls = b.js("return window.__calls").await?;
+        let calls = calls.as_array().context("calls")?;
+        assert!(
+            calls.iter().any(|c| c[0]
+                .as_str()
+                .is_some_and(|u| u.contains("/v1/chat/completions"))),
+            "{calls:?}"
+        );
+        for c in calls {
+            assert_eq!(c[1], tenant, "the {tenant} tab sent {c:?}");
+        }
+        let sessions = up.api.send(up.api.get("/v1/sessions", key)).await?.body;
+        let listed = sessions["data"].as_array().context("sessions")?;
+        assert_eq!(listed.len(), 1, "{sessions}");
+        let id = listed[0]["id"].as_str().context("id")?;
+        let turns = up
+            .api
+            .send(up.api.get(&format!("/v1/sessions/{id}/messages"), key))
+            .await?
+            .body;
+        let words: Vec<&str> = turns["data"]
+            .as_array()
+            .context("turns")?
+            .iter()
+            .filter_map(|t| t["content"].as_str())
+            .collect();
+        assert_eq!(words.len(), 4, "{turns}");
+        let all = words.join(" ");
+        assert!(all.contains(own) && !all.contains(other), "{tenant}: {all}");
+        let usage = eventually("both requests in the usage report", WAIT, || {
+            let up = &up;
+            async move {
+                let u = usage_report(up, tenant).await?;
+                (u["recent"].as_array()?.len() >= 2).then_some(u)
+            }
+        })
+        .await?;
+        let recent = usage["recent"].as_array().context("recent")?;
+        // Newest first: the follow-up's prompt holds its own first exchange.
+        let (follow, first) = (&recent[0], &recent[1]);
+        assert!(
+            follow["prompt_tokens"].as_u64() > first["prompt_tokens"].as_u64().map(|p| p + 5),
+            "{tenant}'s follow-up was sent with its session's context: {recent:?}"
+        );
+    }
+
+    // Sales (enterprise) asks for more quota from its tab.
+    b.c.switch_to_window(tab1).await?;
+    b.fill(
+        "#burst-reason",
+        "Quarter close: every rep is drafting offers.",
+    )
+    .await?;
+    b.click("#burst-request").await?;
+    b.wait_text("#burst-status", "pending").await?;
+    let listed = up.admin(&["burst", "list", "--tenant", "sales"])?;
+    assert!(listed.contains("pending"), "{listed}");
+    b.shot("burst-requested").await?;
+    b.close().await
+}
+
 /// Waits until the gateway refuses `key` (a revocation travels on the watch
 /// stream), with the API's code for it.
 async fn refused(up: &Up, key: &str) -> anyhow::Result<()> {

@@ -448,3 +448,99 @@ async fn one_tenant_cannot_flood_the_control_plane_with_sessions() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(create(key).await.status, 201);
 }
+
+/// The article's "request burst quota" button, from the tenant's side: an
+/// enterprise tenant files a request with its own key, the operator sees who
+/// asked and approves it, and the tenant sees the decision; the request
+/// sends `burst.requested` to the tenant's webhook. A tenant whose plan has
+/// no burst gets a clear 403, a bad body a 400 and a second request the same
+/// day a 409, and none of those files anything.
+#[tokio::test]
+async fn a_tenant_requests_a_burst_and_sees_the_operators_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path()).await.unwrap();
+    let big = up
+        .tenant_with_key("bigco", &["--plan", "enterprise", "--daily-tokens", "1000"])
+        .unwrap();
+    let small = up.tenant_with_key("smallco", &["--plan", "basic"]).unwrap();
+    up.admin(&[
+        "webhook",
+        "create",
+        "--tenant",
+        "bigco",
+        "--url",
+        "http://127.0.0.1:9/hook",
+        "--event",
+        "burst.requested",
+    ])
+    .unwrap();
+    let file = |key: &str, body: Value| {
+        let (api, key) = (up.api.clone(), key.to_owned());
+        async move {
+            api.send(api.post("/v1/burst_requests", &key).json(&body))
+                .await
+                .unwrap()
+        }
+    };
+    let mine = |key: &str| {
+        let (api, key) = (up.api.clone(), key.to_owned());
+        async move {
+            let a = api.send(api.get("/v1/burst_requests", &key)).await.unwrap();
+            assert_eq!(a.status, 200, "{:?}", a.body);
+            a.body["data"].as_array().unwrap().clone()
+        }
+    };
+    let refused = |a: &bulkhead_tests::system::Answer, status: u16, code: &str| {
+        assert_eq!(a.status, status, "{:?}", a.body);
+        assert_eq!(a.code(), code, "{:?}", a.body);
+        a.body["error"]["message"].as_str().unwrap().to_owned()
+    };
+
+    let a = file(&small, json!({"reason": "quarter close"})).await;
+    let message = refused(&a, 403, "burst_not_in_plan");
+    assert!(
+        message.contains("basic") && message.contains("enterprise"),
+        "{message}"
+    );
+    for body in [json!({"why": "quarter close"}), json!({"reason": "   "})] {
+        let a = file(&big, body).await;
+        assert_eq!(a.status, 400, "{:?}", a.body);
+        assert_eq!(a.body["error"]["param"], "reason", "{:?}", a.body);
+    }
+    assert!(
+        mine(&big).await.is_empty(),
+        "a refused request filed nothing"
+    );
+
+    let a = file(&big, json!({"reason": "quarter close"})).await;
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    assert_eq!(a.body["status"], "pending");
+    assert_eq!(a.body["extra_tokens"], 500, "enterprise bursts add 50%");
+    let id = a.body["id"].as_str().unwrap().to_owned();
+    let again = file(&big, json!({"reason": "even more"})).await;
+    refused(&again, 409, "conflict");
+
+    // The operator sees which key asked, and approves.
+    let listed = up.admin(&["burst", "list", "--tenant", "bigco"]).unwrap();
+    assert!(listed.contains(&id), "{listed}");
+    let audit = up.admin(&["audit", "list", "--tenant", "bigco"]).unwrap();
+    let key_id = up.key_id("bigco").unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("burst.requested") && l.contains(&key_id)),
+        "{audit}"
+    );
+    up.admin(&["burst", "approve", &id]).unwrap();
+    let seen = mine(&big).await;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0]["id"], id.as_str());
+    assert_eq!(seen[0]["status"], "approved");
+    assert!(seen[0]["decided_at"].as_i64().is_some(), "{seen:?}");
+    assert!(mine(&small).await.is_empty(), "a tenant sees only its own");
+
+    let deliveries = up
+        .admin(&["webhook", "deliveries", "--tenant", "bigco"])
+        .unwrap();
+    assert!(deliveries.contains("burst.requested"), "{deliveries}");
+}

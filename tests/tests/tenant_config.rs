@@ -524,7 +524,7 @@ async fn up_starts_with_the_tenants_and_models_its_configs_name() -> anyhow::Res
     // Good configs: up with both tenants, and the worker serves the file
     // acme names.
     let tenants_arg = tenants.display().to_string();
-    let up = Up::start_with(&work.path().join("data"), &["--tenants", &tenants_arg]).await?;
+    let mut up = Up::start_with(&work.path().join("data"), &["--tenants", &tenants_arg]).await?;
     let output = up.process.output();
     assert!(output.contains("created acme ("), "{output}");
     assert!(output.contains("created globex ("), "{output}");
@@ -564,6 +564,55 @@ async fn up_starts_with_the_tenants_and_models_its_configs_name() -> anyhow::Res
     );
     let acme_again = tenant(&client, "acme").await?;
     assert_eq!(acme_again.version, acme.version);
+
+    // Edits apply live, with a line naming what changed.
+    write(
+        &tenants.join("acme/config.yaml"),
+        "tenant_id: acme\nmodel_path: ../../models/tiny-chat.Q8_0.gguf\ndaily_quota: 60000\nmax_concurrent: 3\n",
+    )?;
+    let client = &client;
+    let edited = bulkhead_tests::system::eventually(
+        "the edited quota applied",
+        Duration::from_secs(30),
+        || async move {
+            let t = tenant(client, "acme").await.ok()?;
+            (limits(&t).0 == 60_000).then_some(t)
+        },
+    )
+    .await?;
+    assert!(edited.version > acme.version);
+    let line = up
+        .process
+        .wait_for("updated acme (", Duration::from_secs(10))?;
+    assert!(line.contains("daily_tokens"), "{line}");
+    // A refused edit is logged, and none of the change applies (all or
+    // nothing): the running configs stay.
+    write(
+        &tenants.join("globex.yaml"),
+        &format!("tenant_id: globex\nplan: pro\nmodel: {MODEL}\nmax_concurrent: many\n"),
+    )?;
+    write(
+        &tenants.join("initech.yaml"),
+        "tenant_id: initech\nmodel_path: ../models/tiny-chat.Q8_0.gguf\n",
+    )?;
+    let refusal = up
+        .process
+        .wait_for("were not applied", Duration::from_secs(30))?;
+    assert!(
+        refusal.contains("max_concurrent: invalid type"),
+        "{refusal}"
+    );
+    assert_eq!(tenant(client, "globex").await?.version, globex.version);
+    assert!(tenant(client, "initech").await.is_err(), "nothing applied");
+    // Fixed: the new tenant is created.
+    write(
+        &tenants.join("globex.yaml"),
+        &format!("tenant_id: globex\nplan: pro\nmodel: {MODEL}\n"),
+    )?;
+    bulkhead_tests::system::eventually("initech created", Duration::from_secs(30), || async move {
+        tenant(client, "initech").await.ok()
+    })
+    .await?;
     drop(up);
     Ok(())
 }

@@ -2,6 +2,8 @@
 //! (checked by the service's one interceptor, `callers::Caller::Admin`).
 
 use bulkhead_proto::control as pb;
+use std::time::Duration;
+
 use tonic::{Request, Response};
 
 use super::*;
@@ -41,16 +43,34 @@ impl pb::admin_server::Admin for ControlPlaneService {
             ))
             .into());
         }
+        // A learner first, sent what it lacks without holding this call (a
+        // big state goes by snapshot, for longer than a call may take); it
+        // becomes a voter once it has caught up.
         let raft = &self.node.raft;
-        raft.add_learner(r.id, Node::new(r.addr), true)
+        raft.add_learner(r.id, Node::new(r.addr), false)
             .await
             .map_err(raft_error)?;
-        raft.change_membership(
-            openraft::ChangeMembers::AddVoterIds(BTreeSet::from([r.id])),
-            false,
-        )
-        .await
-        .map_err(raft_error)?;
+        let target = raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
+        if caught_up(raft, r.id, target, Duration::from_secs(5)).await {
+            promote(raft, r.id).await?;
+        } else {
+            tracing::info!(
+                node = r.id,
+                "node added as a learner; it becomes a voter once it has caught up"
+            );
+            let (raft, id) = (raft.clone(), r.id);
+            tokio::spawn(async move {
+                if !caught_up(&raft, id, target, Duration::from_secs(24 * 3600)).await {
+                    return;
+                }
+                match promote(&raft, id).await {
+                    Ok(()) => tracing::info!(node = id, "node caught up and is a voter"),
+                    Err(e) => {
+                        tracing::warn!(node = id, error = %e, "promoting the caught-up learner failed; run add-node again")
+                    }
+                }
+            });
+        }
         Ok(Response::new(self.status()))
     }
 
@@ -224,7 +244,7 @@ impl pb::admin_server::Admin for ControlPlaneService {
     }
 
     async fn request_burst(&self, req: Request<pb::BurstRequest>) -> R<pb::Burst> {
-        ControlPlaneService::request_burst(self, req).await
+        ControlPlaneService::request_burst(self, Self::actor(&req), req.into_inner()).await
     }
 
     async fn decide_burst(&self, req: Request<pb::BurstDecision>) -> R<pb::Burst> {
@@ -298,4 +318,41 @@ fn credential_to_pb(c: crate::credentials::CredentialRecord) -> pb::Credential {
         created_at_ms: c.created_at_ms,
         revoked_at_ms: c.revoked_at_ms,
     }
+}
+
+/// Waits (for at most `within`, while this node leads) until learner `id`
+/// holds the log up to `target`.
+async fn caught_up(raft: &crate::raft::Raft, id: NodeId, target: u64, within: Duration) -> bool {
+    let started = std::time::Instant::now();
+    loop {
+        let matched = {
+            let m = raft.metrics();
+            let m = m.borrow_watched();
+            if m.state != ServerState::Leader {
+                return false;
+            }
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(&id).cloned().flatten())
+                .map_or(0, |l| l.index())
+        };
+        if matched >= target {
+            return true;
+        }
+        if started.elapsed() > within {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Makes learner `id` a voter.
+async fn promote(raft: &crate::raft::Raft, id: NodeId) -> Result<(), ControlPlaneError> {
+    raft.change_membership(
+        openraft::ChangeMembers::AddVoterIds(BTreeSet::from([id])),
+        false,
+    )
+    .await
+    .map_err(raft_error)?;
+    Ok(())
 }

@@ -11,9 +11,9 @@ use crate::state::{Command, Reply};
 use super::*;
 
 impl ControlPlaneService {
-    pub(super) async fn request_burst(&self, req: Request<pb::BurstRequest>) -> R<pb::Burst> {
-        let actor = Self::actor(&req);
-        let r = req.into_inner();
+    /// Files a burst request for the tenant's today, by `actor` (an
+    /// operator, or a tenant's key through a gateway).
+    pub(super) async fn request_burst(&self, actor: String, r: pb::BurstRequest) -> R<pb::Burst> {
         tenant_id(&r.tenant_id)?;
         let reason = r.reason.trim().to_owned();
         if reason.is_empty() || reason.len() > 2_000 {
@@ -292,12 +292,7 @@ impl ControlPlaneService {
         &self,
         req: Request<pb::ResolveSharedRequest>,
     ) -> R<pb::SnippetList> {
-        let via = req
-            .metadata()
-            .get(ACTOR_METADATA)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("gateway")
-            .to_owned();
+        let via = Self::via(&req);
         let r = req.into_inner();
         tenant_id(&r.tenant_id)?;
         if r.names.is_empty() || r.names.len() > 16 {

@@ -44,6 +44,16 @@ impl pb::member_server::Member for ControlPlaneService {
         ControlPlaneService::delete_session(self, req).await
     }
 
+    async fn request_burst(&self, req: Request<pb::BurstRequest>) -> R<pb::Burst> {
+        ControlPlaneService::request_burst(self, Self::via(&req), req.into_inner()).await
+    }
+
+    async fn list_bursts(&self, req: Request<pb::ListBurstsRequest>) -> R<pb::BurstList> {
+        // A gateway reads one tenant's bursts, never every tenant's.
+        tenant_id(&req.get_ref().tenant_id)?;
+        ControlPlaneService::list_bursts(self, req).await
+    }
+
     async fn watch(&self, req: Request<pb::WatchRequest>) -> R<Self::WatchStream> {
         // The stream lasts as long as the credential that opened it.
         let holder = req

@@ -218,10 +218,7 @@ pub(super) async fn shared_knowledge(
         names,
         user_id: user_id.to_owned(),
     };
-    let actor: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
-        format!("gateway {} key {}", state.gateway_id, caller.key_id)
-            .parse()
-            .ok();
+    let actor = super::actor(state, caller);
     let found = state
         .client
         .member()

@@ -39,7 +39,7 @@ fn session_json(s: &cp::Session) -> serde_json::Value {
 
 /// Sends a control-plane call made for the caller, with the request path's
 /// deadline.
-async fn for_caller<M, T, F, Fut>(
+pub(super) async fn for_caller<M, T, F, Fut>(
     state: &AppState,
     message: M,
     method: F,
