@@ -126,6 +126,7 @@ impl Target {
                     messages: vec![pb::ChatMessage {
                         role: "user".into(),
                         content: PROMPT.into(),
+                        ..Default::default()
                     }],
                     max_tokens: *tokens,
                     gateway_id: "bench-direct".into(),

@@ -189,6 +189,7 @@ mod tests {
         let m = |c: &str| pb::ChatMessage {
             role: "user".into(),
             content: c.into(),
+            ..Default::default()
         };
         assert_eq!(prompt_tokens(&[m("say something short"), m("")]), 11);
     }

@@ -10,6 +10,7 @@ pub mod fuzz;
 pub mod ids;
 pub mod json;
 pub mod openai;
+pub mod tools;
 pub mod usage;
 
 /// Generated code, nested as the proto packages are (`bulkhead.worker.v1`,

@@ -7,6 +7,8 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::tools::{CallParser, Piece, Tool, ToolCall, ToolChoice};
+
 /// An OpenAI chat completion request, plus bulkhead's `adapter`,
 /// `adapter_scale` and `session_id`, and `ignore_eos` (as vLLM and
 /// llama-server take it: generate to `max_tokens` past end-of-sequence).
@@ -31,6 +33,9 @@ pub struct ChatRequest {
     pub session_id: Option<String>,
     #[serde(default)]
     pub ignore_eos: bool,
+    /// Functions the model may call: see [`crate::tools`].
+    pub tools: Option<Vec<Value>>,
+    pub tool_choice: Option<Value>,
 }
 
 impl ChatRequest {
@@ -61,6 +66,12 @@ impl ChatRequest {
         }
     }
 
+    /// The request's tools and tool choice, checked; the error names its
+    /// field.
+    pub fn tools(&self) -> Result<(Vec<Tool>, ToolChoice), (String, &'static str)> {
+        crate::tools::parse(self.tools.as_deref(), self.tool_choice.as_ref())
+    }
+
     /// The seed as llama.cpp takes it (OpenAI seeds are 64-bit).
     pub fn seed32(&self) -> Option<u32> {
         self.seed.map(|s| (s as u64 & u64::from(u32::MAX)) as u32)
@@ -84,9 +95,22 @@ pub enum Stop {
 pub struct RawMessage {
     pub role: String,
     pub content: Option<Content>,
+    /// An assistant message's calls, as the client got them.
+    pub tool_calls: Option<Vec<Value>>,
+    /// A `tool` message: the call it answers.
+    pub tool_call_id: Option<String>,
 }
 
 impl RawMessage {
+    /// The message's tool calls, checked.
+    pub fn calls(&self) -> Result<Vec<ToolCall>, String> {
+        self.tool_calls
+            .iter()
+            .flatten()
+            .map(ToolCall::from_openai)
+            .collect()
+    }
+
     /// The message's text; only text content parts are supported.
     pub fn text(&self) -> Result<String, String> {
         match &self.content {
@@ -128,6 +152,7 @@ pub struct ContentPart {
 pub fn finish_reason(reason: &str) -> &'static str {
     match reason {
         "length" => "length",
+        "tool_calls" => "tool_calls",
         _ => "stop",
     }
 }
@@ -222,6 +247,123 @@ impl Completion {
     }
 }
 
+/// One answer as it is given out, whole or streamed: the model's text, read
+/// for tool calls when the request offered tools. Both front ends (the
+/// gateway and the worker's own API) answer through it.
+#[derive(Debug)]
+pub struct Reply {
+    completion: Completion,
+    parser: Option<CallParser>,
+    /// The text given out as content.
+    content: String,
+    calls: Vec<ToolCall>,
+}
+
+impl Reply {
+    /// `tools`: whether the model's text is read for tool calls.
+    pub fn new(completion: Completion, tools: bool) -> Self {
+        let parser = tools.then(|| CallParser::new(completion.id.trim_start_matches("chatcmpl-")));
+        Self {
+            completion,
+            parser,
+            content: String::new(),
+            calls: Vec::new(),
+        }
+    }
+
+    /// The first chunk of a stream.
+    pub fn role_chunk(&self) -> Value {
+        self.completion.role_chunk()
+    }
+
+    /// The text given out as content so far (what a session keeps).
+    pub fn content(&self) -> &str {
+        &self.content
+    }
+
+    pub fn calls(&self) -> &[ToolCall] {
+        &self.calls
+    }
+
+    fn take(&mut self, pieces: Vec<Piece>) -> Vec<Value> {
+        let mut chunks = Vec::new();
+        for piece in pieces {
+            match piece {
+                Piece::Text(text) => {
+                    self.content.push_str(&text);
+                    chunks.push(self.completion.text_chunk(&text));
+                }
+                Piece::Call(call) => {
+                    let index = self.calls.len();
+                    // As OpenAI streams a call: id and name, then the arguments.
+                    chunks.push(self.completion.chunk(
+                        json!({"tool_calls": [{"index": index, "id": call.id, "type": "function",
+                            "function": {"name": call.name, "arguments": ""}}]}),
+                        None,
+                    ));
+                    chunks.push(self.completion.chunk(
+                        json!({"tool_calls": [{"index": index, "function": {"arguments": call.arguments}}]}),
+                        None,
+                    ));
+                    self.calls.push(call);
+                }
+            }
+        }
+        chunks
+    }
+
+    /// The chunks a piece of the model's text makes.
+    pub fn delta(&mut self, text: &str) -> Vec<Value> {
+        match self.parser.as_mut() {
+            None => self.take(vec![Piece::Text(text.to_owned())]),
+            Some(p) => {
+                let pieces = p.feed(text);
+                self.take(pieces)
+            }
+        }
+    }
+
+    /// Reads what the parser held back; the finish reason becomes
+    /// `tool_calls` when the model called a tool.
+    fn flush(&mut self, finish: &str) -> (Vec<Value>, &'static str) {
+        let pieces = self
+            .parser
+            .as_mut()
+            .map(CallParser::finish)
+            .unwrap_or_default();
+        let chunks = self.take(pieces);
+        let finish = if !self.calls.is_empty() && finish != "length" {
+            "tool_calls"
+        } else {
+            finish_reason(finish)
+        };
+        (chunks, finish)
+    }
+
+    /// The chunks that end a stream: what was held back, then
+    /// [`Completion::final_chunks`].
+    pub fn final_chunks(&mut self, finish: &str, usage: Value, include_usage: bool) -> Vec<Value> {
+        let (mut chunks, finish) = self.flush(finish);
+        chunks.extend(self.completion.final_chunks(finish, usage, include_usage));
+        chunks
+    }
+
+    /// The whole answer, once the model's text has been given to
+    /// [`Self::delta`].
+    pub fn message(&mut self, finish: &str, usage: Value) -> Value {
+        let (_, finish) = self.flush(finish);
+        let mut body = self.completion.message(&self.content, finish, usage);
+        if !self.calls.is_empty() {
+            let message = &mut body["choices"][0]["message"];
+            message["tool_calls"] = self.calls.iter().map(ToolCall::to_openai).collect();
+            if self.content.trim().is_empty() {
+                message["content"] = Value::Null;
+            }
+        }
+        body
+    }
+}
+
 #[cfg(test)]
 mod fuzz {
     use proptest::prelude::*;
@@ -255,6 +397,8 @@ mod fuzz {
                 "adapter_scale",
                 "session_id",
                 "ignore_eos",
+                "tools",
+                "tool_choice",
             ]),
             prop::collection::vec(message(), 0..4),
         )
@@ -273,7 +417,13 @@ mod fuzz {
             match ChatRequest::parse(&body) {
                 Ok(req) => {
                     let _ = (req.max_tokens(), req.include_usage(), req.stop_sequences(), req.seed32());
+                    if let Err((e, field)) = req.tools() {
+                        prop_assert!(!e.is_empty() && field.starts_with("tool"));
+                    }
                     for m in &req.messages {
+                        if let Err(e) = m.calls() {
+                            prop_assert!(!e.is_empty());
+                        }
                         if let Err(e) = m.text() {
                             prop_assert!(!e.is_empty());
                         }

@@ -6,6 +6,7 @@ and BULKHEAD_API_KEY (a tenant key). Prints one `ok ...` line per check and
 exits 0; the first failed check exits non-zero with a message.
 """
 
+import json
 import os
 import sys
 import traceback
@@ -125,6 +126,90 @@ def unknown_model(client):
         raise AssertionError("an unknown model was accepted")
 
 
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The current weather in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
+FORCED = {"type": "function", "function": {"name": "get_weather"}}
+
+
+def check_call(name, arguments, what):
+    check(name == "get_weather", f"{what}: called {name!r}")
+    args = json.loads(arguments)
+    check(isinstance(args.get("city"), str), f"{what}: arguments {arguments!r}")
+    return args
+
+
+def tools(client):
+    # The SDK's tool-calling example, whole: a forced call of get_weather.
+    resp = client.chat.completions.create(
+        model=MODEL, messages=ASK_WEATHER, tools=TOOLS, tool_choice=FORCED,
+        max_tokens=48, temperature=0,
+    )
+    choice = resp.choices[0]
+    check(choice.finish_reason == "tool_calls", f"finish {choice.finish_reason!r}: {resp!r}")
+    calls = choice.message.tool_calls or []
+    check(len(calls) == 1 and calls[0].type == "function", f"tool_calls {calls!r}")
+    args = check_call(calls[0].function.name, calls[0].function.arguments, "whole")
+    check(calls[0].id.startswith("call_"), f"id {calls[0].id!r}")
+    print(f"ok tool call: get_weather({args}) id={calls[0].id}")
+    # Streamed: the call arrives as delta.tool_calls, assembled by index.
+    chunks = client.chat.completions.create(
+        model=MODEL, messages=ASK_WEATHER, tools=TOOLS, tool_choice=FORCED,
+        max_tokens=48, temperature=0, stream=True,
+    )
+    parts, finish = {}, None
+    for chunk in chunks:
+        for c in chunk.choices:
+            for d in c.delta.tool_calls or []:
+                part = parts.setdefault(d.index, {"id": None, "name": "", "arguments": ""})
+                part["id"] = d.id or part["id"]
+                if d.function is not None:
+                    part["name"] += d.function.name or ""
+                    part["arguments"] += d.function.arguments or ""
+            finish = c.finish_reason or finish
+    check(finish == "tool_calls", f"streamed finish {finish!r}")
+    check(list(parts) == [0], f"streamed calls {parts!r}")
+    streamed = check_call(parts[0]["name"], parts[0]["arguments"], "streamed")
+    check(streamed == args, f"streamed {streamed!r} differs from whole {args!r}")
+    print(f"ok streamed tool call: {parts[0]['name']}({streamed})")
+    # The tool's result goes back as a `tool` message; the model answers.
+    follow = ASK_WEATHER + [
+        {"role": "assistant", "content": None, "tool_calls": [calls[0].model_dump()]},
+        {"role": "tool", "tool_call_id": calls[0].id, "content": json.dumps({"temp_c": 21})},
+    ]
+    resp = client.chat.completions.create(
+        model=MODEL, messages=follow, tools=TOOLS, tool_choice="none",
+        max_tokens=16, temperature=0,
+    )
+    answer = resp.choices[0]
+    check(answer.finish_reason in ("stop", "length"), f"finish {answer.finish_reason!r}")
+    check(bool(answer.message.content) and not answer.message.tool_calls, f"answer {resp!r}")
+    print(f"ok tool result answered: {answer.message.content!r}")
+    # A tool_choice naming no given tool is a 400 that names the field.
+    try:
+        client.chat.completions.create(
+            model=MODEL, messages=ASK_WEATHER, tools=TOOLS, max_tokens=4,
+            tool_choice={"type": "function", "function": {"name": "send_email"}},
+        )
+    except openai.BadRequestError as e:
+        check(e.status_code == 400 and e.param == "tool_choice", f"{e.status_code} {e.param!r}")
+        print(f"ok unknown tool_choice: BadRequestError param={e.param}")
+    else:
+        raise AssertionError("a tool_choice naming no given tool was accepted")
+
+
 def main():
     base_url = os.environ["BULKHEAD_BASE_URL"]
     client = OpenAI(
@@ -135,6 +220,7 @@ def main():
     chat(client)
     stream(client)
     session(client)
+    tools(client)
     errors(base_url)
     unknown_model(client)
     print("all checks passed")

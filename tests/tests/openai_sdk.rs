@@ -1,8 +1,9 @@
 //! The official `openai` Python package (pinned in scripts/setup.sh, installed
 //! into `~/.cache/bulkhead/venv`) against `bulkhead up` with the real model:
 //! model listing, a chat completion, a stream with its usage chunk, a
-//! session's stream, and the SDK's own exception types for a bad key (401)
-//! and an unknown model (404). The checks live in tests/python/openai_sdk.py;
+//! session's stream, the SDK's tool-calling example (a forced call, whole
+//! and streamed, and the tool's result sent back), and the SDK's own
+//! exception types for a bad key (401) and an unknown model (404). The checks live in tests/python/openai_sdk.py;
 //! this test starts the system, runs the script and reads its verdict.
 #![allow(clippy::unwrap_used)]
 

@@ -279,6 +279,7 @@ fn request(
             .map(|(role, content)| pb::ChatMessage {
                 role: (*role).into(),
                 content: content.clone(),
+                ..Default::default()
             })
             .collect(),
         max_tokens,
@@ -517,6 +518,7 @@ pub async fn run_bench(
                 .map(|(r, c)| pb::ChatMessage {
                     role: (*r).into(),
                     content: c.clone(),
+                    ..Default::default()
                 })
                 .collect(),
         })

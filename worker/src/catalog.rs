@@ -21,11 +21,13 @@ use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaLoraAdapter, 
 use llama_cpp_2::token::LlamaToken;
 
 use crate::error::WorkerError;
-use crate::request::{ChatMessage, GenerateParams};
+use crate::request::{ChatMessage, GenerateParams, Role};
+use bulkhead_proto::tools::{Tool, ToolChoice};
 
 mod files;
 pub mod ollama;
 mod progress;
+mod tools;
 
 pub use files::{
     AdapterSpec, DEMO_MODEL_FILE, ModelSpec, default_memory_budget, demo_model_path, model_files,
@@ -82,6 +84,9 @@ pub struct CatalogModel {
     pub(crate) id: u64,
     pub(crate) model: LlamaModel,
     template: LlamaChatTemplate,
+    /// The template's text when it knows tools: requests with tools are
+    /// rendered from it (see [`tools`]).
+    tool_template: Option<String>,
     pub adapters: Vec<String>,
     /// The adapters' handles, in the order of `adapters`. llama.cpp frees
     /// them with the model; the engine thread alone applies them.
@@ -104,6 +109,8 @@ pub struct Prepared {
     pub adapter: Option<(usize, f32)>,
     pub prompt: Vec<LlamaToken>,
     pub max_tokens: u32,
+    /// GBNF the answer must follow (a forced tool call).
+    pub grammar: Option<String>,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -114,6 +121,7 @@ impl std::fmt::Debug for Prepared {
             .field("adapter", &self.adapter)
             .field("prompt", &self.prompt.len())
             .field("max_tokens", &self.max_tokens)
+            .field("grammar", &self.grammar.is_some())
             .finish()
     }
 }
@@ -210,12 +218,18 @@ fn load_model(
     let kv_bytes_per_token =
         2 * u64::from(model.n_layer()) * u64::from(model.n_head_kv()) * head_dim * 2;
     progress.set(&spec.name, 1.0);
+    let tool_template = template
+        .to_str()
+        .ok()
+        .filter(|t| t.contains("tools"))
+        .map(str::to_owned);
     Ok(CatalogModel {
         name: spec.name.clone(),
         id: 0,
         context_window: settings.context_window.min(model.n_ctx_train()),
         model,
         template,
+        tool_template,
         adapters: names,
         loras: Mutex::new(loras),
         kv_bytes_per_token,
@@ -363,25 +377,65 @@ impl Catalog {
             .ok_or_else(|| WorkerError::UnknownModel(name.to_owned()))
     }
 
-    /// Renders the messages with the model's chat template and tokenizes
-    /// them. Only the template's own text may hold special tokens: each
-    /// message's content is rendered as a marker, and tokenized in its place
-    /// with special-token parsing off, so a user who types `<|im_start|>`
-    /// gets those characters, never the control token.
+    /// Renders the messages (and the tools offered, unless `tool_choice` is
+    /// `none`) with the model's chat template and tokenizes them. Only the
+    /// template's own text may hold special tokens: each message's content
+    /// is rendered as a marker, and tokenized in its place with
+    /// special-token parsing off, so a user who types `<|im_start|>` gets
+    /// those characters, never the control token.
     fn tokenize(
         m: &CatalogModel,
         messages: &[ChatMessage],
+        tools: &[Tool],
+        choice: &ToolChoice,
     ) -> Result<Vec<LlamaToken>, WorkerError> {
-        let chat = messages
-            .iter()
-            .enumerate()
-            .map(|(i, msg)| LlamaChatMessage::new(msg.role.as_str().to_owned(), marker(i)))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| WorkerError::invalid(format!("message: {e}"), Some("messages")))?;
-        let text = m
-            .model
-            .apply_chat_template(&m.template, &chat, true)
-            .map_err(|e| WorkerError::invalid(format!("chat template: {e}"), Some("messages")))?;
+        let tools = if *choice == ToolChoice::None {
+            &[]
+        } else {
+            tools
+        };
+        let with_tools = !tools.is_empty()
+            || messages
+                .iter()
+                .any(|m| !m.tool_calls.is_empty() || m.role == Role::Tool);
+        let written;
+        let (text, messages) = match (&m.tool_template, with_tools) {
+            (Some(source), true) => {
+                let vocab = m.model.vocab();
+                let piece = |t: LlamaToken| {
+                    String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned()
+                };
+                let bos = piece(vocab.bos());
+                let text =
+                    tools::render(source, messages, tools, marker, &bos, &piece(vocab.eos()))?;
+                // The tokenizer adds the BOS token itself, where the model has one.
+                let text = match text.strip_prefix(bos.as_str()) {
+                    Some(rest) if !bos.is_empty() => rest.to_owned(),
+                    _ => text,
+                };
+                (text, messages)
+            }
+            _ => {
+                written = if with_tools {
+                    tools::written_in(messages, tools)
+                } else {
+                    messages.to_vec()
+                };
+                let chat = written
+                    .iter()
+                    .enumerate()
+                    .map(|(i, msg)| LlamaChatMessage::new(msg.role.as_str().to_owned(), marker(i)))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| WorkerError::invalid(format!("message: {e}"), Some("messages")))?;
+                let text = m
+                    .model
+                    .apply_chat_template(&m.template, &chat, true)
+                    .map_err(|e| {
+                        WorkerError::invalid(format!("chat template: {e}"), Some("messages"))
+                    })?;
+                (text, written.as_slice())
+            }
+        };
         let vocab = m.model.vocab();
         let mut tokens = Vec::new();
         let mut rest = text.as_str();
@@ -411,7 +465,7 @@ impl Catalog {
     ) -> Result<(u32, u32), WorkerError> {
         crate::request::validate_messages(messages)?;
         let m = self.find(model)?;
-        let tokens = Self::tokenize(&m, messages)?;
+        let tokens = Self::tokenize(&m, messages, &[], &ToolChoice::Auto)?;
         Ok((saturating_u32(tokens.len()), m.context_window))
     }
 
@@ -432,7 +486,8 @@ impl Catalog {
                 Some((index, params.adapter_scale))
             }
         };
-        let prompt = Self::tokenize(&m, &params.messages)?;
+        let prompt = Self::tokenize(&m, &params.messages, &params.tools, &params.tool_choice)?;
+        let grammar = tools::grammar(&params.tools, &params.tool_choice);
         let prompt_tokens = saturating_u32(prompt.len());
         // The tenant's own window binds when it is the smaller one.
         let tenant_window = params.context_window.filter(|&w| w < m.context_window);
@@ -461,6 +516,7 @@ impl Catalog {
             adapter,
             prompt,
             max_tokens,
+            grammar,
         })
     }
 }

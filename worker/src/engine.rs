@@ -134,6 +134,7 @@ impl Engine {
             adapter: prepared.adapter,
             prompt: Vec::new(),
             max_tokens: prepared.max_tokens,
+            grammar: None,
         };
         let (events, rx) = tokio::sync::mpsc::unbounded_channel();
         let commands = self

@@ -72,7 +72,7 @@ impl pb::worker_server::Worker for WorkerService {
         let messages = req
             .messages
             .into_iter()
-            .map(|m| ChatMessage::new(&m.role, m.content))
+            .map(ChatMessage::try_from)
             .collect::<Result<Vec<_>, _>>()?;
         let (prompt_tokens, context_window) =
             self.engine.catalog().count_tokens(&req.model, &messages)?;

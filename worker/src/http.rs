@@ -199,10 +199,17 @@ fn parse_request(
             let text = m
                 .text()
                 .map_err(|e| WorkerError::invalid(e, Some("messages")))?;
-            ChatMessage::new(&m.role, text)
+            let calls = m
+                .calls()
+                .map_err(|e| WorkerError::invalid(e, Some("messages")))?;
+            Ok(ChatMessage::new(&m.role, text)?
+                .with_tools(calls, m.tool_call_id.clone().unwrap_or_default()))
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, WorkerError>>()?;
     validate_messages(&messages)?;
+    let (tools, tool_choice) = req
+        .tools()
+        .map_err(|(e, field)| WorkerError::invalid(e, Some(field)))?;
     let stop = req.stop_sequences();
     validate_stop(&stop)?;
     let session = match header_id(headers, SESSION_HEADER, |s| SessionId::new(s))? {
@@ -255,6 +262,8 @@ fn parse_request(
         context_window: None,
         // No gateway admitted it: the day it finishes.
         quota_day: String::new(),
+        tools,
+        tool_choice,
     };
     Ok((params, req.stream, include_usage))
 }
@@ -307,19 +316,22 @@ async fn respond(
     };
     let completion =
         openai::Completion::new(prepared.params.request_id.as_str(), &prepared.params.model);
+    let first = completion.role_chunk();
+    let mut reply = openai::Reply::new(completion, prepared.params.reads_tool_calls());
     let request_header = [(REQUEST_ID_HEADER, prepared.params.request_id.to_string())];
     if !stream {
         let mut events = events;
-        let mut text = String::new();
         while let Some(event) = events.recv().await {
             match event {
-                Event::Delta(delta) => text.push_str(&delta),
+                Event::Delta(delta) => {
+                    reply.delta(&delta);
+                }
                 Event::Failed(err) => {
                     tracing::warn!(error = %err, "request failed");
                     return err.into_response();
                 }
                 Event::Finished(f) => {
-                    let body = completion.message(&text, f.finish_reason.as_str(), usage_json(&f));
+                    let body = reply.message(f.finish_reason.as_str(), usage_json(&f));
                     return (request_header, axum::Json(body)).into_response();
                 }
             }
@@ -327,13 +339,16 @@ async fn respond(
         return WorkerError::Engine("the engine ended the request without an answer".into())
             .into_response();
     }
-    let first = completion.role_chunk();
     let head = futures::stream::once(async move { SseEvent::default().json_data(first) });
     let body = UnboundedReceiverStream::new(events).flat_map(move |event| {
         let out: Vec<Result<SseEvent, axum::Error>> = match event {
-            Event::Delta(text) => vec![SseEvent::default().json_data(completion.text_chunk(&text))],
+            Event::Delta(text) => reply
+                .delta(&text)
+                .into_iter()
+                .map(|c| SseEvent::default().json_data(c))
+                .collect(),
             Event::Finished(f) => {
-                let mut out: Vec<_> = completion
+                let mut out: Vec<_> = reply
                     .final_chunks(f.finish_reason.as_str(), usage_json(&f), include_usage)
                     .into_iter()
                     .map(|c| SseEvent::default().json_data(c))

@@ -2,6 +2,7 @@
 //! domain types. Both front ends (gRPC and the OpenAI-compatible HTTP API)
 //! convert into [`GenerateParams`] here, so validation is written once.
 
+use bulkhead_proto::tools::{Tool, ToolCall, ToolChoice};
 use bulkhead_proto::worker as pb;
 use bulkhead_proto::{EventId, GatewayId, RequestId, SessionId, TenantId, UserId};
 
@@ -50,6 +51,10 @@ impl Role {
 pub struct ChatMessage {
     pub role: Role,
     pub content: String,
+    /// An assistant message's tool calls.
+    pub tool_calls: Vec<ToolCall>,
+    /// A tool message: the call it answers.
+    pub tool_call_id: String,
 }
 
 impl ChatMessage {
@@ -64,7 +69,26 @@ impl ChatMessage {
         Ok(Self {
             role: Role::parse(role)?,
             content,
+            tool_calls: Vec::new(),
+            tool_call_id: String::new(),
         })
+    }
+
+    /// The message with an assistant's tool calls, or a tool's answer to
+    /// call `tool_call_id`.
+    pub fn with_tools(mut self, calls: Vec<ToolCall>, tool_call_id: String) -> Self {
+        self.tool_calls = calls;
+        self.tool_call_id = tool_call_id;
+        self
+    }
+}
+
+impl TryFrom<pb::ChatMessage> for ChatMessage {
+    type Error = WorkerError;
+
+    fn try_from(m: pb::ChatMessage) -> Result<Self, WorkerError> {
+        let calls = m.tool_calls.iter().map(ToolCall::from).collect();
+        Ok(Self::new(&m.role, m.content)?.with_tools(calls, m.tool_call_id))
     }
 }
 
@@ -82,7 +106,10 @@ pub fn validate_messages(messages: &[ChatMessage]) -> Result<(), WorkerError> {
             Some("messages"),
         ));
     }
-    if messages.iter().all(|m| m.content.trim().is_empty()) {
+    if messages
+        .iter()
+        .all(|m| m.content.trim().is_empty() && m.tool_calls.is_empty())
+    {
         return Err(WorkerError::invalid(
             "every message is empty: send at least one message with content",
             Some("messages"),
@@ -190,6 +217,16 @@ pub struct GenerateParams {
     /// The quota day the gateway admitted the request under (empty: none),
     /// passed on in the usage event.
     pub quota_day: String,
+    /// Functions the model may call, and which it must.
+    pub tools: Vec<Tool>,
+    pub tool_choice: ToolChoice,
+}
+
+impl GenerateParams {
+    /// Whether the model's text is read for tool calls: tools were offered.
+    pub fn reads_tool_calls(&self) -> bool {
+        !self.tools.is_empty() && self.tool_choice != ToolChoice::None
+    }
 }
 
 /// The span every log line of a request's handling carries: tenant, user,
@@ -220,6 +257,22 @@ pub fn validate_stop(stop: &[String]) -> Result<(), WorkerError> {
     Ok(())
 }
 
+/// A forced call needs a tool to call.
+pub fn check_tool_choice(tools: &[Tool], choice: &ToolChoice) -> Result<(), WorkerError> {
+    let missing = match choice {
+        ToolChoice::Required => tools.is_empty(),
+        ToolChoice::Function(name) => !tools.iter().any(|t| &t.name == name),
+        ToolChoice::Auto | ToolChoice::None => false,
+    };
+    if missing {
+        return Err(WorkerError::invalid(
+            "tool_choice names a call of a tool the request does not give",
+            Some("tool_choice"),
+        ));
+    }
+    Ok(())
+}
+
 fn optional_id<T>(
     value: &str,
     parse: impl Fn(&str) -> Result<T, bulkhead_proto::IdError>,
@@ -244,8 +297,17 @@ impl TryFrom<pb::GenerateRequest> for GenerateParams {
         let messages = req
             .messages
             .into_iter()
-            .map(|m| ChatMessage::new(&m.role, m.content))
+            .map(ChatMessage::try_from)
             .collect::<Result<Vec<_>, _>>()?;
+        let tools = req
+            .tools
+            .iter()
+            .map(Tool::try_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| WorkerError::invalid(e, Some("tools")))?;
+        let tool_choice = ToolChoice::from_wire(&req.tool_choice, &req.tool_choice_name)
+            .map_err(|e| WorkerError::invalid(e, Some("tool_choice")))?;
+        check_tool_choice(&tools, &tool_choice)?;
         validate_messages(&messages)?;
         validate_stop(&req.stop)?;
         let sampling = req.sampling.unwrap_or_default();
@@ -273,6 +335,8 @@ impl TryFrom<pb::GenerateRequest> for GenerateParams {
             stop: req.stop,
             context_window: (req.context_window != 0).then_some(req.context_window),
             quota_day: req.quota_day,
+            tools,
+            tool_choice,
         })
     }
 }

@@ -206,6 +206,7 @@ async fn bad_requests_get_clear_errors_and_the_worker_keeps_serving() {
             messages: vec![pb::ChatMessage {
                 role: "user".into(),
                 content: "Hello".into(),
+                ..Default::default()
             }],
         })
         .await

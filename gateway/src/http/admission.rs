@@ -173,16 +173,18 @@ pub(super) async fn admit_and_generate(
         started,
     };
     let completion = openai::Completion::new(&p.request.request_id, &p.request.model);
+    let reads_calls = !p.request.tools.is_empty() && p.request.tool_choice != "none";
+    let reply = openai::Reply::new(completion, reads_calls);
     if p.stream {
         Ok(stream_answer(
             outcome,
             permit,
             stream,
-            completion,
+            reply,
             p.include_usage,
             &p.request.request_id,
         ))
     } else {
-        Ok(whole_answer(outcome, permit, stream, completion, &p.request.request_id).await)
+        Ok(whole_answer(outcome, permit, stream, reply, &p.request.request_id).await)
     }
 }

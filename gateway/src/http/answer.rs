@@ -113,10 +113,9 @@ pub(super) async fn whole_answer(
     mut outcome: Outcome,
     permit: Permit,
     mut stream: tonic::Streaming<pb::GenerateResponse>,
-    completion: openai::Completion,
+    mut reply: openai::Reply,
     request_id: &str,
 ) -> Response {
-    let mut text = String::new();
     let deadline = outcome.deadline();
     let error = loop {
         let Ok(next) = tokio::time::timeout_at(deadline, stream.next()).await else {
@@ -127,16 +126,15 @@ pub(super) async fn whole_answer(
             Some(Ok(pb::GenerateResponse {
                 kind: Some(pb::generate_response::Kind::Delta(d)),
             })) => {
-                text.push_str(&d.text);
+                reply.delta(&d.text);
             }
             Some(Ok(pb::GenerateResponse {
                 kind: Some(pb::generate_response::Kind::Finished(f)),
             })) => {
                 let budget = permit.budget();
-                outcome.settle(permit, &f, &text).await;
-                let mut response =
-                    axum::Json(completion.message(&text, &f.finish_reason, usage_json(&f)))
-                        .into_response();
+                let body = reply.message(&f.finish_reason, usage_json(&f));
+                outcome.settle(permit, &f, reply.content()).await;
+                let mut response = axum::Json(body).into_response();
                 answer_headers(response.headers_mut(), request_id, budget);
                 outcome.observe(200);
                 drain(stream);
@@ -157,10 +155,11 @@ pub(super) fn stream_answer(
     mut outcome: Outcome,
     permit: Permit,
     mut stream: tonic::Streaming<pb::GenerateResponse>,
-    completion: openai::Completion,
+    mut reply: openai::Reply,
     include_usage: bool,
     request_id: &str,
 ) -> Response {
+    let first = reply.role_chunk();
     let budget = permit.budget();
     let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(64);
     let span = tracing::Span::current();
@@ -171,10 +170,9 @@ pub(super) fn stream_answer(
                 async move { tx.send(event).await.is_ok() }
             };
             let json = |value: serde_json::Value| SseEvent::default().data(value.to_string());
-            if !send(json(completion.role_chunk())).await {
+            if !send(json(first)).await {
                 return;
             }
-            let mut text = String::new();
             let mut permit = Some(permit);
             let deadline = outcome.deadline();
             loop {
@@ -190,23 +188,24 @@ pub(super) fn stream_answer(
                     Some(Ok(pb::GenerateResponse {
                         kind: Some(pb::generate_response::Kind::Delta(d)),
                     })) => {
-                        text.push_str(&d.text);
-                        if !send(json(completion.text_chunk(&d.text))).await {
-                            // The client went away: dropping the stream
-                            // cancels the request on the worker.
-                            outcome.observe(499);
-                            return;
+                        for chunk in reply.delta(&d.text) {
+                            if !send(json(chunk)).await {
+                                // The client went away: dropping the stream
+                                // cancels the request on the worker.
+                                outcome.observe(499);
+                                return;
+                            }
                         }
                     }
                     Some(Ok(pb::GenerateResponse {
                         kind: Some(pb::generate_response::Kind::Finished(f)),
                     })) => {
+                        let last =
+                            reply.final_chunks(&f.finish_reason, usage_json(&f), include_usage);
                         if let Some(permit) = permit.take() {
-                            outcome.settle(permit, &f, &text).await;
+                            outcome.settle(permit, &f, reply.content()).await;
                         }
-                        for chunk in
-                            completion.final_chunks(&f.finish_reason, usage_json(&f), include_usage)
-                        {
+                        for chunk in last {
                             send(json(chunk)).await;
                         }
                         send(SseEvent::default().data("[DONE]")).await;

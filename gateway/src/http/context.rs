@@ -90,11 +90,18 @@ pub(super) async fn prepare(
         Some(raw) => Some(session_id(raw)?),
         None => None,
     };
+    let (tools, tool_choice) = req
+        .tools()
+        .map_err(|(e, field)| GatewayError::bad_request(e, Some(field)))?;
+    let (tool_choice, tool_choice_name) = tool_choice.to_wire();
     let mut new_turns = Vec::with_capacity(req.messages.len());
     let mut messages = Vec::new();
     for m in &req.messages {
         let text = m
             .text()
+            .map_err(|e| GatewayError::bad_request(e, Some("messages")))?;
+        let calls = m
+            .calls()
             .map_err(|e| GatewayError::bad_request(e, Some("messages")))?;
         if let Some(role) = turn_role(&m.role) {
             new_turns.push(cp::Turn {
@@ -106,6 +113,8 @@ pub(super) async fn prepare(
         messages.push(pb::ChatMessage {
             role: m.role.clone(),
             content: text,
+            tool_calls: calls.iter().map(pb::ToolCall::from).collect(),
+            tool_call_id: m.tool_call_id.clone().unwrap_or_default(),
         });
     }
     let limits = tenant.limits.unwrap_or_default();
@@ -118,6 +127,7 @@ pub(super) async fn prepare(
         context.push(pb::ChatMessage {
             role: "system".into(),
             content: tenant.system_prompt.clone(),
+            ..Default::default()
         });
     }
     if let Some(session) = session.as_ref().filter(|_| limits.context_turns > 0) {
@@ -137,12 +147,14 @@ pub(super) async fn prepare(
         context.extend(turns.turns.into_iter().map(|t| pb::ChatMessage {
             role: t.role,
             content: t.content,
+            ..Default::default()
         }));
     }
     let shared = shared_names(&messages);
     let shared_at = context.len();
     context.extend(messages);
-    let prompt_bound = token_bound(&context) + 16;
+    let tools: Vec<pb::Tool> = tools.iter().map(pb::Tool::from).collect();
+    let prompt_bound = token_bound(&context) + tools_bound(&tools) + 16;
     let sampling = pb::Sampling {
         temperature: req.temperature,
         top_p: req.top_p,
@@ -166,6 +178,9 @@ pub(super) async fn prepare(
         context_window: limits.context_window,
         // Set once admitted: the day of the allowance it is reserved from.
         quota_day: String::new(),
+        tools,
+        tool_choice,
+        tool_choice_name,
     };
     Ok(Prepared {
         caller,
@@ -185,8 +200,28 @@ pub(super) async fn prepare(
 pub(super) fn token_bound(messages: &[pb::ChatMessage]) -> u64 {
     messages
         .iter()
-        .map(|m| m.content.len() as u64 + m.role.len() as u64 + 8)
+        .map(|m| {
+            let calls: u64 = m
+                .tool_calls
+                .iter()
+                .map(|c| (c.name.len() + c.arguments.len()) as u64 + 32)
+                .sum();
+            m.content.len() as u64 + m.role.len() as u64 + 8 + calls
+        })
         .sum()
+}
+
+/// An upper bound of the tokens that offering `tools` adds: their JSON and
+/// the instructions around it.
+fn tools_bound(tools: &[pb::Tool]) -> u64 {
+    if tools.is_empty() {
+        return 0;
+    }
+    let own: u64 = tools
+        .iter()
+        .map(|t| (t.name.len() + t.description.len() + t.parameters_json.len()) as u64 + 64)
+        .sum();
+    own + 512
 }
 
 /// The snippet names the user's messages refer to, in order, once each.
@@ -250,6 +285,7 @@ pub(super) async fn shared_knowledge(
                 "Shared knowledge `{}` (from {}):\n{}",
                 s.name, s.tenant_id, s.content
             ),
+            ..Default::default()
         })
         .collect())
 }

@@ -95,7 +95,8 @@ fn user_text_never_becomes_a_control_token() {
         ChatMessage::new("system", "You answer for Acme only.").expect("a message"),
         ChatMessage::new("user", escape).expect("a message"),
     ];
-    let tokens = Catalog::tokenize(&m, &messages).expect("the prompt renders");
+    let tokens =
+        Catalog::tokenize(&m, &messages, &[], &ToolChoice::Auto).expect("the prompt renders");
     let count = |t: LlamaToken| tokens.iter().filter(|&&x| x == t).count();
     // The system turn, the user turn and the answer's start: nothing from the user's text.
     assert_eq!(count(start), 3, "{tokens:?}");

@@ -5,12 +5,14 @@
 //! from a slot of its own tenant only.
 
 use super::{Active, EngineLoop, slot_id};
+use crate::catalog::Prepared;
 use crate::error::WorkerError;
 use crate::request::Event;
 use crate::scheduler::pick_next;
 use crate::slots::{Owner, Placement, common_prefix};
 use crate::text::TextStream;
 use bulkhead_proto::{SessionId, TenantId};
+use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use std::collections::HashMap;
@@ -65,6 +67,11 @@ impl EngineLoop {
     pub(super) fn try_place(&mut self, pos: usize) -> Result<bool, WorkerError> {
         let v = self.variant_index(pos)?;
         self.variants[v].last_used = std::time::Instant::now();
+        // Made before the request leaves the queue, so that a failure fails it alone.
+        let sampler = sampler(
+            &self.waiting[pos].0.prepared,
+            &self.variants[v].ctx.model().model,
+        )?;
         let (tenant, session) = {
             let p = &self.waiting[pos].0.prepared.params;
             (p.tenant.clone(), p.session.clone())
@@ -108,16 +115,6 @@ impl EngineLoop {
             tenant: tenant.clone(),
             session,
         });
-        let sampling = &submission.prepared.params.sampling;
-        let sampler = if sampling.temperature <= 0.0 {
-            LlamaSampler::greedy()
-        } else {
-            LlamaSampler::chain_simple([
-                LlamaSampler::top_p(sampling.top_p, 1),
-                LlamaSampler::temp(sampling.temperature),
-                LlamaSampler::dist(sampling.seed),
-            ])
-        };
         let p = &submission.prepared.params;
         tracing::debug!(
             tenant = %tenant,
@@ -230,4 +227,31 @@ impl EngineLoop {
         }
         Ok(())
     }
+}
+
+/// The request's sampler: its grammar first, when the answer must be a tool
+/// call, then greedy or top-p sampling.
+fn sampler(prepared: &Prepared, model: &LlamaModel) -> Result<LlamaSampler, WorkerError> {
+    let sampling = &prepared.params.sampling;
+    let mut chain = Vec::new();
+    if let Some(grammar) = &prepared.grammar {
+        chain.push(
+            LlamaSampler::grammar(model, grammar, "root")
+                .map_err(|e| WorkerError::Engine(format!("the tool call's grammar: {e}")))?,
+        );
+    }
+    if sampling.temperature <= 0.0 {
+        chain.push(LlamaSampler::greedy());
+    } else {
+        chain.extend([
+            LlamaSampler::top_p(sampling.top_p, 1),
+            LlamaSampler::temp(sampling.temperature),
+            LlamaSampler::dist(sampling.seed),
+        ]);
+    }
+    Ok(if chain.len() == 1 {
+        chain.remove(0)
+    } else {
+        LlamaSampler::chain_simple(chain)
+    })
 }

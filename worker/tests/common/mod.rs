@@ -249,6 +249,7 @@ pub fn grpc_request(
         messages: vec![pb::ChatMessage {
             role: "user".into(),
             content: user_text.into(),
+            ..Default::default()
         }],
         max_tokens,
         sampling: Some(pb::Sampling {
