@@ -24,6 +24,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
+/// The longest a streamed answer of the demo model may take.
+const ANSWER_WAIT: Duration = Duration::from_secs(240);
 
 /// Kills chromedriver and the Chromium it started (one process group), even
 /// when a test panics.
@@ -109,6 +111,16 @@ impl Browser {
 
     /// Waits until `condition` (a JS expression) is truthy; returns its value.
     async fn until(&self, what: &str, condition: &str) -> anyhow::Result<Value> {
+        self.until_within(what, condition, WAIT).await
+    }
+
+    /// [`Self::until`] with a time limit of its own.
+    async fn until_within(
+        &self,
+        what: &str,
+        condition: &str,
+        wait: Duration,
+    ) -> anyhow::Result<Value> {
         let started = Instant::now();
         let script =
             format!("try {{ return ({condition}) || null; }} catch (e) {{ return null; }}");
@@ -117,7 +129,7 @@ impl Browser {
             if !v.is_null() {
                 return Ok(v);
             }
-            if started.elapsed() > WAIT {
+            if started.elapsed() > wait {
                 let name: String = what
                     .chars()
                     .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
@@ -208,9 +220,13 @@ impl Browser {
         .await?;
         self.fill("#prompt", text).await?;
         self.click("#send").await?;
-        self.until(
+        // The console names no max_tokens, so the demo model may ramble up
+        // to the default 512 tokens, on two cores shared with the other
+        // browser tests of this file.
+        self.until_within(
             "the streamed answer",
             &format!("document.querySelectorAll(\".msg.assistant[data-done='1']\").length > {before} || document.querySelector('#chat-error .alert')"),
+            ANSWER_WAIT,
         )
         .await?;
         if self.count("#chat-error .alert").await? > 0 {
