@@ -23,22 +23,11 @@ pub fn new_secret(prefix: &str) -> String {
     format!("{prefix}{}", bulkhead_proto::auth::random_hex(32))
 }
 
-/// Runs a node's clock this many days ahead of the system's: read once
-/// from the environment. For drills and `bulkhead bench soak` only, which
-/// restart a cluster some days later to see retention at work.
-pub const CLOCK_AHEAD_DAYS: &str = "BULKHEAD_CLOCK_AHEAD_DAYS";
-
 /// The node's time, in milliseconds since the Unix epoch: what the leader
-/// stamps its commands with.
+/// stamps its commands with ([`bulkhead_proto::clock`], which drills and
+/// `bulkhead bench soak` move ahead).
 pub(crate) fn now_ms() -> i64 {
-    static AHEAD_MS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    let ahead = *AHEAD_MS.get_or_init(|| {
-        std::env::var(CLOCK_AHEAD_DAYS)
-            .ok()
-            .and_then(|d| d.trim().parse::<i64>().ok())
-            .map_or(0, |d| d.saturating_mul(86_400_000))
-    });
-    chrono::Utc::now().timestamp_millis().saturating_add(ahead)
+    bulkhead_proto::clock::now_ms()
 }
 
 /// Handles shared by the gRPC service and the leader's loops.

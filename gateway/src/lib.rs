@@ -56,9 +56,7 @@ pub struct GatewayConfig {
 pub const DEFAULT_REQUEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
 
 pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    bulkhead_proto::clock::now_ms()
 }
 
 /// Serves the API on `listener` (and the web console, with the same API, on

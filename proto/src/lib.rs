@@ -5,6 +5,7 @@
 //! types live next to the wire type they convert.
 
 pub mod auth;
+pub mod clock;
 #[cfg(any(test, feature = "fuzz"))]
 pub mod fuzz;
 pub mod ids;

@@ -174,9 +174,7 @@ pub fn error(message: &str, kind: &str, param: Option<&str>, code: Option<&str>)
 
 /// Seconds since the Unix epoch, for `created`.
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    crate::clock::now_secs()
 }
 
 /// Builds the objects of one completion: the whole answer, or its stream of

@@ -81,6 +81,15 @@ pub async fn used_lately(
     client: &bulkhead_control_plane::ControlPlaneClient,
     tenant: &str,
 ) -> anyhow::Result<u64> {
+    Ok(used_by_day(client, tenant).await?.values().sum())
+}
+
+/// The ledger's tokens used by `tenant` on each of today and yesterday
+/// (the control plane's days, YYYY-MM-DD).
+pub async fn used_by_day(
+    client: &bulkhead_control_plane::ControlPlaneClient,
+    tenant: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
     let report = client
         .admin()
         .send(
@@ -94,8 +103,8 @@ pub async fn used_lately(
     Ok(report
         .days
         .iter()
-        .map(|d| d.prompt_tokens + d.completion_tokens)
-        .sum())
+        .map(|d| (d.day.clone(), d.prompt_tokens + d.completion_tokens))
+        .collect())
 }
 
 /// Creates a tenant with `limits` (CLI flags) and returns a fresh key of it.
@@ -474,6 +483,7 @@ pub struct ClusterBuilder {
     workers: usize,
     gateways: usize,
     lan: Option<std::sync::Arc<Lan>>,
+    env: Vec<(String, String)>,
 }
 
 impl ClusterBuilder {
@@ -495,6 +505,14 @@ impl ClusterBuilder {
     #[must_use]
     pub fn gateways(mut self, n: usize) -> Self {
         self.gateways = n;
+        self
+    }
+
+    /// `key=value` in the environment of every node, worker and gateway
+    /// (not NATS): a drill's clock offset, say.
+    #[must_use]
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
         self
     }
 
@@ -523,6 +541,7 @@ impl Cluster {
             workers: 1,
             gateways: 1,
             lan: None,
+            env: Vec::new(),
         }
     }
 
@@ -540,6 +559,7 @@ impl Cluster {
         };
         let with = |mut env: Vec<(String, String)>, credential: &str| {
             env.push(("BULKHEAD_CREDENTIAL".to_owned(), credential.to_owned()));
+            env.extend(b.env.iter().cloned());
             env
         };
         let port = |fixed: u16| if lan.is_some() { fixed } else { free_port() };
@@ -556,7 +576,13 @@ impl Cluster {
             }
             None => Nats::start(&dir.path().join("nats")),
         };
-        let control = ControlPlanes::start_on(b.control_nodes, &["--nats", &nats.url()], lan, &[])?;
+        let env: Vec<(&str, &str)> = b
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let control =
+            ControlPlanes::start_on(b.control_nodes, &["--nats", &nats.url()], lan, &env)?;
         let model = format!("{MODEL}={}", demo_model().display());
         let mut cluster = Self {
             workers: Vec::new(),

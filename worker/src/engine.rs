@@ -12,7 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bulkhead_proto::worker as pb;
 use bulkhead_proto::{SessionId, TenantId, WorkerId};
@@ -656,9 +656,7 @@ fn emit_usage(
                 .map(ToString::to_string)
                 .unwrap_or_default(),
             finish_reason: reason.as_str().to_owned(),
-            finished_at_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            finished_at_ms: bulkhead_proto::clock::now_ms(),
             prompt_preview: crate::request::prompt_preview(&params.messages),
             quota_day: params.quota_day.clone(),
         };
