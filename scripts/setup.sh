@@ -27,6 +27,10 @@ command -v chromium >/dev/null || need_apt+=(chromium)
 command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+# Server-side tools run the system's Python inside bubblewrap (sandbox/).
+[ -x /usr/bin/python3 ] || need_apt+=(python3)
+command -v bwrap >/dev/null || need_apt+=(bubblewrap)
+command -v prlimit >/dev/null || need_apt+=(util-linux)
 # Debian and Ubuntu ship `venv` without `ensurepip`; python3-venv adds it.
 [ -x "$VENV_DIR/bin/python" ] || python3 -c 'import ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || need_apt+=(libclang-dev)

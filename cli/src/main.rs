@@ -6,6 +6,7 @@ mod apply;
 mod audit;
 mod bench_cp;
 mod bench_gw;
+mod bench_sandbox;
 mod bench_soak;
 mod bench_up;
 mod burst;
@@ -153,6 +154,9 @@ enum BenchCommand {
     /// Tokens/s end to end through `bulkhead up` (its own process, a real model, sessions)
     /// against a plain llama.cpp decode loop.
     Up(bench_up::BenchUpArgs),
+    /// Start-up time of a sandboxed tool run (`pass` under bubblewrap) against the same
+    /// Python started plainly.
+    Sandbox(bench_sandbox::BenchSandboxArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -205,6 +209,7 @@ fn run() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Soak(args)) => runtime.block_on(bench_soak::run(args)),
         Command::Bench(BenchCommand::Gateway(args)) => runtime.block_on(bench_gw::run(args)),
         Command::Bench(BenchCommand::Up(args)) => runtime.block_on(bench_up::run(args)),
+        Command::Bench(BenchCommand::Sandbox(args)) => runtime.block_on(bench_sandbox::run(args)),
     }
 }
 
