@@ -45,6 +45,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".bulkhead.control.v1.FeatureOverrides",
             r#"#[serde(skip_serializing_if = "Option::is_none")]"#,
         )
+        // A tools override is its list of names in JSON: `"tools": ["code_run"]`.
+        .type_attribute(
+            ".bulkhead.control.v1.ToolNames",
+            "#[derive(serde::Deserialize)] #[serde(transparent)]",
+        )
         // 0.8, not 0.800000011920929.
         .field_attribute(
             ".bulkhead.control.v1.Tenant.adapter_scale",

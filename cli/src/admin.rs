@@ -20,6 +20,14 @@ impl TenantFields {
             knowledge_sharing: self.knowledge_sharing,
             max_keys: self.max_keys,
             retention_days: self.retention_days,
+            tools: self.tools.clone().map(|t| pb::ToolNames {
+                names: t
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            }),
         }
     }
 }
@@ -100,6 +108,9 @@ pub struct TenantFields {
     /// Override the plan: days of session turns kept.
     #[arg(long)]
     retention_days: Option<u32>,
+    /// Override the plan: server-side tools, comma-separated (`code_run`; "" for none).
+    #[arg(long)]
+    tools: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -230,7 +241,7 @@ async fn print_warnings(client: &ControlPlaneClient, t: &pb::Tenant) -> anyhow::
 
 fn print_tenant(t: &pb::Tenant) {
     let l = t.limits.unwrap_or_default();
-    let f = t.features.unwrap_or_default();
+    let f = t.features.clone().unwrap_or_default();
     // A value set for this tenant rather than taken from its plan.
     let mark = |name: &str| {
         if t.overridden.iter().any(|o| o == name) {
@@ -309,6 +320,15 @@ fn print_tenant(t: &pb::Tenant) {
         "  retention_days:    {}{}",
         f.retention_days,
         mark("retention_days")
+    );
+    println!(
+        "  tools:             {}{}",
+        if f.tools.is_empty() {
+            "none".to_owned()
+        } else {
+            f.tools.join(", ")
+        },
+        mark("tools")
     );
     println!(
         "overridden:         {}",
@@ -582,7 +602,7 @@ pub async fn plan(connect: Connect, command: PlanCommand) -> anyhow::Result<()> 
                 .await
                 .map_err(status)?;
             println!(
-                "{:<11} {:>12} {:>5} {:>8} {:>8} {:>6} {:<6} {:>7} {:<8} {:>5} {:>9}",
+                "{:<11} {:>12} {:>5} {:>8} {:>8} {:>6} {:<6} {:>7} {:<8} {:>5} {:>9} {:<5}",
                 "PLAN",
                 "DAILY",
                 "CONC",
@@ -593,13 +613,14 @@ pub async fn plan(connect: Connect, command: PlanCommand) -> anyhow::Result<()> 
                 "BURST %",
                 "SHARING",
                 "KEYS",
-                "RETENTION"
+                "RETENTION",
+                "TOOLS"
             );
             for p in list.plans {
                 let l = p.limits.unwrap_or_default();
                 let f = p.features.unwrap_or_default();
                 println!(
-                    "{:<11} {:>12} {:>5} {:>8} {:>8} {:>6} {:<6} {:>7} {:<8} {:>5} {:>9}",
+                    "{:<11} {:>12} {:>5} {:>8} {:>8} {:>6} {:<6} {:>7} {:<8} {:>5} {:>9} {:<5}",
                     p.name,
                     l.daily_tokens,
                     l.max_concurrent,
@@ -610,7 +631,12 @@ pub async fn plan(connect: Connect, command: PlanCommand) -> anyhow::Result<()> 
                     f.burst_percent,
                     if f.knowledge_sharing { "yes" } else { "no" },
                     f.max_keys,
-                    format!("{}d", f.retention_days)
+                    format!("{}d", f.retention_days),
+                    if f.tools.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        f.tools.join(",")
+                    }
                 );
             }
         }

@@ -284,6 +284,7 @@ pub async fn run(args: BenchGatewayArgs) -> anyhow::Result<()> {
             credential: gateway_credential.clone(),
             default_model: Some(SCRIPTED_MODEL.into()),
             max_body_bytes: bulkhead_gateway::DEFAULT_MAX_BODY_BYTES,
+            sandbox_dir: None,
             request_deadline: bulkhead_gateway::DEFAULT_REQUEST_DEADLINE,
         },
         api_listener,

@@ -36,6 +36,10 @@ pub struct GatewayArgs {
     /// Largest accepted request body, in bytes.
     #[arg(long, default_value_t = bulkhead_gateway::DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
+    /// Where server-side tools' sandboxed runs get their scratch directories (default: the
+    /// system's temporary directory).
+    #[arg(long)]
+    sandbox_dir: Option<PathBuf>,
     /// The longest a chat request may take, in seconds: past it the worker is told to stop, the
     /// slot and the tenant's concurrency are freed, and the client gets 504 (or an error event).
     #[arg(long, default_value_t = bulkhead_gateway::DEFAULT_REQUEST_DEADLINE.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
@@ -70,6 +74,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         credential,
         default_model: args.default_model,
         max_body_bytes: args.max_body_bytes,
+        sandbox_dir: args.sandbox_dir,
         request_deadline: std::time::Duration::from_secs(args.request_deadline_s),
     };
     bulkhead_gateway::run(config, listener, console, crate::shutdown_signal()).await?;

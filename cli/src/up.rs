@@ -270,6 +270,7 @@ pub async fn run(mut args: UpArgs) -> anyhow::Result<()> {
         credential: gateway_credential,
         default_model,
         max_body_bytes: bulkhead_gateway::DEFAULT_MAX_BODY_BYTES,
+        sandbox_dir: Some(dir.join("sandbox")),
         request_deadline: std::time::Duration::from_secs(args.request_deadline_s),
     };
 

@@ -309,7 +309,7 @@ context_window: 65536
             (600_000, 5, 65_536, 0),
             "what the file leaves out stays 0: the plan's default"
         );
-        let f = t.feature_overrides.unwrap_or_default();
+        let f = t.feature_overrides.clone().unwrap_or_default();
         assert_eq!(f, pb::FeatureOverrides::default(), "no overrides given");
     }
 
@@ -365,7 +365,7 @@ webhooks:
         assert_eq!(t.quick_prompts, ["one", "two"]);
         assert_eq!(t.time_zone, "Europe/Berlin");
         assert!(t.knowledge_share);
-        let f = t.feature_overrides.unwrap_or_default();
+        let f = t.feature_overrides.clone().unwrap_or_default();
         assert_eq!(f.burst, Some(false));
         assert_eq!(f.burst_percent, Some(25));
         assert_eq!(f.knowledge_sharing, Some(true));

@@ -122,6 +122,7 @@ pub fn build_tenant(
     mark("knowledge_sharing", f.knowledge_sharing.is_some());
     mark("max_keys", f.max_keys.is_some());
     mark("retention_days", f.retention_days.is_some());
+    mark("tools", f.tools.is_some());
     let mut limits = Limits {
         daily_tokens: given.daily_tokens,
         max_concurrent: given.max_concurrent,
@@ -135,6 +136,7 @@ pub fn build_tenant(
         knowledge_sharing: f.knowledge_sharing.unwrap_or_default(),
         max_keys: f.max_keys.unwrap_or_default(),
         retention_days: f.retention_days.unwrap_or_default(),
+        tools: f.tools.map(|t| t.names).unwrap_or_default(),
     };
     plans::follow_plan(&plan, &overridden, &mut limits, &mut feats);
     let adapter_scale = if t.adapter.is_empty() {
@@ -301,6 +303,7 @@ pub fn features_to_pb(f: &Features) -> pb::Features {
         knowledge_sharing: f.knowledge_sharing,
         max_keys: f.max_keys,
         retention_days: f.retention_days,
+        tools: f.tools.clone(),
     }
 }
 

@@ -27,6 +27,9 @@ pub struct Features {
     pub max_keys: u32,
     /// Days of session turns kept.
     pub retention_days: u32,
+    /// Server-side tools the gateway runs for the tenant.
+    #[serde(default)]
+    pub tools: Vec<String>,
 }
 
 /// Default features of a plan, or `None` for an unknown plan.
@@ -38,6 +41,7 @@ pub fn default_features(plan: &str) -> Option<Features> {
             knowledge_sharing: false,
             max_keys: 2,
             retention_days: 30,
+            tools: Vec::new(),
         },
         "pro" => Features {
             burst: false,
@@ -45,6 +49,7 @@ pub fn default_features(plan: &str) -> Option<Features> {
             knowledge_sharing: true,
             max_keys: 10,
             retention_days: 90,
+            tools: Vec::new(),
         },
         "enterprise" => Features {
             burst: true,
@@ -52,6 +57,7 @@ pub fn default_features(plan: &str) -> Option<Features> {
             knowledge_sharing: true,
             max_keys: 100,
             retention_days: 365,
+            tools: vec!["code_run".to_owned()],
         },
         _ => return None,
     })
@@ -121,6 +127,7 @@ pub fn follow_plan(
         &mut features.retention_days,
         f.retention_days,
     );
+    fill(o, "tools", &mut features.tools, f.tools);
 }
 
 /// Sets `field` to the plan's value unless the tenant overrides `name`.
@@ -140,6 +147,16 @@ pub fn validate_features(f: &Features) -> Result<(), String> {
     }
     if f.max_keys == 0 {
         return Err("max_keys must be at least 1".into());
+    }
+    if let Some(unknown) = f
+        .tools
+        .iter()
+        .find(|t| !bulkhead_proto::tools::SERVER_TOOLS.contains(&t.as_str()))
+    {
+        return Err(format!(
+            "tools: no server-side tool `{unknown}` (there is {})",
+            bulkhead_proto::tools::SERVER_TOOLS.join(", ")
+        ));
     }
     if f.retention_days == 0 || f.retention_days > 3_650 {
         return Err(format!(

@@ -441,6 +441,7 @@ mod fuzz {
         "GrantShare",
         "RevokeShare",
         "UseShared",
+        "RecordToolStep",
         "CreateKey",
         "RevokeKey",
         "Grant",

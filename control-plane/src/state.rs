@@ -524,6 +524,18 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
                 )))),
             }
         }
+        Command::RecordToolStep {
+            tenant_id,
+            actor,
+            now_ms,
+            detail,
+        } => {
+            if t.get::<TenantRecord>(TENANTS, &tenant_id)?.is_none() {
+                return Ok(Reply::Rejected(Rejection::UnknownTenant(tenant_id)));
+            }
+            let record = audit::append(t, &tenant_id, now_ms, &actor, "tool.run", detail)?;
+            Ok(Reply::Audit(record))
+        }
         Command::UseShared {
             tenant_id,
             names,

@@ -38,6 +38,7 @@ mod answer;
 mod auth;
 mod bursts;
 mod context;
+pub mod server_tools;
 mod sessions;
 
 use admission::chat_completions;
@@ -75,6 +76,8 @@ pub struct AppState {
     pub request_deadline: Duration,
     /// Per-tenant limits on session and sharing writes.
     pub throttle: crate::throttle::Throttle,
+    /// Where server-side tools run, or why they cannot on this machine.
+    pub sandbox: Result<Arc<bulkhead_sandbox::Sandbox>, String>,
 }
 
 type S = State<Arc<AppState>>;

@@ -46,6 +46,9 @@ pub struct GatewayConfig {
     /// The model of tenants that name none.
     pub default_model: Option<String>,
     pub max_body_bytes: usize,
+    /// Where server-side tools' runs get their scratch directories (the
+    /// system's temporary directory when not given).
+    pub sandbox_dir: Option<std::path::PathBuf>,
     /// The longest a chat request may take, from admission to its last byte:
     /// past it the worker is told to stop, and its slot and the tenant's
     /// concurrency are freed.
@@ -57,6 +60,24 @@ pub const DEFAULT_REQUEST_DEADLINE: std::time::Duration = std::time::Duration::f
 
 pub(crate) fn now_ms() -> i64 {
     bulkhead_proto::clock::now_ms()
+}
+
+/// The sandbox of server-side tools, or why there is none here (tenants
+/// that ask for a tool then get a 503 that says so).
+fn sandbox(config: &GatewayConfig) -> Result<Arc<bulkhead_sandbox::Sandbox>, String> {
+    let dir = config.sandbox_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("bulkhead-sandbox-{}", config.gateway_id))
+    });
+    match bulkhead_sandbox::Sandbox::new(&dir, bulkhead_sandbox::Limits::default()) {
+        Ok(s) => {
+            tracing::debug!(dir = %dir.display(), "server-side tools run in a sandbox under this directory");
+            Ok(Arc::new(s))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "server-side tools are off on this gateway");
+            Err(e.to_string())
+        }
+    }
 }
 
 /// Serves the API on `listener` (and the web console, with the same API, on
@@ -96,6 +117,7 @@ pub async fn run(
         max_body_bytes: config.max_body_bytes,
         request_deadline: config.request_deadline,
         throttle: throttle::Throttle::default(),
+        sandbox: sandbox(&config),
     });
     tracing::info!(
         gateway = %config.gateway_id,

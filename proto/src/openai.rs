@@ -7,7 +7,7 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::tools::{CallParser, Piece, Tool, ToolCall, ToolChoice};
+use crate::tools::{CallParser, Piece, ToolCall};
 
 /// An OpenAI chat completion request, plus bulkhead's `adapter`,
 /// `adapter_scale` and `session_id`, and `ignore_eos` (as vLLM and
@@ -68,7 +68,7 @@ impl ChatRequest {
 
     /// The request's tools and tool choice, checked; the error names its
     /// field.
-    pub fn tools(&self) -> Result<(Vec<Tool>, ToolChoice), (String, &'static str)> {
+    pub fn tools(&self) -> Result<crate::tools::Offered, (String, &'static str)> {
         crate::tools::parse(self.tools.as_deref(), self.tool_choice.as_ref())
     }
 

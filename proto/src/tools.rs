@@ -23,6 +23,36 @@ pub const MAX_TOOLS: usize = 128;
 pub const CALL_OPEN: &str = "<tool_call>";
 pub const CALL_CLOSE: &str = "</tool_call>";
 
+/// The server-side tools: a request offers one as `{"type": "code_run"}`,
+/// and for a tenant whose plan (or config) allows it the gateway runs the
+/// model's calls of it in a sandbox and gives the model the result.
+pub const SERVER_TOOLS: &[&str] = &["code_run"];
+
+/// The function the model sees for a server-side tool.
+pub fn server_tool(name: &str) -> Option<Tool> {
+    match name {
+        "code_run" => Some(Tool {
+            name: "code_run".into(),
+            description: "Runs Python 3 code in a sandbox with no network and gives back what it printed. Files it writes in its working directory are given to the user to download. Use it to compute, and to make files such as CSV spreadsheets.".into(),
+            parameters: json!({
+                "type": "object",
+                "properties": {"code": {"type": "string", "description": "The Python 3 program to run."}},
+                "required": ["code"],
+            }),
+        }),
+        _ => None,
+    }
+}
+
+/// What a request offers: its functions, which of them the model must
+/// call, and the server-side tools it asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Offered {
+    pub tools: Vec<Tool>,
+    pub choice: ToolChoice,
+    pub server: Vec<String>,
+}
+
 /// A function the model may call.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tool {
@@ -147,18 +177,29 @@ fn check_tool(tool: &Tool) -> Result<(), String> {
 pub fn parse(
     tools: Option<&[Value]>,
     choice: Option<&Value>,
-) -> Result<(Vec<Tool>, ToolChoice), (String, &'static str)> {
+) -> Result<Offered, (String, &'static str)> {
     let bad = |message: String| (message, "tools");
     let raw = tools.unwrap_or_default();
     if raw.len() > MAX_TOOLS {
         return Err(bad(format!("at most {MAX_TOOLS} tools may be given")));
     }
     let mut out: Vec<Tool> = Vec::with_capacity(raw.len());
+    let mut server: Vec<String> = Vec::new();
     for (i, t) in raw.iter().enumerate() {
-        if t.get("type").and_then(Value::as_str) != Some("function") {
-            return Err(bad(format!(
-                "tools[{i}].type must be \"function\": only function tools are supported"
-            )));
+        match t.get("type").and_then(Value::as_str) {
+            Some("function") => {}
+            Some(kind) if SERVER_TOOLS.contains(&kind) => {
+                if !server.iter().any(|s| s == kind) {
+                    server.push(kind.to_owned());
+                }
+                continue;
+            }
+            _ => {
+                return Err(bad(format!(
+                    "tools[{i}].type must be \"function\" or a server-side tool ({})",
+                    SERVER_TOOLS.join(", ")
+                )));
+            }
         }
         let Some(f) = t.get("function").filter(|f| f.is_object()) else {
             return Err(bad(format!("tools[{i}].function must be an object")));
@@ -182,8 +223,10 @@ pub fn parse(
             },
         };
         check_tool(&tool).map_err(|e| bad(format!("tools[{i}]: {e}")))?;
-        if out.iter().any(|o| o.name == tool.name) {
-            return Err(bad(format!("tools[{i}]: the name `{name}` is given twice")));
+        if out.iter().any(|o| o.name == tool.name) || SERVER_TOOLS.contains(&name) {
+            return Err(bad(format!(
+                "tools[{i}]: the name `{name}` is given twice (or is a server-side tool's)"
+            )));
         }
         out.push(tool);
     }
@@ -211,7 +254,7 @@ pub fn parse(
                         "tool_choice must be {\"type\": \"function\", \"function\": {\"name\": ...}} when it is an object".into(),
                     )
                 })?;
-            if !out.iter().any(|t| t.name == name) {
+            if !out.iter().any(|t| t.name == name) && !server.iter().any(|s| s == name) {
                 return Err(choice_err(format!(
                     "tool_choice names the function `{name}`, which is not among the request's tools"
                 )));
@@ -219,12 +262,16 @@ pub fn parse(
             ToolChoice::Function(name.to_owned())
         }
     };
-    if choice == ToolChoice::Required && out.is_empty() {
+    if choice == ToolChoice::Required && out.is_empty() && server.is_empty() {
         return Err(choice_err(
             "tool_choice is \"required\" but the request gives no tools".into(),
         ));
     }
-    Ok((out, choice))
+    Ok(Offered {
+        tools: out,
+        choice,
+        server,
+    })
 }
 
 /// One call of a tool.
@@ -557,21 +604,30 @@ mod tests {
     fn bad_tools_and_choices_are_refused_naming_the_field() {
         let tool = |name: &str| json!({"type": "function", "function": {"name": name, "parameters": {"type": "object"}}});
         let ok = [tool("get_weather"), tool("search")];
-        let (tools, choice) = parse(Some(&ok), Some(&json!("required"))).unwrap();
-        assert_eq!(tools.len(), 2);
-        assert_eq!(choice, ToolChoice::Required);
+        let offered = parse(Some(&ok), Some(&json!("required"))).unwrap();
+        assert_eq!(offered.tools.len(), 2);
+        assert_eq!(offered.choice, ToolChoice::Required);
+        assert!(offered.server.is_empty());
         let named = json!({"type": "function", "function": {"name": "search"}});
         assert_eq!(
-            parse(Some(&ok), Some(&named)).unwrap().1,
+            parse(Some(&ok), Some(&named)).unwrap().choice,
             ToolChoice::Function("search".into())
         );
+        // A server-side tool, asked for by its type, may be the forced call.
+        let server = [tool("search"), json!({"type": "code_run"})];
+        let forced = json!({"type": "function", "function": {"name": "code_run"}});
+        let offered = parse(Some(&server), Some(&forced)).unwrap();
+        assert_eq!(offered.server, vec!["code_run".to_owned()]);
+        assert_eq!(offered.tools.len(), 1);
+        assert_eq!(offered.choice, ToolChoice::Function("code_run".into()));
         let cases: Vec<(Vec<Value>, Option<Value>, &str, &str)> = vec![
             (
                 vec![json!({"type": "retrieval"})],
                 None,
                 "tools",
-                "only function tools",
+                "\"function\" or a server-side tool (code_run)",
             ),
+            (vec![tool("code_run")], None, "tools", "server-side tool's"),
             (vec![tool("has space")], None, "tools", "letters, digits"),
             (vec![tool("a"), tool("a")], None, "tools", "given twice"),
             (

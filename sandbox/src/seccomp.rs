@@ -107,6 +107,10 @@ mod tests {
     #[test]
     fn the_program_is_whole_instructions() {
         let p = super::program().unwrap_or_default();
-        assert!(!p.is_empty() && p.len().is_multiple_of(8), "{} bytes", p.len());
+        assert!(
+            !p.is_empty() && p.len().is_multiple_of(8),
+            "{} bytes",
+            p.len()
+        );
     }
 }

@@ -544,3 +544,104 @@ async fn a_tenant_requests_a_burst_and_sees_the_operators_decision() {
         .unwrap();
     assert!(deliveries.contains("burst.requested"), "{deliveries}");
 }
+
+/// Server-side tools (issue 15): a tenant whose plan lacks `code_run` is
+/// refused with 403 `tool_not_allowed` naming it, and one given it by an
+/// override is not; for an enterprise tenant the gateway runs the loop with
+/// the real model: the forced call's code runs in the sandbox, the model
+/// answers with its result, both model calls are billed (the ledger holds
+/// the answer's summed usage), and the audit trail shows the step with the
+/// hash of its arguments and the key that asked. Streamed, the steps come as
+/// a chunk of their own.
+#[tokio::test]
+async fn server_side_tools_run_for_allowed_tenants_only_and_are_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path()).await.unwrap();
+    let sales = up
+        .tenant_with_key("sales", &["--plan", "enterprise"])
+        .unwrap();
+    let hr = up.tenant_with_key("hr", &["--plan", "basic"]).unwrap();
+    let ops = up
+        .tenant_with_key("ops", &["--plan", "basic", "--tools", "code_run"])
+        .unwrap();
+    let ask = |stream: bool| {
+        json!({
+            "model": MODEL, "stream": stream, "max_tokens": 60, "temperature": 0,
+            "messages": [{"role": "user", "content": "Run this Python code: open('report.csv', 'w').write('name,total')"}],
+            "tools": [{"type": "code_run"}],
+            "tool_choice": {"type": "function", "function": {"name": "code_run"}},
+        })
+    };
+    let refused = up.api.chat(&hr, ask(false)).await.unwrap();
+    assert_eq!(refused.status, 403, "{:?}", refused.body);
+    assert_eq!(refused.code(), "tool_not_allowed");
+    let message = refused.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("`code_run`"), "{message}");
+    assert_eq!(ledger_of(&up, "hr"), 0, "a refused request costs nothing");
+    let unknown =
+        json!({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "web_search"}]});
+    let a = up.api.chat(&sales, unknown).await.unwrap();
+    assert_eq!(a.status, 400, "{:?}", a.body);
+    assert_eq!(a.body["error"]["param"], "tools");
+
+    let a = up.api.chat(&sales, ask(false)).await.unwrap();
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let steps = a.body["tool_steps"].as_array().unwrap();
+    assert!(!steps.is_empty(), "{:?}", a.body);
+    let step = &steps[0];
+    assert_eq!(step["tool"], "code_run");
+    let status = step["status"].as_str().unwrap();
+    assert!(
+        status.starts_with("exit ") || status.starts_with("limit "),
+        "{step}"
+    );
+    assert!(step["duration_ms"].as_u64().is_some(), "{step}");
+    let hash = step["arguments_sha256"].as_str().unwrap();
+    assert_eq!(hash.len(), 64, "{step}");
+    // Two model calls at least, each billed: the answer's usage is their sum.
+    let total = a.body["usage"]["total_tokens"].as_u64().unwrap();
+    let used = eventually(
+        "the ledger to hold both steps",
+        Duration::from_secs(20),
+        || {
+            let up = &up;
+            async move {
+                let used = ledger_of(up, "sales");
+                (used == total).then_some(used)
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(used > 0);
+    let audit = up.admin(&["audit", "list", "--tenant", "sales"]).unwrap();
+    let key_id = up.key_id("sales").unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("tool.run") && l.contains(hash) && l.contains(&key_id)),
+        "{audit}"
+    );
+
+    // Allowed by an override of its plan.
+    let a = up.api.chat(&ops, ask(true)).await.unwrap();
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let events = a.body.as_array().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["tool_steps"][0]["tool"] == "code_run"),
+        "{events:?}"
+    );
+    assert!(a.usage.is_some() && a.stream_error.is_none(), "{events:?}");
+}
+
+/// Tokens `tenant` used today and yesterday, from `bulkhead usage`.
+fn ledger_of(up: &Up, tenant: &str) -> u64 {
+    let out = up
+        .admin(&["usage", "--tenant", tenant, "--days", "2", "--csv"])
+        .unwrap_or_default();
+    usage_csv_totals(&out)
+        .and_then(|row| row.get(4)?.parse().ok())
+        .unwrap_or(0)
+}

@@ -61,7 +61,7 @@ fn limits(t: &pb::Tenant) -> (u64, u32, u32, u32, u32) {
 }
 
 fn features(t: &pb::Tenant) -> (bool, u32, bool, u32, u32) {
-    let f = t.features.unwrap_or_default();
+    let f = t.features.clone().unwrap_or_default();
     (
         f.burst,
         f.burst_percent,

@@ -207,9 +207,16 @@ fn parse_request(
         })
         .collect::<Result<Vec<_>, WorkerError>>()?;
     validate_messages(&messages)?;
-    let (tools, tool_choice) = req
+    let offered = req
         .tools()
         .map_err(|(e, field)| WorkerError::invalid(e, Some(field)))?;
+    if let Some(tool) = offered.server.first() {
+        return Err(WorkerError::invalid(
+            format!("the server-side tool `{tool}` runs through a gateway, not a worker's own API"),
+            Some("tools"),
+        ));
+    }
+    let (tools, tool_choice) = (offered.tools, offered.choice);
     let stop = req.stop_sequences();
     validate_stop(&stop)?;
     let session = match header_id(headers, SESSION_HEADER, |s| SessionId::new(s))? {

@@ -45,6 +45,8 @@ pub(super) struct RawTenantConfig {
     knowledge_sharing: Option<bool>,
     max_keys: Option<u32>,
     retention_days: Option<u32>,
+    /// Server-side tools (`[code_run]`); given, even empty, it overrides the plan's.
+    tools: Option<Vec<String>>,
     #[serde(default)]
     webhooks: Vec<RawWebhookConfig>,
 }
@@ -176,6 +178,7 @@ pub(super) fn convert(
             knowledge_sharing: raw.knowledge_sharing,
             max_keys: raw.max_keys,
             retention_days: raw.retention_days,
+            tools: raw.tools.map(|names| pb::ToolNames { names }),
         }),
         ..Default::default()
     };

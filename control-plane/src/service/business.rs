@@ -288,6 +288,45 @@ impl ControlPlaneService {
         }))
     }
 
+    pub(super) async fn record_tool_step(
+        &self,
+        actor: String,
+        r: pb::ToolStep,
+    ) -> R<pb::AuditRecord> {
+        tenant_id(&r.tenant_id)?;
+        if r.tool.is_empty() || r.tool.len() > 64 {
+            return Err(
+                ControlPlaneError::invalid("tool", "name the tool (1 to 64 characters)").into(),
+            );
+        }
+        let short = |s: &str, n: usize| s.chars().take(n).collect::<String>();
+        let actor = if r.user_id.is_empty() {
+            actor
+        } else {
+            format!("{actor} user {}", short(&r.user_id, 128))
+        };
+        let detail = serde_json::json!({
+            "tool": short(&r.tool, 64),
+            "arguments_sha256": short(&r.arguments_sha256, 64),
+            "duration_ms": r.duration_ms,
+            "status": short(&r.status, 64),
+            "bytes_out": r.bytes_out,
+            "files": r.files.iter().take(16).map(|f| short(f, 128)).collect::<Vec<_>>(),
+        });
+        match self
+            .write(Command::RecordToolStep {
+                tenant_id: r.tenant_id,
+                actor,
+                now_ms: now_ms(),
+                detail,
+            })
+            .await?
+        {
+            Reply::Audit(record) => Ok(Response::new(adm::audit_to_pb(record))),
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
     pub(super) async fn resolve_shared(
         &self,
         req: Request<pb::ResolveSharedRequest>,

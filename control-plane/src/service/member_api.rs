@@ -48,6 +48,10 @@ impl pb::member_server::Member for ControlPlaneService {
         ControlPlaneService::request_burst(self, Self::via(&req), req.into_inner()).await
     }
 
+    async fn record_tool_step(&self, req: Request<pb::ToolStep>) -> R<pb::AuditRecord> {
+        ControlPlaneService::record_tool_step(self, Self::via(&req), req.into_inner()).await
+    }
+
     async fn list_bursts(&self, req: Request<pb::ListBurstsRequest>) -> R<pb::BurstList> {
         // A gateway reads one tenant's bursts, never every tenant's.
         tenant_id(&req.get_ref().tenant_id)?;

@@ -77,6 +77,7 @@ impl ControlPlaneService {
                 knowledge_sharing: f.knowledge_sharing,
                 max_keys: f.max_keys,
                 retention_days: f.retention_days,
+                tools: f.tools.map(|t| t.names),
             },
         };
         // Check what the tenant would end up with before proposing.

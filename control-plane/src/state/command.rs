@@ -100,6 +100,13 @@ pub enum Command {
         actor: String,
         now_ms: i64,
     },
+    /// A server-side tool's run, for the tenant's audit trail (`tool.run`).
+    RecordToolStep {
+        tenant_id: String,
+        actor: String,
+        now_ms: i64,
+        detail: serde_json::Value,
+    },
     CreateKey {
         key: KeyRecord,
     },
@@ -217,6 +224,7 @@ impl fmt::Display for Command {
             Command::GrantShare { grant } => write!(f, "grant-share {}", grant.snippet),
             Command::RevokeShare { grant } => write!(f, "revoke-share {}", grant.snippet),
             Command::UseShared { tenant_id, .. } => write!(f, "use-shared {tenant_id}"),
+            Command::RecordToolStep { tenant_id, .. } => write!(f, "record-tool-step {tenant_id}"),
             Command::CreateKey { key } => write!(f, "create-key {}", key.key_id),
             Command::RevokeKey { key_id, .. } => write!(f, "revoke-key {key_id}"),
             Command::Grant { tenant_id, .. } => write!(f, "grant {tenant_id}"),

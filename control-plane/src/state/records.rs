@@ -192,6 +192,8 @@ pub struct FeaturePatch {
     pub knowledge_sharing: Option<bool>,
     pub max_keys: Option<u32>,
     pub retention_days: Option<u32>,
+    #[serde(default)]
+    pub tools: Option<Vec<String>>,
 }
 
 /// Which fields of [`TenantPatch::limits`] are set.
@@ -315,6 +317,7 @@ pub enum Reply {
         snippets: Vec<SnippetRecord>,
         refused: Option<String>,
     },
+    Audit(crate::audit::AuditRecord),
     Rejected(Rejection),
 }
 

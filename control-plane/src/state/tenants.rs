@@ -165,6 +165,7 @@ impl TenantPatch {
             &mut features.retention_days,
             f.retention_days,
         );
+        own(o, "tools", &mut features.tools, f.tools.clone());
         // The limits and features not set for this tenant follow its plan.
         plans::follow_plan(
             &tenant.plan,

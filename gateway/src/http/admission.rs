@@ -3,6 +3,7 @@
 //! streamed or whole.
 
 use super::*;
+use crate::quota::Permit;
 
 /// Enforces `max_request_tokens`: with the cheap upper bound when it fits,
 /// else with the exact count from a worker. Returns the tokens to reserve.
@@ -109,6 +110,41 @@ pub(super) async fn admit_and_generate(
     mut p: Prepared,
 ) -> Result<Response, GatewayError> {
     let started = Instant::now();
+    let (permit, stream) = admit_and_start(state, &mut p).await?;
+    let outcome = Outcome {
+        state: Arc::clone(state),
+        tenant_id: p.caller.tenant.id.clone(),
+        session_id: p.request.session_id.clone(),
+        user_id: p.request.user_id.clone(),
+        new_turns: std::mem::take(&mut p.new_turns),
+        started,
+    };
+    if !p.server_tools.is_empty() {
+        return super::server_tools::run(state, p, outcome, permit, stream).await;
+    }
+    let completion = openai::Completion::new(&p.request.request_id, &p.request.model);
+    let reads_calls = !p.request.tools.is_empty() && p.request.tool_choice != "none";
+    let reply = openai::Reply::new(completion, reads_calls);
+    if p.stream {
+        Ok(stream_answer(
+            outcome,
+            permit,
+            stream,
+            reply,
+            p.include_usage,
+            &p.request.request_id,
+        ))
+    } else {
+        Ok(whole_answer(outcome, permit, stream, reply, &p.request.request_id).await)
+    }
+}
+
+/// Admits a request against the tenant's limits and starts it on the first
+/// worker that takes it: the reservation and the worker's stream.
+pub(super) async fn admit_and_start(
+    state: &Arc<AppState>,
+    p: &mut Prepared,
+) -> Result<(Permit, tonic::Streaming<pb::GenerateResponse>), GatewayError> {
     let tenant = Arc::clone(&p.caller.tenant);
     let affinity = if p.request.session_id.is_empty() {
         p.request.user_id.clone()
@@ -131,7 +167,7 @@ pub(super) async fn admit_and_generate(
             )),
         });
     }
-    let need = fit_request(state, &mut p, &ranked).await?;
+    let need = fit_request(state, p, &ranked).await?;
     let mut permit = state.quotas.admit(&tenant, need).await?;
     if !p.shared.is_empty() {
         // `@shared:` is resolved (an audited Raft write) only for a request
@@ -150,7 +186,7 @@ pub(super) async fn admit_and_generate(
             .messages
             .splice(p.shared_at..p.shared_at, snippets);
         permit.refund();
-        let need = fit_request(state, &mut p, &ranked).await?;
+        let need = fit_request(state, p, &ranked).await?;
         permit = state.quotas.admit(&tenant, need).await?;
     }
     // The usage is charged to the day the tokens were reserved from.
@@ -164,27 +200,5 @@ pub(super) async fn admit_and_generate(
     };
     state.metrics.worker_failovers.inc_by(u64::from(failovers));
     tracing::debug!(worker = %worker, "routed");
-    let outcome = Outcome {
-        state: Arc::clone(state),
-        tenant_id: tenant.id.clone(),
-        session_id: p.request.session_id.clone(),
-        user_id: p.request.user_id.clone(),
-        new_turns: std::mem::take(&mut p.new_turns),
-        started,
-    };
-    let completion = openai::Completion::new(&p.request.request_id, &p.request.model);
-    let reads_calls = !p.request.tools.is_empty() && p.request.tool_choice != "none";
-    let reply = openai::Reply::new(completion, reads_calls);
-    if p.stream {
-        Ok(stream_answer(
-            outcome,
-            permit,
-            stream,
-            reply,
-            p.include_usage,
-            &p.request.request_id,
-        ))
-    } else {
-        Ok(whole_answer(outcome, permit, stream, reply, &p.request.request_id).await)
-    }
+    Ok((permit, stream))
 }

@@ -21,7 +21,7 @@ use super::{AppState, REQUEST_ID_HEADER};
 use crate::error::{GatewayError, rate_limit_headers};
 use crate::quota::{Budget, Permit};
 
-fn answer_headers(headers: &mut HeaderMap, request_id: &str, budget: Budget) {
+pub(super) fn answer_headers(headers: &mut HeaderMap, request_id: &str, budget: Budget) {
     if let Ok(v) = HeaderValue::from_str(request_id) {
         headers.insert(REQUEST_ID_HEADER, v);
     }
@@ -41,6 +41,12 @@ pub(super) struct Outcome {
 impl Outcome {
     /// Step 7: the usage settles the reservation; the turns join the session.
     async fn settle(&mut self, permit: Permit, finished: &pb::Finished, text: &str) {
+        self.settle_usage(permit, finished);
+        self.save_turns(text).await;
+    }
+
+    /// The usage settles the reservation.
+    pub(super) fn settle_usage(&self, permit: Permit, finished: &pb::Finished) {
         let usage = finished.usage.unwrap_or_default();
         permit.settle(u64::from(usage.prompt_tokens) + u64::from(usage.completion_tokens));
         self.state.metrics.observe_tokens(
@@ -48,6 +54,10 @@ impl Outcome {
             usage.prompt_tokens,
             usage.completion_tokens,
         );
+    }
+
+    /// The request's turns and the answer join the session.
+    pub(super) async fn save_turns(&mut self, text: &str) {
         if self.session_id.is_empty() {
             return;
         }
@@ -69,7 +79,7 @@ impl Outcome {
     }
 
     /// When the request must be done by.
-    fn deadline(&self) -> tokio::time::Instant {
+    pub(super) fn deadline(&self) -> tokio::time::Instant {
         tokio::time::Instant::from_std(self.started + self.state.request_deadline)
     }
 
@@ -80,7 +90,7 @@ impl Outcome {
         ))
     }
 
-    fn observe(&self, status: u16) {
+    pub(super) fn observe(&self, status: u16) {
         self.state.metrics.observe_request(
             &self.tenant_id,
             status,
@@ -89,7 +99,7 @@ impl Outcome {
     }
 }
 
-fn usage_json(f: &pb::Finished) -> serde_json::Value {
+pub(super) fn usage_json(f: &pb::Finished) -> serde_json::Value {
     let u = f.usage.unwrap_or_default();
     openai::usage(u.prompt_tokens, u.completion_tokens, u.cached_tokens)
 }
@@ -109,18 +119,17 @@ fn drain(mut stream: tonic::Streaming<pb::GenerateResponse>) {
     tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
 }
 
-pub(super) async fn whole_answer(
-    mut outcome: Outcome,
-    permit: Permit,
+/// Reads a worker's answer whole into `reply`, to its result. On an error
+/// the stream is dropped, which tells the worker to stop.
+pub(super) async fn collect(
+    outcome: &Outcome,
     mut stream: tonic::Streaming<pb::GenerateResponse>,
-    mut reply: openai::Reply,
-    request_id: &str,
-) -> Response {
+    reply: &mut openai::Reply,
+) -> Result<pb::Finished, GatewayError> {
     let deadline = outcome.deadline();
-    let error = loop {
+    loop {
         let Ok(next) = tokio::time::timeout_at(deadline, stream.next()).await else {
-            // Dropping the stream tells the worker to stop.
-            break outcome.deadline_exceeded();
+            return Err(outcome.deadline_exceeded());
         };
         match next {
             Some(Ok(pb::GenerateResponse {
@@ -131,24 +140,40 @@ pub(super) async fn whole_answer(
             Some(Ok(pb::GenerateResponse {
                 kind: Some(pb::generate_response::Kind::Finished(f)),
             })) => {
-                let budget = permit.budget();
-                let body = reply.message(&f.finish_reason, usage_json(&f));
-                outcome.settle(permit, &f, reply.content()).await;
-                let mut response = axum::Json(body).into_response();
-                answer_headers(response.headers_mut(), request_id, budget);
-                outcome.observe(200);
                 drain(stream);
-                return response;
+                return Ok(f);
             }
             Some(Ok(_)) => {}
-            Some(Err(status)) => break GatewayError::from_worker(&status),
-            None => break worker_broke("the stream ended without a result"),
+            Some(Err(status)) => return Err(GatewayError::from_worker(&status)),
+            None => return Err(worker_broke("the stream ended without a result")),
         }
-    };
-    // The permit is dropped unsettled: its reservation counts as spent.
-    drop(permit);
-    outcome.observe(error.status().as_u16());
-    error.into_response()
+    }
+}
+
+pub(super) async fn whole_answer(
+    mut outcome: Outcome,
+    permit: Permit,
+    stream: tonic::Streaming<pb::GenerateResponse>,
+    mut reply: openai::Reply,
+    request_id: &str,
+) -> Response {
+    match collect(&outcome, stream, &mut reply).await {
+        Ok(f) => {
+            let budget = permit.budget();
+            let body = reply.message(&f.finish_reason, usage_json(&f));
+            outcome.settle(permit, &f, reply.content()).await;
+            let mut response = axum::Json(body).into_response();
+            answer_headers(response.headers_mut(), request_id, budget);
+            outcome.observe(200);
+            response
+        }
+        Err(error) => {
+            // The permit is dropped unsettled: its reservation counts as spent.
+            drop(permit);
+            outcome.observe(error.status().as_u16());
+            error.into_response()
+        }
+    }
 }
 
 pub(super) fn stream_answer(

@@ -34,6 +34,9 @@ pub(super) struct Prepared {
     /// once the request is admitted, and where in the messages they go.
     pub(super) shared: Vec<String>,
     pub(super) shared_at: usize,
+    /// The server-side tools the request asks for (allowed to the tenant),
+    /// whose calls the gateway runs ([`super::server_tools`]).
+    pub(super) server_tools: Vec<String>,
 }
 
 pub(super) fn turn_role(role: &str) -> Option<&'static str> {
@@ -90,10 +93,32 @@ pub(super) async fn prepare(
         Some(raw) => Some(session_id(raw)?),
         None => None,
     };
-    let (tools, tool_choice) = req
+    let offered = req
         .tools()
         .map_err(|(e, field)| GatewayError::bad_request(e, Some(field)))?;
-    let (tool_choice, tool_choice_name) = tool_choice.to_wire();
+    let allowed = tenant
+        .features
+        .as_ref()
+        .map(|f| f.tools.as_slice())
+        .unwrap_or_default();
+    if let Some(tool) = offered.server.iter().find(|t| !allowed.contains(t)) {
+        return Err(GatewayError::Denied {
+            message: format!(
+                "the server-side tool `{tool}` is not allowed to your tenant (plan `{}`); ask your operator to allow it",
+                tenant.plan
+            ),
+            code: "tool_not_allowed",
+            param: Some("tools".into()),
+        });
+    }
+    let mut tools = offered.tools;
+    tools.extend(
+        offered
+            .server
+            .iter()
+            .filter_map(|t| bulkhead_proto::tools::server_tool(t)),
+    );
+    let (tool_choice, tool_choice_name) = offered.choice.to_wire();
     let mut new_turns = Vec::with_capacity(req.messages.len());
     let mut messages = Vec::new();
     for m in &req.messages {
@@ -192,6 +217,7 @@ pub(super) async fn prepare(
         explicit_max_tokens: max_tokens.is_some(),
         shared,
         shared_at,
+        server_tools: offered.server,
     })
 }
 

@@ -1,0 +1,273 @@
+//! Server-side tools (DESIGN.md §13): for a request that asks for one
+//! (`"tools": [{"type": "code_run"}]`) from a tenant allowed it, the
+//! gateway runs the loop model → tool call → sandbox → result → model, up
+//! to [`MAX_STEPS`] tool steps.
+//!
+//! - Every model call is admitted and billed on its own, like any request:
+//!   each step counts against the quota.
+//! - Every tool run goes to the tenant's audit trail (`tool.run`): the tool,
+//!   the SHA-256 of its arguments, its duration, how it ended, the bytes it
+//!   gave out and the files it wrote, with the key that asked.
+//! - The answer is the model's last one, with the usage of every step, and
+//!   `tool_steps`: each run, with its output and its files (base64), so a
+//!   client (the console) shows the steps and offers the files to download.
+//!   A streamed request gets that answer as server-sent events once the
+//!   loop is done.
+//!
+//! The model's calls of functions the client offered end the loop, as
+//! `tool_calls` for the client to run, as without server-side tools.
+
+use base64::Engine;
+use bulkhead_proto::tools::ToolCall;
+use sha2::Digest;
+
+use super::answer::{Outcome, answer_headers, collect, usage_json};
+use super::*;
+use crate::quota::Permit;
+
+/// Tool steps one request may take; past them the model answers.
+pub const MAX_STEPS: usize = 4;
+/// The most of a run's stdout and stderr given back to the model.
+const RESULT_CHARS: usize = 4_000;
+
+pub(super) async fn run(
+    state: &Arc<AppState>,
+    mut p: Prepared,
+    mut outcome: Outcome,
+    permit: Permit,
+    stream: tonic::Streaming<pb::GenerateResponse>,
+) -> Result<Response, GatewayError> {
+    let sandbox = match &state.sandbox {
+        Ok(s) => Arc::clone(s),
+        Err(why) => {
+            permit.refund();
+            return Err(GatewayError::Unavailable(format!(
+                "server-side tools cannot run on this gateway: {why}"
+            )));
+        }
+    };
+    let mut steps: Vec<Value> = Vec::new();
+    let mut usage = [0u32; 3];
+    // Each model call is a request of its own to the worker (its usage
+    // event is billed once by its id); the answer keeps the first's id.
+    let request_id = p.request.request_id.clone();
+    let (mut permit, mut stream) = (permit, stream);
+    loop {
+        let completion = openai::Completion::new(&p.request.request_id, &p.request.model);
+        let mut reply = openai::Reply::new(completion, true);
+        let finished = match collect(&outcome, stream, &mut reply).await {
+            Ok(f) => f,
+            Err(e) => {
+                outcome.observe(e.status().as_u16());
+                return Err(e);
+            }
+        };
+        let budget = permit.budget();
+        outcome.settle_usage(permit, &finished);
+        let u = finished.usage.unwrap_or_default();
+        for (sum, n) in
+            usage
+                .iter_mut()
+                .zip([u.prompt_tokens, u.completion_tokens, u.cached_tokens])
+        {
+            *sum = sum.saturating_add(n);
+        }
+        let mut body = reply.message(&finished.finish_reason, usage_json(&finished));
+        let calls: Vec<ToolCall> = reply.calls().to_vec();
+        let ours = !calls.is_empty() && calls.iter().all(|c| p.server_tools.contains(&c.name));
+        if !ours || steps.len() >= MAX_STEPS {
+            body["id"] = json!(format!("chatcmpl-{request_id}"));
+            body["usage"] = openai::usage(usage[0], usage[1], usage[2]);
+            body["tool_steps"] = Value::Array(steps);
+            outcome.save_turns(reply.content()).await;
+            outcome.observe(200);
+            return Ok(answer(&p, &request_id, body, budget));
+        }
+        let asked = pb::ChatMessage {
+            role: "assistant".into(),
+            content: reply.content().to_owned(),
+            tool_calls: calls.iter().map(pb::ToolCall::from).collect(),
+            tool_call_id: String::new(),
+        };
+        p.prompt_bound += context::token_bound(std::slice::from_ref(&asked));
+        p.request.messages.push(asked);
+        for call in &calls {
+            let (step, result) = run_call(state, &sandbox, &p, call).await;
+            steps.push(step);
+            let message = pb::ChatMessage {
+                role: "tool".into(),
+                content: result,
+                tool_calls: Vec::new(),
+                tool_call_id: call.id.clone(),
+            };
+            p.prompt_bound += context::token_bound(std::slice::from_ref(&message));
+            p.request.messages.push(message);
+        }
+        // A forced call was made; the model now answers as it sees fit.
+        p.request.tool_choice = "auto".into();
+        p.request.tool_choice_name.clear();
+        p.request.request_id = RequestId::generate().to_string();
+        (permit, stream) = match admission::admit_and_start(state, &mut p).await {
+            Ok(started) => started,
+            Err(e) => {
+                outcome.observe(e.status().as_u16());
+                return Err(e);
+            }
+        };
+    }
+}
+
+/// Runs one call in the sandbox and records it in the audit trail: the
+/// step as the answer shows it, and the result the model reads.
+async fn run_call(
+    state: &AppState,
+    sandbox: &bulkhead_sandbox::Sandbox,
+    p: &Prepared,
+    call: &ToolCall,
+) -> (Value, String) {
+    let args = call.arguments_value();
+    let code = args.get("code").and_then(Value::as_str).unwrap_or_default();
+    let hash = hex(&sha2::Sha256::digest(call.arguments.as_bytes()));
+    let ran = if code.trim().is_empty() {
+        Err("the call gave no `code` to run".to_owned())
+    } else {
+        sandbox
+            .run_python(code, &[])
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let (status, step, result) = match &ran {
+        Ok(out) => {
+            let status = match (out.limit, out.exit_code) {
+                (Some(limit), _) => format!("limit {}", limit.as_str()),
+                (None, Some(code)) => format!("exit {code}"),
+                (None, None) => "killed".to_owned(),
+            };
+            let files: Vec<Value> = out
+                .files
+                .iter()
+                .map(|f| {
+                    json!({
+                        "name": f.name,
+                        "bytes": f.bytes.len(),
+                        "content_base64": base64::engine::general_purpose::STANDARD.encode(&f.bytes),
+                    })
+                })
+                .collect();
+            let step = json!({
+                "tool": call.name,
+                "call_id": call.id,
+                "arguments_sha256": hash,
+                "code": code,
+                "status": status,
+                "exit_code": out.exit_code,
+                "limit": out.limit.map(|l| l.as_str()),
+                "stdout": out.stdout,
+                "stderr": out.stderr,
+                "files": files,
+                "duration_ms": out.duration.as_millis(),
+            });
+            let names: Vec<&str> = out.files.iter().map(|f| f.name.as_str()).collect();
+            let result = json!({
+                "status": status,
+                "stdout": clip(&out.stdout),
+                "stderr": clip(&out.stderr),
+                "files_for_the_user": names,
+            });
+            (status, step, result.to_string())
+        }
+        Err(why) => {
+            let step = json!({"tool": call.name, "call_id": call.id, "code": code, "status": "error", "error": why});
+            ("error".to_owned(), step, json!({"error": why}).to_string())
+        }
+    };
+    let (bytes_out, files, duration_ms) = match &ran {
+        Ok(out) => (
+            (out.stdout.len()
+                + out.stderr.len()
+                + out.files.iter().map(|f| f.bytes.len()).sum::<usize>()) as u64,
+            out.files.iter().map(|f| f.name.clone()).collect(),
+            u64::try_from(out.duration.as_millis()).unwrap_or(u64::MAX),
+        ),
+        Err(_) => (0, Vec::new(), 0),
+    };
+    let record = cp::ToolStep {
+        tenant_id: p.caller.tenant.id.clone(),
+        user_id: p.request.user_id.clone(),
+        tool: call.name.clone(),
+        arguments_sha256: hash,
+        duration_ms,
+        status,
+        bytes_out,
+        files,
+    };
+    let actor = super::actor(state, &p.caller);
+    let recorded = sessions::for_caller(state, record, move |mut c, mut req| {
+        if let Some(a) = actor.clone() {
+            req.metadata_mut()
+                .insert(bulkhead_client::ACTOR_METADATA, a);
+        }
+        async move { c.record_tool_step(req).await }
+    })
+    .await;
+    if let Err(e) = recorded {
+        tracing::warn!(error = %e, tool = %call.name, "a tool step could not be written to the audit trail");
+    }
+    (step, result)
+}
+
+/// The loop's last answer, whole or as server-sent events.
+fn answer(p: &Prepared, request_id: &str, body: Value, budget: crate::quota::Budget) -> Response {
+    let mut response = if p.stream {
+        let completion = openai::Completion::new(request_id, &p.request.model);
+        let message = &body["choices"][0]["message"];
+        let mut events = vec![completion.role_chunk()];
+        let mut steps = completion.chunk(json!({}), None);
+        steps["choices"] = json!([]);
+        steps["tool_steps"] = body["tool_steps"].clone();
+        events.push(steps);
+        if let Some(text) = message["content"].as_str().filter(|t| !t.is_empty()) {
+            events.push(completion.text_chunk(text));
+        }
+        if let Some(calls) = message["tool_calls"].as_array() {
+            let indexed: Vec<Value> = calls
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let mut c = c.clone();
+                    c["index"] = json!(i);
+                    c
+                })
+                .collect();
+            events.push(completion.chunk(json!({"tool_calls": indexed}), None));
+        }
+        let finish = body["choices"][0]["finish_reason"]
+            .as_str()
+            .unwrap_or("stop");
+        events.extend(completion.final_chunks(finish, body["usage"].clone(), p.include_usage));
+        let sse: Vec<Result<axum::response::sse::Event, std::convert::Infallible>> = events
+            .into_iter()
+            .map(|e| Ok(axum::response::sse::Event::default().data(e.to_string())))
+            .chain(std::iter::once(Ok(
+                axum::response::sse::Event::default().data("[DONE]")
+            )))
+            .collect();
+        axum::response::sse::Sse::new(futures::stream::iter(sse)).into_response()
+    } else {
+        axum::Json(body).into_response()
+    };
+    answer_headers(response.headers_mut(), request_id, budget);
+    response
+}
+
+fn clip(s: &str) -> String {
+    if s.chars().count() <= RESULT_CHARS {
+        return s.to_owned();
+    }
+    let cut: String = s.chars().take(RESULT_CHARS).collect();
+    format!("{cut}… (cut at {RESULT_CHARS} characters)")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
