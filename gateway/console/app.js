@@ -302,6 +302,14 @@ async function viewChat() {
         }
       },
     }),
+    (t.features?.tools || []).includes('code_run')
+      ? h(
+          'label',
+          { class: 'tool-toggle', title: 'The model writes Python; the gateway runs it in a sandbox and shows the result' },
+          h('input', { id: 'use-code-run', type: 'checkbox' }),
+          ' Run Python',
+        )
+      : null,
     h('button', { id: 'send', class: 'primary', type: 'submit' }, 'Send'),
     h('button', { id: 'stop', type: 'button', hidden: true, onclick: () => chat.controller?.abort() }, 'Stop'),
   );
@@ -457,6 +465,26 @@ function bubble(role, text) {
   return h('div', { class: `msg ${role}`, dataset: { role } }, text);
 }
 
+/** One server-side tool run: its code, how it ended, its output, its files. */
+function toolStep(step) {
+  const files = (step.files || []).map((f) =>
+    h(
+      'a',
+      { class: 'tool-file', download: f.name, href: `data:application/octet-stream;base64,${f.content_base64}` },
+      `⬇ ${f.name} (${fmtBytes(f.bytes)})`,
+    ),
+  );
+  const output = [step.stdout, step.stderr, step.error].filter(Boolean).join('\n');
+  return h(
+    'div',
+    { class: 'msg tool-step', dataset: { status: step.status || '' } },
+    h('div', { class: 'muted' }, `${step.tool} · ${step.status}${step.duration_ms !== undefined ? ` · ${step.duration_ms} ms` : ''}`),
+    h('pre', { class: 'tool-code' }, step.code || ''),
+    output ? h('pre', { class: 'tool-output' }, output) : null,
+    ...files,
+  );
+}
+
 async function openSession(id) {
   if (chat.busy) return;
   chat.current = id;
@@ -475,14 +503,21 @@ async function openSession(id) {
   }
 }
 
-/** Streams one answer into `onDelta`; resolves with the response headers. */
-async function streamChat(text, onDelta, signal) {
+/** Streams one answer into `onDelta` (and server-side tool steps into
+ * `onSteps`); resolves with the response headers. */
+async function streamChat(text, onDelta, signal, onSteps) {
+  const body = { model: chat.tenant.model, stream: true, messages: [{ role: 'user', content: text }] };
+  if ($('#use-code-run')?.checked) {
+    // The user asked for code: the model must write some, the gateway runs it.
+    body.tools = [{ type: 'code_run' }];
+    body.tool_choice = { type: 'function', function: { name: 'code_run' } };
+  }
   const res = await api('/v1/chat/completions', {
     method: 'POST',
     raw: true,
     signal,
     headers: { 'x-session-id': chat.current },
-    body: { model: chat.tenant.model, stream: true, messages: [{ role: 'user', content: text }] },
+    body,
   });
   const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = '';
@@ -499,6 +534,7 @@ async function streamChat(text, onDelta, signal) {
       if (data === '[DONE]') return res.headers;
       const chunk = JSON.parse(data);
       if (chunk.error) throw new ApiError(500, chunk);
+      if (chunk.tool_steps && onSteps) onSteps(chunk.tool_steps);
       const delta = chunk.choices?.[0]?.delta?.content;
       if (delta) onDelta(delta);
     }
@@ -536,6 +572,9 @@ async function send(text) {
             messages.scrollTop = 1e9;
           },
           chat.controller.signal,
+          (steps) => {
+            for (const step of steps) messages.insertBefore(toolStep(step), answer);
+          },
         );
         const left = headers.get('x-ratelimit-remaining-tokens');
         if (left !== null) $('#quota-line').textContent = `${fmtInt(left)} tokens left today for ${chat.tenant.display_name}`;

@@ -229,6 +229,7 @@ async fn tenant_profile(
         },
         "features": {
             "burst": t.features.as_ref().is_some_and(|f| f.burst),
+            "tools": t.features.as_ref().map(|f| f.tools.clone()).unwrap_or_default(),
         },
     })))
 }

@@ -739,6 +739,7 @@ async fn two_tabs_of_one_browser_chat_as_two_tenants() -> anyhow::Result<()> {
     }
     b.shot("hr-tab").await?;
     assert_eq!(b.count("#burst-form").await?, 0, "basic has no bursts");
+    assert_eq!(b.count("#use-code-run").await?, 0, "basic has no code_run");
     b.c.switch_to_window(tab1.clone()).await?;
     b.shot("sales-tab").await?;
 
@@ -805,6 +806,15 @@ async fn two_tabs_of_one_browser_chat_as_two_tenants() -> anyhow::Result<()> {
     let listed = up.admin(&["burst", "list", "--tenant", "sales"])?;
     assert!(listed.contains("pending"), "{listed}");
     b.shot("burst-requested").await?;
+
+    // Enterprise has code_run: the model's code runs in the sandbox, and the
+    // step shows in the chat above the answer.
+    b.click("#use-code-run").await?;
+    b.send("Run this Python code: open('report.csv', 'w').write('name,total')")
+        .await?;
+    let step = b.text(".msg.tool-step").await?;
+    assert!(step.starts_with("code_run · "), "{step}");
+    b.shot("tool-step").await?;
     b.close().await
 }
 
