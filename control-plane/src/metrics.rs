@@ -285,7 +285,7 @@ fn register_ledger(registry: &mut Registry, sm: &StateMachine) -> std::io::Resul
     let max_concurrent = Family::<TenantLabel, Gauge>::default();
     let view = sm.view()?;
     let tenants = view.tenants()?;
-    let now = crate::node::now_ms();
+    let now = bulkhead_proto::clock::now_ms();
     let set = |family: &Family<TenantLabel, Gauge>, tenant: &str, value: u64| {
         family
             .get_or_create(&TenantLabel {

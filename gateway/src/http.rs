@@ -37,13 +37,14 @@ mod admission;
 mod answer;
 mod auth;
 mod bursts;
+mod chat;
 mod context;
 pub mod server_tools;
 mod sessions;
 
-use admission::chat_completions;
 pub(crate) use auth::bearer_token;
 use auth::*;
+use chat::chat_completions;
 use context::*;
 
 use answer::{Outcome, stream_answer, whole_answer};
