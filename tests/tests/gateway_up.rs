@@ -623,6 +623,18 @@ async fn server_side_tools_run_for_allowed_tenants_only_and_are_audited() {
         "{audit}"
     );
 
+    // A forced call cut at max_tokens ran nothing, and the answer says so.
+    let mut cut = ask(false);
+    cut["max_tokens"] = json!(3);
+    let a = up.api.chat(&sales, cut).await.unwrap();
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let step = &a.body["tool_steps"][0];
+    assert_eq!(step["status"], "error", "{:?}", a.body);
+    assert!(
+        step["error"].as_str().unwrap().contains("not finished"),
+        "{step}"
+    );
+
     // Allowed by an override of its plan.
     let a = up.api.chat(&ops, ask(true)).await.unwrap();
     assert_eq!(a.status, 200, "{:?}", a.body);

@@ -51,6 +51,10 @@ pub(super) async fn run(
     // Each model call is a request of its own to the worker (its usage
     // event is billed once by its id); the answer keeps the first's id.
     let request_id = p.request.request_id.clone();
+    // The server-side tool the request forces, if it does.
+    let forced = (p.request.tool_choice == "function"
+        && p.server_tools.contains(&p.request.tool_choice_name))
+    .then(|| p.request.tool_choice_name.clone());
     let (mut permit, mut stream) = (permit, stream);
     loop {
         let completion = openai::Completion::new(&p.request.request_id, &p.request.model);
@@ -75,6 +79,21 @@ pub(super) async fn run(
         let mut body = reply.message(&finished.finish_reason, usage_json(&finished));
         let calls: Vec<ToolCall> = reply.calls().to_vec();
         let ours = !calls.is_empty() && calls.iter().all(|c| p.server_tools.contains(&c.name));
+        if let Some(tool) = forced
+            .as_ref()
+            .filter(|_| steps.is_empty() && calls.is_empty())
+        {
+            // The model was made to call the tool but its call is not
+            // whole (cut at max_tokens): say so rather than answer as if no
+            // tool had been asked for.
+            let why = format!(
+                "the model's call of `{tool}` was not finished (finish_reason {}); nothing ran; raise max_tokens or ask again",
+                finished.finish_reason
+            );
+            steps.push(
+                json!({"tool": tool, "status": "error", "error": why, "code": reply.content()}),
+            );
+        }
         if !ours || steps.len() >= MAX_STEPS {
             body["id"] = json!(format!("chatcmpl-{request_id}"));
             body["usage"] = openai::usage(usage[0], usage[1], usage[2]);
