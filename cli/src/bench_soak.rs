@@ -347,7 +347,7 @@ pub async fn run(args: BenchSoakArgs) -> anyhow::Result<()> {
 
     // Some days later: every node restarted with its clock ahead; the
     // leader prunes every 5 s.
-    let ahead = (AHEAD_DAYS * 86_400_000).to_string();
+    let ahead = (AHEAD_DAYS * DAY_MS).to_string();
     let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
     for id in &ids {
         cluster.stop(*id)?;

@@ -193,18 +193,37 @@ async fn models(State(state): S, headers: HeaderMap) -> Result<axum::Json<Value>
     }]})))
 }
 
-/// The caller's tenant as its users see it.
-/// Whom a control-plane call is on behalf of, for the audit trail
-/// (`x-bulkhead-actor`): this gateway and the caller's key.
-fn actor(
+/// A Member call on behalf of `caller`: this gateway and the caller's key
+/// are named for the audit trail (`x-bulkhead-actor`).
+async fn member_call_as<M, T, F, Fut>(
     state: &AppState,
     caller: &Caller,
-) -> Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
-    format!("gateway {} key {}", state.gateway_id, caller.key_id)
-        .parse()
-        .ok()
+    message: M,
+    method: F,
+) -> Result<T, tonic::Status>
+where
+    M: Clone,
+    F: Fn(cp::member_client::MemberClient<tonic::transport::Channel>, tonic::Request<M>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let actor: Option<tonic::metadata::AsciiMetadataValue> =
+        format!("gateway {} key {}", state.gateway_id, caller.key_id)
+            .parse()
+            .ok();
+    state
+        .client
+        .member()
+        .send_for(CONTROL_PLANE_DEADLINE, message, move |c, mut req| {
+            if let Some(a) = actor.clone() {
+                req.metadata_mut()
+                    .insert(bulkhead_client::ACTOR_METADATA, a);
+            }
+            method(c, req)
+        })
+        .await
 }
 
+/// The caller's tenant as its users see it.
 async fn tenant_profile(
     State(state): S,
     headers: HeaderMap,

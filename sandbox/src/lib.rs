@@ -192,10 +192,6 @@ impl Sandbox {
         })
     }
 
-    pub fn limits(&self) -> &Limits {
-        &self.limits
-    }
-
     /// Runs `code` as `/work/main.py` with `inputs` beside it, and answers
     /// how it ended with what it printed and the files it wrote.
     pub async fn run_python(&self, code: &str, inputs: &[File]) -> Result<Outcome, SandboxError> {

@@ -70,15 +70,11 @@ pub(super) async fn request_burst(
             tenant_id: caller.tenant.id.clone(),
             reason: new.reason,
         };
-        let actor = super::actor(&state, &caller);
-        let burst = for_caller(&state, msg, move |mut c, mut req| {
-            if let Some(a) = actor.clone() {
-                req.metadata_mut()
-                    .insert(bulkhead_client::ACTOR_METADATA, a);
-            }
-            async move { c.request_burst(req).await }
+        let burst = super::member_call_as(&state, &caller, msg, |mut c, req| async move {
+            c.request_burst(req).await
         })
-        .await?;
+        .await
+        .map_err(|s| GatewayError::from_control_plane(&s))?;
         Ok::<_, GatewayError>((StatusCode::CREATED, axum::Json(burst_json(&burst))).into_response())
     };
     result.await.unwrap_or_else(IntoResponse::into_response)

@@ -279,29 +279,21 @@ pub(super) async fn shared_knowledge(
         names,
         user_id: user_id.to_owned(),
     };
-    let actor = super::actor(state, caller);
-    let found = state
-        .client
-        .member()
-        .send_for(CONTROL_PLANE_DEADLINE, msg, move |mut c, mut req| {
-            if let Some(a) = actor.clone() {
-                req.metadata_mut()
-                    .insert(bulkhead_client::ACTOR_METADATA, a);
-            }
-            async move { c.resolve_shared(req).await }
-        })
-        .await
-        .map_err(|s| match s.code() {
-            tonic::Code::PermissionDenied => GatewayError::Denied {
-                message: format!(
-                    "{}; its owner's administrator can share it with `bulkhead share grant`",
-                    s.message()
-                ),
-                code: "shared_snippet_not_available",
-                param: Some("messages".into()),
-            },
-            _ => GatewayError::from_control_plane(&s),
-        })?;
+    let found = super::member_call_as(state, caller, msg, |mut c, req| async move {
+        c.resolve_shared(req).await
+    })
+    .await
+    .map_err(|s| match s.code() {
+        tonic::Code::PermissionDenied => GatewayError::Denied {
+            message: format!(
+                "{}; its owner's administrator can share it with `bulkhead share grant`",
+                s.message()
+            ),
+            code: "shared_snippet_not_available",
+            param: Some("messages".into()),
+        },
+        _ => GatewayError::from_control_plane(&s),
+    })?;
     Ok(found
         .snippets
         .into_iter()

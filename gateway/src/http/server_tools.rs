@@ -19,7 +19,6 @@
 
 use base64::Engine;
 use bulkhead_proto::tools::ToolCall;
-use sha2::Digest;
 
 use super::answer::{Outcome, answer_headers, collect, usage_json};
 use super::*;
@@ -146,7 +145,7 @@ async fn run_call(
 ) -> (Value, String) {
     let args = call.arguments_value();
     let code = args.get("code").and_then(Value::as_str).unwrap_or_default();
-    let hash = hex(&sha2::Sha256::digest(call.arguments.as_bytes()));
+    let hash = bulkhead_client::hash_secret(&call.arguments);
     let ran = if code.trim().is_empty() {
         Err("the call gave no `code` to run".to_owned())
     } else {
@@ -155,7 +154,7 @@ async fn run_call(
             .await
             .map_err(|e| e.to_string())
     };
-    let (status, step, result) = match &ran {
+    let (status, step, result, bytes_out, files, duration_ms) = match &ran {
         Ok(out) => {
             let status = match (out.limit, out.exit_code) {
                 (Some(limit), _) => format!("limit {}", limit.as_str()),
@@ -193,22 +192,23 @@ async fn run_call(
                 "stderr": clip(&out.stderr),
                 "files_for_the_user": names,
             });
-            (status, step, result.to_string())
+            let bytes_out = out.stdout.len()
+                + out.stderr.len()
+                + out.files.iter().map(|f| f.bytes.len()).sum::<usize>();
+            (
+                status,
+                step,
+                result.to_string(),
+                bytes_out as u64,
+                names.iter().map(|n| (*n).to_owned()).collect(),
+                u64::try_from(out.duration.as_millis()).unwrap_or(u64::MAX),
+            )
         }
         Err(why) => {
             let step = json!({"tool": call.name, "call_id": call.id, "code": code, "status": "error", "error": why});
-            ("error".to_owned(), step, json!({"error": why}).to_string())
+            let result = json!({"error": why}).to_string();
+            ("error".to_owned(), step, result, 0, Vec::new(), 0)
         }
-    };
-    let (bytes_out, files, duration_ms) = match &ran {
-        Ok(out) => (
-            (out.stdout.len()
-                + out.stderr.len()
-                + out.files.iter().map(|f| f.bytes.len()).sum::<usize>()) as u64,
-            out.files.iter().map(|f| f.name.clone()).collect(),
-            u64::try_from(out.duration.as_millis()).unwrap_or(u64::MAX),
-        ),
-        Err(_) => (0, Vec::new(), 0),
     };
     let record = cp::ToolStep {
         tenant_id: p.caller.tenant.id.clone(),
@@ -220,13 +220,8 @@ async fn run_call(
         bytes_out,
         files,
     };
-    let actor = super::actor(state, &p.caller);
-    let recorded = sessions::for_caller(state, record, move |mut c, mut req| {
-        if let Some(a) = actor.clone() {
-            req.metadata_mut()
-                .insert(bulkhead_client::ACTOR_METADATA, a);
-        }
-        async move { c.record_tool_step(req).await }
+    let recorded = super::member_call_as(state, &p.caller, record, |mut c, req| async move {
+        c.record_tool_step(req).await
     })
     .await;
     if let Err(e) = recorded {
@@ -285,8 +280,4 @@ fn clip(s: &str) -> String {
     }
     let cut: String = s.chars().take(RESULT_CHARS).collect();
     format!("{cut}… (cut at {RESULT_CHARS} characters)")
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
