@@ -28,6 +28,7 @@ impl TenantFields {
                     .map(str::to_owned)
                     .collect(),
             }),
+            kv_share_across_users: self.kv_share_across_users,
         }
     }
 }
@@ -93,6 +94,10 @@ pub struct TenantFields {
     time_zone: Option<String>,
     #[arg(long)]
     knowledge_share: Option<bool>,
+    /// Language of the tenant's error messages and console when a request
+    /// names none (Accept-Language): `en` (default) or `zh-CN`.
+    #[arg(long)]
+    locale: Option<String>,
     /// Override the plan: may ask for burst quota.
     #[arg(long)]
     burst: Option<bool>,
@@ -111,6 +116,10 @@ pub struct TenantFields {
     /// Override the plan: server-side tools, comma-separated (`code_run`; "" for none).
     #[arg(long)]
     tools: Option<String>,
+    /// Override the plan: users of the tenant reuse each other's KV prefixes
+    /// (and see them as cached_tokens). Off by default: each user only their own.
+    #[arg(long)]
+    kv_share_across_users: Option<bool>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -189,6 +198,11 @@ pub enum KeyCommand {
         tenant: String,
         #[arg(long, default_value = "")]
         name: String,
+        /// A user's key: it acts as this user only (its requests' user is
+        /// this one) and reaches only this user's sessions. Without it the
+        /// key is tenant-wide.
+        #[arg(long, default_value = "")]
+        user: String,
     },
     /// Revoke a key by its id.
     Revoke { key_id: String },
@@ -294,6 +308,10 @@ fn print_tenant(t: &pb::Tenant) {
         }
     );
     println!("knowledge_share:    {}", t.knowledge_share);
+    println!(
+        "locale:             {}",
+        if t.locale.is_empty() { "en" } else { &t.locale }
+    );
     if !t.system_prompt.is_empty() {
         println!("system_prompt:      {}", t.system_prompt);
     }
@@ -329,6 +347,11 @@ fn print_tenant(t: &pb::Tenant) {
             f.tools.join(", ")
         },
         mark("tools")
+    );
+    println!(
+        "  kv_share_across_users: {}{}",
+        f.kv_share_across_users,
+        mark("kv_share_across_users")
     );
     println!(
         "overridden:         {}",
@@ -422,6 +445,7 @@ pub async fn tenant(connect: Connect, command: TenantCommand) -> anyhow::Result<
                 quick_prompts: fields.quick_prompts,
                 time_zone: fields.time_zone.unwrap_or_default(),
                 knowledge_share: fields.knowledge_share.unwrap_or_default(),
+                locale: fields.locale.unwrap_or_default(),
                 feature_overrides,
                 ..Default::default()
             };
@@ -488,6 +512,7 @@ pub async fn tenant(connect: Connect, command: TenantCommand) -> anyhow::Result<
                 set_quick_prompts,
                 time_zone: fields.time_zone,
                 knowledge_share: fields.knowledge_share,
+                locale: fields.locale,
                 features,
             };
             let t = client
@@ -526,20 +551,28 @@ pub async fn tenant(connect: Connect, command: TenantCommand) -> anyhow::Result<
 pub async fn key(connect: Connect, command: KeyCommand) -> anyhow::Result<()> {
     let client = connect.client();
     match command {
-        KeyCommand::Create { tenant, name } => {
+        KeyCommand::Create { tenant, name, user } => {
             let created = client
                 .admin()
                 .send(
                     pb::CreateKeyRequest {
                         tenant_id: tenant.clone(),
                         name: name.clone(),
+                        user_id: user.clone(),
                     },
                     |mut c, req| async move { c.create_key(req).await },
                 )
                 .await
                 .map_err(status)?;
             let key = created.key.unwrap_or_default();
-            println!("key id: {} (tenant {})", key.key_id, key.tenant_id);
+            if key.user_id.is_empty() {
+                println!("key id: {} (tenant {})", key.key_id, key.tenant_id);
+            } else {
+                println!(
+                    "key id: {} (tenant {}, user {})",
+                    key.key_id, key.tenant_id, key.user_id
+                );
+            }
             println!("shown once; only its hash is stored:");
             println!("{}", created.plaintext);
         }
@@ -571,15 +604,20 @@ pub async fn key(connect: Connect, command: KeyCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(status)?;
             println!(
-                "{:<22} {:<12} {:<16} {:<21} {:<21} {:<21}",
-                "KEY ID", "PREFIX", "NAME", "CREATED", "LAST USED", "REVOKED"
+                "{:<22} {:<12} {:<16} {:<16} {:<21} {:<21} {:<21}",
+                "KEY ID", "PREFIX", "NAME", "USER", "CREATED", "LAST USED", "REVOKED"
             );
             for k in keys.keys {
                 println!(
-                    "{:<22} {:<12} {:<16} {:<21} {:<21} {:<21}",
+                    "{:<22} {:<12} {:<16} {:<16} {:<21} {:<21} {:<21}",
                     k.key_id,
                     k.prefix,
                     k.name,
+                    if k.user_id.is_empty() {
+                        "(all)"
+                    } else {
+                        &k.user_id
+                    },
                     ms_to_text(k.created_at_ms),
                     ms_to_text(k.last_used_at_ms),
                     ms_to_text(k.revoked_at_ms)

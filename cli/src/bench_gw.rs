@@ -515,6 +515,7 @@ pub(crate) async fn bench_tenant(
             cp::CreateKeyRequest {
                 tenant_id: tenant.into(),
                 name: "bench".into(),
+                user_id: String::new(),
             },
             |mut c, req| async move { c.create_key(req).await },
         )

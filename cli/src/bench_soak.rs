@@ -115,6 +115,7 @@ async fn write_turns(
                                 session_id: format!("{run}-{session}"),
                                 user_id: format!("user-{}", session % USERS),
                                 turns: vec![turn("user"), turn("assistant")],
+                                owner: String::new(),
                             }
                         })
                         .collect(),

@@ -552,11 +552,14 @@ mod fuzz {
         "quick_prompts",
         "time_zone",
         "knowledge_share",
+        "locale",
         "burst",
         "burst_percent",
         "knowledge_sharing",
         "max_keys",
         "retention_days",
+        "tools",
+        "kv_share_across_users",
         "webhooks",
     ];
 

@@ -40,6 +40,22 @@ pub fn new_tenant_id(id: &str) -> Result<TenantId> {
     Ok(tid)
 }
 
+/// The languages of user-facing messages (the gateway's catalogue).
+pub const LOCALES: &[&str] = &["en", "zh-CN"];
+
+pub fn validate_locale(locale: &str) -> Result<()> {
+    if !locale.is_empty() && !LOCALES.contains(&locale) {
+        return Err(ControlPlaneError::invalid(
+            "locale",
+            format!(
+                "unknown locale {locale:?} (use one of {})",
+                LOCALES.join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub fn validate_time_zone(tz: &str) -> Result<()> {
     if !tz.is_empty() && tz.parse::<chrono_tz::Tz>().is_err() {
         return Err(ControlPlaneError::invalid(
@@ -101,6 +117,7 @@ pub fn build_tenant(
     };
     validate_plan(&plan)?;
     validate_time_zone(&t.time_zone)?;
+    validate_locale(&t.locale)?;
     let given = t.limits.unwrap_or_default();
     // A limit counts as set when it is not 0, or when the caller names it in
     // `overridden` (a config file's `context_turns: 0`).
@@ -123,6 +140,7 @@ pub fn build_tenant(
     mark("max_keys", f.max_keys.is_some());
     mark("retention_days", f.retention_days.is_some());
     mark("tools", f.tools.is_some());
+    mark("kv_share_across_users", f.kv_share_across_users.is_some());
     let mut limits = Limits {
         daily_tokens: given.daily_tokens,
         max_concurrent: given.max_concurrent,
@@ -137,6 +155,7 @@ pub fn build_tenant(
         max_keys: f.max_keys.unwrap_or_default(),
         retention_days: f.retention_days.unwrap_or_default(),
         tools: f.tools.map(|t| t.names).unwrap_or_default(),
+        kv_share_across_users: f.kv_share_across_users.unwrap_or_default(),
     };
     plans::follow_plan(&plan, &overridden, &mut limits, &mut feats);
     let adapter_scale = if t.adapter.is_empty() {
@@ -164,6 +183,7 @@ pub fn build_tenant(
         quick_prompts: t.quick_prompts,
         time_zone: t.time_zone,
         knowledge_share: t.knowledge_share,
+        locale: t.locale,
         version: 0,
         created_at_ms: now_ms,
         features: feats,
@@ -304,6 +324,7 @@ pub fn features_to_pb(f: &Features) -> pb::Features {
         max_keys: f.max_keys,
         retention_days: f.retention_days,
         tools: f.tools.clone(),
+        kv_share_across_users: f.kv_share_across_users,
     }
 }
 

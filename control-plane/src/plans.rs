@@ -30,6 +30,10 @@ pub struct Features {
     /// Server-side tools the gateway runs for the tenant.
     #[serde(default)]
     pub tools: Vec<String>,
+    /// Requests of different users reuse each other's KV prefixes (and see
+    /// them as `cached_tokens`); off, a user's requests reuse only their own.
+    #[serde(default)]
+    pub kv_share_across_users: bool,
 }
 
 /// Default features of a plan, or `None` for an unknown plan.
@@ -42,6 +46,7 @@ pub fn default_features(plan: &str) -> Option<Features> {
             max_keys: 2,
             retention_days: 30,
             tools: Vec::new(),
+            kv_share_across_users: false,
         },
         "pro" => Features {
             burst: false,
@@ -50,6 +55,7 @@ pub fn default_features(plan: &str) -> Option<Features> {
             max_keys: 10,
             retention_days: 90,
             tools: Vec::new(),
+            kv_share_across_users: false,
         },
         "enterprise" => Features {
             burst: true,
@@ -58,6 +64,7 @@ pub fn default_features(plan: &str) -> Option<Features> {
             max_keys: 100,
             retention_days: 365,
             tools: vec!["code_run".to_owned()],
+            kv_share_across_users: false,
         },
         _ => return None,
     })
@@ -128,6 +135,12 @@ pub fn follow_plan(
         f.retention_days,
     );
     fill(o, "tools", &mut features.tools, f.tools);
+    fill(
+        o,
+        "kv_share_across_users",
+        &mut features.kv_share_across_users,
+        f.kv_share_across_users,
+    );
 }
 
 /// Sets `field` to the plan's value unless the tenant overrides `name`.

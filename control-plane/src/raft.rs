@@ -500,6 +500,7 @@ mod cap {
                 tenant_id: "t".into(),
                 session_id: "s".into(),
                 user_id: String::new(),
+                owner: String::new(),
                 turns: vec![("user".into(), "x".repeat(bytes))],
                 now_ms: 0,
             },

@@ -23,6 +23,14 @@ pub struct SessionRecord {
     pub turns: u64,
 }
 
+impl SessionRecord {
+    /// Whether a caller limited to `owner`'s sessions may reach this one
+    /// (an empty `owner`: a caller not limited to one user).
+    pub fn belongs_to(&self, owner: &str) -> bool {
+        owner.is_empty() || self.user_id == owner
+    }
+}
+
 /// One message of a session.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TurnRecord {

@@ -241,11 +241,15 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
             user_id,
             turns,
             now_ms,
+            owner,
         } => {
             let Some(scope) = scope(t, &tenant_id)? else {
                 return Ok(Reply::Rejected(Rejection::UnknownTenant(tenant_id)));
             };
             let session = match scope.session(&session_id)? {
+                Some(s) if !s.belongs_to(&owner) => {
+                    return Ok(Reply::Rejected(Rejection::UnknownSession(session_id)));
+                }
                 Some(s) => s,
                 None => SessionRecord {
                     title: turns
@@ -274,6 +278,7 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
                             user_id: a.user_id,
                             turns: a.turns,
                             now_ms,
+                            owner: a.owner,
                         },
                     )
                 })
@@ -282,11 +287,12 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
         Command::DeleteSession {
             tenant_id,
             session_id,
+            owner,
         } => {
             let Some(scope) = scope(t, &tenant_id)? else {
                 return Ok(Reply::Rejected(Rejection::UnknownTenant(tenant_id)));
             };
-            let Some(session) = scope.session(&session_id)? else {
+            let Some(session) = scope.session(&session_id)?.filter(|s| s.belongs_to(&owner)) else {
                 return Ok(Reply::Rejected(Rejection::UnknownSession(session_id)));
             };
             scope.delete_session(&session_id)?;

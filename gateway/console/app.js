@@ -8,6 +8,89 @@
 // Small helpers
 
 const $ = (selector, root = document) => root.querySelector(selector);
+
+// ---------------------------------------------------------------------------
+// The chat's words, in English and Simplified Chinese: one catalogue, as the
+// gateway's own (gateway/locales/*.ftl) for its error messages. The language
+// is the gateway's choice for this browser (its Accept-Language, else the
+// tenant's `locale`), which GET /v1/tenant reports; before sign-in, the
+// browser's own.
+
+const MESSAGES = {
+  en: {
+    'signin.title': 'Chat',
+    'signin.hint': 'Sign in with the API key your operator gave your team.',
+    'signin.key': 'Tenant API key',
+    'signin.button': 'Sign in to chat',
+    'signin.invalid': 'That key is not valid: it is unknown, revoked or expired.',
+    'signin.revoked': 'Your API key is no longer valid: it was revoked or has expired. Ask your operator for a new key and sign in again.',
+    loading: 'Loading…',
+    'chat.placeholder': 'Message {name}… (Enter to send, Shift+Enter for a new line)',
+    'chat.code_run': ' Run Python',
+    'chat.code_run_hint': 'The model writes Python; the gateway runs it in a sandbox and shows the result',
+    'chat.send': 'Send',
+    'chat.stop': 'Stop',
+    'chat.stopped': 'Stopped.',
+    'chat.new_session': '+ New session',
+    'chat.my_sessions': 'My sessions ({user})',
+    'chat.all_sessions': 'All sessions',
+    'chat.untitled': 'Untitled session',
+    'chat.welcome': 'Ask a question to start a session.',
+    'chat.tokens_left': '{tokens} tokens left today for {name}',
+    'model.loading': 'The model {model} is loading on a worker: {pct} done. Your message will be sent as soon as it is ready.',
+    'model.unavailable': "No worker serves the model {model} right now (the operators' live monitor shows it too); try again later.",
+    'burst.title': 'More quota today',
+    'burst.reason': 'Why your team needs more tokens today',
+    'burst.button': 'Request burst quota',
+    'burst.line': '{day}: {status}, +{tokens} tokens',
+  },
+  'zh-CN': {
+    'signin.title': '对话',
+    'signin.hint': '请使用运维人员发给您团队的 API 密钥登录。',
+    'signin.key': '租户 API 密钥',
+    'signin.button': '登录并开始对话',
+    'signin.invalid': '该密钥无效：不存在、已吊销或已过期。',
+    'signin.revoked': '您的 API 密钥已失效：已被吊销或已过期。请向运维人员索取新密钥后重新登录。',
+    loading: '加载中…',
+    'chat.placeholder': '给 {name} 发消息…（Enter 发送，Shift+Enter 换行）',
+    'chat.code_run': ' 运行 Python',
+    'chat.code_run_hint': '模型编写 Python 代码，网关在沙箱中运行并显示结果',
+    'chat.send': '发送',
+    'chat.stop': '停止',
+    'chat.stopped': '已停止。',
+    'chat.new_session': '+ 新建会话',
+    'chat.my_sessions': '我的会话（{user}）',
+    'chat.all_sessions': '全部会话',
+    'chat.untitled': '未命名会话',
+    'chat.welcome': '提一个问题即可开始新会话。',
+    'chat.tokens_left': '{name} 今日剩余 {tokens} 个 token',
+    'model.loading': '模型 {model} 正在工作节点上加载：已完成 {pct}。模型就绪后将立即发送您的消息。',
+    'model.unavailable': '目前没有工作节点提供模型 {model}（运维人员的实时监控中也可看到）；请稍后再试。',
+    'burst.title': '申请今日额外配额',
+    'burst.reason': '说明您的团队今天为何需要更多 token',
+    'burst.button': '申请突发配额',
+    'burst.line': '{day}：{status}，+{tokens} 个 token',
+  },
+};
+
+/** The catalogue's language for a tag such as `zh-CN`, `zh-TW` or `en-US`. */
+function catalogueFor(tag) {
+  const primary = String(tag || '').split(/[-_]/)[0].toLowerCase();
+  return primary === 'zh' ? 'zh-CN' : primary === 'en' ? 'en' : null;
+}
+
+let lang = (navigator.languages || [navigator.language]).map(catalogueFor).find(Boolean) || 'en';
+
+function setLang(tag) {
+  lang = catalogueFor(tag) || lang;
+  document.documentElement.lang = lang;
+}
+
+/** The catalogue's text for `id` in the current language, with `{name}`s filled in. */
+function tr(id, vars = {}) {
+  const text = MESSAGES[lang]?.[id] ?? MESSAGES.en[id] ?? id;
+  return text.replace(/\{(\w+)\}/g, (_, name) => String(vars[name] ?? ''));
+}
 /** Resolves after `ms`, or rejects with an AbortError when `signal` aborts. */
 function sleep(ms, signal) {
   return new Promise((resolve, reject) => {
@@ -224,18 +307,14 @@ function viewSignin(message) {
           auth.set({ role: 'tenant', secret: key, name: t.display_name, tenant: t.id });
           go('#/chat');
         } catch (err) {
-          show(
-            tenantError,
-            'error',
-            err.status === 401 ? 'That key is not valid: it is unknown, revoked or expired.' : err.message,
-          );
+          show(tenantError, 'error', err.status === 401 ? tr('signin.invalid') : err.message);
         }
       },
     },
-    h('h2', {}, 'Chat'),
-    h('p', { class: 'muted' }, 'Sign in with the API key your operator gave your team.'),
-    h('label', {}, 'Tenant API key', h('input', { id: 'tenant-key', type: 'password', autocomplete: 'off', placeholder: 'bk_…', required: true })),
-    h('button', { id: 'tenant-signin-button', class: 'primary', type: 'submit' }, 'Sign in to chat'),
+    h('h2', {}, tr('signin.title')),
+    h('p', { class: 'muted' }, tr('signin.hint')),
+    h('label', {}, tr('signin.key'), h('input', { id: 'tenant-key', type: 'password', autocomplete: 'off', placeholder: 'bk_…', required: true })),
+    h('button', { id: 'tenant-signin-button', class: 'primary', type: 'submit' }, tr('signin.button')),
     tenantError,
   );
   const adminSignin = h(
@@ -271,7 +350,7 @@ const chat = { tenant: null, sessions: [], current: null, busy: false, controlle
 
 async function viewChat() {
   setNav([]);
-  page(h('p', { class: 'muted' }, 'Loading…'));
+  page(h('p', { class: 'muted' }, tr('loading')));
   const live = alive();
   let t;
   try {
@@ -280,6 +359,7 @@ async function viewChat() {
     return chatRefused(e);
   }
   if (!live()) return;
+  setLang(t.locale);
   chat.tenant = t;
   $('#who').textContent = t.display_name;
   const composer = h(
@@ -294,7 +374,7 @@ async function viewChat() {
     },
     h('textarea', {
       id: 'prompt',
-      placeholder: `Message ${t.display_name}… (Enter to send, Shift+Enter for a new line)`,
+      placeholder: tr('chat.placeholder', { name: t.display_name }),
       onkeydown: (e) => {
         if (e.key === 'Enter' && !e.shiftKey) {
           e.preventDefault();
@@ -305,13 +385,13 @@ async function viewChat() {
     (t.features?.tools || []).includes('code_run')
       ? h(
           'label',
-          { class: 'tool-toggle', title: 'The model writes Python; the gateway runs it in a sandbox and shows the result' },
+          { class: 'tool-toggle', title: tr('chat.code_run_hint') },
           h('input', { id: 'use-code-run', type: 'checkbox' }),
-          ' Run Python',
+          tr('chat.code_run'),
         )
       : null,
-    h('button', { id: 'send', class: 'primary', type: 'submit' }, 'Send'),
-    h('button', { id: 'stop', type: 'button', hidden: true, onclick: () => chat.controller?.abort() }, 'Stop'),
+    h('button', { id: 'send', class: 'primary', type: 'submit' }, tr('chat.send')),
+    h('button', { id: 'stop', type: 'button', hidden: true, onclick: () => chat.controller?.abort() }, tr('chat.stop')),
   );
   page(
     h(
@@ -321,7 +401,11 @@ async function viewChat() {
         'aside',
         { class: 'sidebar' },
         h('h1', { id: 'tenant-name' }, t.display_name),
-        h('button', { id: 'new-session', class: 'primary', type: 'button', onclick: newSession }, '+ New session'),
+        h('button', { id: 'new-session', class: 'primary', type: 'button', onclick: newSession }, tr('chat.new_session')),
+        // A user's key sees that user's sessions only; a tenant-wide key, everyone's.
+        t.user
+          ? h('h2', { id: 'sessions-title', class: 'muted' }, tr('chat.my_sessions', { user: t.user }))
+          : h('h2', { id: 'sessions-title', class: 'muted' }, tr('chat.all_sessions')),
         h('ul', { id: 'sessions' }),
         burstBox(t),
       ),
@@ -350,12 +434,12 @@ function modelStatus(model, status) {
     el.replaceChildren(
       alertBox(
         'warn',
-        `The model ${model} is loading on a worker: ${pct(status.progress)} done. Your message will be sent as soon as it is ready.`,
+        tr('model.loading', { model, pct: pct(status.progress) }),
         h('progress', { id: 'model-progress', class: 'progress', max: '100', value: String(Math.round(status.progress * 100)) }),
       ),
     );
   } else {
-    el.replaceChildren(alertBox('error', `No worker serves the model ${model} right now (the operators' live monitor shows it too); try again later.`));
+    el.replaceChildren(alertBox('error', tr('model.unavailable', { model })));
   }
 }
 
@@ -363,7 +447,7 @@ function chatRefused(e) {
   if (e.status === 401) {
     auth.clear();
     chat.current = null;
-    return viewSignin('Your API key is no longer valid: it was revoked or has expired. Ask your operator for a new key and sign in again.');
+    return viewSignin(tr('signin.revoked'));
   }
   page(alertBox('error', e.message));
 }
@@ -395,7 +479,7 @@ async function loadSessions() {
             title: s.title,
             onclick: () => openSession(s.id),
           },
-          s.title || 'Untitled session',
+          s.title || tr('chat.untitled'),
         ),
       ),
     ),
@@ -416,7 +500,7 @@ function burstBox(t) {
     const { data } = await api('/v1/burst_requests');
     status.replaceChildren(
       ...data.slice(0, 3).map((b) =>
-        h('div', { class: 'burst', dataset: { status: b.status } }, `${b.day}: ${b.status}, +${fmtInt(b.extra_tokens)} tokens`),
+        h('div', { class: 'burst', dataset: { status: b.status } }, tr('burst.line', { day: b.day, status: b.status, tokens: fmtInt(b.extra_tokens) })),
       ),
     );
   };
@@ -430,9 +514,9 @@ function burstBox(t) {
         await refresh();
       }),
     },
-    h('h2', {}, 'More quota today'),
-    h('textarea', { id: 'burst-reason', placeholder: 'Why your team needs more tokens today', required: true }),
-    h('button', { id: 'burst-request', type: 'submit' }, 'Request burst quota'),
+    h('h2', {}, tr('burst.title')),
+    h('textarea', { id: 'burst-reason', placeholder: tr('burst.reason'), required: true }),
+    h('button', { id: 'burst-request', type: 'submit' }, tr('burst.button')),
     status,
   );
   refresh().catch((e) => show(status, 'error', e.message));
@@ -450,7 +534,7 @@ function newSession() {
       'div',
       { id: 'welcome', class: 'welcome' },
       h('h2', {}, t.display_name),
-      h('p', { id: 'welcome-message' }, t.welcome_message || 'Ask a question to start a session.'),
+      h('p', { id: 'welcome-message' }, t.welcome_message || tr('chat.welcome')),
       h(
         'div',
         { class: 'quick' },
@@ -577,7 +661,7 @@ async function send(text) {
           },
         );
         const left = headers.get('x-ratelimit-remaining-tokens');
-        if (left !== null) $('#quota-line').textContent = `${fmtInt(left)} tokens left today for ${chat.tenant.display_name}`;
+        if (left !== null) $('#quota-line').textContent = tr('chat.tokens_left', { tokens: fmtInt(left), name: chat.tenant.display_name });
         modelStatus(chat.tenant.model, { state: 'ready' });
         break;
       } catch (e) {
@@ -607,7 +691,7 @@ async function send(text) {
 }
 
 function chatError(e) {
-  if (e.name === 'AbortError') return show('#chat-error', 'warn', 'Stopped.');
+  if (e.name === 'AbortError') return show('#chat-error', 'warn', tr('chat.stopped'));
   if (e.status === 401) return chatRefused(e);
   // The gateway's own words (for a 429: which limit, when it resets, what to do).
   show('#chat-error', 'error', e.message);

@@ -49,6 +49,20 @@ pub struct ModelStatus {
 pub struct Caller {
     pub tenant: Arc<pb::Tenant>,
     pub key_id: String,
+    /// Set for a user's key: the caller acts as this user only and reaches
+    /// only this user's sessions.
+    pub user: Option<bulkhead_proto::UserId>,
+}
+
+impl Caller {
+    /// The user whose sessions alone this caller may reach, as the control
+    /// plane's `owner` fields take it: empty for a tenant-wide key.
+    pub fn owner(&self) -> String {
+        self.user
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    }
 }
 
 pub struct Directory {
@@ -94,6 +108,9 @@ impl Directory {
         Some(Caller {
             tenant: Arc::clone(tenant),
             key_id: key.key_id.clone(),
+            user: (!key.user_id.is_empty())
+                .then(|| bulkhead_proto::UserId::new(&key.user_id).ok())
+                .flatten(),
         })
     }
 

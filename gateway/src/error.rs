@@ -7,12 +7,14 @@ use axum::response::{IntoResponse, Response};
 use bulkhead_proto::auth::INVALID_ADMIN_TOKEN;
 use tonic::Code;
 
+use crate::i18n::{self, Text};
+
 /// Why a request was refused by a tenant limit (HTTP 429).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     /// `daily_tokens` or `max_concurrent`.
     pub limit: &'static str,
-    pub message: String,
+    pub message: Text,
     /// The day's quota (tokens).
     pub limit_tokens: u64,
     /// Tokens of the day's quota not used nor promised to running requests.
@@ -28,15 +30,15 @@ pub enum GatewayError {
     /// No credential, or a wrong one: `invalid_api_key`, or on the admin API
     /// `missing_admin_token` / `invalid_admin_token`.
     #[error("{message}")]
-    Unauthorized { message: String, code: &'static str },
+    Unauthorized { message: Text, code: &'static str },
     /// The key is valid but names another tenant than the request does.
     #[error("{0}")]
-    Forbidden(String),
+    Forbidden(Text),
     /// The caller may not do this (a shared snippet it has no grant for, an
     /// admin call the control plane refused).
     #[error("{message}")]
     Denied {
-        message: String,
+        message: Text,
         code: &'static str,
         param: Option<String>,
     },
@@ -54,7 +56,7 @@ pub enum GatewayError {
     #[error("this route does not take that method; see docs/admin-openapi.yaml")]
     MethodNotAllowed,
     #[error("{0}")]
-    TooLarge(String),
+    TooLarge(Text),
     #[error("{}", .0.message)]
     RateLimited(Box<Refusal>),
     #[error("{0}")]
@@ -70,7 +72,7 @@ pub enum GatewayError {
     Upstream(String),
     /// Too many session or sharing calls of one tenant in a short time.
     #[error("{0}")]
-    Throttled(String),
+    Throttled(Text),
     /// The request ran past its deadline; the worker was told to stop.
     #[error("{0}")]
     DeadlineExceeded(String),
@@ -86,7 +88,7 @@ impl GatewayError {
     }
 
     /// A request without a valid API key.
-    pub fn invalid_api_key(message: impl Into<String>) -> Self {
+    pub fn invalid_api_key(message: impl Into<Text>) -> Self {
         Self::Unauthorized {
             message: message.into(),
             code: "invalid_api_key",
@@ -95,9 +97,7 @@ impl GatewayError {
 
     /// A body over the limit of `limit` bytes.
     pub fn too_large(limit: usize) -> Self {
-        Self::TooLarge(format!(
-            "the request body is larger than the limit of {limit} bytes"
-        ))
+        Self::TooLarge(Text::new("request-too-large").arg("limit", limit))
     }
 
     pub fn status(&self) -> StatusCode {
@@ -162,10 +162,24 @@ impl GatewayError {
         }
     }
 
-    /// The OpenAI-style error body.
+    /// The message in `locale`: the catalogued ones in that language, the
+    /// others as they are.
+    pub fn message(&self, locale: i18n::Locale) -> String {
+        match self {
+            Self::Unauthorized { message, .. } | Self::Denied { message, .. } => {
+                message.render(locale)
+            }
+            Self::Forbidden(t) | Self::TooLarge(t) | Self::Throttled(t) => t.render(locale),
+            Self::RateLimited(r) => r.message.render(locale),
+            other => other.to_string(),
+        }
+    }
+
+    /// The OpenAI-style error body, in the language of the request being
+    /// handled ([`i18n::current`]).
     pub fn body(&self) -> serde_json::Value {
         let mut body = bulkhead_proto::openai::error(
-            &self.to_string(),
+            &self.message(i18n::current()),
             self.kind(),
             self.param(),
             self.code(),
@@ -215,7 +229,7 @@ impl GatewayError {
         let code = control_plane_code(status);
         match status.code() {
             Code::Unauthenticated if code == Some(INVALID_ADMIN_TOKEN) => Self::Unauthorized {
-                message,
+                message: message.into(),
                 code: INVALID_ADMIN_TOKEN,
             },
             Code::NotFound => Self::NotFound {
@@ -236,7 +250,7 @@ impl GatewayError {
                 code: code.unwrap_or("failed_precondition"),
             },
             Code::PermissionDenied => Self::Denied {
-                message,
+                message: message.into(),
                 code: "permission_denied",
                 param: None,
             },
@@ -254,7 +268,7 @@ impl GatewayError {
     /// An extractor's refusal (body, query string, path) as JSON.
     pub fn rejected(status: StatusCode, what: &str, text: String) -> Self {
         if status == StatusCode::PAYLOAD_TOO_LARGE {
-            return Self::TooLarge(format!("the request body is too large: {text}"));
+            return Self::TooLarge(format!("the request body is too large: {text}").into());
         }
         Self::BadRequest {
             message: format!("{what}: {text}"),

@@ -100,6 +100,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
+        // Errors in the request's language (Accept-Language, else the tenant's).
+        .layer(axum::middleware::from_fn(crate::i18n::layer))
         .with_state(state)
 }
 
@@ -237,6 +239,12 @@ async fn tenant_profile(
         "id": t.id,
         "display_name": if t.display_name.is_empty() { &t.id } else { &t.display_name },
         "plan": t.plan,
+        // The language this caller's messages come in (its Accept-Language,
+        // else the tenant's `locale`), for the console to match.
+        "locale": crate::i18n::current().tag(),
+        // Set for a user's key: its requests act as this user, and it sees
+        // this user's sessions only.
+        "user": caller.user.as_ref().map(ToString::to_string),
         "welcome_message": t.welcome_message,
         "quick_prompts": t.quick_prompts,
         "model": model,
@@ -250,6 +258,7 @@ async fn tenant_profile(
         "features": {
             "burst": t.features.as_ref().is_some_and(|f| f.burst),
             "tools": t.features.as_ref().map(|f| f.tools.clone()).unwrap_or_default(),
+            "kv_share_across_users": t.features.as_ref().is_some_and(|f| f.kv_share_across_users),
         },
     })))
 }

@@ -16,6 +16,7 @@ pub mod console;
 pub mod directory;
 pub mod error;
 pub mod http;
+pub mod i18n;
 pub mod metrics;
 pub mod quota;
 pub mod route;

@@ -30,6 +30,7 @@ use bulkhead_proto::control as pb;
 use tonic::Code;
 
 use crate::error::{GatewayError, Refusal};
+use crate::i18n::Text;
 use crate::metrics::Metrics;
 
 /// Lease asked for; the control plane caps it.
@@ -388,7 +389,7 @@ impl Quotas {
     ) -> GatewayError {
         match status.code() {
             Code::NotFound => {
-                GatewayError::invalid_api_key(format!("tenant {tenant_id} no longer exists"))
+                GatewayError::invalid_api_key(Text::new("tenant-gone").arg("tenant", tenant_id))
             }
             _ => {
                 let held = quota.lock();
@@ -414,10 +415,7 @@ impl Quotas {
         let refusal = if held.slots_used >= held.slots {
             Refusal {
                 limit: "max_concurrent",
-                message: format!(
-                    "concurrency limit reached: your tenant may run {} requests at once and all are in use; retry when one finishes, or ask your administrator to raise max_concurrent",
-                    held.max_concurrent
-                ),
+                message: Text::new("concurrency-limit").arg("max", held.max_concurrent),
                 limit_tokens: held.quota,
                 remaining_tokens: remaining,
                 resets_at_ms: held.resets_at_ms,
@@ -427,9 +425,7 @@ impl Quotas {
             // The quota has room, but other gateways hold it for now.
             Refusal {
                 limit: "daily_tokens",
-                message: format!(
-                    "this request needs {need} tokens and the rest of today's quota is reserved by requests in flight; retry in a few seconds"
-                ),
+                message: Text::new("quota-reserved").arg("need", need),
                 limit_tokens: held.quota,
                 remaining_tokens: remaining,
                 resets_at_ms: held.resets_at_ms,
@@ -438,12 +434,12 @@ impl Quotas {
         } else {
             Refusal {
                 limit: "daily_tokens",
-                message: format!(
-                    "daily token quota exceeded: this request needs up to {need} tokens but only {remaining} of today's {} remain; the quota resets in {} (at {} UTC). Retry after the reset, lower max_tokens, or ask your administrator to approve a burst",
-                    held.quota,
-                    crate::error::reset_duration(reset_s),
-                    chrono_like(held.resets_at_ms),
-                ),
+                message: Text::new("quota-exceeded")
+                    .arg("need", need)
+                    .arg("remaining", remaining)
+                    .arg("quota", held.quota)
+                    .arg("reset_in", crate::error::reset_duration(reset_s))
+                    .arg("reset_at", chrono_like(held.resets_at_ms)),
                 limit_tokens: held.quota,
                 remaining_tokens: remaining,
                 resets_at_ms: held.resets_at_ms,

@@ -29,9 +29,13 @@ impl Throttle {
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * RATE_PER_SECOND).min(BURST);
         *at = now;
         if *tokens < 1.0 {
-            return Err(GatewayError::Throttled(format!(
-                "too many {what} calls for tenant `{tenant}` (at most {RATE_PER_SECOND} a second, {BURST} at once); retry in a moment"
-            )));
+            return Err(GatewayError::Throttled(
+                crate::i18n::Text::new("too-many-calls")
+                    .arg("what", what)
+                    .arg("tenant", tenant)
+                    .arg("rate", RATE_PER_SECOND)
+                    .arg("burst", BURST),
+            ));
         }
         *tokens -= 1.0;
         Ok(())

@@ -117,12 +117,20 @@ pub fn tenant_with_key(
     let mut args = vec!["tenant", "create", id];
     args.extend_from_slice(limits);
     admin(control_plane, token, &args)?;
-    let out = admin(control_plane, token, &["key", "create", "--tenant", id])?;
+    created_key(&admin(
+        control_plane,
+        token,
+        &["key", "create", "--tenant", id],
+    )?)
+}
+
+/// The key `bulkhead key create` printed.
+pub fn created_key(out: &str) -> anyhow::Result<String> {
     out.lines()
         .map(str::trim)
         .find(|l| l.starts_with("bk_"))
         .map(str::to_owned)
-        .context("no key in `key create` output")
+        .with_context(|| format!("no key in `key create` output: {out}"))
 }
 
 /// One answer of the API: its status, headers and JSON body (for a stream:
@@ -183,6 +191,12 @@ impl Api {
     pub fn post(&self, path: &str, key: &str) -> reqwest::RequestBuilder {
         self.http
             .post(format!("{}{path}", self.base))
+            .bearer_auth(key)
+    }
+
+    pub fn delete(&self, path: &str, key: &str) -> reqwest::RequestBuilder {
+        self.http
+            .delete(format!("{}{path}", self.base))
             .bearer_auth(key)
     }
 
@@ -395,6 +409,11 @@ impl Up {
 
     pub fn tenant_with_key(&self, id: &str, limits: &[&str]) -> anyhow::Result<String> {
         tenant_with_key(&self.control_plane, &self.admin_token, id, limits)
+    }
+
+    /// A new key of `tenant` scoped to `user` (`key create --user`).
+    pub fn user_key(&self, tenant: &str, user: &str) -> anyhow::Result<String> {
+        created_key(&self.admin(&["key", "create", "--tenant", tenant, "--user", user])?)
     }
 
     /// The id of `tenant`'s first key, from `bulkhead key list`.

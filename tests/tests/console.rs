@@ -338,6 +338,7 @@ async fn a_tenant_chats_in_the_browser() -> anyhow::Result<()> {
         b.text("#sessions li button").await?,
         "What is the capital of France?"
     );
+    assert_eq!(sessions_title(&b).await?, "All sessions");
     // A follow-up in the same session carries the history to the model.
     let (follow_up, _) = b.send("Repeat my previous question.").await?;
     assert!(!follow_up.trim().is_empty());
@@ -420,6 +421,26 @@ async fn a_tenant_chats_in_the_browser() -> anyhow::Result<()> {
     b.wait_text("#app", "no longer valid").await?;
     assert_eq!(b.count("#tenant-key").await?, 1);
     b.shot("revoked-key").await?;
+
+    // A user's key: "My sessions", none of the tenant-wide key's, then its own.
+    let alice = up.user_key("acme", "alice")?;
+    eventually("alice's key to reach the gateway", WAIT, || async {
+        let a = up.api.send(up.api.get("/v1/tenant", &alice)).await.ok()?;
+        (a.status == 200).then_some(())
+    })
+    .await?;
+    b.sign_in_tenant(&up.console, &alice).await?;
+    assert_eq!(sessions_title(&b).await?, "My sessions (alice)");
+    assert_eq!(b.count("#sessions li").await?, 0, "not the other sessions");
+    b.send("Hello, I am Alice.").await?;
+    b.until(
+        "alice's own session listed",
+        "document.querySelectorAll('#sessions li').length === 1",
+    )
+    .await?;
+    b.shot("my-sessions").await?;
+    let mine = up.api.send(up.api.get("/v1/sessions", &alice)).await?.body;
+    assert_eq!(mine["data"][0]["user"], "alice", "{mine}");
 
     // A spent quota: the gateway's 429 text, with when it resets.
     let tiny = up.tenant_with_key(
@@ -823,6 +844,17 @@ async fn two_tabs_of_one_browser_chat_as_two_tenants() -> anyhow::Result<()> {
 
 /// Waits until the gateway refuses `key` (a revocation travels on the watch
 /// stream), with the API's code for it.
+/// The sidebar's heading over the session list, as written (not as styled).
+async fn sessions_title(b: &Browser) -> anyhow::Result<String> {
+    Ok(
+        b.js("return document.getElementById('sessions-title').textContent")
+            .await?
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}
+
 async fn refused(up: &Up, key: &str) -> anyhow::Result<()> {
     let a = eventually("the revoked key refused", WAIT, || async move {
         let a = up.api.send(up.api.get("/v1/tenant", key)).await.ok()?;

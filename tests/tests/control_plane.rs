@@ -511,6 +511,7 @@ async fn sessions_stay_within_their_tenant_and_go_with_it() -> anyhow::Result<()
                     ..Default::default()
                 })
                 .collect(),
+            owner: String::new(),
         };
         let client = &client;
         async move {
@@ -527,6 +528,7 @@ async fn sessions_stay_within_their_tenant_and_go_with_it() -> anyhow::Result<()
             tenant_id: tenant.into(),
             session_id: "s1".into(),
             last,
+            owner: String::new(),
         };
         let client = &client;
         async move {

@@ -126,12 +126,7 @@ async fn two_tenants_sessions_stay_apart_and_survive_a_restart() {
     assert_eq!(transcript(&up, &hr, &s_sales).await.0, 404);
     let del = up
         .api
-        .send(
-            up.api
-                .http
-                .delete(format!("{}/v1/sessions/{s_sales}", up.api.base))
-                .bearer_auth(&hr),
-        )
+        .send(up.api.delete(&format!("/v1/sessions/{s_sales}"), &hr))
         .await
         .unwrap();
     assert_eq!(del.status, 404);
@@ -656,4 +651,287 @@ fn ledger_of(up: &Up, tenant: &str) -> u64 {
     usage_csv_totals(&out)
         .and_then(|row| row.get(4)?.parse().ok())
         .unwrap_or(0)
+}
+
+/// Keys scoped to a user (`key create --user`): each sees, reads and deletes
+/// only its own user's sessions and cannot act as another user, while a
+/// tenant-wide key sees them all; and one user's prompt never reuses another
+/// user's KV prefix (which `cached_tokens` would betray) until the tenant
+/// opts in with `kv_share_across_users`.
+#[tokio::test]
+async fn a_users_key_reaches_only_that_users_sessions_and_kv_prefixes() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path()).await.unwrap();
+    let tenant_key = up
+        .tenant_with_key("sales", &["--daily-tokens", "1000000", "--max-keys", "10"])
+        .unwrap();
+    let (alice, bob) = (
+        up.user_key("sales", "alice").unwrap(),
+        up.user_key("sales", "bob").unwrap(),
+    );
+    let keys = up.admin(&["key", "list", "--tenant", "sales"]).unwrap();
+    assert!(keys.contains("alice") && keys.contains("(all)"), "{keys}");
+    for key in [&tenant_key, &alice, &bob] {
+        eventually(
+            "the keys to reach the gateway",
+            Duration::from_secs(20),
+            || async {
+                let a = up.api.send(up.api.get("/v1/tenant", key)).await.ok()?;
+                (a.status == 200).then_some(a.body)
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let me = up.api.send(up.api.get("/v1/tenant", &alice)).await.unwrap();
+    assert_eq!(me.body["user"], "alice", "{:?}", me.body);
+
+    let (mine, theirs) = (new_session(&up, &alice).await, new_session(&up, &bob).await);
+    say(&up, &alice, &mine, "My secret is the word tangerine.").await;
+    let listed = |key: String| {
+        let up = &up;
+        async move {
+            let a = up.api.send(up.api.get("/v1/sessions", &key)).await.unwrap();
+            assert_eq!(a.status, 200, "{:?}", a.body);
+            let mut ids: Vec<String> = a.body["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{}:{}",
+                        s["user"].as_str().unwrap_or(""),
+                        s["id"].as_str().unwrap()
+                    )
+                })
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    assert_eq!(listed(alice.clone()).await, [format!("alice:{mine}")]);
+    assert_eq!(listed(bob.clone()).await, [format!("bob:{theirs}")]);
+    let mut everyone = vec![format!("alice:{mine}"), format!("bob:{theirs}")];
+    everyone.sort();
+    assert_eq!(listed(tenant_key.clone()).await, everyone);
+
+    // Bob reaches none of Alice's session: reading, writing into it and
+    // deleting it all answer as if it did not exist.
+    let (status, _) = transcript(&up, &bob, &mine).await;
+    assert_eq!(status, 404);
+    let a = up
+        .api
+        .send(up.api.post("/v1/chat/completions", &bob).header("X-Session-ID", &mine).json(
+            &json!({"model": MODEL, "messages": [{"role": "user", "content": "What is the secret?"}], "max_tokens": 4}),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        (a.status, a.code()),
+        (404, "session_not_found"),
+        "{:?}",
+        a.body
+    );
+    let a = up
+        .api
+        .send(up.api.delete(&format!("/v1/sessions/{mine}"), &bob))
+        .await
+        .unwrap();
+    assert_eq!(
+        (a.status, a.code()),
+        (404, "session_not_found"),
+        "{:?}",
+        a.body
+    );
+    let (status, turns) = transcript(&up, &alice, &mine).await;
+    assert_eq!((status, turns.len()), (200, 2), "{turns:?}");
+    assert!(turns[0]["content"].as_str().unwrap().contains("tangerine"));
+
+    // A user's key cannot act as another user, by header or by body.
+    let a = up
+        .api
+        .send(up.api.post("/v1/chat/completions", &alice).header("X-User-ID", "bob").json(
+            &json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}),
+        ))
+        .await
+        .unwrap();
+    assert_eq!((a.status, a.code()), (403, "user_mismatch"), "{:?}", a.body);
+    let a = up
+        .api
+        .chat(
+            &alice,
+            json!({"model": MODEL, "user": "bob", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}),
+        )
+        .await
+        .unwrap();
+    assert_eq!((a.status, a.code()), (403, "user_mismatch"), "{:?}", a.body);
+
+    // The same long prompt from two users: the second user recomputes it.
+    let cached = |key: String, text: String| {
+        let up = &up;
+        async move {
+            let a = up
+                .api
+                .chat(
+                    &key,
+                    json!({"model": MODEL, "messages": [{"role": "user", "content": text}], "max_tokens": 2, "temperature": 0}),
+                )
+                .await
+                .unwrap();
+            assert_eq!(a.status, 200, "{:?}", a.body);
+            a.body["usage"]["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap()
+        }
+    };
+    let long = |topic: &str| {
+        format!(
+            "Here are the minutes of the {topic} meeting. {}",
+            (1..=40)
+                .map(|i| format!("Item {i}: the {topic} team reviewed account {}.", i * 37))
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
+    };
+    let prompt = long("pricing");
+    let alice_first = cached(alice.clone(), prompt.clone()).await;
+    let bob_first = cached(bob.clone(), prompt.clone()).await;
+    let alice_again = cached(alice.clone(), prompt.clone()).await;
+    println!(
+        "cached_tokens, users apart: alice {alice_first}, bob {bob_first}, alice again {alice_again}"
+    );
+    assert!(
+        alice_again > 300,
+        "alice's own prefix is reused: {alice_again}"
+    );
+    assert!(
+        bob_first < 50,
+        "bob reused {bob_first} tokens of alice's prompt (alice herself: {alice_again})"
+    );
+
+    // Opted in, the tenant's users share prefixes.
+    up.admin(&[
+        "tenant",
+        "update",
+        "sales",
+        "--kv-share-across-users",
+        "true",
+    ])
+    .unwrap();
+    eventually(
+        "the opt-in to reach the gateway",
+        Duration::from_secs(20),
+        || async {
+            let a = up.api.send(up.api.get("/v1/tenant", &bob)).await.ok()?;
+            (a.body["features"]["kv_share_across_users"] == true).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let prompt = long("hiring");
+    let alice_first = cached(alice.clone(), prompt.clone()).await;
+    let bob_first = cached(bob.clone(), prompt).await;
+    println!("cached_tokens, shared: alice {alice_first}, bob {bob_first}");
+    assert!(
+        bob_first > 300,
+        "bob reuses alice's prefix once shared: {bob_first}"
+    );
+}
+
+/// Refusals in the request's language: its `Accept-Language` when it names
+/// one the catalogue has (English, Simplified Chinese), else the tenant's
+/// `locale`, else English. The code, status and headers stay the same.
+#[tokio::test]
+async fn a_429_comes_in_english_or_chinese() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path()).await.unwrap();
+    let key = up
+        .tenant_with_key(
+            "tiny",
+            &[
+                "--daily-tokens",
+                "60",
+                "--max-request-tokens",
+                "60",
+                "--locale",
+                "zh-CN",
+            ],
+        )
+        .unwrap();
+    let ask = |language: Option<&'static str>| {
+        let (up, key) = (&up, key.clone());
+        async move {
+            let mut req = up
+                .api
+                .post("/v1/chat/completions", &key)
+                .json(&json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]}));
+            if let Some(l) = language {
+                req = req.header("Accept-Language", l);
+            }
+            up.api.send(req).await.unwrap()
+        }
+    };
+    // Spend the day's 60 tokens.
+    let refused = eventually("the quota spent", Duration::from_secs(60), || async {
+        let a = ask(None).await;
+        (a.status == 429).then_some(a)
+    })
+    .await
+    .unwrap();
+    let message = |a: &bulkhead_tests::system::Answer| {
+        a.body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    // No Accept-Language: the tenant's locale.
+    assert_eq!(refused.code(), "daily_quota_exceeded");
+    let zh = message(&refused);
+    println!("zh-CN (the tenant's locale): {zh}");
+    // (Spent, or the rest reserved by a request still settling: both say
+    // so in the tenant's language.)
+    let chinese = |s: &str| s.contains("配额") && !s.contains("quota");
+    assert!(chinese(&zh), "{zh}");
+    // A browser that asks for English gets English, same code and headers.
+    let a = ask(Some("en-US,en;q=0.9")).await;
+    let en = message(&a);
+    println!("en (Accept-Language): {en}");
+    assert_eq!((a.status, a.code()), (429, "daily_quota_exceeded"));
+    assert!(en.contains("quota") && en.is_ascii(), "{en}");
+    assert!(a.headers.contains_key("retry-after"));
+    // Asked for Chinese explicitly, too; and a language we lack falls back
+    // to the tenant's.
+    assert!(chinese(&message(&ask(Some("zh-CN,zh;q=0.9")).await)));
+    assert!(chinese(&message(&ask(Some("fr-FR")).await)));
+    // The tenant's locale back to English: no header, English.
+    up.admin(&["tenant", "update", "tiny", "--locale", "en"])
+        .unwrap();
+    eventually(
+        "the locale to reach the gateway",
+        Duration::from_secs(20),
+        || async {
+            let m = message(&ask(None).await);
+            (m.contains("quota") && m.is_ascii()).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    // Before any key is known: the 401 in the language asked for.
+    let a = up
+        .api
+        .send(
+            up.api
+                .get("/v1/models", "bk_not_a_key")
+                .header("Accept-Language", "zh-CN"),
+        )
+        .await
+        .unwrap();
+    assert_eq!((a.status, a.code()), (401, "invalid_api_key"));
+    assert!(message(&a).starts_with("API 密钥无效"), "{}", message(&a));
+    // An unknown locale in a tenant's config is refused, naming the choices.
+    let err = up
+        .admin(&["tenant", "update", "tiny", "--locale", "fr"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("en, zh-CN"), "{err}");
 }

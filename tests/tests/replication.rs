@@ -77,6 +77,7 @@ async fn append_turn(member: &ControlPlaneClient, n: u64) -> anyhow::Result<()> 
                 session_id: "long".into(),
                 user_id: String::new(),
                 turns: vec![turn],
+                owner: String::new(),
             },
             |mut c, r| async move { c.append_turns(r).await },
         )

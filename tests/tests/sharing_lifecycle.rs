@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bulkhead_control_plane::ControlPlaneClient;
 use bulkhead_proto::control as pb;
-use bulkhead_tests::system::Up;
+use bulkhead_tests::system::{Up, created_key};
 use serde_json::json;
 
 const POLICY: &str = "Travel policy 2026 Q1: every trip abroad needs approval from the finance director, and hotel nights are capped at 180 euros.";
@@ -68,13 +68,7 @@ async fn a_granted_tenant_reads_a_shared_snippet_and_nothing_else() -> anyhow::R
         "--knowledge-share",
         "true",
     ])?;
-    let acme_key = up.admin(&["key", "create", "--tenant", "acme"])?;
-    let acme_key = acme_key
-        .lines()
-        .find(|l| l.trim().starts_with("bk_"))
-        .context("acme key")?
-        .trim()
-        .to_owned();
+    let acme_key = created_key(&up.admin(&["key", "create", "--tenant", "acme"])?)?;
     let beta = up.tenant_with_key("beta", &["--plan", "pro"])?;
     let gamma = up.tenant_with_key("gamma", &["--plan", "pro"])?;
 
@@ -441,13 +435,7 @@ async fn deleting_a_tenant_archives_it_first_and_frees_its_name_only_for_a_new_c
         .await?;
     assert!(verified.ok, "{verified:?}");
     // The new tenant starts empty: no sessions, no usage.
-    let new_key = up.admin(&["key", "create", "--tenant", "sales"])?;
-    let new_key = new_key
-        .lines()
-        .find(|l| l.trim().starts_with("bk_"))
-        .context("key")?
-        .trim()
-        .to_owned();
+    let new_key = created_key(&up.admin(&["key", "create", "--tenant", "sales"])?)?;
     let sessions = up.api.send(up.api.get("/v1/sessions", &new_key)).await?;
     assert_eq!(
         sessions.body["data"].as_array().map(Vec::len),

@@ -357,6 +357,7 @@ async fn webhooks_arrive_once_signed_after_failures_across_a_leader_kill() -> an
             pb::CreateKeyRequest {
                 tenant_id: "acme".into(),
                 name: "ci".into(),
+                user_id: String::new(),
             },
             |mut c, req| async move { c.create_key(req).await },
         )

@@ -529,6 +529,7 @@ impl EngineLoop {
             Owner {
                 tenant: params.tenant.clone(),
                 session: params.session.clone(),
+                scope: params.kv_scope.clone(),
             },
         );
         let usage = Usage {

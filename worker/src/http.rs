@@ -248,6 +248,8 @@ fn parse_request(
             Some("max_tokens"),
         ));
     }
+    // No tenant config here: each user's prefixes are their own.
+    let kv_scope = user.as_ref().map(ToString::to_string).unwrap_or_default();
     let params = GenerateParams {
         request_id: header_id(headers, REQUEST_ID_HEADER, |s| RequestId::new(s))?
             .unwrap_or_else(RequestId::generate),
@@ -271,6 +273,7 @@ fn parse_request(
         quota_day: String::new(),
         tools,
         tool_choice,
+        kv_scope,
     };
     Ok((params, req.stream, include_usage))
 }

@@ -220,6 +220,9 @@ pub struct GenerateParams {
     /// Functions the model may call, and which it must.
     pub tools: Vec<Tool>,
     pub tool_choice: ToolChoice,
+    /// Whose KV prefixes the request may reuse within its tenant (see
+    /// [`crate::slots::Owner::scope`]).
+    pub kv_scope: String,
 }
 
 impl GenerateParams {
@@ -337,6 +340,7 @@ impl TryFrom<pb::GenerateRequest> for GenerateParams {
             quota_day: req.quota_day,
             tools,
             tool_choice,
+            kv_scope: req.kv_scope,
         })
     }
 }

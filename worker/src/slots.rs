@@ -5,6 +5,9 @@
 //! This module decides; the engine carries out the decisions on a llama.cpp
 //! context. It must never let a request reuse, copy or even compare against
 //! KV state of another tenant: every lookup here filters on the tenant first.
+//! Within a tenant, a prefix is shared only within one scope (a user, unless
+//! the tenant shares prefixes across its users): a donor's tokens would show
+//! in `cached_tokens`, and so tell one user about another's conversation.
 
 use std::collections::HashMap;
 
@@ -17,6 +20,9 @@ pub struct Owner {
     /// `None`: left by a one-off request. Its tokens may serve as a prefix
     /// donor for the same tenant, but it is never restored as a session.
     pub session: Option<SessionId>,
+    /// Whose prefixes these are within the tenant (the request's `kv_scope`):
+    /// only requests of the same scope may copy them.
+    pub scope: String,
 }
 
 #[derive(Debug, Default)]
@@ -122,11 +128,12 @@ impl<T: PartialEq + Clone> SlotTable<T> {
             })
     }
 
-    /// The idle slot of the same tenant sharing the longest prefix with
-    /// `prompt`, other than `exclude`. Only this tenant's slots are looked at.
+    /// The idle slot of the same tenant and scope sharing the longest prefix
+    /// with `prompt`, other than `exclude`. Only those slots are looked at.
     pub fn best_donor(
         &self,
         tenant: &TenantId,
+        scope: &str,
         prompt: &[T],
         exclude: usize,
     ) -> Option<(usize, usize)> {
@@ -134,7 +141,11 @@ impl<T: PartialEq + Clone> SlotTable<T> {
             .iter()
             .enumerate()
             .filter(|(i, s)| {
-                *i != exclude && !s.busy && s.owner.as_ref().is_some_and(|o| &o.tenant == tenant)
+                *i != exclude
+                    && !s.busy
+                    && s.owner
+                        .as_ref()
+                        .is_some_and(|o| &o.tenant == tenant && o.scope == scope)
             })
             .map(|(i, s)| (i, common_prefix(&s.tokens, prompt)))
             .filter(|(_, n)| *n > 0)
@@ -277,6 +288,7 @@ mod tests {
         Owner {
             tenant: tenant(t),
             session: s.map(session),
+            scope: String::new(),
         }
     }
 
@@ -315,10 +327,33 @@ mod tests {
         table.slots[1].tokens = vec![1, 2, 3, 4, 5];
         table.release(1, owner("b", Some("x")));
         assert_eq!(
-            table.best_donor(&tenant("a"), &[1, 2, 3, 4, 5], 2),
+            table.best_donor(&tenant("a"), "", &[1, 2, 3, 4, 5], 2),
             Some((0, 4))
         );
-        assert_eq!(table.best_donor(&tenant("c"), &[1, 2, 3, 4, 5], 2), None);
+        assert_eq!(
+            table.best_donor(&tenant("c"), "", &[1, 2, 3, 4, 5], 2),
+            None
+        );
+    }
+
+    #[test]
+    fn donors_never_cross_scopes_within_a_tenant() {
+        let mut table = SlotTable::<u32>::new(3);
+        table.slots[0].tokens = vec![1, 2, 3, 4];
+        table.release(
+            0,
+            Owner {
+                scope: "alice".into(),
+                ..owner("a", None)
+            },
+        );
+        let prompt = [1, 2, 3, 4, 5];
+        assert_eq!(table.best_donor(&tenant("a"), "bob", &prompt, 2), None);
+        assert_eq!(table.best_donor(&tenant("a"), "", &prompt, 2), None);
+        assert_eq!(
+            table.best_donor(&tenant("a"), "alice", &prompt, 2),
+            Some((0, 4))
+        );
     }
 
     #[test]

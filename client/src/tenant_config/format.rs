@@ -39,6 +39,8 @@ pub(super) struct RawTenantConfig {
     quick_prompts: Vec<String>,
     time_zone: Option<String>,
     knowledge_share: Option<bool>,
+    /// `en` or `zh-CN`: the language of the tenant's messages and console.
+    locale: Option<String>,
     // Overrides of the plan's features.
     burst: Option<bool>,
     burst_percent: Option<u32>,
@@ -47,6 +49,8 @@ pub(super) struct RawTenantConfig {
     retention_days: Option<u32>,
     /// Server-side tools (`[code_run]`); given, even empty, it overrides the plan's.
     tools: Option<Vec<String>>,
+    /// Users of the tenant reuse each other's KV prefixes (off by default).
+    kv_share_across_users: Option<bool>,
     #[serde(default)]
     webhooks: Vec<RawWebhookConfig>,
 }
@@ -172,6 +176,7 @@ pub(super) fn convert(
         quick_prompts: raw.quick_prompts,
         time_zone: raw.time_zone.unwrap_or_default(),
         knowledge_share: raw.knowledge_share.unwrap_or_default(),
+        locale: raw.locale.unwrap_or_default(),
         feature_overrides: Some(pb::FeatureOverrides {
             burst: raw.burst,
             burst_percent: raw.burst_percent,
@@ -179,6 +184,7 @@ pub(super) fn convert(
             max_keys: raw.max_keys,
             retention_days: raw.retention_days,
             tools: raw.tools.map(|names| pb::ToolNames { names }),
+            kv_share_across_users: raw.kv_share_across_users,
         }),
         ..Default::default()
     };

@@ -27,6 +27,7 @@ pub(crate) fn tenant_to_pb(t: TenantRecord) -> pb::Tenant {
         quick_prompts: t.quick_prompts,
         time_zone: t.time_zone,
         knowledge_share: t.knowledge_share,
+        locale: t.locale,
         version: t.version,
         created_at_ms: t.created_at_ms,
         features: Some(adm::features_to_pb(&t.features)),
@@ -44,6 +45,7 @@ pub(super) fn key_to_pb(k: KeyRecord) -> pb::ApiKey {
         created_at_ms: k.created_at_ms,
         revoked_at_ms: k.revoked_at_ms,
         last_used_at_ms: k.last_used_at_ms,
+        user_id: k.user_id,
     }
 }
 

@@ -105,6 +105,7 @@ impl ControlPlaneService {
                 user_id: a.user_id,
                 turns: a.turns,
                 now_ms: now_ms(),
+                owner: a.owner,
             })
             .await?
         {
@@ -175,6 +176,7 @@ impl ControlPlaneService {
             .write(Command::DeleteSession {
                 tenant_id: r.tenant_id.clone(),
                 session_id: r.session_id,
+                owner: r.owner,
             })
             .await?
         {
@@ -206,6 +208,7 @@ pub(super) fn turn_append(r: pb::AppendTurnsRequest) -> Result<TurnAppend> {
         session_id: r.session_id,
         user_id: r.user_id,
         turns: r.turns.into_iter().map(|t| (t.role, t.content)).collect(),
+        owner: r.owner,
     })
 }
 
@@ -219,7 +222,10 @@ fn turns(view: &View, r: pb::GetTurnsRequest) -> Result<pb::TurnList> {
         )));
     }
     let scoped = TenantView::new(view, &id);
-    let Some(session) = scoped.session(&r.session_id)? else {
+    let Some(session) = scoped
+        .session(&r.session_id)?
+        .filter(|s| s.belongs_to(&r.owner))
+    else {
         return Err(ControlPlaneError::NotFound(format!(
             "unknown session `{}`",
             r.session_id

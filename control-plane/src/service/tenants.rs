@@ -42,6 +42,9 @@ impl ControlPlaneService {
         if let Some(tz) = &p.time_zone {
             adm::validate_time_zone(tz)?;
         }
+        if let Some(locale) = &p.locale {
+            adm::validate_locale(locale)?;
+        }
         if let Some(scale) = p.adapter_scale {
             adm::validate_scale(scale)?;
         }
@@ -71,6 +74,7 @@ impl ControlPlaneService {
             quick_prompts: p.set_quick_prompts.then_some(p.quick_prompts),
             time_zone: p.time_zone,
             knowledge_share: p.knowledge_share,
+            locale: p.locale,
             features: crate::state::FeaturePatch {
                 burst: f.burst,
                 burst_percent: f.burst_percent,
@@ -78,6 +82,7 @@ impl ControlPlaneService {
                 max_keys: f.max_keys,
                 retention_days: f.retention_days,
                 tools: f.tools.map(|t| t.names),
+                kv_share_across_users: f.kv_share_across_users,
             },
         };
         // Check what the tenant would end up with before proposing.
@@ -152,6 +157,10 @@ impl ControlPlaneService {
         let actor = Self::actor(&req);
         let r = req.into_inner();
         tenant_id(&r.tenant_id)?;
+        if !r.user_id.is_empty() {
+            bulkhead_proto::UserId::new(&r.user_id)
+                .map_err(|e| ControlPlaneError::bad_request(format!("user_id: {e}")))?;
+        }
         let plaintext = new_secret("bk_");
         let key = KeyRecord {
             key_id: new_id("key_"),
@@ -162,6 +171,7 @@ impl ControlPlaneService {
             created_at_ms: now_ms(),
             revoked_at_ms: 0,
             last_used_at_ms: 0,
+            user_id: r.user_id,
         };
         match self.audited(actor, Command::CreateKey { key }).await? {
             Reply::Key(k) => Ok(Response::new(pb::CreatedKey {

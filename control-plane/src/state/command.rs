@@ -158,6 +158,9 @@ pub enum Command {
         user_id: String,
         turns: Vec<(String, String)>,
         now_ms: i64,
+        /// Set: the session must be this user's (or new, and then it is).
+        #[serde(default)]
+        owner: String,
     },
     /// Many `AppendTurns` in one entry (a gateway's group commit); each
     /// answers on its own, in order, in a `Reply::Batch`.
@@ -168,6 +171,9 @@ pub enum Command {
     DeleteSession {
         tenant_id: String,
         session_id: String,
+        /// Set: only a session of this user; another's is unknown.
+        #[serde(default)]
+        owner: String,
     },
     /// Drops turns past each tenant's retention (`retention_days`, from its
     /// plan unless overridden) and closed webhook deliveries past 30 days.

@@ -32,6 +32,9 @@ pub struct TenantRecord {
     pub quick_prompts: Vec<String>,
     pub time_zone: String,
     pub knowledge_share: bool,
+    /// `en` or `zh-CN`; empty: English.
+    #[serde(default)]
+    pub locale: String,
     pub version: u64,
     pub created_at_ms: i64,
     /// What the plan gives, with this tenant's overrides.
@@ -84,6 +87,7 @@ impl TenantRecord {
         );
         check("quick_prompts", self.quick_prompts == other.quick_prompts);
         check("time_zone", self.time_zone == other.time_zone);
+        check("locale", self.locale == other.locale);
         check(
             "knowledge_share",
             self.knowledge_share == other.knowledge_share,
@@ -105,6 +109,9 @@ pub struct KeyRecord {
     pub created_at_ms: i64,
     pub revoked_at_ms: i64,
     pub last_used_at_ms: i64,
+    /// The user a user's key acts as; empty for a tenant-wide key.
+    #[serde(default)]
+    pub user_id: String,
 }
 
 /// One finished request's usage, as the worker reported it.
@@ -181,6 +188,8 @@ pub struct TenantPatch {
     pub time_zone: Option<String>,
     pub knowledge_share: Option<bool>,
     #[serde(default)]
+    pub locale: Option<String>,
+    #[serde(default)]
     pub features: FeaturePatch,
 }
 
@@ -194,6 +203,8 @@ pub struct FeaturePatch {
     pub retention_days: Option<u32>,
     #[serde(default)]
     pub tools: Option<Vec<String>>,
+    #[serde(default)]
+    pub kv_share_across_users: Option<bool>,
 }
 
 /// Which fields of [`TenantPatch::limits`] are set.
@@ -285,6 +296,9 @@ pub struct TurnAppend {
     pub session_id: String,
     pub user_id: String,
     pub turns: Vec<(String, String)>,
+    /// Set: the session must be this user's (or new, and then it is).
+    #[serde(default)]
+    pub owner: String,
 }
 
 /// What a command answers.

@@ -107,6 +107,7 @@ impl TenantPatch {
         set(&mut tenant.welcome_message, &self.welcome_message);
         set(&mut tenant.quick_prompts, &self.quick_prompts);
         set(&mut tenant.time_zone, &self.time_zone);
+        set(&mut tenant.locale, &self.locale);
         set(&mut tenant.knowledge_share, &self.knowledge_share);
         // A value set here becomes the tenant's own (overridden).
         let (l, m, f) = (&self.limits, &self.set_limits, &self.features);
@@ -166,6 +167,12 @@ impl TenantPatch {
             f.retention_days,
         );
         own(o, "tools", &mut features.tools, f.tools.clone());
+        own(
+            o,
+            "kv_share_across_users",
+            &mut features.kv_share_across_users,
+            f.kv_share_across_users,
+        );
         // The limits and features not set for this tenant follow its plan.
         plans::follow_plan(
             &tenant.plan,

@@ -36,6 +36,8 @@ pub(super) struct NewTenant {
     pub(super) time_zone: String,
     #[serde(default)]
     pub(super) knowledge_share: bool,
+    #[serde(default)]
+    pub(super) locale: String,
     pub(super) feature_overrides: Option<pb::FeatureOverrides>,
 }
 
@@ -59,6 +61,7 @@ pub(super) struct PatchBody {
     pub(super) quick_prompts: Option<Vec<String>>,
     pub(super) time_zone: Option<String>,
     pub(super) knowledge_share: Option<bool>,
+    pub(super) locale: Option<String>,
     pub(super) features: Option<pb::FeatureOverrides>,
 }
 
@@ -66,6 +69,9 @@ pub(super) struct PatchBody {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct NewKey {
     pub(super) name: String,
+    /// A user's key when set (see `key create --user`).
+    #[serde(alias = "user")]
+    pub(super) user_id: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -175,6 +181,7 @@ mod fuzz {
         "quick_prompts",
         "time_zone",
         "knowledge_share",
+        "locale",
         "feature_overrides",
         "daily_tokens",
         "max_concurrent",

@@ -72,6 +72,7 @@ pub(super) async fn create_tenant(admin: Admin, JsonBody(b): JsonBody<NewTenant>
         quick_prompts: b.quick_prompts,
         time_zone: b.time_zone,
         knowledge_share: b.knowledge_share,
+        locale: b.locale,
         feature_overrides: b.feature_overrides,
         ..Default::default()
     };
@@ -118,6 +119,7 @@ pub(super) async fn update_tenant(
         quick_prompts: b.quick_prompts.unwrap_or_default(),
         time_zone: b.time_zone,
         knowledge_share: b.knowledge_share,
+        locale: b.locale,
         features: b.features,
     };
     ok(admin
@@ -189,6 +191,7 @@ pub(super) async fn create_key(
             pb::CreateKeyRequest {
                 tenant_id,
                 name: b.name,
+                user_id: b.user_id,
             },
             |mut c, r| async move { c.create_key(r).await },
         )

@@ -34,6 +34,8 @@ pub(super) struct Outcome {
     pub(super) tenant_id: String,
     pub(super) session_id: String,
     pub(super) user_id: String,
+    /// Set for a user's key: the session must be this user's.
+    pub(super) owner: String,
     pub(super) new_turns: Vec<cp::Turn>,
     pub(super) started: Instant,
 }
@@ -72,6 +74,7 @@ impl Outcome {
             session_id: self.session_id.clone(),
             user_id: self.user_id.clone(),
             turns,
+            owner: self.owner.clone(),
         };
         if let Err(e) = self.state.turns.call(msg).await {
             tracing::warn!(error = %e, "the answer could not be saved to the session");

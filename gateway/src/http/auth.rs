@@ -2,6 +2,7 @@
 //! the user and session headers, and the errors that name them.
 
 use super::*;
+use crate::i18n::Text;
 
 /// The token of an `Authorization: Bearer <token>` header value (the scheme
 /// in any case), if it has one.
@@ -38,28 +39,45 @@ pub(super) fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Call
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|k| !k.is_empty())
-        .ok_or_else(|| {
-            GatewayError::invalid_api_key(
-                "no API key: send your tenant's key as `Authorization: Bearer <key>`",
-            )
-        })?;
-    let caller = state.directory.authenticate(key).ok_or_else(|| {
-        GatewayError::invalid_api_key("the API key is not valid (unknown or revoked)")
-    })?;
+        .ok_or_else(|| GatewayError::invalid_api_key(Text::new("no-api-key")))?;
+    let caller = state
+        .directory
+        .authenticate(key)
+        .ok_or_else(|| GatewayError::invalid_api_key(Text::new("invalid-api-key")))?;
+    crate::i18n::set_tenant_locale(&caller.tenant.locale);
     if let Some(claimed) = header_str(headers, TENANT_HEADER)?
         && claimed != caller.tenant.id
     {
-        return Err(GatewayError::Forbidden(format!(
-            "X-Tenant-ID names tenant {claimed:?} but the API key belongs to another tenant"
-        )));
+        return Err(GatewayError::Forbidden(
+            Text::new("tenant-mismatch").arg("claimed", claimed),
+        ));
     }
     Ok(caller)
 }
 
+/// The user a request acts as: a user's key's own user (a request naming
+/// another gets 403 `user_mismatch`), else the one `X-User-ID` or the body's
+/// `user` names, if any.
 pub(super) fn user_id(
+    caller: &Caller,
     headers: &HeaderMap,
     body: Option<&str>,
 ) -> Result<Option<UserId>, GatewayError> {
+    let named = named_user(headers, body)?;
+    match (&caller.user, named) {
+        (Some(own), Some(other)) if *own != other => Err(GatewayError::Denied {
+            message: Text::new("user-mismatch")
+                .arg("own", own.as_str())
+                .arg("other", other.as_str()),
+            code: "user_mismatch",
+            param: Some("user".into()),
+        }),
+        (Some(own), _) => Ok(Some(own.clone())),
+        (None, named) => Ok(named),
+    }
+}
+
+fn named_user(headers: &HeaderMap, body: Option<&str>) -> Result<Option<UserId>, GatewayError> {
     match header_str(headers, USER_HEADER)? {
         Some(u) => UserId::new(u)
             .map(Some)

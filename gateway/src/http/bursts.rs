@@ -48,10 +48,8 @@ pub(super) async fn request_burst(
         let caller = authenticate(&state, &headers)?;
         if !caller.tenant.features.as_ref().is_some_and(|f| f.burst) {
             return Err(GatewayError::Denied {
-                message: format!(
-                    "your plan `{}` does not include burst requests (enterprise does); ask your operator to change the plan",
-                    caller.tenant.plan
-                ),
+                message: crate::i18n::Text::new("burst-not-in-plan")
+                    .arg("plan", &caller.tenant.plan),
                 code: "burst_not_in_plan",
                 param: None,
             });

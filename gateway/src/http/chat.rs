@@ -70,6 +70,7 @@ pub(super) async fn admit_and_generate(
         tenant_id: p.caller.tenant.id.clone(),
         session_id: p.request.session_id.clone(),
         user_id: p.request.user_id.clone(),
+        owner: p.caller.owner(),
         new_turns: std::mem::take(&mut p.new_turns),
         started,
     };

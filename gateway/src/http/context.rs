@@ -88,7 +88,7 @@ pub(super) async fn prepare(
             Some("max_tokens"),
         ));
     }
-    let user = user_id(headers, req.user.as_deref())?;
+    let user = user_id(&caller, headers, req.user.as_deref())?;
     let session = match header_str(headers, SESSION_HEADER)?.or(req.session_id.as_deref()) {
         Some(raw) => Some(session_id(raw)?),
         None => None,
@@ -103,10 +103,9 @@ pub(super) async fn prepare(
         .unwrap_or_default();
     if let Some(tool) = offered.server.iter().find(|t| !allowed.contains(t)) {
         return Err(GatewayError::Denied {
-            message: format!(
-                "the server-side tool `{tool}` is not allowed to your tenant (plan `{}`); ask your operator to allow it",
-                tenant.plan
-            ),
+            message: crate::i18n::Text::new("tool-not-allowed")
+                .arg("tool", tool)
+                .arg("plan", &tenant.plan),
             code: "tool_not_allowed",
             param: Some("tools".into()),
         });
@@ -160,6 +159,7 @@ pub(super) async fn prepare(
             tenant_id: tenant.id.clone(),
             session_id: session.to_string(),
             last: limits.context_turns,
+            owner: caller.owner(),
         };
         let turns = state
             .turn_reads
@@ -189,6 +189,15 @@ pub(super) async fn prepare(
         request_id: RequestId::generate().to_string(),
         tenant_id: tenant.id.clone(),
         session_id: session.map(|s| s.to_string()).unwrap_or_default(),
+        kv_scope: if tenant
+            .features
+            .as_ref()
+            .is_some_and(|f| f.kv_share_across_users)
+        {
+            String::new()
+        } else {
+            user.as_ref().map(ToString::to_string).unwrap_or_default()
+        },
         user_id: user.map(|u| u.to_string()).unwrap_or_default(),
         model,
         adapter: tenant.adapter.clone(),
@@ -288,7 +297,8 @@ pub(super) async fn shared_knowledge(
             message: format!(
                 "{}; its owner's administrator can share it with `bulkhead share grant`",
                 s.message()
-            ),
+            )
+            .into(),
             code: "shared_snippet_not_available",
             param: Some("messages".into()),
         },

@@ -79,7 +79,7 @@ pub(super) async fn create_session(
         if let Some(id) = &new.id {
             session_id(id)?;
         }
-        let user = user_id(&headers, None)?;
+        let user = user_id(&caller, &headers, None)?;
         let msg = cp::CreateSessionRequest {
             tenant_id: caller.tenant.id.clone(),
             session_id: new.id.unwrap_or_default(),
@@ -107,7 +107,14 @@ pub(super) async fn list_sessions(State(state): S, headers: HeaderMap) -> Respon
             c.list_sessions(req).await
         })
         .await?;
-        let data: Vec<_> = list.sessions.iter().map(session_json).collect();
+        // A user's key sees that user's sessions only.
+        let owner = caller.owner();
+        let data: Vec<_> = list
+            .sessions
+            .iter()
+            .filter(|s| owner.is_empty() || s.user_id == owner)
+            .map(session_json)
+            .collect();
         Ok::<_, GatewayError>(axum::Json(json!({"object": "list", "data": data})).into_response())
     };
     result.await.unwrap_or_else(IntoResponse::into_response)
@@ -125,6 +132,7 @@ pub(super) async fn session_messages(
             tenant_id: caller.tenant.id.clone(),
             session_id: id.clone(),
             last: 0,
+            owner: caller.owner(),
         };
         let turns = for_caller(
             &state,
@@ -157,6 +165,7 @@ pub(super) async fn delete_session(
         let msg = cp::SessionRef {
             tenant_id: caller.tenant.id.clone(),
             session_id: id.clone(),
+            owner: caller.owner(),
         };
         for_caller(&state, msg, |mut c, req| async move {
             c.delete_session(req).await

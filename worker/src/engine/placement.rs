@@ -72,9 +72,9 @@ impl EngineLoop {
             &self.waiting[pos].0.prepared,
             &self.variants[v].ctx.model().model,
         )?;
-        let (tenant, session) = {
+        let (tenant, session, scope) = {
             let p = &self.waiting[pos].0.prepared.params;
-            (p.tenant.clone(), p.session.clone())
+            (p.tenant.clone(), p.session.clone(), p.kv_scope.clone())
         };
         let Some(placement) = self.variants[v].table.place(&tenant, session.as_ref()) else {
             return Ok(false);
@@ -92,6 +92,7 @@ impl EngineLoop {
                     v,
                     slot,
                     &tenant,
+                    &scope,
                     session.as_ref(),
                     &submission.prepared.prompt,
                 )?;
@@ -114,6 +115,7 @@ impl EngineLoop {
         s.owner = Some(Owner {
             tenant: tenant.clone(),
             session,
+            scope,
         });
         let p = &submission.prepared.params;
         tracing::debug!(
@@ -154,6 +156,7 @@ impl EngineLoop {
         if let Some(Owner {
             tenant,
             session: Some(session),
+            ..
         }) = s.owner.take()
         {
             match variant.ctx.state_get(slot_id(slot)) {
@@ -181,12 +184,13 @@ impl EngineLoop {
 
     /// Fills an empty slot for a request: the session's state from host
     /// memory if parked there, else the longest prefix held by another idle
-    /// slot of the same tenant.
+    /// slot of the same tenant and scope.
     pub(super) fn fill(
         &mut self,
         v: usize,
         slot: usize,
         tenant: &TenantId,
+        scope: &str,
         session: Option<&SessionId>,
         prompt: &[LlamaToken],
     ) -> Result<(), WorkerError> {
@@ -212,7 +216,7 @@ impl EngineLoop {
                 }
             }
         }
-        if let Some((donor, shared)) = variant.table.best_donor(tenant, prompt, slot) {
+        if let Some((donor, shared)) = variant.table.best_donor(tenant, scope, prompt, slot) {
             let state = variant
                 .ctx
                 .state_get(slot_id(donor))
@@ -223,7 +227,7 @@ impl EngineLoop {
                 .map_err(|e| WorkerError::Engine(format!("copying donor slot: {e}")))?;
             let tokens = variant.table.slots[donor].tokens[..shared].to_vec();
             variant.table.slots[slot].tokens = tokens;
-            tracing::debug!(tenant = %tenant, slot, donor, shared, "prefix copied from the same tenant");
+            tracing::debug!(tenant = %tenant, slot, donor, shared, "prefix copied from the same tenant and scope");
         }
         Ok(())
     }

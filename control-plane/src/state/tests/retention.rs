@@ -22,6 +22,7 @@ fn turns_are_kept_for_the_tenants_retention() {
                 tenant_id: id.into(),
                 session_id: "s1".into(),
                 user_id: String::new(),
+                owner: String::new(),
                 turns: vec![("user".into(), "hello".into())],
                 now_ms: NOW - 2 * DAY_MS,
             },
@@ -152,6 +153,7 @@ fn a_prune_drops_at_most_its_limit_and_repeated_drops_all_that_is_due() {
         tenant_id: "acme".into(),
         session_id: session.into(),
         user_id: String::new(),
+        owner: String::new(),
         turns: vec![
             ("user".into(), "hello".into()),
             ("assistant".into(), "hi".into()),

@@ -15,6 +15,7 @@ fn a_batch_of_appends_answers_each_and_the_last_turns_read_back_in_order() {
         tenant_id: tenant.into(),
         session_id: session.into(),
         user_id: String::new(),
+        owner: String::new(),
         turns: vec![
             ("user".into(), format!("{text}?")),
             ("assistant".into(), format!("{text}!")),
@@ -56,4 +57,53 @@ fn a_batch_of_appends_answers_each_and_the_last_turns_read_back_in_order() {
         ["only?", "only!"]
     );
     assert!(scoped.turns("missing", 4).expect("turns").is_empty());
+}
+
+#[test]
+fn a_caller_limited_to_one_user_cannot_append_to_or_delete_another_users_session() {
+    let (_dir, sm) = open();
+    run(
+        &sm,
+        Command::CreateTenant {
+            tenant: tenant("acme", "basic", 1_000),
+        },
+    );
+    let append = |owner: &str, text: &str| Command::AppendTurns {
+        tenant_id: "acme".into(),
+        session_id: "s1".into(),
+        user_id: owner.into(),
+        owner: owner.into(),
+        turns: vec![("user".into(), text.into())],
+        now_ms: NOW,
+    };
+    // A new session is its creator's.
+    let reply = run(&sm, append("alice", "mine"));
+    assert!(
+        matches!(&reply, Reply::Session(s) if s.user_id == "alice"),
+        "{reply:?}"
+    );
+    assert_eq!(
+        run(&sm, append("bob", "not mine")),
+        Reply::Rejected(Rejection::UnknownSession("s1".into()))
+    );
+    let delete = |owner: &str| Command::DeleteSession {
+        tenant_id: "acme".into(),
+        session_id: "s1".into(),
+        owner: owner.into(),
+    };
+    assert_eq!(
+        run(&sm, delete("bob")),
+        Reply::Rejected(Rejection::UnknownSession("s1".into()))
+    );
+    // Nothing of bob's reached alice's session; a caller not limited to one
+    // user (a tenant-wide key) may still delete it.
+    let view = sm.view().expect("view");
+    let acme = TenantId::new("acme").expect("id");
+    let turns = crate::sessions::TenantView::new(&view, &acme)
+        .turns("s1", 0)
+        .expect("turns");
+    assert_eq!(turns.len(), 1);
+    assert_eq!(turns[0].content, "mine");
+    drop(view);
+    assert!(matches!(run(&sm, delete("")), Reply::Session(_)));
 }
