@@ -26,6 +26,8 @@ command -v unzip >/dev/null || need_apt+=(unzip)
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
+# Chinese text in the console's screenshots (the zh-CN browser test).
+[ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || need_apt+=(fonts-wqy-microhei)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 # Server-side tools run the system's Python inside bubblewrap (sandbox/).
 [ -x /usr/bin/python3 ] || need_apt+=(python3)

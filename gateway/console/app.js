@@ -24,6 +24,7 @@ const MESSAGES = {
     'signin.button': 'Sign in to chat',
     'signin.invalid': 'That key is not valid: it is unknown, revoked or expired.',
     'signin.revoked': 'Your API key is no longer valid: it was revoked or has expired. Ask your operator for a new key and sign in again.',
+    'nav.sign_out': 'Sign out',
     loading: 'Loading…',
     'chat.placeholder': 'Message {name}… (Enter to send, Shift+Enter for a new line)',
     'chat.code_run': ' Run Python',
@@ -51,6 +52,7 @@ const MESSAGES = {
     'signin.button': '登录并开始对话',
     'signin.invalid': '该密钥无效：不存在、已吊销或已过期。',
     'signin.revoked': '您的 API 密钥已失效：已被吊销或已过期。请向运维人员索取新密钥后重新登录。',
+    'nav.sign_out': '退出登录',
     loading: '加载中…',
     'chat.placeholder': '给 {name} 发消息…（Enter 发送，Shift+Enter 换行）',
     'chat.code_run': ' 运行 Python',
@@ -84,6 +86,8 @@ let lang = (navigator.languages || [navigator.language]).map(catalogueFor).find(
 function setLang(tag) {
   lang = catalogueFor(tag) || lang;
   document.documentElement.lang = lang;
+  const out = document.getElementById('sign-out');
+  if (out) out.textContent = tr('nav.sign_out');
 }
 
 /** The catalogue's text for `id` in the current language, with `{name}`s filled in. */
@@ -1316,5 +1320,6 @@ async function viewAudit([tenantId]) {
 // ---------------------------------------------------------------------------
 
 $('#sign-out').addEventListener('click', signOut);
+setLang(lang);
 window.addEventListener('hashchange', route);
 route();

@@ -15,3 +15,13 @@ too-many-calls = too many { $what } calls for tenant `{ $tenant }` (at most { $r
 concurrency-limit = concurrency limit reached: your tenant may run { $max } requests at once and all are in use; retry when one finishes, or ask your administrator to raise max_concurrent
 quota-reserved = this request needs { $need } tokens and the rest of today's quota is reserved by requests in flight; retry in a few seconds
 quota-exceeded = daily token quota exceeded: this request needs up to { $need } tokens but only { $remaining } of today's { $quota } remain; the quota resets in { $reset_in } (at { $reset_at } UTC). Retry after the reset, lower max_tokens, or ask your administrator to approve a burst
+request-token-limit = this request needs up to { $need } tokens ({ $prompt } in the prompt and context, { $max_tokens } for the completion), more than your tenant's limit of { $limit } tokens per request; shorten the messages or lower max_tokens
+model-not-found = the model `{ $asked }` is not available to your tenant; GET /v1/models lists yours (`{ $model }`)
+adapter-not-found = the adapter `{ $adapter }` is not available to your tenant
+only-n-1 = only n = 1 is supported
+max-tokens-zero = max_tokens must be at least 1
+session-not-found = no session "{ $id }" in your tenant; create one with POST /v1/sessions
+header-not-ascii = header { $name } must be ASCII
+invalid-session-body = the request body is not a valid session: { $detail }
+invalid-burst-body = the request body is not a burst request ({"{"}"reason": "why you need more tokens today"{"}"}): { $detail }
+no-route = no such route

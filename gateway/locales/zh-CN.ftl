@@ -13,3 +13,13 @@ too-many-calls = 租户 `{ $tenant }` 的{ $what }调用过于频繁（每秒最
 concurrency-limit = 已达并发上限：您的租户最多同时运行 { $max } 个请求，目前均在使用中；请等待其中一个完成后重试，或请管理员提高 max_concurrent
 quota-reserved = 本次请求需要 { $need } 个 token，而今日剩余配额已被进行中的请求预留；请几秒后重试
 quota-exceeded = 已超出每日 token 配额：本次请求最多需要 { $need } 个 token，但今日配额 { $quota } 个 token 仅剩 { $remaining } 个；配额将在 { $reset_in } 后（UTC { $reset_at }）重置。请在重置后重试、调低 max_tokens，或请管理员批准突发配额
+request-token-limit = 本次请求最多需要 { $need } 个 token（提示词与上下文 { $prompt } 个，生成 { $max_tokens } 个），超过了租户每次请求 { $limit } 个 token 的上限；请缩短消息或调低 max_tokens
+model-not-found = 您的租户不能使用模型 `{ $asked }`；GET /v1/models 列出可用模型（`{ $model }`）
+adapter-not-found = 您的租户不能使用适配器 `{ $adapter }`
+only-n-1 = 仅支持 n = 1
+max-tokens-zero = max_tokens 至少为 1
+session-not-found = 您的租户中没有会话“{ $id }”；请先用 POST /v1/sessions 创建
+header-not-ascii = 请求头 { $name } 必须是 ASCII 字符
+invalid-session-body = 请求体不是有效的会话：{ $detail }
+invalid-burst-body = 请求体不是有效的突发配额申请（{"{"}"reason": "今天为何需要更多 token"{"}"}）：{ $detail }
+no-route = 没有这个路由

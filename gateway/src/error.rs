@@ -44,15 +44,15 @@ pub enum GatewayError {
     },
     #[error("{message}")]
     BadRequest {
-        message: String,
+        message: Text,
         param: Option<String>,
         code: Option<&'static str>,
     },
     #[error("{message}")]
-    NotFound { message: String, code: &'static str },
+    NotFound { message: Text, code: &'static str },
     /// Valid, but the state says no (AlreadyExists, FailedPrecondition).
     #[error("{message}")]
-    Conflict { message: String, code: &'static str },
+    Conflict { message: Text, code: &'static str },
     #[error("this route does not take that method; see docs/admin-openapi.yaml")]
     MethodNotAllowed,
     #[error("{0}")]
@@ -79,7 +79,7 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
-    pub fn bad_request(message: impl Into<String>, param: Option<&str>) -> Self {
+    pub fn bad_request(message: impl Into<Text>, param: Option<&str>) -> Self {
         Self::BadRequest {
             message: message.into(),
             param: param.map(str::to_owned),
@@ -166,9 +166,11 @@ impl GatewayError {
     /// others as they are.
     pub fn message(&self, locale: i18n::Locale) -> String {
         match self {
-            Self::Unauthorized { message, .. } | Self::Denied { message, .. } => {
-                message.render(locale)
-            }
+            Self::Unauthorized { message, .. }
+            | Self::Denied { message, .. }
+            | Self::BadRequest { message, .. }
+            | Self::NotFound { message, .. }
+            | Self::Conflict { message, .. } => message.render(locale),
             Self::Forbidden(t) | Self::TooLarge(t) | Self::Throttled(t) => t.render(locale),
             Self::RateLimited(r) => r.message.render(locale),
             other => other.to_string(),
@@ -196,7 +198,7 @@ impl GatewayError {
         match status.code() {
             Code::OutOfRange => Self::BadRequest {
                 code: Some("context_length_exceeded"),
-                message,
+                message: message.into(),
                 param: Some("messages".into()),
             },
             Code::InvalidArgument => Self::bad_request(message, None),
@@ -206,7 +208,7 @@ impl GatewayError {
                     Some("adapter_not_found") => "adapter_not_found",
                     _ => "model_not_found",
                 },
-                message,
+                message: message.into(),
             },
             Code::Unavailable | Code::ResourceExhausted => Self::Unavailable(format!(
                 "the worker cannot take the request now ({message}); retry shortly"
@@ -233,20 +235,20 @@ impl GatewayError {
                 code: INVALID_ADMIN_TOKEN,
             },
             Code::NotFound => Self::NotFound {
-                message,
+                message: message.into(),
                 code: code.unwrap_or("not_found"),
             },
             Code::InvalidArgument | Code::OutOfRange => Self::BadRequest {
-                message,
+                message: message.into(),
                 param: metadata(status, bulkhead_proto::ERROR_PARAM_METADATA).map(str::to_owned),
                 code: Some(code.unwrap_or("invalid_argument")),
             },
             Code::AlreadyExists => Self::Conflict {
-                message,
+                message: message.into(),
                 code: code.unwrap_or("already_exists"),
             },
             Code::FailedPrecondition => Self::Conflict {
-                message,
+                message: message.into(),
                 code: code.unwrap_or("failed_precondition"),
             },
             Code::PermissionDenied => Self::Denied {
@@ -271,7 +273,7 @@ impl GatewayError {
             return Self::TooLarge(format!("the request body is too large: {text}").into());
         }
         Self::BadRequest {
-            message: format!("{what}: {text}"),
+            message: format!("{what}: {text}").into(),
             param: None,
             code: Some("invalid_request"),
         }

@@ -107,7 +107,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 async fn not_found() -> Response {
     GatewayError::NotFound {
-        message: "no such route".into(),
+        message: crate::i18n::Text::new("no-route"),
         code: "not_found",
     }
     .into_response()

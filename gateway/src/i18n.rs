@@ -251,18 +251,33 @@ mod tests {
             let id: &'static str = Box::leak(id.to_string().into_boxed_str());
             let mut text = Text::new(id);
             for name in [
-                "text", "tenant", "claimed", "own", "other", "tool", "plan", "limit",
+                "text", "tenant", "claimed", "own", "other", "tool", "plan", "limit", "id", "name",
+                "detail", "asked", "model", "adapter",
             ] {
                 text = text.arg(name, "x");
             }
-            for name in ["what", "rate", "burst", "max", "need", "remaining", "quota"] {
+            for name in [
+                "what",
+                "rate",
+                "burst",
+                "max",
+                "need",
+                "remaining",
+                "quota",
+                "prompt",
+                "max_tokens",
+            ] {
                 text = text.arg(name, "1");
             }
             text = text.arg("reset_in", "1h").arg("reset_at", "00:00");
             for locale in [Locale::En, Locale::ZhCn] {
                 let s = text.render(locale);
+                // A missing argument would fall back to English, or to the id.
                 assert!(!s.is_empty() && s != id, "{id} in {locale:?}: {s}");
-                assert!(!s.contains('{'), "{id} in {locale:?} left a placeable: {s}");
+                assert!(!s.contains('$'), "{id} in {locale:?} left a placeable: {s}");
+                if locale == Locale::ZhCn && id != "raw" {
+                    assert_ne!(s, text.render(Locale::En), "{id} is not translated");
+                }
             }
         }
     }

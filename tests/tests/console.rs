@@ -61,6 +61,11 @@ fn screenshots() -> PathBuf {
 
 impl Browser {
     async fn start(name: &'static str, downloads: &Path) -> anyhow::Result<Self> {
+        Self::start_in(name, downloads, "en-US").await
+    }
+
+    /// A browser whose language (and so its Accept-Language) is `lang`.
+    async fn start_in(name: &'static str, downloads: &Path, lang: &str) -> anyhow::Result<Self> {
         let binary = chromium()?;
         let port = bulkhead_tests::free_port();
         let mut command = std::process::Command::new("chromedriver");
@@ -79,8 +84,10 @@ impl Browser {
             json!({
                 "binary": binary,
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         "--window-size=1280,900", format!("--user-data-dir={}", profile.path().display())],
-                "prefs": {"download.default_directory": downloads, "download.prompt_for_download": false},
+                         "--window-size=1280,900", format!("--user-data-dir={}", profile.path().display()),
+                         format!("--lang={lang}"), format!("--accept-lang={lang}")],
+                "prefs": {"download.default_directory": downloads, "download.prompt_for_download": false,
+                          "intl.accept_languages": lang},
             }),
         );
         let started = Instant::now();
@@ -512,8 +519,20 @@ async fn a_tenant_chats_in_the_browser() -> anyhow::Result<()> {
     // Stop ends the wait at once.
     b.click("#stop").await?;
     b.wait_text("#chat-error", "Stopped").await?;
-
     b.close().await?;
+
+    // A browser set to Simplified Chinese: the chat's words, and the
+    // gateway's refusal, in Chinese.
+    let zh = Browser::start_in("tenant-zh", dir.path(), "zh-CN").await?;
+    zh.sign_in_tenant(&up.console, &alice).await?;
+    assert_eq!(sessions_title(&zh).await?, "我的会话（alice）");
+    assert_eq!(zh.text("#send").await?, "发送");
+    zh.sign_in_tenant(&up.console, &tiny).await?;
+    zh.fill("#prompt", "你好").await?;
+    zh.click("#send").await?;
+    zh.wait_text("#chat-error", "已超出每日 token 配额").await?;
+    zh.shot("quota-refused-zh").await?;
+    zh.close().await?;
     Ok(())
 }
 

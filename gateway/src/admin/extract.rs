@@ -112,7 +112,7 @@ pub(super) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Gateway
             .and_then(|rest| rest.split_once('`'))
             .map(|(field, _)| field.to_owned());
         GatewayError::BadRequest {
-            message: format!("the request body is not the JSON this route takes: {message}"),
+            message: format!("the request body is not the JSON this route takes: {message}").into(),
             param,
             code: Some("invalid_json"),
         }

@@ -152,7 +152,7 @@ pub(super) async fn apply_tenant_configs(
     }
     let configs = bulkhead_client::tenant_config::parse(&source, text).map_err(|e| {
         GatewayError::BadRequest {
-            message: e.to_string(),
+            message: e.to_string().into(),
             param: None,
             code: Some("invalid_config"),
         }

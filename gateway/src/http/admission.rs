@@ -44,10 +44,11 @@ pub(super) async fn fit_request(
         return Ok(limit);
     }
     Err(GatewayError::BadRequest {
-        message: format!(
-            "this request needs up to {} tokens ({prompt} in the prompt and context, {max_tokens} for the completion), more than your tenant's limit of {limit} tokens per request; shorten the messages or lower max_tokens",
-            prompt + max_tokens
-        ),
+        message: crate::i18n::Text::new("request-token-limit")
+            .arg("need", prompt + max_tokens)
+            .arg("prompt", prompt)
+            .arg("max_tokens", max_tokens)
+            .arg("limit", limit),
         param: Some("max_tokens".into()),
         code: Some("request_token_limit_exceeded"),
     })

@@ -22,7 +22,7 @@ pub(super) fn header_str<'a>(
         .get(name)
         .map(|v| {
             v.to_str().map_err(|_| {
-                GatewayError::bad_request(format!("header {name} must be ASCII"), None)
+                GatewayError::bad_request(Text::new("header-not-ascii").arg("name", name), None)
             })
         })
         .transpose()
@@ -103,7 +103,7 @@ pub(super) fn not_found_as_session(e: GatewayError, id: &str) -> GatewayError {
 
 pub(super) fn session_not_found(id: &str) -> GatewayError {
     GatewayError::NotFound {
-        message: format!("no session {id:?} in your tenant; create one with POST /v1/sessions"),
+        message: Text::new("session-not-found").arg("id", id),
         code: "session_not_found",
     }
 }

@@ -58,9 +58,7 @@ pub(super) async fn request_burst(
         let body = body_or_error(body, state.max_body_bytes)?;
         let new: NewBurst = serde_json::from_slice(&body).map_err(|e| {
             GatewayError::bad_request(
-                format!(
-                    "the request body is not a burst request ({{\"reason\": \"why you need more tokens today\"}}): {e}"
-                ),
+                crate::i18n::Text::new("invalid-burst-body").arg("detail", e),
                 Some("reason"),
             )
         })?;

@@ -58,7 +58,7 @@ pub(super) async fn prepare(
     let req = ChatRequest::parse(&body).map_err(|e| GatewayError::bad_request(e, None))?;
     if req.n.is_some_and(|n| n != 1) {
         return Err(GatewayError::bad_request(
-            "only n = 1 is supported",
+            crate::i18n::Text::new("only-n-1"),
             Some("n"),
         ));
     }
@@ -66,10 +66,9 @@ pub(super) async fn prepare(
     let model = tenant_model(state, &tenant)?;
     if !req.model.is_empty() && req.model != model {
         return Err(GatewayError::NotFound {
-            message: format!(
-                "the model `{}` is not available to your tenant; GET /v1/models lists yours (`{model}`)",
-                req.model
-            ),
+            message: crate::i18n::Text::new("model-not-found")
+                .arg("asked", &req.model)
+                .arg("model", &model),
             code: "model_not_found",
         });
     }
@@ -77,14 +76,14 @@ pub(super) async fn prepare(
         && adapter != tenant.adapter
     {
         return Err(GatewayError::NotFound {
-            message: format!("the adapter `{adapter}` is not available to your tenant"),
+            message: crate::i18n::Text::new("adapter-not-found").arg("adapter", adapter),
             code: "adapter_not_found",
         });
     }
     let max_tokens = req.max_tokens();
     if max_tokens == Some(0) {
         return Err(GatewayError::bad_request(
-            "max_tokens must be at least 1",
+            crate::i18n::Text::new("max-tokens-zero"),
             Some("max_tokens"),
         ));
     }

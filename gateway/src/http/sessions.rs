@@ -71,7 +71,7 @@ pub(super) async fn create_session(
         } else {
             serde_json::from_slice(&body).map_err(|e| {
                 GatewayError::bad_request(
-                    format!("the request body is not a valid session: {e}"),
+                    crate::i18n::Text::new("invalid-session-body").arg("detail", e),
                     None,
                 )
             })?
