@@ -393,9 +393,11 @@ async fn a_tenant_chats_in_the_browser() -> anyhow::Result<()> {
     b.click("#new-session").await?;
     b.wait_text("#welcome-message", "Hello from Acme").await?;
     b.click(".quick-prompt").await?;
-    b.until(
+    // A streamed answer: as long as the demo model likes (see ANSWER_WAIT).
+    b.until_within(
         "the quick prompt's answer",
         "document.querySelector(\".msg.assistant[data-done='1']\")",
+        ANSWER_WAIT,
     )
     .await?;
     b.until(
