@@ -360,8 +360,10 @@ async fn gateway_metrics_name_tenants_only_to_the_admin_token() {
 #[tokio::test]
 async fn a_request_past_its_deadline_is_stopped_and_frees_its_concurrency() {
     let dir = tempfile::tempdir().unwrap();
-    // Long enough for a short answer on two loaded cores, far too short for 1500 tokens.
-    let up = Up::start_with(dir.path(), &["--request-deadline-s", "3"])
+    // Long enough for a short answer on two cores loaded by the other tests
+    // of this file (3 s was not, once they were nine), far too short for 1500
+    // tokens.
+    let up = Up::start_with(dir.path(), &["--request-deadline-s", "8"])
         .await
         .unwrap();
     let key = up
@@ -382,7 +384,7 @@ async fn a_request_past_its_deadline_is_stopped_and_frees_its_concurrency() {
     assert_eq!(a.status, 504, "{:?}", a.body);
     assert_eq!(a.code(), "request_timeout", "{:?}", a.body);
     assert!(
-        started.elapsed() < Duration::from_secs(10),
+        started.elapsed() < Duration::from_secs(20),
         "{:?}",
         started.elapsed()
     );
