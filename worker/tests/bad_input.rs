@@ -5,7 +5,7 @@
 mod common;
 
 use bulkhead_proto::worker as pb;
-use common::{MODEL_NAME, Options, TestWorker, content, greedy, grpc_request};
+use common::{MODEL_NAME, Options, TestWorker, capital_question, content, greedy, grpc_request};
 use serde_json::{Value, json};
 
 async fn raw(w: &TestWorker, tenant: Option<&str>, body: Vec<u8>) -> (u16, Value) {
@@ -45,124 +45,45 @@ async fn bad_requests_get_clear_errors_and_the_worker_keeps_serving() {
     let hello = json!([{"role": "user", "content": "Hello"}]);
     let body = |v: Value| serde_json::to_vec(&v).unwrap();
 
-    let (s, b) = raw(
-        &w,
-        Some("acme"),
-        body(json!({"model": MODEL_NAME, "messages": []})),
-    )
-    .await;
-    assert_error(s, &b, 400, "at least one message");
-    let (s, b) = raw(
-        &w,
-        Some("acme"),
-        b"{\"model\": \"smollm2\", \"messages\": [".to_vec(),
-    )
-    .await;
-    assert_error(s, &b, 400, "not a valid chat completion request");
-    let (s, b) = raw(
-        &w,
-        Some("acme"),
-        body(json!({"model": MODEL_NAME, "messages": "hi"})),
-    )
-    .await;
-    assert_error(s, &b, 400, "not a valid chat completion request");
-    let (s, b) = raw(
-        &w,
-        Some("acme"),
-        body(json!({"model": MODEL_NAME, "messages": [{"content": "no role"}]})),
-    )
-    .await;
-    assert_error(s, &b, 400, "role");
-    let (s, b) = raw(
-        &w,
-        Some("acme"),
-        body(json!({"model": MODEL_NAME, "messages": [{"role": "wizard", "content": "x"}]})),
-    )
-    .await;
-    assert_error(s, &b, 400, "unknown message role");
-    let (s, b) = raw(
-        &w,
-        Some("acme"),
-        body(json!({"model": MODEL_NAME, "messages": [{"role": "user", "content": "  "}]})),
-    )
-    .await;
-    assert_error(s, &b, 400, "empty");
-    let (s, b) = raw(
-        &w,
-        Some("acme"),
-        body(json!({"model": "gpt-9", "messages": hello})),
-    )
-    .await;
-    assert_error(s, &b, 404, "gpt-9");
-    assert_eq!(b["error"]["code"], "model_not_found");
-    let (s, b) = raw(
-        &w,
-        Some("acme"),
-        body(json!({"model": MODEL_NAME, "messages": hello, "adapter": "nope"})),
-    )
-    .await;
-    assert_error(s, &b, 404, "adapter `nope`");
-    let (s, b) = raw(
-        &w,
-        Some("acme"),
-        body(json!({"model": MODEL_NAME, "messages": hello, "max_tokens": 0})),
-    )
-    .await;
-    assert_error(s, &b, 400, "max_tokens must be at least 1");
-    let (s, b) = raw(
-        &w,
-        Some("acme"),
-        body(json!({"model": MODEL_NAME, "messages": hello, "max_tokens": 100000})),
-    )
-    .await;
-    assert_error(s, &b, 400, "maximum context length is 512 tokens");
-    assert_eq!(b["error"]["code"], "context_length_exceeded");
     let long = "word ".repeat(1000);
-    let (s, b) = raw(
-        &w,
-        Some("acme"),
-        body(json!({"model": MODEL_NAME, "messages": [{"role": "user", "content": long}]})),
-    )
-    .await;
-    assert_error(s, &b, 400, "maximum context length is 512 tokens");
-    let (s, b) = raw(&w, Some("acme"), b"{\"model\": \"smollm2\", \"messages\": [{\"role\": \"user\", \"content\": \"\xff\xfe\"}]}".to_vec()).await;
-    assert_error(s, &b, 400, "not valid UTF-8");
     let huge = "x".repeat(20 * 1024);
-    let (s, b) = raw(
-        &w,
-        Some("acme"),
-        body(json!({"model": MODEL_NAME, "messages": [{"role": "user", "content": huge}]})),
-    )
-    .await;
-    assert_error(s, &b, 413, "larger than the limit");
-    let (s, b) = raw(
-        &w,
-        None,
-        body(json!({"model": MODEL_NAME, "messages": hello})),
-    )
-    .await;
-    assert_error(s, &b, 400, "X-Tenant-ID");
-    let (s, b) = raw(
-        &w,
-        Some("a tenant with spaces"),
-        body(json!({"model": MODEL_NAME, "messages": hello})),
-    )
-    .await;
-    assert_error(s, &b, 400, "tenant id");
-    let (s, b) = raw(
-        &w,
-        Some("acme"),
-        body(json!({"model": MODEL_NAME, "messages": hello, "temperature": 7})),
-    )
-    .await;
-    assert_error(s, &b, 400, "temperature");
-    let (s, b) = raw(
-        &w,
-        Some("acme"),
-        body(json!({"model": MODEL_NAME, "messages": [{"role": "user", "content": "a\u{0}b"}]})),
-    )
-    .await;
-    assert_error(s, &b, 400, "NUL");
+    let user = |content: &str| json!({"model": MODEL_NAME, "messages": [{"role": "user", "content": content}]});
+    let asking = |extra: Value| {
+        let mut request = json!({"model": MODEL_NAME, "messages": hello});
+        request
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body(request)
+    };
+    let acme = Some("acme");
+    // (tenant, body, status, part of the message, the error's code if it names one)
+    let cases = [
+        (acme, body(json!({"model": MODEL_NAME, "messages": []})), 400, "at least one message", None),
+        (acme, b"{\"model\": \"smollm2\", \"messages\": [".to_vec(), 400, "not a valid chat completion request", None),
+        (acme, body(json!({"model": MODEL_NAME, "messages": "hi"})), 400, "not a valid chat completion request", None),
+        (acme, body(json!({"model": MODEL_NAME, "messages": [{"content": "no role"}]})), 400, "role", None),
+        (acme, body(json!({"model": MODEL_NAME, "messages": [{"role": "wizard", "content": "x"}]})), 400, "unknown message role", None),
+        (acme, body(user("  ")), 400, "empty", None),
+        (acme, body(json!({"model": "gpt-9", "messages": hello})), 404, "gpt-9", Some("model_not_found")),
+        (acme, asking(json!({"adapter": "nope"})), 404, "adapter `nope`", None),
+        (acme, asking(json!({"max_tokens": 0})), 400, "max_tokens must be at least 1", None),
+        (acme, asking(json!({"max_tokens": 100000})), 400, "maximum context length is 512 tokens", Some("context_length_exceeded")),
+        (acme, body(user(&long)), 400, "maximum context length is 512 tokens", None),
+        (acme, b"{\"model\": \"smollm2\", \"messages\": [{\"role\": \"user\", \"content\": \"\xff\xfe\"}]}".to_vec(), 400, "not valid UTF-8", None),
+        (acme, body(user(&huge)), 413, "larger than the limit", None),
+        (None, asking(json!({})), 400, "X-Tenant-ID", None),
+        (Some("a tenant with spaces"), asking(json!({})), 400, "tenant id", None),
+        (acme, asking(json!({"temperature": 7})), 400, "temperature", None),
+        (acme, body(user("a\u{0}b")), 400, "NUL", None),
+    ];
+    for (tenant, request, want_status, message_part, code) in cases {
+        let (s, b) = raw(&w, tenant, request).await;
+        assert_error(s, &b, want_status, message_part);
+        if let Some(code) = code {
+            assert_eq!(b["error"]["code"], code);
+        }
+    }
 
     // gRPC: the same rules, as status codes.
     let mut client = w.grpc_client().await;
@@ -215,16 +136,7 @@ async fn bad_requests_get_clear_errors_and_the_worker_keeps_serving() {
     assert!(count.prompt_tokens > 1 && count.context_window == 512);
 
     // Still serving.
-    let (status, answer) = w
-        .chat(
-            "acme",
-            None,
-            greedy(
-                json!([{"role": "user", "content": "What is the capital of France?"}]),
-                16,
-            ),
-        )
-        .await;
+    let (status, answer) = w.chat("acme", None, greedy(capital_question(), 16)).await;
     assert_eq!(status, 200);
     assert!(content(&answer).contains("Paris"));
     w.stop().await;
@@ -258,12 +170,7 @@ async fn with_an_http_token_the_api_refuses_callers_without_it() {
     let resp = call(Some("s3cret-token")).await.unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     // Health stays open for probes.
-    let health = w
-        .client
-        .get(format!("{}/health", w.http))
-        .send()
-        .await
-        .unwrap();
+    let health = w.get("/health").await;
     assert_eq!(health.status().as_u16(), 200);
     w.stop().await;
 }

@@ -8,25 +8,17 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bulkhead_proto::worker::generate_response::Kind;
-use bulkhead_worker::{AdapterSpec, ModelSpec};
+use bulkhead_worker::ModelSpec;
 use common::{
-    MODEL_NAME, Options, TestWorker, content, greedy, grpc_request, metric, model_path, usage,
+    Options, TestWorker, capital_question, content, greedy, grpc_request, metric, model_path,
+    noisy_adapter, usage,
 };
 use serde_json::json;
 
 #[tokio::test]
 async fn a_factual_question_is_answered() {
     let w = TestWorker::start(Options::default()).await;
-    let (status, body) = w
-        .chat(
-            "acme",
-            None,
-            greedy(
-                json!([{"role": "user", "content": "What is the capital of France?"}]),
-                24,
-            ),
-        )
-        .await;
+    let (status, body) = w.chat("acme", None, greedy(capital_question(), 24)).await;
     assert_eq!(status, 200, "{body}");
     assert!(content(&body).contains("Paris"), "answer: {body}");
     assert_eq!(body["object"], "chat.completion");
@@ -42,7 +34,7 @@ async fn a_factual_question_is_answered() {
 #[tokio::test]
 async fn a_returning_session_reuses_its_slot_and_another_tenant_never_does() {
     let w = TestWorker::start(Options::default()).await;
-    let first = json!([{"role": "user", "content": "What is the capital of France?"}]);
+    let first = capital_question();
     let (status, turn1) = w.chat("acme", Some("s1"), greedy(first, 16)).await;
     assert_eq!(status, 200, "{turn1}");
     assert_eq!(usage(&turn1, "cached_tokens"), 0);
@@ -97,11 +89,7 @@ async fn a_returning_session_reuses_its_slot_and_another_tenant_never_does() {
 
 #[tokio::test]
 async fn a_slot_evicted_to_host_memory_comes_back_with_the_same_greedy_output() {
-    let w = TestWorker::start(Options {
-        slots: 2,
-        ..Options::default()
-    })
-    .await;
+    let w = TestWorker::start(Options::with_slots(2)).await;
     let turn1 = json!([{"role": "user", "content": "Name three colours of the rainbow."}]);
     let follow_up = |answer: String| {
         json!([
@@ -154,24 +142,20 @@ async fn a_slot_evicted_to_host_memory_comes_back_with_the_same_greedy_output() 
 
 #[tokio::test]
 async fn eight_concurrent_sessions_all_progress_together() {
-    let w = TestWorker::start(Options {
-        slots: 8,
-        ..Options::default()
-    })
-    .await;
+    let w = TestWorker::start(Options::with_slots(8)).await;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..8 {
-        let mut client = w.grpc_client().await;
-        let req = grpc_request(
-            "acme",
-            &format!("c{i}"),
-            &format!("Count slowly from {i} to 100."),
-            32,
-            true,
-        );
+        let mut stream = w
+            .generate(grpc_request(
+                "acme",
+                &format!("c{i}"),
+                &format!("Count slowly from {i} to 100."),
+                32,
+                true,
+            ))
+            .await;
         tasks.push(tokio::spawn(async move {
-            let mut stream = client.generate(req).await.unwrap().into_inner();
             let mut first = None;
             while let Some(msg) = stream.message().await.unwrap() {
                 first.get_or_insert(started.elapsed());
@@ -202,13 +186,7 @@ async fn eight_concurrent_sessions_all_progress_together() {
 async fn submitted(w: &TestWorker, n: u32) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let stats = w
-            .grpc_client()
-            .await
-            .stats(bulkhead_proto::worker::StatsRequest {})
-            .await
-            .unwrap()
-            .into_inner();
+        let stats = w.stats().await;
         if stats.active_requests + stats.queued_requests >= n {
             return;
         }
@@ -222,24 +200,20 @@ async fn submitted(w: &TestWorker, n: u32) {
 
 #[tokio::test]
 async fn a_tenant_with_many_requests_cannot_starve_a_tenant_with_one() {
-    let w = TestWorker::start(Options {
-        slots: 2,
-        ..Options::default()
-    })
-    .await;
+    let w = TestWorker::start(Options::with_slots(2)).await;
     let started = Instant::now();
     let mut busy = Vec::new();
     for i in 0..6 {
-        let mut client = w.grpc_client().await;
-        let req = grpc_request(
-            "busy",
-            &format!("b{i}"),
-            "Write a poem about the sea.",
-            24,
-            true,
-        );
+        let mut stream = w
+            .generate(grpc_request(
+                "busy",
+                &format!("b{i}"),
+                "Write a poem about the sea.",
+                24,
+                true,
+            ))
+            .await;
         busy.push(tokio::spawn(async move {
-            let mut stream = client.generate(req).await.unwrap().into_inner();
             let msg = stream.message().await.unwrap();
             let first = started.elapsed();
             assert!(msg.is_some());
@@ -249,8 +223,7 @@ async fn a_tenant_with_many_requests_cannot_starve_a_tenant_with_one() {
         // In order: each is in the worker (running or queued) before the next.
         submitted(&w, i + 1).await;
     }
-    let mut client = w.grpc_client().await;
-    let mut stream = client
+    let mut stream = w
         .generate(grpc_request(
             "quiet",
             "q",
@@ -258,9 +231,7 @@ async fn a_tenant_with_many_requests_cannot_starve_a_tenant_with_one() {
             4,
             true,
         ))
-        .await
-        .unwrap()
-        .into_inner();
+        .await;
     stream.message().await.unwrap();
     let quiet_first = started.elapsed();
     let mut busy_firsts = Vec::new();
@@ -281,11 +252,7 @@ async fn a_tenant_with_many_requests_cannot_starve_a_tenant_with_one() {
     // nothing is generating any more.
     let deadline = Instant::now() + Duration::from_secs(5);
     let tenants = loop {
-        let stats = client
-            .stats(bulkhead_proto::worker::StatsRequest {})
-            .await
-            .unwrap()
-            .into_inner();
+        let stats = w.stats().await;
         if stats.tenants.iter().all(|t| t.active == 0) || Instant::now() > deadline {
             break stats.tenants;
         }
@@ -353,7 +320,7 @@ async fn a_tenant_with_many_requests_cannot_starve_a_tenant_with_one() {
 #[tokio::test]
 async fn max_tokens_and_stop_sequences_end_generation() {
     let w = TestWorker::start(Options::default()).await;
-    let question = json!([{"role": "user", "content": "What is the capital of France?"}]);
+    let question = capital_question();
     let (_, capped) = w.chat("acme", None, greedy(question.clone(), 3)).await;
     assert_eq!(usage(&capped, "completion_tokens"), 3);
     assert_eq!(capped["choices"][0]["finish_reason"], "length");
@@ -369,10 +336,7 @@ async fn max_tokens_and_stop_sequences_end_generation() {
     assert!(content(&full).starts_with(&text));
 
     // Streaming: deltas, then a last chunk carrying the usage, then [DONE].
-    let mut body = greedy(
-        json!([{"role": "user", "content": "What is the capital of France?"}]),
-        5,
-    );
+    let mut body = greedy(capital_question(), 5);
     body["stream"] = json!(true);
     let sse = w
         .client
@@ -411,13 +375,8 @@ async fn max_tokens_and_stop_sequences_end_generation() {
 
 #[tokio::test]
 async fn a_cancelled_request_frees_its_slot_at_once_and_reports_partial_usage() {
-    let w = TestWorker::start(Options {
-        slots: 1,
-        ..Options::default()
-    })
-    .await;
-    let mut client = w.grpc_client().await;
-    let mut stream = client
+    let w = TestWorker::start(Options::with_slots(1)).await;
+    let mut stream = w
         .generate(grpc_request(
             "acme",
             "long",
@@ -425,9 +384,7 @@ async fn a_cancelled_request_frees_its_slot_at_once_and_reports_partial_usage() 
             900,
             true,
         ))
-        .await
-        .unwrap()
-        .into_inner();
+        .await;
     for _ in 0..3 {
         stream.message().await.unwrap().unwrap();
     }
@@ -471,18 +428,12 @@ async fn a_cancelled_request_frees_its_slot_at_once_and_reports_partial_usage() 
 #[tokio::test]
 async fn a_lora_adapter_changes_the_output_and_each_variant_keeps_its_own_context() {
     let dir = tempfile::tempdir().unwrap();
-    let lora = dir.path().join("noisy.gguf");
-    common::gguf::demo_lora(&lora, 4);
     let w = TestWorker::start(Options {
-        adapters: vec![AdapterSpec {
-            model: MODEL_NAME.into(),
-            name: "noisy".into(),
-            path: lora,
-        }],
+        adapters: noisy_adapter(dir.path()),
         ..Options::default()
     })
     .await;
-    let question = json!([{"role": "user", "content": "What is the capital of France?"}]);
+    let question = capital_question();
     let (_, base) = w.chat("acme", None, greedy(question.clone(), 16)).await;
     let mut with_adapter = greedy(question.clone(), 16);
     with_adapter["adapter"] = json!("noisy");
@@ -499,15 +450,7 @@ async fn a_lora_adapter_changes_the_output_and_each_variant_keeps_its_own_contex
     let (_, zero) = w.chat("acme", None, with_adapter).await;
     assert_eq!(content(&base), content(&zero), "scale 0 is the base model");
 
-    let models: serde_json::Value = w
-        .client
-        .get(format!("{}/v1/models", w.http))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models = w.get_json("/v1/models").await;
     assert_eq!(models["data"][0]["adapters"], json!(["noisy"]));
     w.stop().await;
 }
@@ -515,14 +458,8 @@ async fn a_lora_adapter_changes_the_output_and_each_variant_keeps_its_own_contex
 #[tokio::test]
 async fn adapter_scales_past_the_context_cap_reuse_the_least_recent_context() {
     let dir = tempfile::tempdir().unwrap();
-    let lora = dir.path().join("noisy.gguf");
-    common::gguf::demo_lora(&lora, 4);
     let w = TestWorker::start(Options {
-        adapters: vec![AdapterSpec {
-            model: MODEL_NAME.into(),
-            name: "noisy".into(),
-            path: lora,
-        }],
+        adapters: noisy_adapter(dir.path()),
         max_contexts: 2,
         ..Options::default()
     })
@@ -564,15 +501,7 @@ async fn several_models_are_served_side_by_side() {
         ..Options::default()
     })
     .await;
-    let models: serde_json::Value = w
-        .client
-        .get(format!("{}/v1/models", w.http))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models = w.get_json("/v1/models").await;
     let ids: Vec<&str> = models["data"]
         .as_array()
         .unwrap()
@@ -581,10 +510,7 @@ async fn several_models_are_served_side_by_side() {
         .collect();
     assert_eq!(ids, ["small", "small-chatml"]);
     for model in ids {
-        let mut body = greedy(
-            json!([{"role": "user", "content": "What is the capital of France?"}]),
-            16,
-        );
+        let mut body = greedy(capital_question(), 16);
         body["model"] = json!(model);
         let (status, answer) = w.chat("acme", None, body).await;
         assert_eq!(status, 200, "{answer}");

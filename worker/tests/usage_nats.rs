@@ -14,18 +14,35 @@ use common::{MODEL_NAME, Nats, Options, TestWorker};
 use prost::Message;
 use serde_json::json;
 
-async fn request(w: &TestWorker, id: &str) {
-    let resp = w
+/// Asks tenant `acme` (as `user`, when given) for a 3-token greeting under
+/// request id `id`.
+async fn say_hi(w: &TestWorker, id: &str, user: Option<&str>) -> reqwest::Response {
+    let mut req = w
         .client
         .post(format!("{}/v1/chat/completions", w.http))
         .header("X-Tenant-ID", "acme")
-        .header("X-User-ID", "alice")
         .header("X-Request-ID", id)
-        .json(&json!({"model": MODEL_NAME, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 3, "temperature": 0}))
-        .send()
-        .await
-        .unwrap();
+        .json(&json!({"model": MODEL_NAME, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 3, "temperature": 0}));
+    if let Some(user) = user {
+        req = req.header("X-User-ID", user);
+    }
+    req.send().await.unwrap()
+}
+
+/// A request by user `alice` that must be answered.
+async fn request(w: &TestWorker, id: &str) {
+    let resp = say_hi(w, id, Some("alice")).await;
     assert_eq!(resp.status(), 200);
+}
+
+/// `n` answered [`request`]s with ids `{prefix}-0`, `{prefix}-1`...,
+/// added to `ids`.
+async fn requests(w: &TestWorker, prefix: &str, n: usize, ids: &mut Vec<String>) {
+    for i in 0..n {
+        let id = format!("{prefix}-{i}");
+        request(w, &id).await;
+        ids.push(id);
+    }
 }
 
 /// All events in the stream, by event id; an error while the worker has not
@@ -94,6 +111,15 @@ fn spooled(dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
+/// Waits up to 10 s for the spool to hold at least `n` events (the caller
+/// asserts what it then holds).
+async fn spooled_reaches(dir: &Path, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while spooled(dir) < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await; // polling interval
+    }
+}
+
 #[tokio::test]
 async fn every_finished_request_yields_exactly_one_event_across_outage_and_restart() {
     let store = tempfile::tempdir().unwrap();
@@ -108,37 +134,22 @@ async fn every_finished_request_yields_exactly_one_event_across_outage_and_resta
     };
     let w = TestWorker::start(options()).await;
     let mut ids = Vec::new();
-    for i in 0..3 {
-        let id = format!("before-outage-{i}");
-        request(&w, &id).await;
-        ids.push(id);
-    }
+    requests(&w, "before-outage", 3, &mut ids).await;
     wait_for_events(&nats.url(), 3).await;
 
     // NATS goes away: requests still succeed, their events wait in the spool.
     nats.stop();
-    for i in 0..3 {
-        let id = format!("during-outage-{i}");
-        request(&w, &id).await;
-        ids.push(id);
-    }
+    requests(&w, "during-outage", 3, &mut ids).await;
     // Each answered request's event is in the spool (the publisher cannot
     // reach NATS).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while spooled(spool.path()) < 3 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await; // polling interval
-    }
+    spooled_reaches(spool.path(), 3).await;
     assert_eq!(spooled(spool.path()), 3);
     nats.restart();
     wait_for_events(&nats.url(), 6).await;
 
     // The worker restarts with events still spooled (NATS down at its stop).
     nats.stop();
-    for i in 0..2 {
-        let id = format!("before-restart-{i}");
-        request(&w, &id).await;
-        ids.push(id);
-    }
+    requests(&w, "before-restart", 2, &mut ids).await;
     w.stop().await;
     assert_eq!(spooled(spool.path()), 2);
     // A crash between JetStream's ack and the spool delete leaves a file for
@@ -262,16 +273,7 @@ async fn a_full_spool_refuses_new_work_and_loses_nothing() {
     .await;
     let ask = |id: String| {
         let w = &w;
-        async move {
-            w.client
-                .post(format!("{}/v1/chat/completions", w.http))
-                .header("X-Tenant-ID", "acme")
-                .header("X-Request-ID", id)
-                .json(&json!({"model": MODEL_NAME, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 3, "temperature": 0}))
-                .send()
-                .await
-                .unwrap()
-        }
+        async move { say_hi(w, &id, None).await }
     };
     let mut answered = Vec::new();
     let mut refused = None;
@@ -285,10 +287,7 @@ async fn a_full_spool_refuses_new_work_and_loses_nothing() {
         assert_eq!(resp.status(), 200);
         answered.push(id);
         // The event is on disk before the next request is judged.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while spooled(spool.path()) < answered.len() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await; // polling interval
-        }
+        spooled_reaches(spool.path(), answered.len()).await;
     }
     let refused = refused.expect("the spool never filled");
     assert_eq!(refused["error"]["code"], "usage_spool_full", "{refused}");

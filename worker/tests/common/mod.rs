@@ -20,6 +20,7 @@ use bulkhead_proto::{Credential, WorkerId};
 use bulkhead_worker::{AdapterSpec, EngineConfig, ModelSpec, UsageSink, WorkerConfig};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+use tonic::Streaming;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
@@ -50,6 +51,16 @@ pub struct Options {
     pub max_body_bytes: usize,
     pub http_token: Option<String>,
     pub max_contexts: u32,
+}
+
+impl Options {
+    /// The defaults with `slots` KV slots.
+    pub fn with_slots(slots: u32) -> Self {
+        Self {
+            slots,
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for Options {
@@ -176,6 +187,40 @@ impl TestWorker {
         WorkerClient::connect(self.grpc.clone()).await.unwrap()
     }
 
+    /// GETs `path` from the worker's HTTP port.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.http))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// GETs `path` from the worker's HTTP port and parses the JSON answer.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.get(path).await.json().await.unwrap()
+    }
+
+    /// Opens a gRPC `Generate` stream (with the gateway credential).
+    pub async fn generate(&self, req: pb::GenerateRequest) -> Streaming<pb::GenerateResponse> {
+        self.grpc_client()
+            .await
+            .generate(req)
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// The worker's gRPC `Stats`.
+    pub async fn stats(&self) -> pb::StatsResponse {
+        self.grpc_client()
+            .await
+            .stats(pb::StatsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     /// POSTs a chat completion; returns (status, JSON body).
     pub async fn chat(&self, tenant: &str, session: Option<&str>, body: Value) -> (u16, Value) {
         let mut req = self
@@ -193,14 +238,7 @@ impl TestWorker {
     }
 
     pub async fn metrics(&self) -> String {
-        self.client
-            .get(format!("{}/metrics", self.http))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        self.get("/metrics").await.text().await.unwrap()
     }
 
     /// Graceful stop: in-flight work finishes, the usage spool gets a last flush.
@@ -212,6 +250,22 @@ impl TestWorker {
             task.await.unwrap().unwrap();
         }
     }
+}
+
+/// Writes the demo LoRA adapter `noisy` (for [`MODEL_NAME`]) into `dir`.
+pub fn noisy_adapter(dir: &std::path::Path) -> Vec<AdapterSpec> {
+    let path = dir.join("noisy.gguf");
+    gguf::demo_lora(&path, 4);
+    vec![AdapterSpec {
+        model: MODEL_NAME.into(),
+        name: "noisy".into(),
+        path,
+    }]
+}
+
+/// The question every answer test asks: its answer names Paris.
+pub fn capital_question() -> Value {
+    json!([{"role": "user", "content": "What is the capital of France?"}])
 }
 
 /// A greedy chat request body.
