@@ -436,54 +436,34 @@ async fn up_starts_with_the_tenants_and_models_its_configs_name() -> anyhow::Res
 
     // Bad configs stop `up` before anything starts, naming the file.
     let bad = work.path().join("bad");
-    write(&bad.join("x.yaml"), "tenant_id: x\nmax_concurrent: many\n")?;
-    let out = up_fails(
-        &work.path().join("data-bad"),
-        &["--tenants", &bad.display().to_string()],
-    )?;
-    assert!(!out.status.success());
-    let err = stderr(&out);
+    let bad_file = bad.join("x.yaml").display().to_string();
+    // `bad` holding only `yaml`: `up` must fail; its (stderr, stdout).
+    let refused = |yaml: &str| -> anyhow::Result<(String, String)> {
+        write(&bad.join("x.yaml"), yaml)?;
+        let out = up_fails(
+            &work.path().join("data-bad"),
+            &["--tenants", &bad.display().to_string()],
+        )?;
+        assert!(!out.status.success());
+        Ok((stderr(&out), stdout(&out)))
+    };
+    let (err, out) = refused("tenant_id: x\nmax_concurrent: many\n")?;
     assert!(
-        err.contains(&format!(
-            "{}: max_concurrent: invalid type",
-            bad.join("x.yaml").display()
-        )),
+        err.contains(&format!("{bad_file}: max_concurrent: invalid type")),
         "{err}"
     );
-    assert!(!stdout(&out).contains("bulkhead is up"), "{}", stdout(&out));
-    write(
-        &bad.join("x.yaml"),
-        "tenant_id: x\nmodel_path: /nowhere/missing.gguf\n",
-    )?;
-    let out = up_fails(
-        &work.path().join("data-bad"),
-        &["--tenants", &bad.display().to_string()],
-    )?;
-    assert!(!out.status.success());
-    let err = stderr(&out);
+    assert!(!out.contains("bulkhead is up"), "{out}");
+    let (err, _) = refused("tenant_id: x\nmodel_path: /nowhere/missing.gguf\n")?;
     assert!(
         err.contains(&format!(
-            "{}: model_path: /nowhere/missing.gguf does not exist",
-            bad.join("x.yaml").display()
+            "{bad_file}: model_path: /nowhere/missing.gguf does not exist"
         )),
         "{err}"
     );
     // A limit the control plane refuses stops it right after it started.
-    write(
-        &bad.join("x.yaml"),
-        "tenant_id: x\ndaily_quota: 10\nmax_request_tokens: 20\n",
-    )?;
-    let out = up_fails(
-        &work.path().join("data-bad"),
-        &["--tenants", &bad.display().to_string()],
-    )?;
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(
-        err.contains(&format!("{}: invalid limit", bad.join("x.yaml").display())),
-        "{err}"
-    );
-    assert!(!stdout(&out).contains("bulkhead is up"), "{}", stdout(&out));
+    let (err, out) = refused("tenant_id: x\ndaily_quota: 10\nmax_request_tokens: 20\n")?;
+    assert!(err.contains(&format!("{bad_file}: invalid limit")), "{err}");
+    assert!(!out.contains("bulkhead is up"), "{out}");
     // Without --tenants, `up` applies ./tenants, as the article keeps them,
     // or the directory BULKHEAD_TENANTS_DIR names: the refused config there
     // stops it too.
@@ -491,27 +471,27 @@ async fn up_starts_with_the_tenants_and_models_its_configs_name() -> anyhow::Res
     let cwd = work.path().join("elsewhere");
     std::fs::create_dir_all(&cwd)?;
     std::fs::rename(&bad, cwd.join("tenants"))?;
-    let out = up_fails_where(&data, &[], |c| {
+    // `up` without --tenants, set up by `setup`: refused; its stderr.
+    let refused_unnamed = |setup: &dyn Fn(&mut std::process::Command)| -> anyhow::Result<String> {
+        let out = up_fails_where(&data, &[], setup)?;
+        let err = stderr(&out);
+        assert!(
+            !out.status.success() && err.contains("invalid limit"),
+            "{err}"
+        );
+        Ok(err)
+    };
+    let err = refused_unnamed(&|c| {
         c.current_dir(&cwd);
     })?;
-    let err = stderr(&out);
-    assert!(
-        !out.status.success() && err.contains("invalid limit"),
-        "{err}"
-    );
     assert!(
         err.contains("loading the tenant configs in ./tenants/"),
         "{err}"
     );
     std::fs::rename(cwd.join("tenants"), &bad)?;
-    let out = up_fails_where(&data, &[], |c| {
+    refused_unnamed(&|c| {
         c.env("BULKHEAD_TENANTS_DIR", &bad);
     })?;
-    let err = stderr(&out);
-    assert!(
-        !out.status.success() && err.contains("invalid limit"),
-        "{err}"
-    );
     // So are flags that contradict each other (`up_fails` passes --no-console).
     let out = up_fails(&work.path().join("data-bad"), &["--console", "127.0.0.1:1"])?;
     assert!(!out.status.success());
