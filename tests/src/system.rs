@@ -84,22 +84,32 @@ pub async fn used_lately(
     Ok(used_by_day(client, tenant).await?.values().sum())
 }
 
+/// The control plane's usage report of `tenant` for its last `days` days,
+/// as the nodes `client` calls answer it (an admin client).
+pub async fn usage_report(
+    client: &bulkhead_control_plane::ControlPlaneClient,
+    tenant: &str,
+    days: u32,
+) -> anyhow::Result<bulkhead_proto::control::UsageReport> {
+    Ok(client
+        .admin()
+        .send(
+            bulkhead_proto::control::UsageRequest {
+                tenant_id: tenant.to_owned(),
+                days,
+            },
+            |mut c, req| async move { c.usage(req).await },
+        )
+        .await?)
+}
+
 /// The ledger's tokens used by `tenant` on each of today and yesterday
 /// (the control plane's days, YYYY-MM-DD).
 pub async fn used_by_day(
     client: &bulkhead_control_plane::ControlPlaneClient,
     tenant: &str,
 ) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
-    let report = client
-        .admin()
-        .send(
-            bulkhead_proto::control::UsageRequest {
-                tenant_id: tenant.to_owned(),
-                days: 2,
-            },
-            |mut c, req| async move { c.usage(req).await },
-        )
-        .await?;
+    let report = usage_report(client, tenant, 2).await?;
     Ok(report
         .days
         .iter()
@@ -554,6 +564,22 @@ impl ClusterBuilder {
 }
 
 impl Cluster {
+    /// Starts a loopback cluster of `control_nodes` control-plane nodes,
+    /// `workers` workers and `gateways` gateways (the builder's other
+    /// defaults), ready as [`ClusterBuilder::start`] says.
+    pub async fn start_sized(
+        control_nodes: u64,
+        workers: usize,
+        gateways: usize,
+    ) -> anyhow::Result<Cluster> {
+        Cluster::builder()
+            .control_nodes(control_nodes)
+            .workers(workers)
+            .gateways(gateways)
+            .start()
+            .await
+    }
+
     pub fn builder() -> ClusterBuilder {
         ClusterBuilder {
             control_nodes: 1,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use bulkhead_control_plane::ControlPlaneClient;
 use bulkhead_proto::control as pb;
 use bulkhead_tests::cluster::ControlPlanes;
-use bulkhead_tests::system::eventually;
+use bulkhead_tests::system::{eventually, usage_report};
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -347,16 +347,7 @@ async fn admin_calls_need_the_token_and_bad_input_changes_nothing() -> anyhow::R
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
-    let report = client
-        .admin()
-        .send(
-            pb::UsageRequest {
-                tenant_id: "acme".into(),
-                days: 1,
-            },
-            |mut c, req| async move { c.usage(req).await },
-        )
-        .await?;
+    let report = usage_report(&client, "acme", 1).await?;
     assert_eq!(report.days[0].outstanding, 0);
     Ok(())
 }

@@ -29,13 +29,7 @@ async fn tenant(cluster: &Cluster, id: &str, quota: u64, concurrent: u32) -> Str
 #[tokio::test]
 async fn a_worker_killed_mid_stream_bills_nothing_and_frees_the_slot() {
     let _serial = SERIAL.lock().await;
-    let mut cluster = Cluster::builder()
-        .control_nodes(1)
-        .workers(2)
-        .gateways(1)
-        .start()
-        .await
-        .unwrap();
+    let mut cluster = Cluster::start_sized(1, 2, 1).await.unwrap();
     let key = tenant(&cluster, "k", 100_000, 1).await;
     let busy = cluster.routed_to("k", "drill-user").await.unwrap();
     let api = cluster.apis[0].clone();
@@ -94,13 +88,7 @@ async fn a_worker_killed_mid_stream_bills_nothing_and_frees_the_slot() {
 #[tokio::test]
 async fn a_worker_and_the_leader_dying_under_load_give_clean_errors_and_an_exact_ledger() {
     let _serial = SERIAL.lock().await;
-    let mut cluster = Cluster::builder()
-        .control_nodes(3)
-        .workers(2)
-        .gateways(2)
-        .start()
-        .await
-        .unwrap();
+    let mut cluster = Cluster::start_sized(3, 2, 2).await.unwrap();
     let key = tenant(&cluster, "f", 1_000_000, 32).await;
     let load = Load::start(&cluster.apis, &key, 6);
     // Each fault comes once answers are flowing, and the next once more
@@ -142,13 +130,7 @@ async fn a_worker_and_the_leader_dying_under_load_give_clean_errors_and_an_exact
 async fn nats_down_for_30_s_under_load_loses_nothing_and_overspends_nothing() {
     const QUOTA: u64 = 6_000;
     let _serial = SERIAL.lock().await;
-    let mut cluster = Cluster::builder()
-        .control_nodes(1)
-        .workers(1)
-        .gateways(2)
-        .start()
-        .await
-        .unwrap();
+    let mut cluster = Cluster::start_sized(1, 1, 2).await.unwrap();
     let key = tenant(&cluster, "n", QUOTA, 8).await;
     let load = Load::start(&cluster.apis, &key, 4);
     load.grows(4, "before NATS goes down").await;

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use bulkhead_tests::system::{Cluster, MODEL, eventually};
+use bulkhead_tests::system::{Cluster, MODEL, eventually, usage_report};
 use serde_json::json;
 
 /// One test at a time: what a gateway holds when the control plane dies
@@ -19,13 +19,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 #[tokio::test]
 async fn quota_and_concurrency_hold_across_two_gateways() {
     let _serial = SERIAL.lock().await;
-    let cluster = Cluster::builder()
-        .control_nodes(1)
-        .workers(1)
-        .gateways(2)
-        .start()
-        .await
-        .unwrap();
+    let cluster = Cluster::start_sized(1, 1, 2).await.unwrap();
     const QUOTA: u64 = 1500;
     let key = cluster
         .tenant_with_key(
@@ -161,17 +155,7 @@ async fn quota_and_concurrency_hold_across_two_gateways() {
         "every allowance of c to come back",
         Duration::from_secs(15),
         || async {
-            let report = client
-                .admin()
-                .send(
-                    bulkhead_proto::control::UsageRequest {
-                        tenant_id: "c".into(),
-                        days: 1,
-                    },
-                    |mut c, req| async move { c.usage(req).await },
-                )
-                .await
-                .ok()?;
+            let report = usage_report(&client, "c", 1).await.ok()?;
             (report.days.first()?.outstanding == 0).then_some(())
         },
     )
@@ -183,13 +167,7 @@ async fn quota_and_concurrency_hold_across_two_gateways() {
 #[tokio::test]
 async fn without_the_control_plane_a_gateway_spends_only_what_it_holds_then_says_so() {
     let _serial = SERIAL.lock().await;
-    let mut cluster = Cluster::builder()
-        .control_nodes(1)
-        .workers(1)
-        .gateways(1)
-        .start()
-        .await
-        .unwrap();
+    let mut cluster = Cluster::start_sized(1, 1, 1).await.unwrap();
     let key = cluster
         .tenant_with_key("solo", &["--daily-tokens", "1000000"])
         .await

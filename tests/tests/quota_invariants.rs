@@ -16,6 +16,7 @@ use bulkhead_proto::control as pb;
 use bulkhead_proto::worker::UsageEvent;
 use bulkhead_tests::cluster::ControlPlanes;
 use bulkhead_tests::nats::Nats;
+use bulkhead_tests::system::used_lately;
 use prost::Message;
 use tokio::sync::Mutex;
 
@@ -415,21 +416,7 @@ async fn counted_once(
     let admin = cp.client();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let report = admin
-            .admin()
-            .send(
-                pb::UsageRequest {
-                    tenant_id: "acme".into(),
-                    days: 2,
-                },
-                |mut c, r| async move { c.usage(r).await },
-            )
-            .await?;
-        let used: u64 = report
-            .days
-            .iter()
-            .map(|d| d.prompt_tokens + d.completion_tokens)
-            .sum();
+        let used = used_lately(&admin, "acme").await?;
         if used == 42 {
             break;
         }

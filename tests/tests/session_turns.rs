@@ -12,13 +12,7 @@ use serde_json::json;
 /// another gateway shows every session whole.
 #[tokio::test]
 async fn turns_survive_a_gateway_killed_right_after_its_answers() {
-    let mut cluster = Cluster::builder()
-        .control_nodes(1)
-        .workers(1)
-        .gateways(2)
-        .start()
-        .await
-        .unwrap();
+    let mut cluster = Cluster::start_sized(1, 1, 2).await.unwrap();
     let key = cluster
         .tenant_with_key(
             "memo",

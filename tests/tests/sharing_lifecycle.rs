@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bulkhead_control_plane::ControlPlaneClient;
 use bulkhead_proto::control as pb;
-use bulkhead_tests::system::{Up, created_key};
+use bulkhead_tests::system::{Up, created_key, usage_report};
 use serde_json::json;
 
 const POLICY: &str = "Travel policy 2026 Q1: every trip abroad needs approval from the finance director, and hotel nights are capped at 180 euros.";
@@ -328,18 +328,8 @@ async fn deleting_a_tenant_archives_it_first_and_frees_its_name_only_for_a_new_c
     bulkhead_tests::system::eventually("usage recorded", Duration::from_secs(20), || {
         let client = std::sync::Arc::clone(&client);
         async move {
-            let r = client
-                .admin()
-                .send(
-                    pb::UsageRequest {
-                        tenant_id: "sales".into(),
-                        // Today and yesterday: the test may cross midnight.
-                        days: 2,
-                    },
-                    |mut c, req| async move { c.usage(req).await },
-                )
-                .await
-                .ok()?;
+            // Today and yesterday: the test may cross midnight.
+            let r = usage_report(&client, "sales", 2).await.ok()?;
             r.days.iter().any(|d| d.requests > 0).then_some(())
         }
     })

@@ -211,22 +211,9 @@ async fn usage_travels_over_a_nats_that_speaks_tls() -> anyhow::Result<()> {
         "the usage to reach the ledger over TLS",
         Duration::from_secs(30),
         || async {
-            let report = admin
-                .admin()
-                .send(
-                    bulkhead_proto::control::UsageRequest {
-                        tenant_id: "acme".into(),
-                        days: 2,
-                    },
-                    |mut c, r| async move { c.usage(r).await },
-                )
+            let used = bulkhead_tests::system::used_lately(&admin, "acme")
                 .await
                 .ok()?;
-            let used: u64 = report
-                .days
-                .iter()
-                .map(|d| d.prompt_tokens + d.completion_tokens)
-                .sum();
             (used == billed).then_some(())
         },
     )
