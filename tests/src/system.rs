@@ -769,6 +769,19 @@ impl Cluster {
         Ok(key)
     }
 
+    /// [`Cluster::tenant_with_key`] with a daily token quota and a cap on
+    /// concurrent requests.
+    pub async fn tenant_with_quota(
+        &self,
+        id: &str,
+        daily_tokens: u64,
+        max_concurrent: u32,
+    ) -> anyhow::Result<String> {
+        let (quota, concurrent) = (daily_tokens.to_string(), max_concurrent.to_string());
+        let limits = ["--daily-tokens", &quota, "--max-concurrent", &concurrent];
+        self.tenant_with_key(id, &limits).await
+    }
+
     /// The ledger's tokens used by `tenant` today and yesterday (a test
     /// that runs across midnight splits its usage over two days).
     pub async fn used_today(&self, tenant: &str) -> anyhow::Result<u64> {

@@ -17,9 +17,10 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A tenant with a daily quota and a concurrency cap, and a key of it.
 async fn tenant(cluster: &Cluster, id: &str, quota: u64, concurrent: u32) -> String {
-    let (quota, concurrent) = (quota.to_string(), concurrent.to_string());
-    let limits = ["--daily-tokens", &quota, "--max-concurrent", &concurrent];
-    cluster.tenant_with_key(id, &limits).await.unwrap()
+    cluster
+        .tenant_with_quota(id, quota, concurrent)
+        .await
+        .unwrap()
 }
 
 /// Drill: a worker SIGKILLed mid-stream. The client gets a clean stream

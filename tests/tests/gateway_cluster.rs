@@ -21,18 +21,7 @@ async fn quota_and_concurrency_hold_across_two_gateways() {
     let _serial = SERIAL.lock().await;
     let cluster = Cluster::start_sized(1, 1, 2).await.unwrap();
     const QUOTA: u64 = 1500;
-    let key = cluster
-        .tenant_with_key(
-            "q",
-            &[
-                "--daily-tokens",
-                &QUOTA.to_string(),
-                "--max-concurrent",
-                "16",
-            ],
-        )
-        .await
-        .unwrap();
+    let key = cluster.tenant_with_quota("q", QUOTA, 16).await.unwrap();
 
     // 16 clients over two gateways, until each is refused for the quota.
     let mut clients = Vec::new();
@@ -77,10 +66,7 @@ async fn quota_and_concurrency_hold_across_two_gateways() {
     assert!(used > QUOTA / 2, "only {used} of {QUOTA} could be used");
 
     // Q3: two concurrent requests at most, across both gateways, counted at the worker.
-    let key = cluster
-        .tenant_with_key("c", &["--daily-tokens", "1000000", "--max-concurrent", "2"])
-        .await
-        .unwrap();
+    let key = cluster.tenant_with_quota("c", 1_000_000, 2).await.unwrap();
     let mut clients = Vec::new();
     for i in 0..8 {
         let api = cluster.apis[i % 2].clone();

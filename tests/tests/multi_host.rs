@@ -67,18 +67,7 @@ async fn across_hosts(lan: Arc<Lan>) {
         .start()
         .await
         .unwrap();
-    let key = cluster
-        .tenant_with_key(
-            TENANT,
-            &[
-                "--daily-tokens",
-                &QUOTA.to_string(),
-                "--max-concurrent",
-                "16",
-            ],
-        )
-        .await
-        .unwrap();
+    let key = cluster.tenant_with_quota(TENANT, QUOTA, 16).await.unwrap();
     let (gw1, gw2) = (cluster.apis[0].clone(), cluster.apis[1].clone());
     // The gateways speak HTTPS only: plain HTTP gets no answer.
     let plain = reqwest::get(format!("http://{}:18789/health", lan.host("gw1").ip)).await;

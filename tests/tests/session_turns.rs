@@ -14,10 +14,7 @@ use serde_json::json;
 async fn turns_survive_a_gateway_killed_right_after_its_answers() {
     let mut cluster = Cluster::start_sized(1, 1, 2).await.unwrap();
     let key = cluster
-        .tenant_with_key(
-            "memo",
-            &["--daily-tokens", "1000000", "--max-concurrent", "8"],
-        )
+        .tenant_with_quota("memo", 1_000_000, 8)
         .await
         .unwrap();
     let (first, second) = (cluster.apis[0].clone(), cluster.apis[1].clone());
