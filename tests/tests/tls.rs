@@ -30,41 +30,61 @@ fn ca(dir: &Path, name: &str) -> anyhow::Result<CertifiedIssuer<'static, KeyPair
     Ok(issuer)
 }
 
+/// `dir/pki` holding the cluster's CA (`ca.pem`) and a leaf it signed for
+/// each of `leaves`.
+fn cluster_pki(dir: &Path, leaves: &[&str]) -> anyhow::Result<std::path::PathBuf> {
+    let pki = dir.join("pki");
+    std::fs::create_dir_all(&pki)?;
+    let cluster_ca = ca(&pki, "ca")?;
+    for name in leaves {
+        leaf(&pki, name, &cluster_ca)?;
+    }
+    Ok(pki)
+}
+
+/// `bulkhead up` with the demo model on free ports, `extra` arguments and
+/// `env`, once its worker registered: (the process, the admin token, the
+/// API port, the control plane's address).
+fn start_up(
+    dir: &Path,
+    extra: &[String],
+    env: &[(&str, &str)],
+) -> anyhow::Result<(Process, String, u16, String)> {
+    let (api_port, cp_port) = (free_port(), free_port());
+    let mut args = up_args(
+        dir,
+        api_port,
+        cp_port,
+        &format!("{MODEL}={}", demo_model().display()),
+    );
+    args.extend_from_slice(extra);
+    let mut up = Process::spawn_with_env(&args, env)?;
+    let token = up.wait_for("admin token:", Duration::from_secs(60))?;
+    up.wait_for(
+        "registered with the control plane",
+        Duration::from_secs(120),
+    )?;
+    Ok((up, token, api_port, format!("127.0.0.1:{cp_port}")))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_serves_https_and_its_roles_speak_mtls() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let pki = dir.path().join("pki");
-    std::fs::create_dir_all(&pki)?;
-    let cluster_ca = ca(&pki, "ca")?;
-    leaf(&pki, "node", &cluster_ca)?;
-    leaf(&pki, "operator", &cluster_ca)?;
+    let pki = cluster_pki(dir.path(), &["node", "operator"])?;
     // A certificate from a CA the cluster does not trust.
     let rogue_ca = ca(&pki, "rogue-ca")?;
     leaf(&pki, "rogue", &rogue_ca)?;
     let file = |name: &str| pki.join(name).display().to_string();
 
-    let (api_port, cp_port) = (free_port(), free_port());
-    let cp = format!("127.0.0.1:{cp_port}");
-    let mut args = up_args(
-        dir.path(),
-        api_port,
-        cp_port,
-        &format!("{MODEL}={}", demo_model().display()),
-    );
-    args.extend([
+    let tls = [
         "--tls-cert".to_owned(),
         file("node.pem"),
         "--tls-key".to_owned(),
         file("node.key"),
         "--tls-ca".to_owned(),
         file("ca.pem"),
-    ]);
-    let mut up = Process::spawn(&args)?;
-    let token = up.wait_for("admin token:", Duration::from_secs(60))?;
-    up.wait_for(
-        "registered with the control plane",
-        Duration::from_secs(120),
-    )?;
+    ];
+    let (_up, token, api_port, cp) = start_up(dir.path(), &tls, &[])?;
 
     // The API speaks HTTPS with the cluster's certificate, and not plain HTTP.
     let https = reqwest::Client::builder()
@@ -169,10 +189,7 @@ async fn up_serves_https_and_its_roles_speak_mtls() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_travels_over_a_nats_that_speaks_tls() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let pki = dir.path().join("pki");
-    std::fs::create_dir_all(&pki)?;
-    let cluster_ca = ca(&pki, "ca")?;
-    leaf(&pki, "nats", &cluster_ca)?;
+    let pki = cluster_pki(dir.path(), &["nats"])?;
     let nats = bulkhead_tests::nats::Nats::start_with_tls(
         &dir.path().join("nats"),
         &pki.join("nats.pem"),
@@ -184,21 +201,11 @@ async fn usage_travels_over_a_nats_that_speaks_tls() -> anyhow::Result<()> {
         .await;
     assert!(plain.is_err(), "a plain client got in");
 
-    let (api_port, cp_port) = (free_port(), free_port());
-    let cp = format!("127.0.0.1:{cp_port}");
-    let mut args = up_args(
-        dir.path(),
-        api_port,
-        cp_port,
-        &format!("{MODEL}={}", demo_model().display()),
-    );
-    args.extend(["--nats".to_owned(), nats.url()]);
     let ca_path = pki.join("ca.pem").display().to_string();
-    let mut up = Process::spawn_with_env(&args, &[("BULKHEAD_NATS_CA", ca_path.as_str())])?;
-    let token = up.wait_for("admin token:", Duration::from_secs(60))?;
-    up.wait_for(
-        "registered with the control plane",
-        Duration::from_secs(120),
+    let (_up, token, api_port, cp) = start_up(
+        dir.path(),
+        &["--nats".to_owned(), nats.url()],
+        &[("BULKHEAD_NATS_CA", ca_path.as_str())],
     )?;
     let key = bulkhead_tests::system::tenant_with_key(&cp, &token, "acme", &[])?;
     let api = bulkhead_tests::system::Api::new(&format!("127.0.0.1:{api_port}"));
