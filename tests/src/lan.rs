@@ -247,26 +247,18 @@ impl Lan {
 
     /// Takes host `name`'s link down: nothing reaches it, it reaches nothing.
     pub fn cut(&self, name: &str) -> anyhow::Result<()> {
-        ip(&[
-            "-n",
-            &self.switch,
-            "link",
-            "set",
-            &self.host(name).port,
-            "down",
-        ])
+        self.set_link(name, "down")
     }
 
     /// Brings host `name`'s link back.
     pub fn heal(&self, name: &str) -> anyhow::Result<()> {
-        ip(&[
-            "-n",
-            &self.switch,
-            "link",
-            "set",
-            &self.host(name).port,
-            "up",
-        ])
+        self.set_link(name, "up")
+    }
+
+    /// Sets host `name`'s port on the switch `up` or `down`.
+    fn set_link(&self, name: &str, state: &str) -> anyhow::Result<()> {
+        let port = &self.host(name).port;
+        ip(&["-n", &self.switch, "link", "set", port, state])
     }
 
     /// Host `from` can no longer reach the hosts `to` (nor they it, beyond
