@@ -7,7 +7,12 @@ use bulkhead_proto::control as pb;
 use clap::Subcommand;
 
 use crate::admin::ms_to_text;
-use crate::connect::{Connect, status};
+use crate::connect::{Connect, admin_send};
+use crate::table::Col::{self, Left, Rest, Right};
+use crate::table::{or_placeholder, print_header, print_row};
+
+/// The columns of `audit list`.
+const AUDIT_COLUMNS: [Col; 5] = [Right(6), Left(21), Left(20), Left(18), Rest];
 
 #[derive(Subcommand, Debug)]
 pub enum AuditCommand {
@@ -88,53 +93,42 @@ pub async fn audit(connect: Connect, command: AuditCommand) -> anyhow::Result<()
             limit,
             hashes,
         } => {
-            let list = client
-                .admin()
-                .send(
-                    pb::ListAuditRequest {
-                        tenant_id: tenant,
-                        limit,
-                    },
-                    |mut c, req| async move { c.list_audit(req).await },
-                )
-                .await
-                .map_err(status)?;
-            println!(
-                "{:>6} {:<21} {:<20} {:<18} DETAIL",
-                "SEQ", "TIME", "ACTOR", "ACTION"
+            let list = admin_send(
+                &client,
+                pb::ListAuditRequest {
+                    tenant_id: tenant,
+                    limit,
+                },
+                |mut c, req| async move { c.list_audit(req).await },
+            )
+            .await?;
+            print_header(
+                &AUDIT_COLUMNS,
+                &["SEQ", "TIME", "ACTOR", "ACTION", "DETAIL"],
             );
             for r in list.records {
-                println!(
-                    "{:>6} {:<21} {:<20} {:<18} {}",
-                    r.seq,
-                    ms_to_text(r.at_ms),
-                    r.actor,
-                    r.action,
-                    r.detail
+                let at = ms_to_text(r.at_ms);
+                print_row(
+                    &AUDIT_COLUMNS,
+                    &[&r.seq, &at, &r.actor, &r.action, &r.detail],
                 );
                 if hashes {
                     println!(
                         "{:>6} prev_hash {} hash {}",
                         "",
-                        if r.prev_hash.is_empty() {
-                            "-"
-                        } else {
-                            &r.prev_hash
-                        },
+                        or_placeholder(&r.prev_hash, "-"),
                         r.hash
                     );
                 }
             }
         }
         AuditCommand::Verify { tenant } => {
-            let v = client
-                .admin()
-                .send(
-                    pb::VerifyAuditRequest { tenant_id: tenant },
-                    |mut c, req| async move { c.verify_audit(req).await },
-                )
-                .await
-                .map_err(status)?;
+            let v = admin_send(
+                &client,
+                pb::VerifyAuditRequest { tenant_id: tenant },
+                |mut c, req| async move { c.verify_audit(req).await },
+            )
+            .await?;
             if !v.ok {
                 println!(
                     "broken: tenant {} record {}: {}",

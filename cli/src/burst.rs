@@ -2,12 +2,28 @@
 //! quota; an administrator approves or denies. An approved burst lasts until
 //! the tenant's day resets.
 
+use std::fmt::Display;
+
 use bulkhead_control_plane::ControlPlaneClient;
 use bulkhead_proto::control as pb;
 use clap::Subcommand;
 
 use crate::admin::ms_to_text;
-use crate::connect::{Connect, status};
+use crate::connect::{Connect, admin_send};
+use crate::table::Col::{self, Left, Rest, Right};
+use crate::table::{or_placeholder, print_header, print_row};
+
+/// The columns of `burst list`.
+const BURST_COLUMNS: [Col; 8] = [
+    Left(22),
+    Left(16),
+    Left(10),
+    Left(9),
+    Right(12),
+    Left(21),
+    Left(12),
+    Rest,
+];
 
 #[derive(Subcommand, Debug)]
 pub enum BurstCommand {
@@ -72,18 +88,16 @@ async fn decide(
     approve: bool,
     note: String,
 ) -> anyhow::Result<()> {
-    let b = client
-        .admin()
-        .send(
-            pb::BurstDecision {
-                burst_id,
-                approve,
-                note,
-            },
-            |mut c, req| async move { c.decide_burst(req).await },
-        )
-        .await
-        .map_err(status)?;
+    let b = admin_send(
+        client,
+        pb::BurstDecision {
+            burst_id,
+            approve,
+            note,
+        },
+        |mut c, req| async move { c.decide_burst(req).await },
+    )
+    .await?;
     print_burst(&b);
     Ok(())
 }
@@ -92,53 +106,55 @@ pub async fn burst(connect: Connect, command: BurstCommand) -> anyhow::Result<()
     let client = connect.client();
     match command {
         BurstCommand::Request { tenant, reason } => {
-            let b = client
-                .admin()
-                .send(
-                    pb::BurstRequest {
-                        tenant_id: tenant,
-                        reason,
-                    },
-                    |mut c, req| async move { c.request_burst(req).await },
-                )
-                .await
-                .map_err(status)?;
+            let b = admin_send(
+                &client,
+                pb::BurstRequest {
+                    tenant_id: tenant,
+                    reason,
+                },
+                |mut c, req| async move { c.request_burst(req).await },
+            )
+            .await?;
             print_burst(&b);
         }
         BurstCommand::Approve { burst_id, note } => decide(&client, burst_id, true, note).await?,
         BurstCommand::Deny { burst_id, note } => decide(&client, burst_id, false, note).await?,
         BurstCommand::List { tenant, status: s } => {
-            let list = client
-                .admin()
-                .send(
-                    pb::ListBurstsRequest {
-                        tenant_id: tenant,
-                        status: s,
-                    },
-                    |mut c, req| async move { c.list_bursts(req).await },
-                )
-                .await
-                .map_err(status)?;
-            println!(
-                "{:<22} {:<16} {:<10} {:<9} {:>12} {:<21} {:<12} REASON",
-                "BURST ID", "TENANT", "DAY", "STATUS", "EXTRA", "REQUESTED", "DECIDED BY"
+            let list = admin_send(
+                &client,
+                pb::ListBurstsRequest {
+                    tenant_id: tenant,
+                    status: s,
+                },
+                |mut c, req| async move { c.list_bursts(req).await },
+            )
+            .await?;
+            print_header(
+                &BURST_COLUMNS,
+                &[
+                    "BURST ID",
+                    "TENANT",
+                    "DAY",
+                    "STATUS",
+                    "EXTRA",
+                    "REQUESTED",
+                    "DECIDED BY",
+                    "REASON",
+                ],
             );
             for b in list.bursts {
-                println!(
-                    "{:<22} {:<16} {:<10} {:<9} {:>12} {:<21} {:<12} {}",
-                    b.burst_id,
-                    b.tenant_id,
-                    b.day,
-                    b.status,
-                    b.extra_tokens,
-                    ms_to_text(b.requested_at_ms),
-                    if b.decided_by.is_empty() {
-                        "-"
-                    } else {
-                        &b.decided_by
-                    },
-                    b.reason
-                );
+                let requested = ms_to_text(b.requested_at_ms);
+                let cells: [&dyn Display; 8] = [
+                    &b.burst_id,
+                    &b.tenant_id,
+                    &b.day,
+                    &b.status,
+                    &b.extra_tokens,
+                    &requested,
+                    &or_placeholder(&b.decided_by, "-"),
+                    &b.reason,
+                ];
+                print_row(&BURST_COLUMNS, &cells);
             }
         }
     }

@@ -2,9 +2,13 @@
 //! the admin token (flags or environment), and a gRPC failure in the
 //! operator's words.
 
+use std::future::Future;
+
 use anyhow::anyhow;
 use bulkhead_control_plane::ControlPlaneClient;
+use bulkhead_proto::control::admin_client::AdminClient;
 use clap::Args;
+use tonic::transport::Channel;
 
 use crate::env;
 
@@ -58,6 +62,22 @@ impl Tls {
         })
         .map_err(|e| anyhow!(e))
     }
+}
+
+/// Sends `message` to the control plane's admin service with `method`
+/// (retrying as [`bulkhead_client::client::Api::send`] does); a failure in
+/// the operator's words ([`status`]).
+pub(crate) async fn admin_send<M, T, F, Fut>(
+    client: &ControlPlaneClient,
+    message: M,
+    method: F,
+) -> anyhow::Result<T>
+where
+    M: Clone,
+    F: Fn(AdminClient<Channel>, tonic::Request<M>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    client.admin().send(message, method).await.map_err(status)
 }
 
 /// A gRPC failure as the operator should read it.

@@ -5,7 +5,7 @@ use bulkhead_proto::control as pb;
 use clap::Subcommand;
 
 use crate::admin::ms_to_text;
-use crate::connect::{Connect, status};
+use crate::connect::{Connect, admin_send};
 
 #[derive(Subcommand, Debug)]
 pub enum CredentialCommand {
@@ -38,14 +38,12 @@ pub async fn credential(connect: Connect, command: CredentialCommand) -> anyhow:
     let client = connect.client();
     match command {
         CredentialCommand::Create { role, name, write } => {
-            let created = client
-                .admin()
-                .send(
-                    pb::CreateCredentialRequest { role, name },
-                    |mut c, req| async move { c.create_credential(req).await },
-                )
-                .await
-                .map_err(status)?;
+            let created = admin_send(
+                &client,
+                pb::CreateCredentialRequest { role, name },
+                |mut c, req| async move { c.create_credential(req).await },
+            )
+            .await?;
             let c = created.credential.unwrap_or_default();
             println!("credential {} ({}, {})", c.name, c.role, c.credential_id);
             if let Some(path) = write {
@@ -56,14 +54,12 @@ pub async fn credential(connect: Connect, command: CredentialCommand) -> anyhow:
             println!("{}", created.secret);
         }
         CredentialCommand::Revoke { credential } => {
-            let c = client
-                .admin()
-                .send(
-                    pb::RevokeCredentialRequest { credential },
-                    |mut c, req| async move { c.revoke_credential(req).await },
-                )
-                .await
-                .map_err(status)?;
+            let c = admin_send(
+                &client,
+                pb::RevokeCredentialRequest { credential },
+                |mut c, req| async move { c.revoke_credential(req).await },
+            )
+            .await?;
             println!(
                 "revoked {} ({}, {}) at {}",
                 c.name,
@@ -73,16 +69,14 @@ pub async fn credential(connect: Connect, command: CredentialCommand) -> anyhow:
             );
         }
         CredentialCommand::List { all } => {
-            let list = client
-                .admin()
-                .send(
-                    pb::ListCredentialsRequest {
-                        include_revoked: all,
-                    },
-                    |mut c, req| async move { c.list_credentials(req).await },
-                )
-                .await
-                .map_err(status)?;
+            let list = admin_send(
+                &client,
+                pb::ListCredentialsRequest {
+                    include_revoked: all,
+                },
+                |mut c, req| async move { c.list_credentials(req).await },
+            )
+            .await?;
             println!(
                 "{:<22} {:<8} {:<20} {:<21} {:<21}",
                 "ID", "ROLE", "NAME", "CREATED", "REVOKED"

@@ -18,6 +18,7 @@ mod gateway;
 mod loopback;
 mod scripted_engine;
 mod share;
+mod table;
 mod up;
 mod usage;
 mod webhook;

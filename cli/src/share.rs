@@ -3,6 +3,7 @@
 //! put one (or every one of the owner's) into its messages as
 //! `@shared:<name>`. Every grant, use and refusal goes to the audit trail.
 
+use std::fmt::Display;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -10,7 +11,15 @@ use bulkhead_proto::control as pb;
 use clap::{ArgGroup, Args, Subcommand};
 
 use crate::admin::ms_to_text;
-use crate::connect::{Connect, status};
+use crate::connect::{Connect, admin_send};
+use crate::table::Col::{self, Left, Rest, Right};
+use crate::table::{print_header, print_row};
+
+/// The columns of `snippet list`.
+const SNIPPET_COLUMNS: [Col; 5] = [Left(16), Left(24), Right(7), Left(21), Rest];
+
+/// The columns of `share list`.
+const SHARE_COLUMNS: [Col; 4] = [Left(16), Left(24), Left(16), Rest];
 
 #[derive(Subcommand, Debug)]
 pub enum SnippetCommand {
@@ -104,19 +113,17 @@ pub async fn snippet(connect: Connect, command: SnippetCommand) -> anyhow::Resul
                     .with_context(|| format!("reading {}", file.display()))?,
                 (None, None) => anyhow::bail!("give --text or --file"),
             };
-            let s = client
-                .admin()
-                .send(
-                    pb::Snippet {
-                        tenant_id: tenant,
-                        name,
-                        content,
-                        updated_at_ms: 0,
-                    },
-                    |mut c, req| async move { c.publish_snippet(req).await },
-                )
-                .await
-                .map_err(status)?;
+            let s = admin_send(
+                &client,
+                pb::Snippet {
+                    tenant_id: tenant,
+                    name,
+                    content,
+                    updated_at_ms: 0,
+                },
+                |mut c, req| async move { c.publish_snippet(req).await },
+            )
+            .await?;
             println!(
                 "published snippet {} of {} ({} bytes); other tenants with a grant write @shared:{}",
                 s.name,
@@ -126,41 +133,33 @@ pub async fn snippet(connect: Connect, command: SnippetCommand) -> anyhow::Resul
             );
         }
         SnippetCommand::Delete { tenant, name } => {
-            let s = client
-                .admin()
-                .send(
-                    pb::SnippetRef {
-                        tenant_id: tenant,
-                        name,
-                    },
-                    |mut c, req| async move { c.delete_snippet(req).await },
-                )
-                .await
-                .map_err(status)?;
+            let s = admin_send(
+                &client,
+                pb::SnippetRef {
+                    tenant_id: tenant,
+                    name,
+                },
+                |mut c, req| async move { c.delete_snippet(req).await },
+            )
+            .await?;
             println!("deleted snippet {} of {}", s.name, s.tenant_id);
         }
         SnippetCommand::List { tenant } => {
-            let list = client
-                .admin()
-                .send(
-                    pb::ListSnippetsRequest { tenant_id: tenant },
-                    |mut c, req| async move { c.list_snippets(req).await },
-                )
-                .await
-                .map_err(status)?;
-            println!(
-                "{:<16} {:<24} {:>7} {:<21} TEXT",
-                "TENANT", "NAME", "BYTES", "UPDATED"
+            let list = admin_send(
+                &client,
+                pb::ListSnippetsRequest { tenant_id: tenant },
+                |mut c, req| async move { c.list_snippets(req).await },
+            )
+            .await?;
+            print_header(
+                &SNIPPET_COLUMNS,
+                &["TENANT", "NAME", "BYTES", "UPDATED", "TEXT"],
             );
             for s in list.snippets {
-                println!(
-                    "{:<16} {:<24} {:>7} {:<21} {}",
-                    s.tenant_id,
-                    s.name,
-                    s.content.len(),
-                    ms_to_text(s.updated_at_ms),
-                    snippet_preview(&s.content)
-                );
+                let (updated, preview) = (ms_to_text(s.updated_at_ms), snippet_preview(&s.content));
+                let cells: [&dyn Display; 5] =
+                    [&s.tenant_id, &s.name, &s.content.len(), &updated, &preview];
+                print_row(&SNIPPET_COLUMNS, &cells);
             }
         }
     }
@@ -171,13 +170,10 @@ pub async fn share(connect: Connect, command: ShareCommand) -> anyhow::Result<()
     let client = connect.client();
     match command {
         ShareCommand::Grant(args) => {
-            let g = client
-                .admin()
-                .send(args.grant(), |mut c, req| async move {
-                    c.grant_share(req).await
-                })
-                .await
-                .map_err(status)?;
+            let g = admin_send(&client, args.grant(), |mut c, req| async move {
+                c.grant_share(req).await
+            })
+            .await?;
             println!(
                 "granted: {} may read {} of {}",
                 g.grantee_tenant_id,
@@ -186,13 +182,10 @@ pub async fn share(connect: Connect, command: ShareCommand) -> anyhow::Result<()
             );
         }
         ShareCommand::Revoke(args) => {
-            let g = client
-                .admin()
-                .send(args.grant(), |mut c, req| async move {
-                    c.revoke_share(req).await
-                })
-                .await
-                .map_err(status)?;
+            let g = admin_send(&client, args.grant(), |mut c, req| async move {
+                c.revoke_share(req).await
+            })
+            .await?;
             println!(
                 "revoked: {} may no longer read {} of {}",
                 g.grantee_tenant_id,
@@ -201,26 +194,22 @@ pub async fn share(connect: Connect, command: ShareCommand) -> anyhow::Result<()
             );
         }
         ShareCommand::List { tenant } => {
-            let list = client
-                .admin()
-                .send(
-                    pb::ListSharesRequest { tenant_id: tenant },
-                    |mut c, req| async move { c.list_shares(req).await },
-                )
-                .await
-                .map_err(status)?;
-            println!(
-                "{:<16} {:<24} {:<16} CREATED",
-                "OWNER", "SNIPPET", "GRANTEE"
-            );
+            let list = admin_send(
+                &client,
+                pb::ListSharesRequest { tenant_id: tenant },
+                |mut c, req| async move { c.list_shares(req).await },
+            )
+            .await?;
+            print_header(&SHARE_COLUMNS, &["OWNER", "SNIPPET", "GRANTEE", "CREATED"]);
             for g in list.grants {
-                println!(
-                    "{:<16} {:<24} {:<16} {}",
-                    g.owner_tenant_id,
-                    g.snippet,
-                    g.grantee_tenant_id,
-                    ms_to_text(g.created_at_ms)
-                );
+                let created = ms_to_text(g.created_at_ms);
+                let cells: [&dyn Display; 4] = [
+                    &g.owner_tenant_id,
+                    &g.snippet,
+                    &g.grantee_tenant_id,
+                    &created,
+                ];
+                print_row(&SHARE_COLUMNS, &cells);
             }
         }
     }

@@ -6,7 +6,7 @@ use anyhow::bail;
 use bulkhead_proto::control as pb;
 use clap::Args;
 
-use crate::connect::{Connect, status};
+use crate::connect::{Connect, admin_send};
 
 #[derive(Args, Debug)]
 pub struct UsageArgs {
@@ -24,17 +24,15 @@ pub async fn usage(connect: Connect, args: UsageArgs) -> anyhow::Result<()> {
         bail!("--days must be at least 1");
     }
     let client = connect.client();
-    let report = client
-        .admin()
-        .send(
-            pb::UsageRequest {
-                tenant_id: args.tenant.clone(),
-                days: args.days,
-            },
-            |mut c, req| async move { c.usage(req).await },
-        )
-        .await
-        .map_err(status)?;
+    let report = admin_send(
+        &client,
+        pb::UsageRequest {
+            tenant_id: args.tenant.clone(),
+            days: args.days,
+        },
+        |mut c, req| async move { c.usage(req).await },
+    )
+    .await?;
     if args.csv {
         println!(
             "tenant,day,prompt_tokens,completion_tokens,total_tokens,cached_tokens,requests,quota,avg_latency_ms,max_latency_ms,p95_latency_ms"

@@ -2,11 +2,29 @@
 //! tenant's, for a global one), signed per the Standard Webhooks spec, and
 //! the record of every delivery attempt.
 
+use std::fmt::Display;
+
 use bulkhead_proto::control as pb;
 use clap::Subcommand;
 
 use crate::admin::ms_to_text;
-use crate::connect::{Connect, status};
+use crate::connect::{Connect, admin_send};
+use crate::table::Col::{self, Left, Rest};
+use crate::table::{or_placeholder, print_header, print_row};
+
+/// The columns of `webhook list`.
+const WEBHOOK_COLUMNS: [Col; 7] = [
+    Left(20),
+    Left(16),
+    Left(7),
+    Left(12),
+    Left(21),
+    Left(24),
+    Rest,
+];
+
+/// The columns of `webhook deliveries`.
+const DELIVERY_COLUMNS: [Col; 5] = [Left(38), Left(16), Left(10), Left(16), Rest];
 
 #[derive(Subcommand, Debug)]
 pub enum WebhookCommand {
@@ -79,28 +97,22 @@ pub async fn webhook(connect: Connect, command: WebhookCommand) -> anyhow::Resul
             events,
             secret,
         } => {
-            let created = client
-                .admin()
-                .send(
-                    pb::CreateWebhookRequest {
-                        tenant_id: tenant,
-                        url,
-                        events,
-                        secret,
-                    },
-                    |mut c, req| async move { c.create_webhook(req).await },
-                )
-                .await
-                .map_err(status)?;
+            let created = admin_send(
+                &client,
+                pb::CreateWebhookRequest {
+                    tenant_id: tenant,
+                    url,
+                    events,
+                    secret,
+                },
+                |mut c, req| async move { c.create_webhook(req).await },
+            )
+            .await?;
             let w = created.webhook.unwrap_or_default();
             println!("webhook id: {}", w.webhook_id);
             println!(
                 "tenant:     {}",
-                if w.tenant_id.is_empty() {
-                    "(every tenant)"
-                } else {
-                    &w.tenant_id
-                }
+                or_placeholder(&w.tenant_id, "(every tenant)")
             );
             println!("url:        {}", w.url);
             println!("events:     {}", events_text(&w.events));
@@ -108,43 +120,45 @@ pub async fn webhook(connect: Connect, command: WebhookCommand) -> anyhow::Resul
             println!("{}", created.secret);
         }
         WebhookCommand::Delete { webhook_id } => {
-            let w = client
-                .admin()
-                .send(pb::WebhookRef { webhook_id }, |mut c, req| async move {
-                    c.delete_webhook(req).await
-                })
-                .await
-                .map_err(status)?;
+            let w = admin_send(
+                &client,
+                pb::WebhookRef { webhook_id },
+                |mut c, req| async move { c.delete_webhook(req).await },
+            )
+            .await?;
             println!("deleted webhook {} ({})", w.webhook_id, w.url);
         }
         WebhookCommand::List { tenant } => {
-            let list = client
-                .admin()
-                .send(
-                    pb::ListWebhooksRequest { tenant_id: tenant },
-                    |mut c, req| async move { c.list_webhooks(req).await },
-                )
-                .await
-                .map_err(status)?;
-            println!(
-                "{:<20} {:<16} {:<7} {:<12} {:<21} {:<24} URL",
-                "WEBHOOK ID", "TENANT", "SOURCE", "SECRET", "CREATED", "EVENTS"
+            let list = admin_send(
+                &client,
+                pb::ListWebhooksRequest { tenant_id: tenant },
+                |mut c, req| async move { c.list_webhooks(req).await },
+            )
+            .await?;
+            print_header(
+                &WEBHOOK_COLUMNS,
+                &[
+                    "WEBHOOK ID",
+                    "TENANT",
+                    "SOURCE",
+                    "SECRET",
+                    "CREATED",
+                    "EVENTS",
+                    "URL",
+                ],
             );
             for w in list.webhooks {
-                println!(
-                    "{:<20} {:<16} {:<7} {:<12} {:<21} {:<24} {}",
-                    w.webhook_id,
-                    if w.tenant_id.is_empty() {
-                        "*"
-                    } else {
-                        &w.tenant_id
-                    },
-                    w.source,
-                    w.secret_prefix,
-                    ms_to_text(w.created_at_ms),
-                    events_text(&w.events),
-                    w.url
-                );
+                let (created, events) = (ms_to_text(w.created_at_ms), events_text(&w.events));
+                let cells: [&dyn Display; 7] = [
+                    &w.webhook_id,
+                    &or_placeholder(&w.tenant_id, "*"),
+                    &w.source,
+                    &w.secret_prefix,
+                    &created,
+                    &events,
+                    &w.url,
+                ];
+                print_row(&WEBHOOK_COLUMNS, &cells);
             }
         }
         WebhookCommand::Deliveries {
@@ -152,31 +166,30 @@ pub async fn webhook(connect: Connect, command: WebhookCommand) -> anyhow::Resul
             webhook,
             limit,
         } => {
-            let list = client
-                .admin()
-                .send(
-                    pb::ListDeliveriesRequest {
-                        tenant_id: tenant,
-                        webhook_id: webhook,
-                        limit,
-                    },
-                    |mut c, req| async move { c.list_deliveries(req).await },
-                )
-                .await
-                .map_err(status)?;
-            println!(
-                "{:<38} {:<16} {:<10} {:<16} ATTEMPTS",
-                "MESSAGE ID", "EVENT", "STATE", "TENANT"
+            let list = admin_send(
+                &client,
+                pb::ListDeliveriesRequest {
+                    tenant_id: tenant,
+                    webhook_id: webhook,
+                    limit,
+                },
+                |mut c, req| async move { c.list_deliveries(req).await },
+            )
+            .await?;
+            print_header(
+                &DELIVERY_COLUMNS,
+                &["MESSAGE ID", "EVENT", "STATE", "TENANT", "ATTEMPTS"],
             );
             for d in list.deliveries {
-                println!(
-                    "{:<38} {:<16} {:<10} {:<16} {}",
-                    d.message_id,
-                    d.event_type,
-                    d.state,
-                    d.tenant_id,
-                    attempts_text(&d.attempts)
-                );
+                let attempts = attempts_text(&d.attempts);
+                let cells: [&dyn Display; 5] = [
+                    &d.message_id,
+                    &d.event_type,
+                    &d.state,
+                    &d.tenant_id,
+                    &attempts,
+                ];
+                print_row(&DELIVERY_COLUMNS, &cells);
             }
         }
     }
