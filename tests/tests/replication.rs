@@ -62,6 +62,30 @@ async fn report(fleet: &ControlPlaneClient, events: Vec<UsageEvent>) -> anyhow::
     Ok(())
 }
 
+/// Reports the events numbered `range`, one entry each, from [`WRITERS`]
+/// concurrent writers.
+async fn report_one_by_one(
+    fleet: &std::sync::Arc<ControlPlaneClient>,
+    range: std::ops::Range<u64>,
+) -> anyhow::Result<()> {
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..WRITERS {
+        let fleet = std::sync::Arc::clone(fleet);
+        let (mut n, end) = (range.start + w, range.end);
+        writers.spawn(async move {
+            while n < end {
+                report(&fleet, vec![event(n)]).await?;
+                n += WRITERS;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = writers.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
 /// Appends turn `n`, [`TURN_BYTES`] long, to `acme`'s session `long`.
 async fn append_turn(member: &ControlPlaneClient, n: u64) -> anyhow::Result<()> {
     let turn = pb::Turn {
@@ -154,21 +178,7 @@ async fn a_follower_stopped_for_100k_entries_catches_up_by_capped_appends() -> a
         let first = 1_000_000 + b * BATCH_EVENTS;
         report(&fleet, (first..first + BATCH_EVENTS).map(event).collect()).await?;
     }
-    let mut writers = tokio::task::JoinSet::new();
-    for w in 0..WRITERS {
-        let fleet = std::sync::Arc::clone(&fleet);
-        writers.spawn(async move {
-            let mut n = LARGE_TURNS + BATCHES + w;
-            while n < ENTRIES {
-                report(&fleet, vec![event(n)]).await?;
-                n += WRITERS;
-            }
-            anyhow::Ok(())
-        });
-    }
-    while let Some(done) = writers.join_next().await {
-        done??;
-    }
+    report_one_by_one(&fleet, LARGE_TURNS + BATCHES..ENTRIES).await?;
     let wrote = started.elapsed();
     // Under this load an election may have moved the leader.
     let leader = cp.leader(Duration::from_secs(10)).await?;
@@ -249,21 +259,7 @@ async fn a_follower_that_lost_its_disk_is_replaced_and_catches_up_by_snapshot() 
     for n in 0..TURNS {
         append_turn(&member, n).await?;
     }
-    let mut writers = tokio::task::JoinSet::new();
-    for w in 0..WRITERS {
-        let fleet = std::sync::Arc::clone(&fleet);
-        writers.spawn(async move {
-            let mut n = w;
-            while n < EVENTS {
-                report(&fleet, vec![event(n)]).await?;
-                n += WRITERS;
-            }
-            anyhow::Ok(())
-        });
-    }
-    while let Some(done) = writers.join_next().await {
-        done??;
-    }
+    report_one_by_one(&fleet, 0..EVENTS).await?;
     let leader = cp.leader(Duration::from_secs(10)).await?;
     let purged = eventually(
         "the leader purges its log",

@@ -29,6 +29,19 @@ async fn audit_actions(client: &ControlPlaneClient, tenant: &str) -> anyhow::Res
     Ok(list.records.into_iter().map(|r| r.action).collect())
 }
 
+/// Asserts that `tenant`'s audit trail holds each of `actions`.
+async fn assert_in_trail(
+    client: &ControlPlaneClient,
+    tenant: &str,
+    actions: &[&str],
+) -> anyhow::Result<()> {
+    let trail = audit_actions(client, tenant).await?;
+    for action in actions {
+        assert!(trail.contains(&(*action).to_owned()), "{trail:?}");
+    }
+    Ok(())
+}
+
 async fn shares(client: &ControlPlaneClient) -> anyhow::Result<usize> {
     Ok(client
         .admin()
@@ -212,29 +225,9 @@ async fn a_granted_tenant_reads_a_shared_snippet_and_nothing_else() -> anyhow::R
     assert_eq!(peek.status, 404, "{:?}", peek.body);
 
     // The grant, the uses and the refusals are in the audit trails.
-    let acme_trail = audit_actions(&client, "acme").await?;
-    assert!(
-        acme_trail.contains(&"share.granted".to_owned()),
-        "{acme_trail:?}"
-    );
-    assert!(
-        acme_trail.contains(&"share.read_by".to_owned()),
-        "{acme_trail:?}"
-    );
-    let beta_trail = audit_actions(&client, "beta").await?;
-    assert!(
-        beta_trail.contains(&"share.used".to_owned()),
-        "{beta_trail:?}"
-    );
-    assert!(
-        beta_trail.contains(&"share.refused".to_owned()),
-        "{beta_trail:?}"
-    );
-    let gamma_trail = audit_actions(&client, "gamma").await?;
-    assert!(
-        gamma_trail.contains(&"share.refused".to_owned()),
-        "{gamma_trail:?}"
-    );
+    assert_in_trail(&client, "acme", &["share.granted", "share.read_by"]).await?;
+    assert_in_trail(&client, "beta", &["share.used", "share.refused"]).await?;
+    assert_in_trail(&client, "gamma", &["share.refused"]).await?;
 
     // A tenant with no quota left is refused before its `@shared:` is
     // resolved: no Raft write, nothing in its audit trail.
