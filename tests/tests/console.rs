@@ -355,32 +355,14 @@ async fn a_tenant_chats_in_the_browser() -> anyhow::Result<()> {
         .as_str()
         .context("a session")?
         .to_owned();
-    let turns = up
-        .api
-        .send(up.api.get(&format!("/v1/sessions/{first}/messages"), &key))
-        .await?
-        .body;
-    let shown: Vec<&str> = turns["data"]
-        .as_array()
-        .context("turns")?
-        .iter()
-        .filter_map(|t| t["content"].as_str())
-        .collect();
+    let (turns, shown) = session_messages(&up, &key, &first).await?;
     assert_eq!(shown.len(), 4, "{turns}");
     assert_eq!(
         shown[3].trim(),
         follow_up.trim(),
         "the page shows what was stored"
     );
-    let usage = eventually("both requests in the usage report", WAIT, || {
-        let up = &up;
-        async move {
-            let u = usage_report(up, "acme").await?;
-            (u["recent"].as_array()?.len() >= 2).then_some(u)
-        }
-    })
-    .await?;
-    let recent = usage["recent"].as_array().context("recent")?;
+    let recent = two_recent_requests(&up, "acme").await?;
     // Newest first: the follow-up's prompt holds the first question and answer.
     let (second, first_req) = (&recent[0], &recent[1]);
     assert!(
@@ -805,29 +787,11 @@ async fn two_tabs_of_one_browser_chat_as_two_tenants() -> anyhow::Result<()> {
         let listed = sessions["data"].as_array().context("sessions")?;
         assert_eq!(listed.len(), 1, "{sessions}");
         let id = listed[0]["id"].as_str().context("id")?;
-        let turns = up
-            .api
-            .send(up.api.get(&format!("/v1/sessions/{id}/messages"), key))
-            .await?
-            .body;
-        let words: Vec<&str> = turns["data"]
-            .as_array()
-            .context("turns")?
-            .iter()
-            .filter_map(|t| t["content"].as_str())
-            .collect();
+        let (turns, words) = session_messages(&up, key, id).await?;
         assert_eq!(words.len(), 4, "{turns}");
         let all = words.join(" ");
         assert!(all.contains(own) && !all.contains(other), "{tenant}: {all}");
-        let usage = eventually("both requests in the usage report", WAIT, || {
-            let up = &up;
-            async move {
-                let u = usage_report(up, tenant).await?;
-                (u["recent"].as_array()?.len() >= 2).then_some(u)
-            }
-        })
-        .await?;
-        let recent = usage["recent"].as_array().context("recent")?;
+        let recent = two_recent_requests(&up, tenant).await?;
         // Newest first: the follow-up's prompt holds its own first exchange.
         let (follow, first) = (&recent[0], &recent[1]);
         assert!(
@@ -891,6 +855,32 @@ async fn usage_report(up: &Up, tenant: &str) -> Option<Value> {
     let path = format!("/admin/v1/tenants/{tenant}/usage");
     let a = up.api.send(up.api.get(&path, &up.admin_token)).await.ok()?;
     (a.status == 200).then_some(a.body)
+}
+
+/// The stored messages of session `id`, read with `key`: the answer's body
+/// and the messages' contents in order.
+async fn session_messages(up: &Up, key: &str, id: &str) -> anyhow::Result<(Value, Vec<String>)> {
+    let path = format!("/v1/sessions/{id}/messages");
+    let turns = up.api.send(up.api.get(&path, key)).await?.body;
+    let contents = turns["data"]
+        .as_array()
+        .context("turns")?
+        .iter()
+        .filter_map(|t| t["content"].as_str())
+        .map(str::to_owned)
+        .collect();
+    Ok((turns, contents))
+}
+
+/// The recent requests of `tenant`'s usage report, newest first, once it
+/// lists at least two.
+async fn two_recent_requests(up: &Up, tenant: &str) -> anyhow::Result<Vec<Value>> {
+    let usage = eventually("both requests in the usage report", WAIT, || async move {
+        let u = usage_report(up, tenant).await?;
+        (u["recent"].as_array()?.len() >= 2).then_some(u)
+    })
+    .await?;
+    Ok(usage["recent"].as_array().context("recent")?.clone())
 }
 
 /// `n` as the console writes it (en-US grouping).
