@@ -294,6 +294,21 @@ impl Api {
             .await
     }
 
+    /// Asks "Say hi." (4 tokens) until it is answered with 200, for up to
+    /// `timeout` (`what` names the wait in the error); that answer.
+    pub async fn until_answered(
+        &self,
+        key: &str,
+        what: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Answer> {
+        eventually(what, timeout, || async {
+            let a = self.ask(key, "Say hi.", 4).await.ok()?;
+            (a.status == 200).then_some(a)
+        })
+        .await
+    }
+
     /// A short greedy question.
     pub async fn ask(&self, key: &str, question: &str, max_tokens: u32) -> anyhow::Result<Answer> {
         self.chat(

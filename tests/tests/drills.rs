@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use bulkhead_tests::load::Load;
-use bulkhead_tests::system::{Cluster, MODEL, eventually};
+use bulkhead_tests::system::{Api, Cluster, MODEL, eventually};
 use serde_json::json;
 
 /// The drills run one at a time: each starts a cluster with its own
@@ -21,6 +21,18 @@ async fn tenant(cluster: &Cluster, id: &str, quota: u64, concurrent: u32) -> Str
         .tenant_with_quota(id, quota, concurrent)
         .await
         .unwrap()
+}
+
+/// A streamed request by `user` for a story of `max_tokens` tokens (its
+/// end of text ignored, so it runs that long).
+fn long_story(api: &Api, key: &str, user: &str, max_tokens: u32) -> reqwest::RequestBuilder {
+    api.post("/v1/chat/completions", key)
+        .header("X-User-ID", user)
+        .json(&json!({
+            "model": MODEL, "stream": true, "max_tokens": max_tokens, "temperature": 0,
+            "ignore_eos": true,
+            "messages": [{"role": "user", "content": "Tell a very long story."}],
+        }))
 }
 
 /// Drill: a worker SIGKILLed mid-stream. The client gets a clean stream
@@ -38,14 +50,7 @@ async fn a_worker_killed_mid_stream_bills_nothing_and_frees_the_slot() {
     let streaming = {
         let (api, key) = (api.clone(), key.clone());
         tokio::spawn(async move {
-            let req = api
-                .post("/v1/chat/completions", &key)
-                .header("X-User-ID", "drill-user")
-                .json(&json!({
-                    "model": MODEL, "stream": true, "max_tokens": 600, "temperature": 0,
-                    "ignore_eos": true,
-                    "messages": [{"role": "user", "content": "Tell a very long story."}],
-                }));
+            let req = long_story(&api, &key, "drill-user", 600);
             api.send_telling(req, Some(first_tx)).await.unwrap()
         })
     };
@@ -64,19 +69,14 @@ async fn a_worker_killed_mid_stream_bills_nothing_and_frees_the_slot() {
     );
     // The slot is free: the next request (max_concurrent 1) is taken by the
     // other worker.
-    let next = eventually(
-        "the next request to be admitted",
-        Duration::from_secs(30),
-        || {
-            let (api, key) = (api.clone(), key.clone());
-            async move {
-                let a = api.ask(&key, "Say hi.", 4).await.ok()?;
-                (a.status == 200).then_some(a)
-            }
-        },
-    )
-    .await
-    .unwrap();
+    let next = api
+        .until_answered(
+            &key,
+            "the next request to be admitted",
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
     println!(
         "drill: worker {busy} killed mid-stream; next request answered {:?} later",
         killed.elapsed()
@@ -207,14 +207,7 @@ async fn a_request_spanning_midnight_is_charged_to_the_day_it_was_admitted() {
     let load = Load::start(&cluster.apis, &key, 3);
     tokio::time::sleep_until(before.into()).await;
     let api = cluster.apis[0].clone();
-    let req = api
-        .post("/v1/chat/completions", &key)
-        .header("X-User-ID", "night-owl")
-        .json(&json!({
-            "model": MODEL, "stream": true, "max_tokens": 300, "temperature": 0,
-            "ignore_eos": true,
-            "messages": [{"role": "user", "content": "Tell a very long story."}],
-        }));
+    let req = long_story(&api, &key, "night-owl", 300);
     let spanning = tokio::spawn(async move { api.send(req).await.unwrap() });
     // Clients ask no more; the requests they have running may end after
     // midnight, and belong to the day before all the same.

@@ -168,15 +168,10 @@ async fn across_hosts(lan: Arc<Lan>) {
     }
     let (after, code) = refused.unwrap();
     lan.mend("gw1", &control_plane).unwrap();
-    let back = eventually("gw1 to serve again", Duration::from_secs(60), || {
-        let (gw1, key) = (gw1.clone(), key.clone());
-        async move {
-            let a = gw1.ask(&key, "Say hi.", 4).await.ok()?;
-            (a.status == 200).then_some(a)
-        }
-    })
-    .await
-    .unwrap();
+    let back = gw1
+        .until_answered(&key, "gw1 to serve again", Duration::from_secs(60))
+        .await
+        .unwrap();
     told += back.total_tokens();
     println!(
         "hosts: gw1 partitioned from the control plane served {served} answers from its allowance, then 503 {code} after {after:.1?}; healed, it serves again"
