@@ -32,6 +32,8 @@ command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 # Server-side tools run the system's Python inside bubblewrap (sandbox/).
 [ -x /usr/bin/python3 ] || need_apt+=(python3)
 command -v bwrap >/dev/null || need_apt+=(bubblewrap)
+# file_parse reads PDFs with poppler's pdftotext, inside the same sandbox.
+command -v pdftotext >/dev/null || need_apt+=(poppler-utils)
 command -v prlimit >/dev/null || need_apt+=(util-linux)
 # Debian and Ubuntu ship `venv` without `ensurepip`; python3-venv adds it.
 [ -x "$VENV_DIR/bin/python" ] || python3 -c 'import ensurepip' 2>/dev/null || need_apt+=(python3-venv)

@@ -29,6 +29,7 @@ impl TenantFields {
                     .collect(),
             }),
             kv_share_across_users: self.kv_share_across_users,
+            storage_mb: self.storage_mb,
         }
     }
 }
@@ -120,6 +121,9 @@ pub struct TenantFields {
     /// (and see them as cached_tokens). Off by default: each user only their own.
     #[arg(long)]
     kv_share_across_users: Option<bool>,
+    /// Override the plan: MiB of uploaded files (`/v1/files`) the tenant keeps.
+    #[arg(long)]
+    storage_mb: Option<u32>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -353,6 +357,7 @@ fn print_tenant(t: &pb::Tenant) {
         f.kv_share_across_users,
         mark("kv_share_across_users")
     );
+    println!("  storage_mb:       {}{}", f.storage_mb, mark("storage_mb"));
     println!(
         "overridden:         {}",
         if t.overridden.is_empty() {

@@ -189,6 +189,8 @@ macro_rules! services {
         impl Service for $client<Channel> {
             fn connect(channel: Channel) -> Self {
                 $client::new(channel)
+                    .max_decoding_message_size(crate::MAX_MEMBER_MESSAGE_BYTES)
+                    .max_encoding_message_size(crate::MAX_MEMBER_MESSAGE_BYTES)
             }
         }
     )*};

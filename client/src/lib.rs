@@ -30,6 +30,9 @@ pub const LEADER_METADATA: &str = "bulkhead-leader";
 
 /// Metadata key an admin call's caller names itself in, for the audit trail.
 pub const ACTOR_METADATA: &str = "x-bulkhead-actor";
+/// The largest message of the gateways' service (an uploaded file of up to
+/// 16 MiB travels whole in one) and what every client accepts.
+pub const MAX_MEMBER_MESSAGE_BYTES: usize = 32 << 20;
 
 /// SHA-256 of a secret, hex: how keys and the admin token are stored and compared.
 pub fn hash_secret(secret: &str) -> String {

@@ -560,6 +560,7 @@ mod fuzz {
         "retention_days",
         "tools",
         "kv_share_across_users",
+        "storage_mb",
         "webhooks",
     ];
 

@@ -141,6 +141,7 @@ pub fn build_tenant(
     mark("retention_days", f.retention_days.is_some());
     mark("tools", f.tools.is_some());
     mark("kv_share_across_users", f.kv_share_across_users.is_some());
+    mark("storage_mb", f.storage_mb.is_some());
     let mut limits = Limits {
         daily_tokens: given.daily_tokens,
         max_concurrent: given.max_concurrent,
@@ -156,6 +157,7 @@ pub fn build_tenant(
         retention_days: f.retention_days.unwrap_or_default(),
         tools: f.tools.map(|t| t.names).unwrap_or_default(),
         kv_share_across_users: f.kv_share_across_users.unwrap_or_default(),
+        storage_mb: f.storage_mb.unwrap_or_default(),
     };
     plans::follow_plan(&plan, &overridden, &mut limits, &mut feats);
     let adapter_scale = if t.adapter.is_empty() {
@@ -307,6 +309,14 @@ pub fn write_archive(
     for r in audit::records(view, &tenant.id)? {
         line("audit", json(&r))?;
     }
+    for f in crate::files::list(view, &tenant.id, "")? {
+        use base64::Engine;
+        let mut v = json(&f);
+        v["content_base64"] = base64::engine::general_purpose::STANDARD
+            .encode(crate::files::content(view, &f)?)
+            .into();
+        line("file", v)?;
+    }
     let file = out.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     Ok(path)
@@ -325,6 +335,7 @@ pub fn features_to_pb(f: &Features) -> pb::Features {
         retention_days: f.retention_days,
         tools: f.tools.clone(),
         kv_share_across_users: f.kv_share_across_users,
+        storage_mb: f.storage_mb,
     }
 }
 

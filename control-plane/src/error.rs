@@ -31,6 +31,9 @@ pub enum Rejection {
     /// The tenant's plan or state does not allow it.
     #[error("{0}")]
     NotAllowed(String),
+    /// The tenant's storage (`storage_mb`) has no room for it.
+    #[error("{0}")]
+    StorageFull(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +99,7 @@ impl Rejection {
             Rejection::NotFound(_) => "not_found",
             Rejection::Conflict(_) => "conflict",
             Rejection::NotAllowed(_) => "not_allowed",
+            Rejection::StorageFull(_) => "storage_quota_exceeded",
         }
     }
 }
@@ -160,6 +164,7 @@ impl From<ControlPlaneError> for Status {
                     | Rejection::DuplicateSession(_)
                     | Rejection::Conflict(_) => Status::already_exists(message),
                     Rejection::NotAllowed(_) => Status::failed_precondition(message),
+                    Rejection::StorageFull(_) => Status::permission_denied(message),
                 };
                 status.metadata_mut().insert(
                     bulkhead_proto::ERROR_CODE_METADATA,

@@ -18,6 +18,7 @@ pub mod callers;
 pub mod consumer;
 pub mod credentials;
 pub mod error;
+pub mod files;
 pub mod ledger;
 pub mod metrics;
 pub mod node;
@@ -189,8 +190,11 @@ pub async fn run(
         api.clone(),
         Guard::new(sm.clone(), Caller::Admin),
     ))
-    .add_service(pb::member_server::MemberServer::with_interceptor(
-        api.clone(),
+    .add_service(tonic::service::interceptor::InterceptedService::new(
+        // An uploaded file travels whole in one message.
+        pb::member_server::MemberServer::new(api.clone())
+            .max_decoding_message_size(bulkhead_client::MAX_MEMBER_MESSAGE_BYTES)
+            .max_encoding_message_size(bulkhead_client::MAX_MEMBER_MESSAGE_BYTES),
         Guard::new(sm.clone(), Caller::Gateway),
     ))
     .add_service(pb::fleet_server::FleetServer::with_interceptor(

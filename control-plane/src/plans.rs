@@ -34,6 +34,9 @@ pub struct Features {
     /// them as `cached_tokens`); off, a user's requests reuse only their own.
     #[serde(default)]
     pub kv_share_across_users: bool,
+    /// MiB of uploaded files (`/v1/files`) kept at once; 0: no uploads.
+    #[serde(default)]
+    pub storage_mb: u32,
 }
 
 /// Default features of a plan, or `None` for an unknown plan.
@@ -47,6 +50,7 @@ pub fn default_features(plan: &str) -> Option<Features> {
             retention_days: 30,
             tools: Vec::new(),
             kv_share_across_users: false,
+            storage_mb: 16,
         },
         "pro" => Features {
             burst: false,
@@ -56,6 +60,7 @@ pub fn default_features(plan: &str) -> Option<Features> {
             retention_days: 90,
             tools: Vec::new(),
             kv_share_across_users: false,
+            storage_mb: 256,
         },
         "enterprise" => Features {
             burst: true,
@@ -63,8 +68,11 @@ pub fn default_features(plan: &str) -> Option<Features> {
             knowledge_sharing: true,
             max_keys: 100,
             retention_days: 365,
-            tools: vec!["code_run".to_owned()],
+            tools: ["code_run", "file_parse", "sql_query"]
+                .map(str::to_owned)
+                .to_vec(),
             kv_share_across_users: false,
+            storage_mb: 1024,
         },
         _ => return None,
     })
@@ -141,6 +149,7 @@ pub fn follow_plan(
         &mut features.kv_share_across_users,
         f.kv_share_across_users,
     );
+    fill(o, "storage_mb", &mut features.storage_mb, f.storage_mb);
 }
 
 /// Sets `field` to the plan's value unless the tenant overrides `name`.

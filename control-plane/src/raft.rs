@@ -442,6 +442,8 @@ mod fuzz {
         "RevokeShare",
         "UseShared",
         "RecordToolStep",
+        "PutFile",
+        "DeleteFile",
         "CreateKey",
         "RevokeKey",
         "Grant",

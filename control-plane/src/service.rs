@@ -32,6 +32,7 @@ mod admin_api;
 mod business;
 mod cluster_api;
 mod convert;
+mod files;
 mod fleet_api;
 mod member_api;
 mod quota;

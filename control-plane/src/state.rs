@@ -16,6 +16,7 @@ use bulkhead_proto::TenantId;
 use crate::audit;
 use crate::bursts::{self, BURST_DAYS, BURSTS, BurstRecord};
 use crate::credentials;
+use crate::files;
 use crate::ledger::{self, Allowance};
 use crate::outbox::{self, WEBHOOKS, WebhookRecord};
 use crate::plans::{self};
@@ -130,6 +131,7 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
             if let Ok(tenant_id) = TenantId::new(id.as_str()) {
                 TenantScope::new(t, &tenant_id).drop_all()?;
             }
+            files::drop_all(t, &id)?;
             let prefix = format!("{id}/");
             for table in [ALLOWANCES, LEDGER, USERS, RECENT, BURST_DAYS, PROMPTS] {
                 t.delete_prefix(table, &prefix)?;
@@ -601,6 +603,25 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
             Ok(Reply::Shared { snippets, refused })
         }
         Command::Reclaim { now_ms } => reclaim(t, now_ms),
+        Command::PutFile {
+            file,
+            content_base64,
+        } => {
+            let Some(tenant) = t.get::<TenantRecord>(TENANTS, &file.tenant_id)? else {
+                return Ok(Reply::Rejected(Rejection::UnknownTenant(file.tenant_id)));
+            };
+            let limit = u64::from(tenant.features.storage_mb) << 20;
+            Ok(files::put(t, file, &content_base64, limit)?
+                .map_or_else(Reply::Rejected, Reply::File))
+        }
+        Command::DeleteFile {
+            tenant_id,
+            file_id,
+            owner,
+        } => Ok(match files::delete(t, &tenant_id, &file_id, &owner)? {
+            Some(file) => Reply::File(file),
+            None => Reply::Rejected(Rejection::NotFound(format!("no file `{file_id}`"))),
+        }),
     }
 }
 

@@ -553,7 +553,7 @@ function bubble(role, text) {
   return h('div', { class: `msg ${role}`, dataset: { role } }, text);
 }
 
-/** One server-side tool run: its code, how it ended, its output, its files. */
+/** One server-side tool run: its code (or arguments), how it ended, its output, its files. */
 function toolStep(step) {
   const files = (step.files || []).map((f) =>
     h(
@@ -567,7 +567,7 @@ function toolStep(step) {
     'div',
     { class: 'msg tool-step', dataset: { status: step.status || '' } },
     h('div', { class: 'muted' }, `${step.tool} · ${step.status}${step.duration_ms !== undefined ? ` · ${step.duration_ms} ms` : ''}`),
-    h('pre', { class: 'tool-code' }, step.code || ''),
+    h('pre', { class: 'tool-code' }, step.code || (step.arguments ? JSON.stringify(step.arguments, null, 2) : '')),
     output ? h('pre', { class: 'tool-output' }, output) : null,
     ...files,
   );

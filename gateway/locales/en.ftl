@@ -25,3 +25,6 @@ header-not-ascii = header { $name } must be ASCII
 invalid-session-body = the request body is not a valid session: { $detail }
 invalid-burst-body = the request body is not a burst request ({"{"}"reason": "why you need more tokens today"{"}"}): { $detail }
 no-route = no such route
+file-not-found = no file "{ $id }" in your tenant; GET /v1/files lists yours
+file-missing = send the file as multipart/form-data with a `file` part (and a `purpose`)
+file-too-large = a file holds at most { $limit } MiB

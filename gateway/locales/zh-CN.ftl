@@ -23,3 +23,6 @@ header-not-ascii = 请求头 { $name } 必须是 ASCII 字符
 invalid-session-body = 请求体不是有效的会话：{ $detail }
 invalid-burst-body = 请求体不是有效的突发配额申请（{"{"}"reason": "今天为何需要更多 token"{"}"}）：{ $detail }
 no-route = 没有这个路由
+file-not-found = 您的租户中没有文件 "{ $id }"；GET /v1/files 可列出您的文件
+file-missing = 请以 multipart/form-data 发送文件，包含 `file` 部分（以及 `purpose`）
+file-too-large = 单个文件最大 { $limit } MiB

@@ -253,7 +253,7 @@ impl GatewayError {
             },
             Code::PermissionDenied => Self::Denied {
                 message: message.into(),
-                code: "permission_denied",
+                code: code.unwrap_or("permission_denied"),
                 param: None,
             },
             Code::Unavailable
@@ -288,7 +288,7 @@ fn metadata<'a>(status: &'a tonic::Status, key: &str) -> Option<&'a str> {
 /// it is one of those it sends: the gateway answers with it as the error's
 /// `code`, and never reads the message to tell refusals apart.
 fn control_plane_code(status: &tonic::Status) -> Option<&'static str> {
-    const SENT: [&str; 10] = [
+    const SENT: [&str; 11] = [
         "tenant_not_found",
         "tenant_exists",
         "key_not_found",
@@ -298,6 +298,7 @@ fn control_plane_code(status: &tonic::Status) -> Option<&'static str> {
         "not_found",
         "conflict",
         "not_allowed",
+        "storage_quota_exceeded",
         INVALID_ADMIN_TOKEN,
     ];
     let code = metadata(status, bulkhead_proto::ERROR_CODE_METADATA)?;

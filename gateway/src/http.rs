@@ -7,7 +7,8 @@
 //! (what a chat front end shows: name, welcome message, quick prompts,
 //! limits, whether the model is ready), `POST|GET
 //! /v1/sessions`, `GET /v1/sessions/{id}/messages`, `DELETE
-//! /v1/sessions/{id}`, `GET /health`, `GET /metrics`.
+//! /v1/sessions/{id}`, `POST|GET /v1/files`, `GET|DELETE /v1/files/{id}`,
+//! `GET /v1/files/{id}/content`, `GET /health`, `GET /metrics`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,6 +40,7 @@ mod auth;
 mod bursts;
 mod chat;
 mod context;
+pub(crate) mod files;
 pub mod server_tools;
 mod sessions;
 
@@ -94,6 +96,17 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/burst_requests",
             post(bursts::request_burst).get(bursts::list_bursts),
         )
+        .route(
+            "/v1/files",
+            post(files::upload_file)
+                .layer(DefaultBodyLimit::max(files::MAX_UPLOAD_BODY))
+                .get(files::list_files),
+        )
+        .route(
+            "/v1/files/{id}",
+            get(files::get_file).delete(files::delete_file),
+        )
+        .route("/v1/files/{id}/content", get(files::file_content))
         .route("/v1/sessions/{id}", delete(delete_session))
         .route("/v1/sessions/{id}/messages", get(session_messages))
         .route("/health", get(health))
@@ -208,6 +221,23 @@ where
     F: Fn(cp::member_client::MemberClient<tonic::transport::Channel>, tonic::Request<M>) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
+    member_call_within(state, caller, CONTROL_PLANE_DEADLINE, message, method).await
+}
+
+/// [`member_call_as`] with a deadline of its own (a file's upload or
+/// download carries megabytes).
+async fn member_call_within<M, T, F, Fut>(
+    state: &AppState,
+    caller: &Caller,
+    deadline: Duration,
+    message: M,
+    method: F,
+) -> Result<T, tonic::Status>
+where
+    M: Clone,
+    F: Fn(cp::member_client::MemberClient<tonic::transport::Channel>, tonic::Request<M>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
     let actor: Option<tonic::metadata::AsciiMetadataValue> =
         format!("gateway {} key {}", state.gateway_id, caller.key_id)
             .parse()
@@ -215,7 +245,7 @@ where
     state
         .client
         .member()
-        .send_for(CONTROL_PLANE_DEADLINE, message, move |c, mut req| {
+        .send_for(deadline, message, move |c, mut req| {
             if let Some(a) = actor.clone() {
                 req.metadata_mut()
                     .insert(bulkhead_client::ACTOR_METADATA, a);
@@ -259,6 +289,7 @@ async fn tenant_profile(
             "burst": t.features.as_ref().is_some_and(|f| f.burst),
             "tools": t.features.as_ref().map(|f| f.tools.clone()).unwrap_or_default(),
             "kv_share_across_users": t.features.as_ref().is_some_and(|f| f.kv_share_across_users),
+            "storage_mb": t.features.as_ref().map_or(0, |f| f.storage_mb),
         },
     })))
 }

@@ -111,7 +111,9 @@ impl RawMessage {
             .collect()
     }
 
-    /// The message's text; only text content parts are supported.
+    /// The message's text; text parts are supported, and file parts
+    /// (`{"type": "file", "file": {"file_id": "file-…"}}`, a file uploaded
+    /// with `POST /v1/files`), which stand in the text as [`file_mark`].
     pub fn text(&self) -> Result<String, String> {
         match &self.content {
             None => Ok(String::new()),
@@ -119,17 +121,32 @@ impl RawMessage {
             Some(Content::Parts(parts)) => {
                 let mut text = String::new();
                 for part in parts {
-                    match (part.kind.as_str(), &part.text) {
-                        ("text", Some(t)) => text.push_str(t),
-                        (kind, _) => {
+                    match (part.kind.as_str(), &part.text, part.file_id()) {
+                        ("text", Some(t), _) => text.push_str(t),
+                        ("file", _, Some(id)) => text.push_str(&file_mark(id)),
+                        ("file", _, None) => {
+                            return Err(
+                                "a file content part needs `file.file_id` (upload the file with POST /v1/files first)"
+                                    .into(),
+                            );
+                        }
+                        (kind, _, _) => {
                             return Err(format!(
-                                "content part of type {kind:?} is not supported: only text parts are"
+                                "content part of type {kind:?} is not supported: only text and file parts are"
                             ));
                         }
                     }
                 }
                 Ok(text)
             }
+        }
+    }
+
+    /// The ids of the files the message's content parts attach.
+    pub fn file_ids(&self) -> Vec<&str> {
+        match &self.content {
+            Some(Content::Parts(parts)) => parts.iter().filter_map(ContentPart::file_id).collect(),
+            _ => Vec::new(),
         }
     }
 }
@@ -146,6 +163,28 @@ pub struct ContentPart {
     #[serde(rename = "type")]
     pub kind: String,
     pub text: Option<String>,
+    pub file: Option<FilePart>,
+}
+
+impl ContentPart {
+    fn file_id(&self) -> Option<&str> {
+        self.file
+            .as_ref()
+            .and_then(|f| f.file_id.as_deref())
+            .filter(|_| self.kind == "file")
+    }
+}
+
+/// A file content part's `file`.
+#[derive(Debug, Deserialize)]
+pub struct FilePart {
+    pub file_id: Option<String>,
+}
+
+/// How an attached file stands in a message's text until the gateway
+/// names it: `[file file-…]`.
+pub fn file_mark(file_id: &str) -> String {
+    format!("[file {file_id}]")
 }
 
 /// OpenAI's `finish_reason` for bulkhead's ("cancelled" reads as "stop").

@@ -26,7 +26,7 @@ pub const CALL_CLOSE: &str = "</tool_call>";
 /// The server-side tools: a request offers one as `{"type": "code_run"}`,
 /// and for a tenant whose plan (or config) allows it the gateway runs the
 /// model's calls of it in a sandbox and gives the model the result.
-pub const SERVER_TOOLS: &[&str] = &["code_run"];
+pub const SERVER_TOOLS: &[&str] = &["code_run", "file_parse", "sql_query"];
 
 /// The function the model sees for a server-side tool.
 pub fn server_tool(name: &str) -> Option<Tool> {
@@ -38,6 +38,30 @@ pub fn server_tool(name: &str) -> Option<Tool> {
                 "type": "object",
                 "properties": {"code": {"type": "string", "description": "The Python 3 program to run."}},
                 "required": ["code"],
+            }),
+        }),
+        "file_parse" => Some(Tool {
+            name: "file_parse".into(),
+            description: "Extracts the text of a file the user uploaded (CSV, XLSX, PDF or plain text) and gives it back, cut at max_chars.".into(),
+            parameters: json!({
+                "type": "object",
+                "properties": {
+                    "file": {"type": "string", "description": "The file's id (file-…) or name."},
+                    "max_chars": {"type": "integer", "description": "The most characters to give back (default 20000)."},
+                },
+                "required": ["file"],
+            }),
+        }),
+        "sql_query" => Some(Tool {
+            name: "sql_query".into(),
+            description: "Runs one read-only SQL query on an SQLite database file the user uploaded and gives back the columns and rows as JSON (at most 200 rows). `SELECT name FROM sqlite_master` lists its tables.".into(),
+            parameters: json!({
+                "type": "object",
+                "properties": {
+                    "database": {"type": "string", "description": "The database file's id (file-…) or name."},
+                    "query": {"type": "string", "description": "One SQL statement (SELECT, WITH or read-only PRAGMA)."},
+                },
+                "required": ["database", "query"],
             }),
         }),
         _ => None,
@@ -625,7 +649,7 @@ mod tests {
                 vec![json!({"type": "retrieval"})],
                 None,
                 "tools",
-                "\"function\" or a server-side tool (code_run)",
+                "\"function\" or a server-side tool (code_run, file_parse, sql_query)",
             ),
             (vec![tool("code_run")], None, "tools", "server-side tool's"),
             (vec![tool("has space")], None, "tools", "letters, digits"),

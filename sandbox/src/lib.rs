@@ -474,8 +474,9 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), SandboxError> {
     Ok(())
 }
 
-/// A file name with no directory part, not hidden.
-fn plain_name(name: &str) -> bool {
+/// A file name with no directory part, not hidden: what a run's inputs
+/// must be named.
+pub fn plain_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
         && !name.starts_with('.')

@@ -205,5 +205,6 @@ pub mod cluster;
 pub mod lan;
 pub mod load;
 pub mod nats;
+pub mod scripted_worker;
 pub use nats::free_port;
 pub mod system;

@@ -51,6 +51,8 @@ pub(super) struct RawTenantConfig {
     tools: Option<Vec<String>>,
     /// Users of the tenant reuse each other's KV prefixes (off by default).
     kv_share_across_users: Option<bool>,
+    /// MiB of uploaded files the tenant may keep.
+    storage_mb: Option<u32>,
     #[serde(default)]
     webhooks: Vec<RawWebhookConfig>,
 }
@@ -185,6 +187,7 @@ pub(super) fn convert(
             retention_days: raw.retention_days,
             tools: raw.tools.map(|names| pb::ToolNames { names }),
             kv_share_across_users: raw.kv_share_across_users,
+            storage_mb: raw.storage_mb,
         }),
         ..Default::default()
     };

@@ -52,6 +52,22 @@ impl pb::member_server::Member for ControlPlaneService {
         ControlPlaneService::record_tool_step(self, Self::via(&req), req.into_inner()).await
     }
 
+    async fn upload_file(&self, req: Request<pb::UploadFileRequest>) -> R<pb::FileInfo> {
+        ControlPlaneService::upload_file(self, req.into_inner()).await
+    }
+
+    async fn list_files(&self, req: Request<pb::FileListRequest>) -> R<pb::FileList> {
+        ControlPlaneService::list_files(self, req.into_inner()).await
+    }
+
+    async fn get_file(&self, req: Request<pb::FileRef>) -> R<pb::FileContent> {
+        ControlPlaneService::get_file(self, req.into_inner()).await
+    }
+
+    async fn delete_file(&self, req: Request<pb::FileRef>) -> R<pb::FileInfo> {
+        ControlPlaneService::delete_file(self, req.into_inner()).await
+    }
+
     async fn list_bursts(&self, req: Request<pb::ListBurstsRequest>) -> R<pb::BurstList> {
         // A gateway reads one tenant's bursts, never every tenant's.
         tenant_id(&req.get_ref().tenant_id)?;

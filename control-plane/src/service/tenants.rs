@@ -83,6 +83,7 @@ impl ControlPlaneService {
                 retention_days: f.retention_days,
                 tools: f.tools.map(|t| t.names),
                 kv_share_across_users: f.kv_share_across_users,
+                storage_mb: f.storage_mb,
             },
         };
         // Check what the tenant would end up with before proposing.

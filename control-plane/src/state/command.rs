@@ -107,6 +107,18 @@ pub enum Command {
         now_ms: i64,
         detail: serde_json::Value,
     },
+    /// Stores an uploaded file if the tenant's storage has room
+    /// ([`crate::files`]).
+    PutFile {
+        file: crate::files::FileRecord,
+        content_base64: String,
+    },
+    /// Removes a file a caller limited to `owner` (empty: any) may reach.
+    DeleteFile {
+        tenant_id: String,
+        file_id: String,
+        owner: String,
+    },
     CreateKey {
         key: KeyRecord,
     },
@@ -231,6 +243,8 @@ impl fmt::Display for Command {
             Command::RevokeShare { grant } => write!(f, "revoke-share {}", grant.snippet),
             Command::UseShared { tenant_id, .. } => write!(f, "use-shared {tenant_id}"),
             Command::RecordToolStep { tenant_id, .. } => write!(f, "record-tool-step {tenant_id}"),
+            Command::PutFile { file, .. } => write!(f, "put-file {}", file.file_id),
+            Command::DeleteFile { file_id, .. } => write!(f, "delete-file {file_id}"),
             Command::CreateKey { key } => write!(f, "create-key {}", key.key_id),
             Command::RevokeKey { key_id, .. } => write!(f, "revoke-key {key_id}"),
             Command::Grant { tenant_id, .. } => write!(f, "grant {tenant_id}"),

@@ -205,6 +205,8 @@ pub struct FeaturePatch {
     pub tools: Option<Vec<String>>,
     #[serde(default)]
     pub kv_share_across_users: Option<bool>,
+    #[serde(default)]
+    pub storage_mb: Option<u32>,
 }
 
 /// Which fields of [`TenantPatch::limits`] are set.
@@ -332,6 +334,7 @@ pub enum Reply {
         refused: Option<String>,
     },
     Audit(crate::audit::AuditRecord),
+    File(crate::files::FileRecord),
     Rejected(Rejection),
 }
 

@@ -173,6 +173,7 @@ impl TenantPatch {
             &mut features.kv_share_across_users,
             f.kv_share_across_users,
         );
+        own(o, "storage_mb", &mut features.storage_mb, f.storage_mb);
         // The limits and features not set for this tenant follow its plan.
         plans::follow_plan(
             &tenant.plan,

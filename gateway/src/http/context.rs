@@ -37,6 +37,9 @@ pub(super) struct Prepared {
     /// The server-side tools the request asks for (allowed to the tenant),
     /// whose calls the gateway runs ([`super::server_tools`]).
     pub(super) server_tools: Vec<String>,
+    /// The files the messages attach (`{"type": "file"}` parts): the
+    /// inputs of the server-side tools' runs.
+    pub(super) files: Vec<cp::FileInfo>,
 }
 
 pub(super) fn turn_role(role: &str) -> Option<&'static str> {
@@ -119,10 +122,26 @@ pub(super) async fn prepare(
     let (tool_choice, tool_choice_name) = offered.choice.to_wire();
     let mut new_turns = Vec::with_capacity(req.messages.len());
     let mut messages = Vec::new();
+    let mut files: Vec<cp::FileInfo> = Vec::new();
     for m in &req.messages {
-        let text = m
+        let mut text = m
             .text()
             .map_err(|e| GatewayError::bad_request(e, Some("messages")))?;
+        for id in m.file_ids() {
+            let file = match files.iter().find(|f| f.file_id == id) {
+                Some(f) => f.clone(),
+                None => {
+                    let got = super::files::fetch(state, &caller, id, false).await?;
+                    let f = got.file.unwrap_or_default();
+                    files.push(f.clone());
+                    f
+                }
+            };
+            text = text.replace(
+                &openai::file_mark(id),
+                &format!("[file {id}: {}, {} bytes]", file.filename, file.bytes),
+            );
+        }
         let calls = m
             .calls()
             .map_err(|e| GatewayError::bad_request(e, Some("messages")))?;
@@ -226,6 +245,7 @@ pub(super) async fn prepare(
         shared,
         shared_at,
         server_tools: offered.server,
+        files,
     })
 }
 

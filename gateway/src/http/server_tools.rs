@@ -1,7 +1,11 @@
 //! Server-side tools (DESIGN.md §13): for a request that asks for one
 //! (`"tools": [{"type": "code_run"}]`) from a tenant allowed it, the
 //! gateway runs the loop model → tool call → sandbox → result → model, up
-//! to [`MAX_STEPS`] tool steps.
+//! to [`MAX_STEPS`] tool steps. Every tool runs in the sandbox:
+//! `code_run` the model's Python, with the files the messages attach;
+//! `file_parse` and `sql_query` the gateway's own programs (`tools/*.py`)
+//! on one of the tenant's uploaded files ([`super::files`]), named by id or
+//! name, read through the control plane with the caller's tenant and user.
 //!
 //! - Every model call is admitted and billed on its own, like any request:
 //!   each step counts against the quota.
@@ -135,6 +139,121 @@ pub(super) async fn run(
     }
 }
 
+/// The file_parse tool's program, run in the sandbox.
+const FILE_PARSE: &str = include_str!("../../tools/file_parse.py");
+/// The sql_query tool's program, run in the sandbox.
+const SQL_QUERY: &str = include_str!("../../tools/sql_query.py");
+/// Where the tools' programs find their arguments.
+const ARGS_FILE: &str = "bulkhead-args.json";
+/// Rows sql_query gives back at most, and how long a query may run.
+const SQL_MAX_ROWS: u32 = 200;
+const SQL_TIMEOUT_S: u32 = 5;
+
+/// Runs one call of a server-side tool in the sandbox.
+async fn run_tool(
+    state: &AppState,
+    sandbox: &bulkhead_sandbox::Sandbox,
+    p: &Prepared,
+    call: &ToolCall,
+    args: &Value,
+) -> Result<bulkhead_sandbox::Outcome, String> {
+    let text = |key: &str| {
+        args.get(key)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| format!("the call gave no `{key}`"))
+    };
+    let (program, inputs) = match call.name.as_str() {
+        "code_run" => {
+            let code = text("code")?;
+            let mut inputs = Vec::with_capacity(p.files.len());
+            for f in &p.files {
+                inputs.push(input(state, p, &f.file_id).await?);
+            }
+            return sandbox
+                .run_python(code, &inputs)
+                .await
+                .map_err(|e| e.to_string());
+        }
+        "file_parse" => {
+            let file = input(state, p, text("file")?).await?;
+            let max_chars = args
+                .get("max_chars")
+                .and_then(Value::as_u64)
+                .unwrap_or(20_000);
+            let a = json!({"file": file.name, "max_chars": max_chars.clamp(100, 100_000)});
+            (FILE_PARSE, vec![file, args_file(&a)])
+        }
+        "sql_query" => {
+            let db = input(state, p, text("database")?).await?;
+            let a = json!({
+                "database": db.name,
+                "query": text("query")?,
+                "max_rows": SQL_MAX_ROWS,
+                "timeout_s": SQL_TIMEOUT_S,
+            });
+            (SQL_QUERY, vec![db, args_file(&a)])
+        }
+        other => return Err(format!("`{other}` is not a server-side tool")),
+    };
+    sandbox
+        .run_python(program, &inputs)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn args_file(args: &Value) -> bulkhead_sandbox::File {
+    bulkhead_sandbox::File {
+        name: ARGS_FILE.into(),
+        bytes: args.to_string().into_bytes(),
+    }
+}
+
+/// One of the tenant's files as a run's input, by id (`file-…`) or by name
+/// (the newest of that name), under its own name when that is a plain one.
+async fn input(
+    state: &AppState,
+    p: &Prepared,
+    id_or_name: &str,
+) -> Result<bulkhead_sandbox::File, String> {
+    let id = if id_or_name.starts_with("file-") {
+        id_or_name.to_owned()
+    } else {
+        let msg = cp::FileListRequest {
+            tenant_id: p.caller.tenant.id.clone(),
+            owner: p.caller.owner(),
+        };
+        let list = super::member_call_as(state, &p.caller, msg, |mut c, req| async move {
+            c.list_files(req).await
+        })
+        .await
+        .map_err(|s| s.message().to_owned())?;
+        list.files
+            .iter()
+            .rev()
+            .find(|f| f.filename == id_or_name)
+            .map(|f| f.file_id.clone())
+            .ok_or_else(|| format!("no file named `{id_or_name}` was uploaded (POST /v1/files)"))?
+    };
+    let got = super::files::fetch(state, &p.caller, &id, true)
+        .await
+        .map_err(|e| e.to_string())?;
+    let file = got.file.unwrap_or_default();
+    let name = if bulkhead_sandbox::plain_name(&file.filename)
+        && file.filename != "main.py"
+        && file.filename != ARGS_FILE
+    {
+        file.filename
+    } else {
+        file.file_id
+    };
+    Ok(bulkhead_sandbox::File {
+        name,
+        bytes: got.content,
+    })
+}
+
 /// Runs one call in the sandbox and records it in the audit trail: the
 /// step as the answer shows it, and the result the model reads.
 async fn run_call(
@@ -146,14 +265,7 @@ async fn run_call(
     let args = call.arguments_value();
     let code = args.get("code").and_then(Value::as_str).unwrap_or_default();
     let hash = bulkhead_client::hash_secret(&call.arguments);
-    let ran = if code.trim().is_empty() {
-        Err("the call gave no `code` to run".to_owned())
-    } else {
-        sandbox
-            .run_python(code, &[])
-            .await
-            .map_err(|e| e.to_string())
-    };
+    let ran = run_tool(state, sandbox, p, call, &args).await;
     let (status, step, result, bytes_out, files, duration_ms) = match &ran {
         Ok(out) => {
             let status = match (out.limit, out.exit_code) {
@@ -176,6 +288,7 @@ async fn run_call(
                 "tool": call.name,
                 "call_id": call.id,
                 "arguments_sha256": hash,
+                "arguments": args,
                 "code": code,
                 "status": status,
                 "exit_code": out.exit_code,
@@ -205,7 +318,7 @@ async fn run_call(
             )
         }
         Err(why) => {
-            let step = json!({"tool": call.name, "call_id": call.id, "code": code, "status": "error", "error": why});
+            let step = json!({"tool": call.name, "call_id": call.id, "arguments": args, "code": code, "status": "error", "error": why});
             let result = json!({"error": why}).to_string();
             ("error".to_owned(), step, result, 0, Vec::new(), 0)
         }
