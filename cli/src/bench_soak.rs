@@ -367,8 +367,9 @@ pub async fn run(args: BenchSoakArgs) -> anyhow::Result<()> {
         let sessions = gateway
             .member()
             .send(
-                pb::TenantRef {
-                    id: tenants[0].clone(),
+                pb::ListSessionsRequest {
+                    tenant_id: tenants[0].clone(),
+                    owner: String::new(),
                 },
                 |mut c, req| async move { c.list_sessions(req).await },
             )

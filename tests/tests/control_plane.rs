@@ -572,7 +572,10 @@ async fn sessions_stay_within_their_tenant_and_go_with_it() -> anyhow::Result<()
     let list = client
         .member()
         .send(
-            pb::TenantRef { id: "acme".into() },
+            pb::ListSessionsRequest {
+                tenant_id: "acme".into(),
+                owner: String::new(),
+            },
             |mut c, req| async move { c.list_sessions(req).await },
         )
         .await?;

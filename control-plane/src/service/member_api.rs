@@ -14,7 +14,7 @@ impl pb::member_server::Member for ControlPlaneService {
         ControlPlaneService::create_session(self, req).await
     }
 
-    async fn list_sessions(&self, req: Request<pb::TenantRef>) -> R<pb::SessionList> {
+    async fn list_sessions(&self, req: Request<pb::ListSessionsRequest>) -> R<pb::SessionList> {
         ControlPlaneService::list_sessions(self, req).await
     }
 

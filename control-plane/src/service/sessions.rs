@@ -44,8 +44,12 @@ impl ControlPlaneService {
         }
     }
 
-    pub(super) async fn list_sessions(&self, req: Request<pb::TenantRef>) -> R<pb::SessionList> {
-        let id = tenant_id(&req.into_inner().id)?;
+    pub(super) async fn list_sessions(
+        &self,
+        req: Request<pb::ListSessionsRequest>,
+    ) -> R<pb::SessionList> {
+        let r = req.into_inner();
+        let id = tenant_id(&r.tenant_id)?;
         let view = self.read().await?;
         if view.tenant(id.as_str())?.is_none() {
             return Err(ControlPlaneError::NotFound(format!("unknown tenant `{id}`")).into());
@@ -54,6 +58,7 @@ impl ControlPlaneService {
         Ok(Response::new(pb::SessionList {
             sessions: sessions
                 .into_iter()
+                .filter(|s| s.belongs_to(&r.owner))
                 .map(|s| session_to_pb(id.as_str(), s))
                 .collect(),
         }))

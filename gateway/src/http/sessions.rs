@@ -100,21 +100,16 @@ pub(super) async fn create_session(
 pub(super) async fn list_sessions(State(state): S, headers: HeaderMap) -> Response {
     let result = async {
         let caller = authenticate(&state, &headers)?;
-        let msg = cp::TenantRef {
-            id: caller.tenant.id.clone(),
+        // A user's key sees that user's sessions only.
+        let msg = cp::ListSessionsRequest {
+            tenant_id: caller.tenant.id.clone(),
+            owner: caller.owner(),
         };
         let list = for_caller(&state, msg, |mut c, req| async move {
             c.list_sessions(req).await
         })
         .await?;
-        // A user's key sees that user's sessions only.
-        let owner = caller.owner();
-        let data: Vec<_> = list
-            .sessions
-            .iter()
-            .filter(|s| owner.is_empty() || s.user_id == owner)
-            .map(session_json)
-            .collect();
+        let data: Vec<_> = list.sessions.iter().map(session_json).collect();
         Ok::<_, GatewayError>(axum::Json(json!({"object": "list", "data": data})).into_response())
     };
     result.await.unwrap_or_else(IntoResponse::into_response)
