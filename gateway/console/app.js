@@ -555,13 +555,24 @@ function bubble(role, text) {
 
 /** One server-side tool run: its code (or arguments), how it ended, its output, its files. */
 function toolStep(step) {
-  const files = (step.files || []).map((f) =>
-    h(
-      'a',
-      { class: 'tool-file', download: f.name, href: `data:application/octet-stream;base64,${f.content_base64}` },
-      `⬇ ${f.name} (${fmtBytes(f.bytes)})`,
-    ),
-  );
+  const files = (step.files || []).map((f) => {
+    const label = `⬇ ${f.name} (${fmtBytes(f.bytes)})`;
+    if (f.content_base64) {
+      return h('a', { class: 'tool-file', download: f.name, href: `data:application/octet-stream;base64,${f.content_base64}` }, label);
+    }
+    // A step read back from the session: the file is among the tenant's files.
+    const link = h('a', { class: 'tool-file', href: '#' }, label);
+    link.addEventListener('click', async (e) => {
+      e.preventDefault();
+      if (!f.file_id) return;
+      const res = await api(`/v1/files/${encodeURIComponent(f.file_id)}/content`, { raw: true });
+      const url = URL.createObjectURL(await res.blob());
+      const a = h('a', { href: url, download: f.name });
+      a.click();
+      setTimeout(() => URL.revokeObjectURL(url), 10000);
+    });
+    return link;
+  });
   const output = [step.stdout, step.stderr, step.error].filter(Boolean).join('\n');
   return h(
     'div',
@@ -582,7 +593,9 @@ async function openSession(id) {
     const turns = await api(`/v1/sessions/${encodeURIComponent(id)}/messages`);
     if (chat.current !== id || chat.busy) return; // another session was opened meanwhile
     $('#messages').replaceChildren(
-      ...turns.data.filter((m) => m.role === 'user' || m.role === 'assistant').map((m) => bubble(m.role, m.content)),
+      ...turns.data
+        .filter((m) => m.role === 'user' || m.role === 'assistant' || m.role === 'tool')
+        .map((m) => (m.role === 'tool' ? toolStep(JSON.parse(m.content)) : bubble(m.role, m.content))),
     );
     $('#messages').scrollTop = 1e9;
   } catch (e) {

@@ -286,12 +286,19 @@ async fn server_side_tools_read_the_tenants_files_and_give_files_back() {
     let xlsx_id = uploaded(api, &sales, "plan.xlsx", &xlsx).await;
     let pdf_id = uploaded(api, &sales, "q3.pdf", &pdf("Quarterly revenue 4242 EUR")).await;
 
-    // code_run: the attached CSV goes in, the report comes out.
+    // code_run, in a session: the attached CSV goes in, the report comes
+    // out, in the answer and among the tenant's files.
     let code = "import csv\nrows = list(csv.reader(open('customers.csv')))[1:]\nwith open('report.csv', 'w') as f:\n    f.write('customer,city\\n')\n    for name, city in rows[:3]:\n        f.write(name.upper() + ',' + city + '\\n')\nprint(len(rows), 'customers')\n";
+    let session = api
+        .send(api.post("/v1/sessions", &sales).json(&json!({})))
+        .await
+        .unwrap();
+    let session = session.body["id"].as_str().unwrap().to_owned();
     let a = api
-        .chat(
-            &sales,
-            scripted("code_run", json!({"code": code}), &[&csv_id]),
+        .send(
+            api.post("/v1/chat/completions", &sales)
+                .header("x-session-id", &session)
+                .json(&scripted("code_run", json!({"code": code}), &[&csv_id])),
         )
         .await
         .unwrap();
@@ -310,6 +317,55 @@ async fn server_side_tools_read_the_tenants_files_and_give_files_back() {
         "customer,city\nACME,Paris\nGLOBEX,Berlin\nINITECH,Austin\n"
     );
     assert!(a.text.contains("3 customers"), "{}", a.text);
+    let kept = file["file_id"].as_str().unwrap();
+    let download = api
+        .http
+        .get(format!("{}/v1/files/{kept}/content", api.base))
+        .bearer_auth(&sales)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        download.headers()["content-disposition"],
+        "attachment; filename=\"report.csv\""
+    );
+    assert!(download.text().await.unwrap().contains("GLOBEX,Berlin"));
+    // The session keeps the step (without the file's content) for its
+    // readers, and a follow-up in it goes on.
+    let turns = api
+        .send(api.get(&format!("/v1/sessions/{session}/messages"), &sales))
+        .await
+        .unwrap();
+    let roles: Vec<&str> = turns.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        roles,
+        ["user", "user", "tool", "assistant"],
+        "{:?}",
+        turns.body
+    );
+    let kept_step: Value =
+        serde_json::from_str(turns.body["data"][2]["content"].as_str().unwrap()).unwrap();
+    assert_eq!(kept_step["tool"], "code_run");
+    assert_eq!(kept_step["files"][0]["file_id"], kept);
+    assert!(
+        kept_step["files"][0].get("content_base64").is_none(),
+        "{kept_step}"
+    );
+    let follow_up = api
+        .send(
+            api.post("/v1/chat/completions", &sales)
+                .header("x-session-id", &session)
+                .json(&json!({"messages": [{"role": "user", "content": "thanks"}]})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(follow_up.status, 200, "{:?}", follow_up.body);
+    assert_eq!(follow_up.text, "Nothing to do.");
 
     // file_parse: PDF, XLSX and CSV, by id or by name.
     for (file, expect) in [

@@ -201,10 +201,11 @@ pub(super) fn turn_append(r: pb::AppendTurnsRequest) -> Result<TurnAppend> {
     if let Some(bad) = r
         .turns
         .iter()
-        .find(|t| !matches!(t.role.as_str(), "user" | "assistant" | "system"))
+        // `tool`: a server-side tool's step, kept for the session's readers.
+        .find(|t| !matches!(t.role.as_str(), "user" | "assistant" | "system" | "tool"))
     {
         return Err(ControlPlaneError::bad_request(format!(
-            "turn role must be user, assistant or system, got {:?}",
+            "turn role must be user, assistant, system or tool, got {:?}",
             bad.role
         )));
     }

@@ -44,7 +44,7 @@ impl Outcome {
     /// Step 7: the usage settles the reservation; the turns join the session.
     async fn settle(&mut self, permit: Permit, finished: &pb::Finished, text: &str) {
         self.settle_usage(permit, finished);
-        self.save_turns(text).await;
+        self.save_turns(Vec::new(), text).await;
     }
 
     /// The usage settles the reservation.
@@ -58,12 +58,14 @@ impl Outcome {
         );
     }
 
-    /// The request's turns and the answer join the session.
-    pub(super) async fn save_turns(&mut self, text: &str) {
+    /// The request's turns, the tool steps' (`steps`), and the answer join
+    /// the session.
+    pub(super) async fn save_turns(&mut self, steps: Vec<cp::Turn>, text: &str) {
         if self.session_id.is_empty() {
             return;
         }
         let mut turns = std::mem::take(&mut self.new_turns);
+        turns.extend(steps);
         turns.push(cp::Turn {
             role: "assistant".into(),
             content: text.to_owned(),

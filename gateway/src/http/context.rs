@@ -187,11 +187,19 @@ pub(super) async fn prepare(
                 tonic::Code::NotFound => session_not_found(session.as_str()),
                 _ => GatewayError::from_control_plane(&s),
             })?;
-        context.extend(turns.turns.into_iter().map(|t| pb::ChatMessage {
-            role: t.role,
-            content: t.content,
-            ..Default::default()
-        }));
+        // A tool step's turn is for the session's readers; the model has
+        // the answer that followed it.
+        context.extend(
+            turns
+                .turns
+                .into_iter()
+                .filter(|t| t.role != "tool")
+                .map(|t| pb::ChatMessage {
+                    role: t.role,
+                    content: t.content,
+                    ..Default::default()
+                }),
+        );
     }
     let shared = shared_names(&messages);
     let shared_at = context.len();

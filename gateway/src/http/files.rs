@@ -102,15 +102,7 @@ pub(super) async fn upload_file(
         purpose: purpose.to_owned(),
         content: bytes.to_vec(),
     };
-    let f = member_call_within(
-        &state,
-        &caller,
-        CONTENT_DEADLINE,
-        msg,
-        |mut c, req| async move { c.upload_file(req).await },
-    )
-    .await
-    .map_err(|s| GatewayError::from_control_plane(&s))?;
+    let f = store(&state, &caller, msg).await?;
     Ok(axum::Json(file_json(&f)).into_response())
 }
 
@@ -161,6 +153,23 @@ pub(super) async fn list_files(
         "storage": {"used_bytes": list.used_bytes, "limit_bytes": list.limit_bytes},
     }))
     .into_response())
+}
+
+/// Stores a file for the caller.
+pub(crate) async fn store(
+    state: &AppState,
+    caller: &Caller,
+    msg: cp::UploadFileRequest,
+) -> Result<cp::FileInfo, GatewayError> {
+    member_call_within(
+        state,
+        caller,
+        CONTENT_DEADLINE,
+        msg,
+        |mut c, req| async move { c.upload_file(req).await },
+    )
+    .await
+    .map_err(|s| GatewayError::from_control_plane(&s))
 }
 
 /// A file of the caller's, with its content when `content`.

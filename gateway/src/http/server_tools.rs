@@ -100,8 +100,9 @@ pub(super) async fn run(
         if !ours || steps.len() >= MAX_STEPS {
             body["id"] = json!(format!("chatcmpl-{request_id}"));
             body["usage"] = openai::usage(usage[0], usage[1], usage[2]);
+            let kept = steps.iter().map(session_turn).collect();
             body["tool_steps"] = Value::Array(steps);
-            outcome.save_turns(reply.content()).await;
+            outcome.save_turns(kept, reply.content()).await;
             outcome.observe(200);
             return Ok(answer(&p, &request_id, body, budget));
         }
@@ -254,6 +255,28 @@ async fn input(
     })
 }
 
+/// Keeps a file a run wrote among the tenant's files (purpose
+/// `tool_output`, the caller's user), so that it can be downloaded later
+/// (`GET /v1/files/{id}/content`); its id, or why it was not kept (the
+/// tenant's storage is full).
+async fn keep_output(
+    state: &AppState,
+    p: &Prepared,
+    file: &bulkhead_sandbox::File,
+) -> Result<String, String> {
+    let msg = cp::UploadFileRequest {
+        tenant_id: p.caller.tenant.id.clone(),
+        user_id: p.caller.owner(),
+        filename: file.name.clone(),
+        purpose: "tool_output".into(),
+        content: file.bytes.clone(),
+    };
+    super::files::store(state, &p.caller, msg)
+        .await
+        .map(|f| f.file_id)
+        .map_err(|e| e.to_string())
+}
+
 /// Runs one call in the sandbox and records it in the audit trail: the
 /// step as the answer shows it, and the result the model reads.
 async fn run_call(
@@ -273,17 +296,19 @@ async fn run_call(
                 (None, Some(code)) => format!("exit {code}"),
                 (None, None) => "killed".to_owned(),
             };
-            let files: Vec<Value> = out
-                .files
-                .iter()
-                .map(|f| {
-                    json!({
-                        "name": f.name,
-                        "bytes": f.bytes.len(),
-                        "content_base64": base64::engine::general_purpose::STANDARD.encode(&f.bytes),
-                    })
-                })
-                .collect();
+            let mut files: Vec<Value> = Vec::with_capacity(out.files.len());
+            for f in &out.files {
+                let mut file = json!({
+                    "name": f.name,
+                    "bytes": f.bytes.len(),
+                    "content_base64": base64::engine::general_purpose::STANDARD.encode(&f.bytes),
+                });
+                match keep_output(state, p, f).await {
+                    Ok(id) => file["file_id"] = json!(id),
+                    Err(why) => file["not_kept"] = json!(why),
+                }
+                files.push(file);
+            }
             let step = json!({
                 "tool": call.name,
                 "call_id": call.id,
@@ -385,6 +410,30 @@ fn answer(p: &Prepared, request_id: &str, body: Value, budget: crate::quota::Bud
     };
     answer_headers(response.headers_mut(), request_id, budget);
     response
+}
+
+/// A step as the session keeps it (a `tool` turn): what the console shows
+/// after a reload, without the files' content, which stays in the tenant's
+/// files under each file's `file_id`.
+fn session_turn(step: &Value) -> cp::Turn {
+    let mut kept = step.clone();
+    if let Some(files) = kept.get_mut("files").and_then(Value::as_array_mut) {
+        for f in files {
+            if let Some(f) = f.as_object_mut() {
+                f.remove("content_base64");
+            }
+        }
+    }
+    for key in ["stdout", "stderr"] {
+        if let Some(text) = kept.get(key).and_then(Value::as_str) {
+            kept[key] = json!(clip(text));
+        }
+    }
+    cp::Turn {
+        role: "tool".into(),
+        content: kept.to_string(),
+        ..Default::default()
+    }
 }
 
 fn clip(s: &str) -> String {
