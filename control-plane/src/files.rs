@@ -15,6 +15,7 @@ use std::io;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Rejection;
+use crate::state::{Reply, TENANTS, TenantRecord};
 use crate::store::{Lookup, Tables};
 
 pub const FILES: &str = "files";
@@ -90,9 +91,26 @@ pub fn content(db: &impl Lookup, file: &FileRecord) -> io::Result<Vec<u8>> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-/// Stores a file if the tenant's storage (`limit_bytes`, from its features)
-/// has room for it.
-pub fn put(
+/// `Command::PutFile`: stores a file if its tenant exists and its storage
+/// (`storage_mb`, the plan's or its own) has room for it.
+pub fn apply_put(t: &Tables, file: FileRecord, content_base64: &str) -> io::Result<Reply> {
+    let Some(tenant) = t.get::<TenantRecord>(TENANTS, &file.tenant_id)? else {
+        return Ok(Reply::Rejected(Rejection::UnknownTenant(file.tenant_id)));
+    };
+    let limit = u64::from(tenant.features.storage_mb) << 20;
+    Ok(put(t, file, content_base64, limit)?.map_or_else(Reply::Rejected, Reply::File))
+}
+
+/// `Command::DeleteFile`.
+pub fn apply_delete(t: &Tables, tenant_id: &str, file_id: &str, owner: &str) -> io::Result<Reply> {
+    Ok(match delete(t, tenant_id, file_id, owner)? {
+        Some(file) => Reply::File(file),
+        None => Reply::Rejected(Rejection::NotFound(format!("no file `{file_id}`"))),
+    })
+}
+
+/// Stores a file if the tenant's storage (`limit_bytes`) has room for it.
+fn put(
     t: &Tables,
     file: FileRecord,
     content_base64: &str,
@@ -125,7 +143,7 @@ pub fn put(
 }
 
 /// Removes one file a caller limited to `owner` may reach.
-pub fn delete(
+fn delete(
     t: &Tables,
     tenant_id: &str,
     file_id: &str,

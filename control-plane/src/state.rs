@@ -89,56 +89,7 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
             id,
             archive,
             now_ms,
-        } => {
-            let Some(tenant) = t.get::<TenantRecord>(TENANTS, &id)? else {
-                return Ok(Reply::Rejected(Rejection::UnknownTenant(id)));
-            };
-            // The tenant's own endpoints hear of it before they go.
-            outbox::emit(
-                t,
-                &id,
-                "tenant.deleted",
-                serde_json::json!({ "tenant_id": id, "archive": archive }),
-                now_ms,
-            )?;
-            t.delete(TENANTS, &id)?;
-            t.put(
-                DELETED,
-                &id,
-                &serde_json::json!({ "deleted_at_ms": now_ms, "archive": archive }),
-            )?;
-            for w in outbox::webhooks(t, &id)? {
-                t.delete(WEBHOOKS, &w.webhook_id)?;
-            }
-            for s in sharing::snippets(t, &id)? {
-                t.delete(SNIPPETS, &s.name)?;
-            }
-            for g in sharing::shares(t, &id)? {
-                t.delete(
-                    SHARES,
-                    &sharing::share_key(&g.owner_tenant_id, &g.snippet, &g.grantee_tenant_id),
-                )?;
-            }
-            for b in bursts::list(t, &id, "")? {
-                t.delete(BURSTS, &b.burst_id)?;
-            }
-            for (key_id, key) in t.scan::<KeyRecord>(KEYS, "")? {
-                if key.tenant_id == id {
-                    t.delete(KEYS, &key_id)?;
-                    t.delete(KEY_HASHES, &key.hash)?;
-                }
-            }
-            if let Ok(tenant_id) = TenantId::new(id.as_str()) {
-                TenantScope::new(t, &tenant_id).drop_all()?;
-            }
-            files::drop_all(t, &id)?;
-            let prefix = format!("{id}/");
-            for table in [ALLOWANCES, LEDGER, USERS, RECENT, BURST_DAYS, PROMPTS] {
-                t.delete_prefix(table, &prefix)?;
-            }
-            record_change(t, Change::TenantDeleted(id))?;
-            Ok(Reply::Tenant(Box::new(tenant)))
-        }
+        } => delete_tenant(t, id, archive, now_ms),
         Command::CreateKey { key } => {
             let Some(tenant) = t.get::<TenantRecord>(TENANTS, &key.tenant_id)? else {
                 return Ok(Reply::Rejected(Rejection::UnknownTenant(key.tenant_id)));
@@ -606,22 +557,12 @@ pub fn apply(t: &Tables, command: Command) -> io::Result<Reply> {
         Command::PutFile {
             file,
             content_base64,
-        } => {
-            let Some(tenant) = t.get::<TenantRecord>(TENANTS, &file.tenant_id)? else {
-                return Ok(Reply::Rejected(Rejection::UnknownTenant(file.tenant_id)));
-            };
-            let limit = u64::from(tenant.features.storage_mb) << 20;
-            Ok(files::put(t, file, &content_base64, limit)?
-                .map_or_else(Reply::Rejected, Reply::File))
-        }
+        } => files::apply_put(t, file, &content_base64),
         Command::DeleteFile {
             tenant_id,
             file_id,
             owner,
-        } => Ok(match files::delete(t, &tenant_id, &file_id, &owner)? {
-            Some(file) => Reply::File(file),
-            None => Reply::Rejected(Rejection::NotFound(format!("no file `{file_id}`"))),
-        }),
+        } => files::apply_delete(t, &tenant_id, &file_id, &owner),
     }
 }
 

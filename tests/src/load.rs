@@ -22,6 +22,14 @@ pub enum Seen {
     CleanError,
 }
 
+/// Seconds since the Unix epoch, with milliseconds.
+fn unix_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{:.3}", now.as_secs_f64())
+}
+
 /// One streamed question; panics on anything but an answer or a clean error.
 pub async fn stream_once(api: &Api, key: &str, user: &str) -> Seen {
     let req = api
@@ -31,9 +39,17 @@ pub async fn stream_once(api: &Api, key: &str, user: &str) -> Seen {
             "model": MODEL, "stream": true, "max_tokens": 48, "temperature": 0,
             "messages": [{"role": "user", "content": "Write about rivers and mountains."}],
         }));
+    let sent = unix_now();
     let answer: Answer = tokio::time::timeout(Duration::from_secs(30), api.send(req))
         .await
-        .expect("a request hung for 30 s")
+        .unwrap_or_else(|_| {
+            // Which gateway, which client and when, to line up with the
+            // drill's own printed phases.
+            panic!(
+                "a request through {} as {user}, sent at {sent} (unix s), hung for 30 s",
+                api.base
+            )
+        })
         .expect("the connection broke without an HTTP answer");
     match (answer.status, &answer.stream_error, &answer.usage) {
         (200, None, Some(_)) => Seen::Answered {

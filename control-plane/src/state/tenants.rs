@@ -196,3 +196,61 @@ pub(super) fn own<T>(
         overridden.insert(name.to_owned());
     }
 }
+
+/// `Command::DeleteTenant`: removes the tenant and everything of its, after
+/// the leader archived it (`archive` names the file).
+pub(super) fn delete_tenant(
+    t: &Tables,
+    id: String,
+    archive: String,
+    now_ms: i64,
+) -> io::Result<Reply> {
+    let Some(tenant) = t.get::<TenantRecord>(TENANTS, &id)? else {
+        return Ok(Reply::Rejected(Rejection::UnknownTenant(id)));
+    };
+    // The tenant's own endpoints hear of it before they go.
+    outbox::emit(
+        t,
+        &id,
+        "tenant.deleted",
+        serde_json::json!({ "tenant_id": id, "archive": archive }),
+        now_ms,
+    )?;
+    t.delete(TENANTS, &id)?;
+    t.put(
+        DELETED,
+        &id,
+        &serde_json::json!({ "deleted_at_ms": now_ms, "archive": archive }),
+    )?;
+    for w in outbox::webhooks(t, &id)? {
+        t.delete(WEBHOOKS, &w.webhook_id)?;
+    }
+    for s in sharing::snippets(t, &id)? {
+        t.delete(SNIPPETS, &s.name)?;
+    }
+    for g in sharing::shares(t, &id)? {
+        t.delete(
+            SHARES,
+            &sharing::share_key(&g.owner_tenant_id, &g.snippet, &g.grantee_tenant_id),
+        )?;
+    }
+    for b in bursts::list(t, &id, "")? {
+        t.delete(BURSTS, &b.burst_id)?;
+    }
+    for (key_id, key) in t.scan::<KeyRecord>(KEYS, "")? {
+        if key.tenant_id == id {
+            t.delete(KEYS, &key_id)?;
+            t.delete(KEY_HASHES, &key.hash)?;
+        }
+    }
+    if let Ok(tenant_id) = TenantId::new(id.as_str()) {
+        TenantScope::new(t, &tenant_id).drop_all()?;
+    }
+    files::drop_all(t, &id)?;
+    let prefix = format!("{id}/");
+    for table in [ALLOWANCES, LEDGER, USERS, RECENT, BURST_DAYS, PROMPTS] {
+        t.delete_prefix(table, &prefix)?;
+    }
+    record_change(t, Change::TenantDeleted(id))?;
+    Ok(Reply::Tenant(Box::new(tenant)))
+}

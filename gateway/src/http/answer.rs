@@ -240,6 +240,11 @@ pub(super) fn stream_answer(
                         }
                         send(SseEvent::default().data("[DONE]")).await;
                         outcome.observe(200);
+                        // The client's stream ends here: the trailers that
+                        // follow `Finished` are read after, never waited on
+                        // by the client (a worker slow to close its stream
+                        // held answered clients for as long).
+                        drop(tx);
                         while let Some(Ok(_)) = stream.next().await {}
                         return;
                     }
