@@ -30,9 +30,12 @@ pub const LEADER_METADATA: &str = "bulkhead-leader";
 
 /// Metadata key an admin call's caller names itself in, for the audit trail.
 pub const ACTOR_METADATA: &str = "x-bulkhead-actor";
-/// The largest message of the gateways' service (an uploaded file of up to
-/// 16 MiB travels whole in one) and what every client accepts.
-pub const MAX_MEMBER_MESSAGE_BYTES: usize = 32 << 20;
+/// The largest file a tenant uploads (`/v1/files`): the gateway refuses a
+/// larger upload with 413, the control plane a larger `UploadFile`.
+pub const MAX_FILE_BYTES: usize = 16 << 20;
+/// The largest message of the gateways' service (an uploaded file travels
+/// whole in one) and what every client accepts.
+pub const MAX_MEMBER_MESSAGE_BYTES: usize = 2 * MAX_FILE_BYTES;
 
 /// SHA-256 of a secret, hex: how keys and the admin token are stored and compared.
 pub fn hash_secret(secret: &str) -> String {

@@ -20,8 +20,7 @@ use crate::store::{Lookup, Tables};
 
 pub const FILES: &str = "files";
 pub const FILE_DATA: &str = "file_data";
-/// The largest file one upload may carry.
-pub const MAX_FILE_BYTES: usize = 16 << 20;
+pub use bulkhead_client::MAX_FILE_BYTES;
 /// The most files a tenant keeps at once, whatever their size.
 pub const MAX_FILES: usize = 1_000;
 

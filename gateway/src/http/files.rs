@@ -8,6 +8,7 @@
 use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use bulkhead_client::MAX_FILE_BYTES;
 use bulkhead_proto::control as cp;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -17,8 +18,6 @@ use crate::directory::Caller;
 use crate::error::GatewayError;
 use crate::i18n::Text;
 
-/// The largest file one upload carries (the control plane's own limit).
-pub const MAX_FILE_BYTES: usize = 16 << 20;
 /// The body limit of an upload: the file and the form around it.
 pub const MAX_UPLOAD_BODY: usize = MAX_FILE_BYTES + (64 << 10);
 /// How long storing or reading a file's content may take: a Raft entry or
