@@ -283,9 +283,6 @@ impl<'a, S: Service> Api<'a, S> {
                     return Ok(response.into_inner());
                 }
                 Err(status) if status.code() == Code::Unavailable || is_transport(&status) => {
-                    if Instant::now() >= deadline {
-                        return Err(status);
-                    }
                     if is_transport(&status) {
                         // A kept connection to a node that died: forget it,
                         // so the next try to that address connects afresh.
@@ -300,14 +297,23 @@ impl<'a, S: Service> Api<'a, S> {
                         .get(LEADER_METADATA)
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_owned);
-                    match leader {
-                        Some(leader) if leader != addr => addr = leader,
-                        _ => {
-                            addr = self.client.next_after(&addr);
-                            let left = deadline.saturating_duration_since(Instant::now());
-                            tokio::time::sleep(delay.min(left)).await;
-                            delay = (delay * 2).min(Duration::from_millis(500));
-                        }
+                    let follow = leader.as_ref().is_some_and(|l| *l != addr);
+                    addr = match leader {
+                        Some(leader) if follow => leader,
+                        _ => self.client.next_after(&addr),
+                    };
+                    // The next call starts from there too: a node cut off
+                    // from the network answers nothing, and a call whose one
+                    // try waited on it to its deadline would otherwise leave
+                    // every later call to wait on it again.
+                    self.client.set_current(addr.clone());
+                    if Instant::now() >= deadline {
+                        return Err(status);
+                    }
+                    if !follow {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        tokio::time::sleep(delay.min(left)).await;
+                        delay = (delay * 2).min(Duration::from_millis(500));
                     }
                 }
                 Err(status) => return Err(status),

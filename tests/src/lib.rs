@@ -62,6 +62,8 @@ fn forward_lines(from: impl std::io::Read + Send + 'static, to: mpsc::Sender<Str
 /// A running `bulkhead` process whose stdout and stderr are collected line by line.
 pub struct Process {
     child: Child,
+    /// The command line, to name the process in a failed test's output.
+    label: String,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
 }
@@ -106,9 +108,19 @@ impl Process {
             }
             None => Command::new(bulkhead_bin()?),
         };
+        let args: Vec<std::ffi::OsString> =
+            args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        let label = args
+            .iter()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ");
+        // BULKHEAD_TEST_LOG raises the launched processes' log level when a
+        // failure needs more than `info` to explain.
+        let log = std::env::var("BULKHEAD_TEST_LOG").unwrap_or_else(|_| "info".into());
         let mut child = command
-            .args(args)
-            .env("BULKHEAD_LOG", "info")
+            .args(&args)
+            .env("BULKHEAD_LOG", log)
             .env_remove("BULKHEAD_ADMIN_TOKEN")
             .env_remove("BULKHEAD_CONTROL_PLANE")
             .env_remove("BULKHEAD_CLUSTER_SECRET")
@@ -124,6 +136,7 @@ impl Process {
         forward_lines(stderr, tx);
         Ok(Self {
             child,
+            label,
             lines,
             seen: Vec::new(),
         })
@@ -194,10 +207,29 @@ impl Process {
     }
 }
 
+/// How many of its last lines a process shows when its test fails.
+const LINES_ON_FAILURE: usize = 200;
+
 impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what each of its processes said last, so a
+        // failure seen only in CI can be explained from CI's output.
+        if std::thread::panicking() {
+            while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(500)) {
+                self.seen.push(line);
+            }
+            let from = self.seen.len().saturating_sub(LINES_ON_FAILURE);
+            eprintln!(
+                "--- last {} lines of `bulkhead {}` (pid {}) ---\n{}\n--- end of `bulkhead {}` ---",
+                self.seen.len() - from,
+                self.label,
+                self.child.id(),
+                self.seen[from..].join("\n"),
+                self.label
+            );
+        }
     }
 }
 

@@ -653,6 +653,12 @@ impl Cluster {
             nats,
             _dir: dir,
         };
+        // The workers share this machine's cores: llama.cpp's decode threads
+        // wait for each other spinning, so more threads than cores slow every
+        // worker to a crawl (seen: 4 tokens in 11 s with two workers of two
+        // threads each on two cores).
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = (cores / workers.max(1)).max(1).to_string();
         for i in 0..workers {
             let (netns, ip, env) = place("wk", i);
             // Loopback of its host: that API trusts X-Tenant-ID.
@@ -679,7 +685,7 @@ impl Cluster {
                 "--context".into(),
                 "2048".into(),
                 "--threads".into(),
-                "2".into(),
+                threads.clone(),
             ];
             let env = with(env, &cluster.control.credential("worker").await?);
             let process = Process::spawn_in(netns.as_deref(), &args, &pairs(&env))?;

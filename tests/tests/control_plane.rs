@@ -611,3 +611,48 @@ async fn a_raft_message_over_four_mib_reaches_the_node() -> anyhow::Result<()> {
     assert!(refused.message().contains("decoding"), "{refused:?}");
     Ok(())
 }
+
+/// A node cut off from the network (it accepts connections and answers
+/// nothing) costs a client one call, not every call: the next call starts
+/// at the next node. Seen before the fix in the multi-host drill: after
+/// the leader's host was cut, every worker heartbeat and every gateway
+/// grant waited on it to its deadline for over 90 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_node_costs_one_call_not_every_call() -> anyhow::Result<()> {
+    let cp = ControlPlanes::start(1, &[])?;
+    cp.leader(Duration::from_secs(10)).await?;
+    // Accepts and holds every connection, never answering.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let silent_addr = silent.local_addr()?.to_string();
+    let held = std::thread::spawn(move || silent.incoming().take(8).collect::<Vec<_>>());
+    let client = ControlPlaneClient::new(
+        vec![silent_addr, cp.nodes[0].addr.clone()],
+        Some(cp.admin_token.clone()),
+    );
+    let client = &client;
+    let list = |budget: Duration| async move {
+        client
+            .admin()
+            .send_for(
+                budget,
+                pb::ListTenantsRequest::default(),
+                |mut c, r| async move { c.list_tenants(r).await },
+            )
+            .await
+    };
+    // The first call spends its whole budget on the silent node.
+    let first = list(Duration::from_secs(2)).await;
+    assert!(first.is_err(), "the silent node answered: {first:?}");
+    // Each later call goes straight to the node that answers.
+    for _ in 0..3 {
+        let started = Instant::now();
+        list(Duration::from_secs(2)).await?;
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "a call took {:?}: it waited on the silent node again",
+            started.elapsed()
+        );
+    }
+    drop(held);
+    Ok(())
+}
