@@ -389,6 +389,8 @@ impl Up {
             "8".into(),
             "--context".into(),
             "2048".into(),
+            "--threads".into(),
+            decode_threads(test_threads()).to_string(),
         ];
         args.extend(extra.iter().cloned());
         let mut process = Process::spawn(&args)?;
@@ -497,10 +499,30 @@ pub fn up_args(dir: &Path, api_port: u16, cp_port: u16, model: &str) -> Vec<Stri
         "2",
         "--context",
         "1024",
+        "--threads",
+        &decode_threads(test_threads()).to_string(),
     ]
     .iter()
     .map(|a| (*a).to_owned())
     .collect()
+}
+
+/// The llama.cpp threads of each of `workers` workers that may decode at
+/// once on this machine's cores. llama.cpp's decode threads wait for each
+/// other spinning, so more threads than cores slow every worker to a crawl (seen:
+/// 4 tokens in 11 s with two workers of two threads each on two cores).
+pub fn decode_threads(workers: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / workers.max(1)).max(1)
+}
+
+/// How many tests of one test binary run at once (`RUST_TEST_THREADS`, else
+/// one per core, as libtest does): each may run its own `bulkhead up`.
+fn test_threads() -> usize {
+    std::env::var("RUST_TEST_THREADS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// `(String, String)` pairs as the `&str` pairs a process is spawned with.
@@ -653,12 +675,7 @@ impl Cluster {
             nats,
             _dir: dir,
         };
-        // The workers share this machine's cores: llama.cpp's decode threads
-        // wait for each other spinning, so more threads than cores slow every
-        // worker to a crawl (seen: 4 tokens in 11 s with two workers of two
-        // threads each on two cores).
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let threads = (cores / workers.max(1)).max(1).to_string();
+        let threads = decode_threads(workers * test_threads()).to_string();
         for i in 0..workers {
             let (netns, ip, env) = place("wk", i);
             // Loopback of its host: that API trusts X-Tenant-ID.
