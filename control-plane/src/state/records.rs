@@ -50,50 +50,24 @@ impl TenantRecord {
     /// time) that differ between two records.
     pub fn differences(&self, other: &TenantRecord) -> Vec<&'static str> {
         let mut out = Vec::new();
-        let mut check = |name: &'static str, same: bool| {
-            if !same {
-                out.push(name);
-            }
-        };
-        check("display_name", self.display_name == other.display_name);
-        check("plan", self.plan == other.plan);
-        check(
-            "daily_tokens",
-            self.limits.daily_tokens == other.limits.daily_tokens,
+        // Each field, named as it is spelled, in the order an operator reads them.
+        macro_rules! check {
+            ($a:expr, $b:expr; $($field:ident),+) => {
+                $(if $a.$field != $b.$field {
+                    out.push(stringify!($field));
+                })+
+            };
+        }
+        check!(self, other; display_name, plan);
+        check!(
+            self.limits, other.limits;
+            daily_tokens, max_concurrent, max_request_tokens, context_window, context_turns
         );
-        check(
-            "max_concurrent",
-            self.limits.max_concurrent == other.limits.max_concurrent,
+        check!(
+            self, other;
+            model, adapter, adapter_scale, system_prompt, welcome_message, quick_prompts,
+            time_zone, locale, knowledge_share, features, overridden
         );
-        check(
-            "max_request_tokens",
-            self.limits.max_request_tokens == other.limits.max_request_tokens,
-        );
-        check(
-            "context_window",
-            self.limits.context_window == other.limits.context_window,
-        );
-        check(
-            "context_turns",
-            self.limits.context_turns == other.limits.context_turns,
-        );
-        check("model", self.model == other.model);
-        check("adapter", self.adapter == other.adapter);
-        check("adapter_scale", self.adapter_scale == other.adapter_scale);
-        check("system_prompt", self.system_prompt == other.system_prompt);
-        check(
-            "welcome_message",
-            self.welcome_message == other.welcome_message,
-        );
-        check("quick_prompts", self.quick_prompts == other.quick_prompts);
-        check("time_zone", self.time_zone == other.time_zone);
-        check("locale", self.locale == other.locale);
-        check(
-            "knowledge_share",
-            self.knowledge_share == other.knowledge_share,
-        );
-        check("features", self.features == other.features);
-        check("overridden", self.overridden == other.overridden);
         out
     }
 }

@@ -116,64 +116,20 @@ impl TenantPatch {
             &mut tenant.features,
             &mut tenant.overridden,
         );
-        own(
-            o,
-            "daily_tokens",
-            &mut limits.daily_tokens,
-            m.daily_tokens.then_some(l.daily_tokens),
+        // Each limit the patch marks as set, and each feature it gives.
+        macro_rules! own {
+            (limits: $($name:ident),+) => {
+                $(own(o, stringify!($name), &mut limits.$name, m.$name.then_some(l.$name));)+
+            };
+            (features: $($name:ident),+) => {
+                $(own(o, stringify!($name), &mut features.$name, f.$name.clone());)+
+            };
+        }
+        own!(limits: daily_tokens, max_concurrent, max_request_tokens, context_window, context_turns);
+        own!(
+            features: burst, burst_percent, knowledge_sharing, max_keys, retention_days, tools,
+            kv_share_across_users, storage_mb
         );
-        own(
-            o,
-            "max_concurrent",
-            &mut limits.max_concurrent,
-            m.max_concurrent.then_some(l.max_concurrent),
-        );
-        own(
-            o,
-            "max_request_tokens",
-            &mut limits.max_request_tokens,
-            m.max_request_tokens.then_some(l.max_request_tokens),
-        );
-        own(
-            o,
-            "context_window",
-            &mut limits.context_window,
-            m.context_window.then_some(l.context_window),
-        );
-        own(
-            o,
-            "context_turns",
-            &mut limits.context_turns,
-            m.context_turns.then_some(l.context_turns),
-        );
-        own(o, "burst", &mut features.burst, f.burst);
-        own(
-            o,
-            "burst_percent",
-            &mut features.burst_percent,
-            f.burst_percent,
-        );
-        own(
-            o,
-            "knowledge_sharing",
-            &mut features.knowledge_sharing,
-            f.knowledge_sharing,
-        );
-        own(o, "max_keys", &mut features.max_keys, f.max_keys);
-        own(
-            o,
-            "retention_days",
-            &mut features.retention_days,
-            f.retention_days,
-        );
-        own(o, "tools", &mut features.tools, f.tools.clone());
-        own(
-            o,
-            "kv_share_across_users",
-            &mut features.kv_share_across_users,
-            f.kv_share_across_users,
-        );
-        own(o, "storage_mb", &mut features.storage_mb, f.storage_mb);
         // The limits and features not set for this tenant follow its plan.
         plans::follow_plan(
             &tenant.plan,
