@@ -81,13 +81,39 @@ pub(super) fn permille(progress: f32) -> u16 {
     p
 }
 
+/// A worker's registration as `$to` (the record or the message): the fields
+/// both spell alike, moved or collected, with `$device` for each device; the
+/// caller gives the load and the lease, which the two spell differently.
+macro_rules! worker_as {
+    ($w:ident => $($to:ident)::+, $($device:ident)::+ { $($field:ident $(: $value:expr)?),* $(,)? }) => {
+        $($to)::+ {
+            worker_id: $w.worker_id,
+            addr: $w.addr,
+            models: $w.models,
+            adapters: $w.adapters,
+            slots: $w.slots,
+            context_windows: $w.context_windows.into_iter().collect(),
+            devices: $w
+                .devices
+                .into_iter()
+                .map(|d| $($device)::+ {
+                    name: d.name,
+                    description: d.description,
+                    memory_total_bytes: d.memory_total_bytes,
+                    memory_free_bytes: d.memory_free_bytes,
+                })
+                .collect(),
+            files: $w.files.into_iter().collect(),
+            model_bytes: $w.model_bytes.into_iter().collect(),
+            pinned: $w.pinned,
+            memory_budget: $w.memory_budget,
+            $($field $(: $value)?,)*
+        }
+    };
+}
+
 pub(super) fn worker_to_pb(w: WorkerRecord) -> pb::WorkerInfo {
-    pb::WorkerInfo {
-        worker_id: w.worker_id,
-        addr: w.addr,
-        models: w.models,
-        adapters: w.adapters,
-        slots: w.slots,
+    worker_as!(w => pb::WorkerInfo, bulkhead_proto::worker::Device {
         expires_at_ms: w.expires_at_ms,
         loading: w
             .loading
@@ -97,54 +123,19 @@ pub(super) fn worker_to_pb(w: WorkerRecord) -> pb::WorkerInfo {
                 progress: f32::from(permille) / 1000.0,
             })
             .collect(),
-        context_windows: w.context_windows.into_iter().collect(),
-        devices: w
-            .devices
-            .into_iter()
-            .map(|d| bulkhead_proto::worker::Device {
-                name: d.name,
-                description: d.description,
-                memory_total_bytes: d.memory_total_bytes,
-                memory_free_bytes: d.memory_free_bytes,
-            })
-            .collect(),
-        files: w.files.into_iter().collect(),
-        model_bytes: w.model_bytes.into_iter().collect(),
-        pinned: w.pinned,
-        memory_budget: w.memory_budget,
-    }
+    })
 }
 
 /// A registration as the registry keeps it, its lease ending at `expires_at_ms`.
 pub(super) fn worker_from_pb(w: pb::WorkerInfo, expires_at_ms: i64) -> WorkerRecord {
-    WorkerRecord {
-        worker_id: w.worker_id,
-        addr: w.addr,
-        models: w.models,
-        adapters: w.adapters,
-        slots: w.slots,
+    worker_as!(w => WorkerRecord, DeviceRecord {
         expires_at_ms,
         loading: w
             .loading
             .into_iter()
             .map(|l| (l.model, permille(l.progress)))
             .collect(),
-        context_windows: w.context_windows.into_iter().collect(),
-        devices: w
-            .devices
-            .into_iter()
-            .map(|d| DeviceRecord {
-                name: d.name,
-                description: d.description,
-                memory_total_bytes: d.memory_total_bytes,
-                memory_free_bytes: d.memory_free_bytes,
-            })
-            .collect(),
-        files: w.files.into_iter().collect(),
-        model_bytes: w.model_bytes.into_iter().collect(),
-        pinned: w.pinned,
-        memory_budget: w.memory_budget,
-    }
+    })
 }
 
 pub(super) fn key_state(k: KeyRecord) -> pb::KeyState {
