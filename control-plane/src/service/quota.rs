@@ -8,7 +8,7 @@ use tonic::{Request, Response};
 
 use crate::error::ControlPlaneError;
 use crate::ledger;
-use crate::state::{Command, Reply, TenantRecord, UsageRecord};
+use crate::state::{AllowanceView, Command, Reply, TenantRecord, UsageRecord};
 use crate::store::View;
 
 use super::*;
@@ -19,50 +19,51 @@ impl ControlPlaneService {
         tenant_id(&r.tenant_id)?;
         bulkhead_proto::GatewayId::new(r.gateway_id.as_str())
             .map_err(|e| ControlPlaneError::bad_request(e.to_string()))?;
-        match self
-            .write(Command::Grant {
-                tenant_id: r.tenant_id,
-                gateway_id: r.gateway_id,
-                tokens: r.tokens,
-                slots: r.slots,
-                ttl_ms: if r.ttl_ms == 0 {
-                    ledger::MAX_ALLOWANCE_TTL_MS
-                } else {
-                    r.ttl_ms
-                },
-                now_ms: now_ms(),
-                op_id: r.op_id,
-            })
-            .await?
-        {
-            Reply::Allowance(a) => {
-                self.node
-                    .metrics
-                    .allowance_changed(&a.tenant_id, true, a.granted_tokens);
-                Ok(Response::new(allowance_to_pb(a)))
-            }
-            other => Err(unexpected(&other).into()),
-        }
+        let grant = Command::Grant {
+            tenant_id: r.tenant_id,
+            gateway_id: r.gateway_id,
+            tokens: r.tokens,
+            slots: r.slots,
+            ttl_ms: if r.ttl_ms == 0 {
+                ledger::MAX_ALLOWANCE_TTL_MS
+            } else {
+                r.ttl_ms
+            },
+            now_ms: now_ms(),
+            op_id: r.op_id,
+        };
+        self.change_allowance(grant, true, |a| a.granted_tokens)
+            .await
     }
 
     pub(super) async fn r#return(&self, req: Request<pb::ReturnRequest>) -> R<pb::Allowance> {
         let r = req.into_inner();
         let tokens = r.tokens;
-        match self
-            .write(Command::Return {
-                tenant_id: r.tenant_id,
-                gateway_id: r.gateway_id,
-                tokens,
-                slots: r.slots,
-                now_ms: now_ms(),
-                op_id: r.op_id,
-            })
-            .await?
-        {
+        let r#return = Command::Return {
+            tenant_id: r.tenant_id,
+            gateway_id: r.gateway_id,
+            tokens,
+            slots: r.slots,
+            now_ms: now_ms(),
+            op_id: r.op_id,
+        };
+        self.change_allowance(r#return, false, |_| tokens).await
+    }
+
+    /// Writes a grant (`granted`) or a return, counts `tokens` of the
+    /// allowance it leaves as granted or returned, and answers with that
+    /// allowance.
+    async fn change_allowance(
+        &self,
+        command: Command,
+        granted: bool,
+        tokens: impl FnOnce(&AllowanceView) -> u64,
+    ) -> R<pb::Allowance> {
+        match self.write(command).await? {
             Reply::Allowance(a) => {
                 self.node
                     .metrics
-                    .allowance_changed(&a.tenant_id, false, tokens);
+                    .allowance_changed(&a.tenant_id, granted, tokens(&a));
                 Ok(Response::new(allowance_to_pb(a)))
             }
             other => Err(unexpected(&other).into()),
