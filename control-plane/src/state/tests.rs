@@ -35,6 +35,36 @@ fn tenant(id: &str, plan: &str, daily: u64) -> TenantRecord {
     t
 }
 
+/// A state with tenant `acme` (pro, 1,000 tokens a day) and one webhook an
+/// admin made: `acme`'s own, or the operator's where `tenant_id` is empty.
+fn acme_with_webhook(
+    webhook_id: &str,
+    tenant_id: &str,
+    secret: &str,
+) -> (tempfile::TempDir, StateMachine) {
+    let (dir, sm) = open();
+    run(
+        &sm,
+        admin(Command::CreateTenant {
+            tenant: tenant("acme", "pro", 1_000),
+        }),
+    );
+    run(
+        &sm,
+        admin(Command::CreateWebhook {
+            webhook: WebhookRecord {
+                webhook_id: webhook_id.into(),
+                tenant_id: tenant_id.into(),
+                url: "http://127.0.0.1:9/hook".into(),
+                secret: secret.into(),
+                source: "admin".into(),
+                ..Default::default()
+            },
+        }),
+    );
+    (dir, sm)
+}
+
 fn usage(id: &str, tenant: &str, tokens: u64) -> UsageRecord {
     UsageRecord {
         event_id: id.into(),

@@ -5,25 +5,7 @@ use super::*;
 
 #[test]
 fn quota_low_and_exhausted_fire_once_a_day_and_the_audit_chain_holds() {
-    let (_dir, sm) = open();
-    run(
-        &sm,
-        admin(Command::CreateTenant {
-            tenant: tenant("acme", "pro", 1_000),
-        }),
-    );
-    run(
-        &sm,
-        admin(Command::CreateWebhook {
-            webhook: WebhookRecord {
-                webhook_id: "wh_1".into(),
-                url: "http://127.0.0.1:9/hook".into(),
-                secret: "whsec_x".into(),
-                source: "admin".into(),
-                ..Default::default()
-            },
-        }),
-    );
+    let (_dir, sm) = acme_with_webhook("wh_1", "", "whsec_x");
     let batches = [
         vec![usage("e1", "acme", 500)],
         vec![usage("e2", "acme", 420), usage("e1", "acme", 500)],

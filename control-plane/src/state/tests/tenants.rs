@@ -88,26 +88,7 @@ fn the_export_key_is_stored_once() {
 
 #[test]
 fn a_deleted_tenants_own_endpoint_still_hears_of_the_deletion() {
-    let (_dir, sm) = open();
-    run(
-        &sm,
-        admin(Command::CreateTenant {
-            tenant: tenant("acme", "pro", 1_000),
-        }),
-    );
-    run(
-        &sm,
-        admin(Command::CreateWebhook {
-            webhook: WebhookRecord {
-                webhook_id: "wh_acme".into(),
-                tenant_id: "acme".into(),
-                url: "http://127.0.0.1:9/hook".into(),
-                secret: "whsec_acme".into(),
-                source: "admin".into(),
-                ..Default::default()
-            },
-        }),
-    );
+    let (_dir, sm) = acme_with_webhook("wh_acme", "acme", "whsec_acme");
     run(
         &sm,
         admin(Command::DeleteTenant {
