@@ -264,7 +264,9 @@ fn decode_loop(
     Ok(generated as f64 / started.elapsed().as_secs_f64())
 }
 
-fn request(
+/// A greedy request (temperature 0) for the worker's default model, as the
+/// benchmark sends it; the worker's tests send the same.
+pub fn request(
     tenant: &str,
     session: &str,
     messages: &[(&str, String)],

@@ -3,8 +3,11 @@
 #![allow(dead_code)]
 
 pub mod gguf;
+#[path = "../../../tests/src/model.rs"]
+mod model;
 #[path = "../../../tests/src/nats.rs"]
 mod nats;
+pub use model::demo_model;
 #[allow(unused_imports)]
 pub use nats::Nats;
 
@@ -25,17 +28,6 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 pub const MODEL_NAME: &str = "smollm2";
-
-/// The demo model that scripts/setup.sh caches.
-pub fn model_path() -> PathBuf {
-    let path = bulkhead_worker::demo_model_path();
-    assert!(
-        path.is_file(),
-        "demo model missing at {}: run scripts/setup.sh",
-        path.display()
-    );
-    path
-}
 
 pub struct Options {
     pub slots: u32,
@@ -71,7 +63,7 @@ impl Default for Options {
             host_cache_bytes: 256 << 20,
             models: vec![ModelSpec {
                 name: MODEL_NAME.into(),
-                path: model_path(),
+                path: demo_model(),
                 chat_template: None,
             }],
             adapters: Vec::new(),
@@ -296,23 +288,10 @@ pub fn grpc_request(
     max_tokens: u32,
     ignore_eos: bool,
 ) -> pb::GenerateRequest {
+    let messages = [("user", user_text.to_owned())];
     pb::GenerateRequest {
-        tenant_id: tenant.into(),
-        session_id: session.into(),
         model: MODEL_NAME.into(),
-        messages: vec![pb::ChatMessage {
-            role: "user".into(),
-            content: user_text.into(),
-            ..Default::default()
-        }],
-        max_tokens,
-        sampling: Some(pb::Sampling {
-            temperature: Some(0.0),
-            top_p: None,
-            seed: None,
-        }),
-        ignore_eos,
-        ..Default::default()
+        ..bulkhead_worker::bench::request(tenant, session, &messages, max_tokens, ignore_eos)
     }
 }
 
