@@ -13,17 +13,6 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-/// The demo model that scripts/setup.sh caches.
-pub fn demo_model() -> PathBuf {
-    let path = bulkhead_worker::demo_model_path();
-    assert!(
-        path.is_file(),
-        "demo model missing at {}: run scripts/setup.sh",
-        path.display()
-    );
-    path
-}
-
 /// Path of the `bulkhead` binary of this build, building it if needed.
 pub fn bulkhead_bin() -> anyhow::Result<PathBuf> {
     if let Some(bin) = std::env::var_os("BULKHEAD_BIN") {
@@ -236,6 +225,8 @@ impl Drop for Process {
 pub mod cluster;
 pub mod lan;
 pub mod load;
+pub mod model;
+pub use model::demo_model;
 pub mod nats;
 pub mod scripted_worker;
 pub use nats::free_port;

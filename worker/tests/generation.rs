@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bulkhead_proto::worker::generate_response::Kind;
 use bulkhead_worker::ModelSpec;
 use common::{
-    Options, TestWorker, capital_question, content, greedy, grpc_request, metric, model_path,
+    Options, TestWorker, capital_question, content, demo_model, greedy, grpc_request, metric,
     noisy_adapter, usage,
 };
 use serde_json::json;
@@ -489,12 +489,12 @@ async fn several_models_are_served_side_by_side() {
         models: vec![
             ModelSpec {
                 name: "small".into(),
-                path: model_path(),
+                path: demo_model(),
                 chat_template: None,
             },
             ModelSpec {
                 name: "small-chatml".into(),
-                path: model_path(),
+                path: demo_model(),
                 chat_template: Some("chatml".into()),
             },
         ],
