@@ -47,6 +47,17 @@ async fn transcript(up: &Up, key: &str, session: &str) -> (u16, Vec<Value>) {
     )
 }
 
+/// A `bulkhead up` in a directory of its own (dropped after it), with a key
+/// for each tenant created with its flags (`--daily-tokens 100`, ...).
+async fn up_with_tenants<const N: usize>(
+    tenants: [(&str, &[&str]); N],
+) -> (tempfile::TempDir, Up, [String; N]) {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path()).await.unwrap();
+    let keys = tenants.map(|(id, flags)| up.tenant_with_key(id, flags).unwrap());
+    (dir, up, keys)
+}
+
 /// Sales' usage of today (and yesterday, should the test cross midnight),
 /// as a CSV row.
 fn ledger(up: &Up) -> String {
@@ -60,14 +71,11 @@ fn ledger(up: &Up) -> String {
 
 #[tokio::test]
 async fn two_tenants_sessions_stay_apart_and_survive_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let up = Up::start(dir.path()).await.unwrap();
-    let sales = up
-        .tenant_with_key("sales", &["--daily-tokens", "100000"])
-        .unwrap();
-    let hr = up
-        .tenant_with_key("hr", &["--daily-tokens", "100000"])
-        .unwrap();
+    let (_dir, up, [sales, hr]) = up_with_tenants([
+        ("sales", &["--daily-tokens", "100000"]),
+        ("hr", &["--daily-tokens", "100000"]),
+    ])
+    .await;
     let s_sales = new_session(&up, &sales).await;
     let s_hr = new_session(&up, &hr).await;
 
@@ -192,17 +200,14 @@ async fn two_tenants_sessions_stay_apart_and_survive_a_restart() {
 
 #[tokio::test]
 async fn bad_requests_get_their_documented_status_and_nothing_is_lost() {
-    let dir = tempfile::tempdir().unwrap();
-    let up = Up::start(dir.path()).await.unwrap();
-    let key = up
-        .tenant_with_key(
+    let (_dir, up, [key, tiny]) = up_with_tenants([
+        (
             "acme",
             &["--daily-tokens", "100000", "--max-request-tokens", "200"],
-        )
-        .unwrap();
-    let tiny = up
-        .tenant_with_key("tiny", &["--daily-tokens", "60"])
-        .unwrap();
+        ),
+        ("tiny", &["--daily-tokens", "60"]),
+    ])
+    .await;
     let api = &up.api;
     let ok = json!({"model": MODEL, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4, "temperature": 0});
 
@@ -321,9 +326,7 @@ async fn bad_requests_get_their_documented_status_and_nothing_is_lost() {
 
 #[tokio::test]
 async fn gateway_metrics_name_tenants_only_to_the_admin_token() {
-    let dir = tempfile::tempdir().unwrap();
-    let up = Up::start(dir.path()).await.unwrap();
-    let key = up.tenant_with_key("secretive-sales", &[]).unwrap();
+    let (_dir, up, [key]) = up_with_tenants([("secretive-sales", &[])]).await;
     let a = up.api.ask(&key, "Hi", 2).await.unwrap();
     assert_eq!(a.status, 200, "{:?}", a.body);
     let metrics = |token: Option<String>| {
@@ -421,10 +424,7 @@ async fn a_request_past_its_deadline_is_stopped_and_frees_its_concurrency() {
 
 #[tokio::test]
 async fn one_tenant_cannot_flood_the_control_plane_with_sessions() {
-    let dir = tempfile::tempdir().unwrap();
-    let up = Up::start(dir.path()).await.unwrap();
-    let key = up.tenant_with_key("flooder", &[]).unwrap();
-    let other = up.tenant_with_key("neighbour", &[]).unwrap();
+    let (_dir, up, [key, other]) = up_with_tenants([("flooder", &[]), ("neighbour", &[])]).await;
     let create = |key: String| {
         let api = up.api.clone();
         async move { api.send(api.post("/v1/sessions", &key)).await.unwrap() }
@@ -454,12 +454,11 @@ async fn one_tenant_cannot_flood_the_control_plane_with_sessions() {
 /// day a 409, and none of those files anything.
 #[tokio::test]
 async fn a_tenant_requests_a_burst_and_sees_the_operators_decision() {
-    let dir = tempfile::tempdir().unwrap();
-    let up = Up::start(dir.path()).await.unwrap();
-    let big = up
-        .tenant_with_key("bigco", &["--plan", "enterprise", "--daily-tokens", "1000"])
-        .unwrap();
-    let small = up.tenant_with_key("smallco", &["--plan", "basic"]).unwrap();
+    let (_dir, up, [big, small]) = up_with_tenants([
+        ("bigco", &["--plan", "enterprise", "--daily-tokens", "1000"]),
+        ("smallco", &["--plan", "basic"]),
+    ])
+    .await;
     up.admin(&[
         "webhook",
         "create",
@@ -552,15 +551,12 @@ async fn a_tenant_requests_a_burst_and_sees_the_operators_decision() {
 /// a chunk of their own.
 #[tokio::test]
 async fn server_side_tools_run_for_allowed_tenants_only_and_are_audited() {
-    let dir = tempfile::tempdir().unwrap();
-    let up = Up::start(dir.path()).await.unwrap();
-    let sales = up
-        .tenant_with_key("sales", &["--plan", "enterprise"])
-        .unwrap();
-    let hr = up.tenant_with_key("hr", &["--plan", "basic"]).unwrap();
-    let ops = up
-        .tenant_with_key("ops", &["--plan", "basic", "--tools", "code_run"])
-        .unwrap();
+    let (_dir, up, [sales, hr, ops]) = up_with_tenants([
+        ("sales", &["--plan", "enterprise"]),
+        ("hr", &["--plan", "basic"]),
+        ("ops", &["--plan", "basic", "--tools", "code_run"]),
+    ])
+    .await;
     let ask = |stream: bool| {
         json!({
             "model": MODEL, "stream": stream, "max_tokens": 60, "temperature": 0,
@@ -662,11 +658,8 @@ fn ledger_of(up: &Up, tenant: &str) -> u64 {
 /// opts in with `kv_share_across_users`.
 #[tokio::test]
 async fn a_users_key_reaches_only_that_users_sessions_and_kv_prefixes() {
-    let dir = tempfile::tempdir().unwrap();
-    let up = Up::start(dir.path()).await.unwrap();
-    let tenant_key = up
-        .tenant_with_key("sales", &["--daily-tokens", "1000000", "--max-keys", "10"])
-        .unwrap();
+    let (_dir, up, [tenant_key]) =
+        up_with_tenants([("sales", &["--daily-tokens", "1000000", "--max-keys", "10"])]).await;
     let (alice, bob) = (
         up.user_key("sales", "alice").unwrap(),
         up.user_key("sales", "bob").unwrap(),
@@ -845,21 +838,18 @@ async fn a_users_key_reaches_only_that_users_sessions_and_kv_prefixes() {
 /// `locale`, else English. The code, status and headers stay the same.
 #[tokio::test]
 async fn a_429_comes_in_english_or_chinese() {
-    let dir = tempfile::tempdir().unwrap();
-    let up = Up::start(dir.path()).await.unwrap();
-    let key = up
-        .tenant_with_key(
-            "tiny",
-            &[
-                "--daily-tokens",
-                "60",
-                "--max-request-tokens",
-                "60",
-                "--locale",
-                "zh-CN",
-            ],
-        )
-        .unwrap();
+    let (_dir, up, [key]) = up_with_tenants([(
+        "tiny",
+        &[
+            "--daily-tokens",
+            "60",
+            "--max-request-tokens",
+            "60",
+            "--locale",
+            "zh-CN",
+        ],
+    )])
+    .await;
     let ask = |language: Option<&'static str>| {
         let (up, key) = (&up, key.clone());
         async move {
