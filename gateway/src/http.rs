@@ -208,36 +208,43 @@ async fn models(State(state): S, headers: HeaderMap) -> Result<axum::Json<Value>
     }]})))
 }
 
-/// A Member call on behalf of `caller`: this gateway and the caller's key
-/// are named for the audit trail (`x-bulkhead-actor`).
-async fn member_call_as<M, T, F, Fut>(
-    state: &AppState,
-    caller: &Caller,
-    message: M,
-    method: F,
-) -> Result<T, tonic::Status>
+/// A method of the control plane's Member client, as a call site writes it
+/// (`|mut c, req| async move { c.list_sessions(req).await }`): one name for
+/// the bound the calls below share.
+pub(super) trait MemberMethod<M, T>:
+    Fn(cp::member_client::MemberClient<tonic::transport::Channel>, tonic::Request<M>) -> Self::Call
+{
+    type Call: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>;
+}
+
+impl<M, T, F, Fut> MemberMethod<M, T> for F
 where
-    M: Clone,
     F: Fn(cp::member_client::MemberClient<tonic::transport::Channel>, tonic::Request<M>) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
+    type Call = Fut;
+}
+
+/// A Member call on behalf of `caller`: this gateway and the caller's key
+/// are named for the audit trail (`x-bulkhead-actor`).
+async fn member_call_as<M: Clone, T>(
+    state: &AppState,
+    caller: &Caller,
+    message: M,
+    method: impl MemberMethod<M, T>,
+) -> Result<T, tonic::Status> {
     member_call_within(state, caller, CONTROL_PLANE_DEADLINE, message, method).await
 }
 
 /// [`member_call_as`] with a deadline of its own (a file's upload or
 /// download carries megabytes).
-async fn member_call_within<M, T, F, Fut>(
+async fn member_call_within<M: Clone, T>(
     state: &AppState,
     caller: &Caller,
     deadline: Duration,
     message: M,
-    method: F,
-) -> Result<T, tonic::Status>
-where
-    M: Clone,
-    F: Fn(cp::member_client::MemberClient<tonic::transport::Channel>, tonic::Request<M>) -> Fut,
-    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-{
+    method: impl MemberMethod<M, T>,
+) -> Result<T, tonic::Status> {
     let actor: Option<tonic::metadata::AsciiMetadataValue> =
         format!("gateway {} key {}", state.gateway_id, caller.key_id)
             .parse()
