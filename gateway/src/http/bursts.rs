@@ -13,7 +13,7 @@ use bulkhead_proto::control as cp;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::sessions::for_caller;
+use super::sessions::{for_caller, list_json};
 use super::{S, authenticate, body_or_error};
 use crate::error::GatewayError;
 
@@ -43,54 +43,49 @@ pub(super) async fn request_burst(
     State(state): S,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let result = async {
-        let caller = authenticate(&state, &headers)?;
-        if !caller.tenant.features.as_ref().is_some_and(|f| f.burst) {
-            return Err(GatewayError::Denied {
-                message: crate::i18n::Text::new("burst-not-in-plan")
-                    .arg("plan", &caller.tenant.plan),
-                code: "burst_not_in_plan",
-                param: None,
-            });
-        }
-        state.throttle.take(&caller.tenant.id, "burst request")?;
-        let body = body_or_error(body, state.max_body_bytes)?;
-        let new: NewBurst = serde_json::from_slice(&body).map_err(|e| {
-            GatewayError::bad_request(
-                crate::i18n::Text::new("invalid-burst-body").arg("detail", e),
-                Some("reason"),
-            )
-        })?;
-        let msg = cp::BurstRequest {
-            tenant_id: caller.tenant.id.clone(),
-            reason: new.reason,
-        };
-        let burst = super::member_call_as(&state, &caller, msg, |mut c, req| async move {
-            c.request_burst(req).await
-        })
-        .await
-        .map_err(|s| GatewayError::from_control_plane(&s))?;
-        Ok::<_, GatewayError>((StatusCode::CREATED, axum::Json(burst_json(&burst))).into_response())
+) -> Result<Response, GatewayError> {
+    let caller = authenticate(&state, &headers)?;
+    if !caller.tenant.features.as_ref().is_some_and(|f| f.burst) {
+        return Err(GatewayError::Denied {
+            message: crate::i18n::Text::new("burst-not-in-plan").arg("plan", &caller.tenant.plan),
+            code: "burst_not_in_plan",
+            param: None,
+        });
+    }
+    state.throttle.take(&caller.tenant.id, "burst request")?;
+    let body = body_or_error(body, state.max_body_bytes)?;
+    let new: NewBurst = serde_json::from_slice(&body).map_err(|e| {
+        GatewayError::bad_request(
+            crate::i18n::Text::new("invalid-burst-body").arg("detail", e),
+            Some("reason"),
+        )
+    })?;
+    let msg = cp::BurstRequest {
+        tenant_id: caller.tenant.id.clone(),
+        reason: new.reason,
     };
-    result.await.unwrap_or_else(IntoResponse::into_response)
+    let burst = super::member_call_as(&state, &caller, msg, |mut c, req| async move {
+        c.request_burst(req).await
+    })
+    .await
+    .map_err(|s| GatewayError::from_control_plane(&s))?;
+    Ok((StatusCode::CREATED, axum::Json(burst_json(&burst))).into_response())
 }
 
-pub(super) async fn list_bursts(State(state): S, headers: HeaderMap) -> Response {
-    let result = async {
-        let caller = authenticate(&state, &headers)?;
-        let msg = cp::ListBurstsRequest {
-            tenant_id: caller.tenant.id.clone(),
-            status: String::new(),
-        };
-        let list = for_caller(
-            &state,
-            msg,
-            |mut c, req| async move { c.list_bursts(req).await },
-        )
-        .await?;
-        let data: Vec<_> = list.bursts.iter().map(burst_json).collect();
-        Ok::<_, GatewayError>(axum::Json(json!({"object": "list", "data": data})).into_response())
+pub(super) async fn list_bursts(
+    State(state): S,
+    headers: HeaderMap,
+) -> Result<Response, GatewayError> {
+    let caller = authenticate(&state, &headers)?;
+    let msg = cp::ListBurstsRequest {
+        tenant_id: caller.tenant.id.clone(),
+        status: String::new(),
     };
-    result.await.unwrap_or_else(IntoResponse::into_response)
+    let list = for_caller(
+        &state,
+        msg,
+        |mut c, req| async move { c.list_bursts(req).await },
+    )
+    .await?;
+    Ok(list_json(&list.bursts, burst_json))
 }

@@ -12,9 +12,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    AppState, CONTROL_PLANE_DEADLINE, S, authenticate, body_or_error, not_found_as_session,
-    session_id, user_id,
+    AppState, CONTROL_PLANE_DEADLINE, MemberMethod, S, authenticate, body_or_error,
+    not_found_as_session, session_id, user_id,
 };
+use crate::directory::Caller;
 use crate::error::GatewayError;
 
 #[derive(Debug, Default, Deserialize)]
@@ -39,16 +40,11 @@ fn session_json(s: &cp::Session) -> serde_json::Value {
 
 /// Sends a control-plane call made for the caller, with the request path's
 /// deadline.
-pub(super) async fn for_caller<M, T, F, Fut>(
+pub(super) async fn for_caller<M: Clone, T>(
     state: &AppState,
     message: M,
-    method: F,
-) -> Result<T, GatewayError>
-where
-    M: Clone,
-    F: Fn(cp::member_client::MemberClient<tonic::transport::Channel>, tonic::Request<M>) -> Fut,
-    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-{
+    method: impl MemberMethod<M, T>,
+) -> Result<T, GatewayError> {
     state
         .client
         .member()
@@ -57,120 +53,124 @@ where
         .map_err(|s| GatewayError::from_control_plane(&s))
 }
 
+/// The caller of a route on session `id`: authenticated first, then the id
+/// checked.
+fn session_caller(state: &AppState, headers: &HeaderMap, id: &str) -> Result<Caller, GatewayError> {
+    let caller = authenticate(state, headers)?;
+    session_id(id)?;
+    Ok(caller)
+}
+
+/// [`for_caller`] on session `id`: the control plane's "not found" is that
+/// session's.
+async fn session_call<M: Clone, T>(
+    state: &AppState,
+    id: &str,
+    message: M,
+    method: impl MemberMethod<M, T>,
+) -> Result<T, GatewayError> {
+    for_caller(state, message, method)
+        .await
+        .map_err(|e| not_found_as_session(e, id))
+}
+
+/// A list as OpenAI writes one: `{"object": "list", "data": [...]}`.
+pub(super) fn list_json<T>(items: &[T], to_json: fn(&T) -> serde_json::Value) -> Response {
+    let data: Vec<_> = items.iter().map(to_json).collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
 pub(super) async fn create_session(
     State(state): S,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let result = async {
-        let caller = authenticate(&state, &headers)?;
-        state.throttle.take(&caller.tenant.id, "session")?;
-        let body = body_or_error(body, state.max_body_bytes)?;
-        let new: NewSession = if body.iter().all(u8::is_ascii_whitespace) {
-            NewSession::default()
-        } else {
-            serde_json::from_slice(&body).map_err(|e| {
-                GatewayError::bad_request(
-                    crate::i18n::Text::new("invalid-session-body").arg("detail", e),
-                    None,
-                )
-            })?
-        };
-        if let Some(id) = &new.id {
-            session_id(id)?;
-        }
-        let user = user_id(&caller, &headers, None)?;
-        let msg = cp::CreateSessionRequest {
-            tenant_id: caller.tenant.id.clone(),
-            session_id: new.id.unwrap_or_default(),
-            title: new.title.unwrap_or_default(),
-            user_id: user.map(|u| u.to_string()).unwrap_or_default(),
-        };
-        let session = for_caller(&state, msg, |mut c, req| async move {
-            c.create_session(req).await
-        })
-        .await?;
-        Ok::<_, GatewayError>(
-            (StatusCode::CREATED, axum::Json(session_json(&session))).into_response(),
-        )
+) -> Result<Response, GatewayError> {
+    let caller = authenticate(&state, &headers)?;
+    state.throttle.take(&caller.tenant.id, "session")?;
+    let body = body_or_error(body, state.max_body_bytes)?;
+    let new: NewSession = if body.iter().all(u8::is_ascii_whitespace) {
+        NewSession::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            GatewayError::bad_request(
+                crate::i18n::Text::new("invalid-session-body").arg("detail", e),
+                None,
+            )
+        })?
     };
-    result.await.unwrap_or_else(IntoResponse::into_response)
+    if let Some(id) = &new.id {
+        session_id(id)?;
+    }
+    let user = user_id(&caller, &headers, None)?;
+    let msg = cp::CreateSessionRequest {
+        tenant_id: caller.tenant.id.clone(),
+        session_id: new.id.unwrap_or_default(),
+        title: new.title.unwrap_or_default(),
+        user_id: user.map(|u| u.to_string()).unwrap_or_default(),
+    };
+    let session = for_caller(&state, msg, |mut c, req| async move {
+        c.create_session(req).await
+    })
+    .await?;
+    Ok((StatusCode::CREATED, axum::Json(session_json(&session))).into_response())
 }
 
-pub(super) async fn list_sessions(State(state): S, headers: HeaderMap) -> Response {
-    let result = async {
-        let caller = authenticate(&state, &headers)?;
-        // A user's key sees that user's sessions only.
-        let msg = cp::ListSessionsRequest {
-            tenant_id: caller.tenant.id.clone(),
-            owner: caller.owner(),
-        };
-        let list = for_caller(&state, msg, |mut c, req| async move {
-            c.list_sessions(req).await
-        })
-        .await?;
-        let data: Vec<_> = list.sessions.iter().map(session_json).collect();
-        Ok::<_, GatewayError>(axum::Json(json!({"object": "list", "data": data})).into_response())
+pub(super) async fn list_sessions(
+    State(state): S,
+    headers: HeaderMap,
+) -> Result<Response, GatewayError> {
+    let caller = authenticate(&state, &headers)?;
+    // A user's key sees that user's sessions only.
+    let msg = cp::ListSessionsRequest {
+        tenant_id: caller.tenant.id.clone(),
+        owner: caller.owner(),
     };
-    result.await.unwrap_or_else(IntoResponse::into_response)
+    let list = for_caller(&state, msg, |mut c, req| async move {
+        c.list_sessions(req).await
+    })
+    .await?;
+    Ok(list_json(&list.sessions, session_json))
 }
 
 pub(super) async fn session_messages(
     State(state): S,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Response {
-    let result = async {
-        let caller = authenticate(&state, &headers)?;
-        session_id(&id)?;
-        let msg = cp::GetTurnsRequest {
-            tenant_id: caller.tenant.id.clone(),
-            session_id: id.clone(),
-            last: 0,
-            owner: caller.owner(),
-        };
-        let turns = for_caller(
-            &state,
-            msg,
-            |mut c, req| async move { c.get_turns(req).await },
-        )
-        .await
-        .map_err(|e| not_found_as_session(e, &id))?;
-        let data: Vec<_> = turns
-            .turns
-            .iter()
-            .map(|t| json!({"role": t.role, "content": t.content, "created_at": t.at_ms / 1000}))
-            .collect();
-        Ok::<_, GatewayError>(
-            axum::Json(json!({"object": "list", "session_id": id, "data": data})).into_response(),
-        )
+) -> Result<Response, GatewayError> {
+    let caller = session_caller(&state, &headers, &id)?;
+    let msg = cp::GetTurnsRequest {
+        tenant_id: caller.tenant.id.clone(),
+        session_id: id.clone(),
+        last: 0,
+        owner: caller.owner(),
     };
-    result.await.unwrap_or_else(IntoResponse::into_response)
+    let turns = session_call(&state, &id, msg, |mut c, req| async move {
+        c.get_turns(req).await
+    })
+    .await?;
+    let data: Vec<_> = turns
+        .turns
+        .iter()
+        .map(|t| json!({"role": t.role, "content": t.content, "created_at": t.at_ms / 1000}))
+        .collect();
+    Ok(axum::Json(json!({"object": "list", "session_id": id, "data": data})).into_response())
 }
 
 pub(super) async fn delete_session(
     State(state): S,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Response {
-    let result = async {
-        let caller = authenticate(&state, &headers)?;
-        session_id(&id)?;
-        state.throttle.take(&caller.tenant.id, "session")?;
-        let msg = cp::SessionRef {
-            tenant_id: caller.tenant.id.clone(),
-            session_id: id.clone(),
-            owner: caller.owner(),
-        };
-        for_caller(&state, msg, |mut c, req| async move {
-            c.delete_session(req).await
-        })
-        .await
-        .map_err(|e| not_found_as_session(e, &id))?;
-        Ok::<_, GatewayError>(
-            axum::Json(json!({"id": id, "object": "session.deleted", "deleted": true}))
-                .into_response(),
-        )
+) -> Result<Response, GatewayError> {
+    let caller = session_caller(&state, &headers, &id)?;
+    state.throttle.take(&caller.tenant.id, "session")?;
+    let msg = cp::SessionRef {
+        tenant_id: caller.tenant.id.clone(),
+        session_id: id.clone(),
+        owner: caller.owner(),
     };
-    result.await.unwrap_or_else(IntoResponse::into_response)
+    session_call(&state, &id, msg, |mut c, req| async move {
+        c.delete_session(req).await
+    })
+    .await?;
+    Ok(axum::Json(json!({"id": id, "object": "session.deleted", "deleted": true})).into_response())
 }
