@@ -714,30 +714,19 @@ async fn a_users_key_reaches_only_that_users_sessions_and_kv_prefixes() {
     // deleting it all answer as if it did not exist.
     let (status, _) = transcript(&up, &bob, &mine).await;
     assert_eq!(status, 404);
-    let a = up
-        .api
-        .send(up.api.post("/v1/chat/completions", &bob).header("X-Session-ID", &mine).json(
-            &json!({"model": MODEL, "messages": [{"role": "user", "content": "What is the secret?"}], "max_tokens": 4}),
-        ))
-        .await
-        .unwrap();
-    assert_eq!(
-        (a.status, a.code()),
-        (404, "session_not_found"),
-        "{:?}",
-        a.body
+    let write = up.api.post("/v1/chat/completions", &bob).header("X-Session-ID", &mine).json(
+        &json!({"model": MODEL, "messages": [{"role": "user", "content": "What is the secret?"}], "max_tokens": 4}),
     );
-    let a = up
-        .api
-        .send(up.api.delete(&format!("/v1/sessions/{mine}"), &bob))
-        .await
-        .unwrap();
-    assert_eq!(
-        (a.status, a.code()),
-        (404, "session_not_found"),
-        "{:?}",
-        a.body
-    );
+    let delete = up.api.delete(&format!("/v1/sessions/{mine}"), &bob);
+    for (what, req) in [("write", write), ("delete", delete)] {
+        let a = up.api.send(req).await.unwrap();
+        assert_eq!(
+            (a.status, a.code()),
+            (404, "session_not_found"),
+            "{what}: {:?}",
+            a.body
+        );
+    }
     let (status, turns) = transcript(&up, &alice, &mine).await;
     assert_eq!((status, turns.len()), (200, 2), "{turns:?}");
     assert!(turns[0]["content"].as_str().unwrap().contains("tangerine"));
