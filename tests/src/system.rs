@@ -511,7 +511,7 @@ pub fn up_args(dir: &Path, api_port: u16, cp_port: u16, model: &str) -> Vec<Stri
 /// once on this machine's cores. llama.cpp's decode threads wait for each
 /// other spinning, so more threads than cores slow every worker to a crawl (seen:
 /// 4 tokens in 11 s with two workers of two threads each on two cores).
-pub fn decode_threads(workers: usize) -> usize {
+fn decode_threads(workers: usize) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     (cores / workers.max(1)).max(1)
 }
